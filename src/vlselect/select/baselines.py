@@ -1,0 +1,1 @@
+"""baselines selection (see select/base.py for the contract). Filled in by its implementation."""

@@ -1,0 +1,1 @@
+"""d2pruning selection (see select/base.py for the contract). Filled in by its implementation."""

@@ -1,0 +1,50 @@
+import re
+
+from vlselect.report import jaccard_matrix, render_html, write_report
+
+RESULTS = {
+    "title": "bench",
+    "created": "2026-11-22",
+    "command": "vlselect bench --quick",
+    "sets": ["color", "count"],
+    "reference": {"label": "full pool", "scores": {"color": 0.8, "count": 0.9}},
+    "rows": [
+        {"method": "random", "budget": 0.1, "n_seeds": 3, "relative_mean": 90.0, "relative_low": 85.0,
+         "relative_high": 95.0, "scores": {"color": 0.7, "count": 0.84}},
+        {"method": "random", "budget": 0.2, "n_seeds": 1, "relative_mean": 95.0, "scores": {"color": 0.75, "count": 0.87}},
+        {"method": "coincide", "budget": 0.1, "n_seeds": 1, "relative_mean": 97.5, "scores": {"color": 0.8, "count": 0.85}},
+    ],
+    "composition": {"pool": {"a": 80, "b": 20}, "subsets": {"random@10%": {"a": 8, "b": 2}}},
+    "costs": [{"stage": "features", "seconds": 12.5, "peak_rss_mb": 900}],
+    "overlap": {"budget": 0.1, "methods": ["random", "coincide"], "jaccard": [[1, 0.25], [0.25, 1]]},
+    "notes": ["a <note> & more"],
+}
+
+
+def test_jaccard_by_hand():
+    names, m = jaccard_matrix({"a": [1, 2, 3], "b": [2, 3, 4, 5], "c": []})
+    assert names == ["a", "b", "c"]
+    assert m[0][1] == 2 / 5 and m[1][0] == 2 / 5 and m[0][0] == 1.0 and m[2][2] == 1.0 and m[0][2] == 0.0
+
+
+def test_report_has_every_section_and_is_self_contained(tmp_path):
+    page = render_html(RESULTS)
+    for heading in ("Relative performance against budget", "Scores per evaluation set", "Task composition",
+                    "Cost per stage", "Overlap between subsets at 10%", "Notes"):
+        assert heading in page
+    # offline: nothing fetched from anywhere
+    assert not re.search(r"(src|href)=['\"]?(https?:)?//", page)
+    assert "<script" not in page
+    # escaping
+    assert "a &lt;note&gt; &amp; more" in page
+    # the best cell at 10% is coincide's 97.5, with the interval shown for random
+    assert "<td class='best'>97.5</td>" in page and "[85.0, 95.0]" in page
+    # one point per (method, budget) row in the chart
+    assert page.count("<circle") == 3
+    out = write_report(RESULTS, tmp_path / "r" / "report.html")
+    assert out.read_text(encoding="utf-8") == page
+
+
+def test_missing_sections_are_left_out():
+    page = render_html({"rows": RESULTS["rows"]})
+    assert "Cost per stage" not in page and "Task composition" not in page

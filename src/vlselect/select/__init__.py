@@ -34,6 +34,7 @@ __all__ = [
     "Param",
     "Role",
     "Selection",
+    "find_nonfinite_rows",
     "get_method",
     "parse_budgets",
     "register_method",
@@ -51,6 +52,35 @@ def get_method(name: str) -> MethodInfo:
         raise SelectionError(
             f"unknown selection method {name!r}; known methods: {', '.join(sorted(REGISTRY))}"
         ) from None
+
+
+def find_nonfinite_rows(arr: np.ndarray, *, block_rows: int | None = None) -> np.ndarray:
+    """Row numbers of ``arr`` that hold a NaN or an inf, found block by block (a memmap is never copied whole).
+
+    Each block is reduced to a float64 row sum (one pass, no boolean copy of the block); only rows whose sum is
+    not finite are checked element by element, so a clean 665K x 5120 float16 memmap costs one read.
+    """
+    a = arr
+    n = int(a.shape[0])
+    if n == 0 or not np.issubdtype(a.dtype, np.number) or np.issubdtype(a.dtype, np.integer):
+        return np.zeros(0, dtype=np.int64)
+    width = int(np.prod(a.shape[1:])) if a.ndim > 1 else 1
+    if block_rows is None:
+        block_rows = max(1, (64 << 20) // max(1, width * a.dtype.itemsize))
+    bad: list[np.ndarray] = []
+    for start in range(0, n, block_rows):
+        block = np.asarray(a[start:start + block_rows])
+        flat = block.reshape(block.shape[0], -1) if block.ndim != 2 else block
+        if flat.ndim == 1:
+            rows = np.flatnonzero(~np.isfinite(flat))
+        else:
+            with np.errstate(over="ignore", invalid="ignore"):
+                sums = flat.sum(axis=1, dtype=np.float64)
+            cand = np.flatnonzero(~np.isfinite(sums))
+            rows = cand[~np.isfinite(flat[cand]).all(axis=1)] if cand.size else cand
+        if rows.size:
+            bad.append(rows.astype(np.int64) + start)
+    return np.concatenate(bad) if bad else np.zeros(0, dtype=np.int64)
 
 
 def run_method(
@@ -72,16 +102,31 @@ def run_method(
     inputs:
         Role → array (``numpy.memmap`` welcome). Aligned roles have one row per pool row.
     budget:
-        A fraction (``0.2``), a count (``4000``), a comma string or a list of either.
+        A fraction (``0.2``), a count (``4000``), a comma string or a list of either. Resolved against the
+        whole pool (non-finite rows included).
     tasks:
         One task label per pool row (required by methods with ``needs_tasks``).
     seed, strict_official, params:
-        As documented per method; ``params`` uses the official names (aliases accepted).
+        As documented per method; ``params`` uses the official names (aliases accepted). A ``seed`` entry in
+        ``params`` (the official scripts' name, e.g. COINCIDE's k-means seed, TIVE's ``numpy_seed``) sets
+        ``seed`` unless the method declares its own ``seed`` parameter.
 
     Returns
     -------
     list of Selection, in the order of the budgets given.
+
+    Notes
+    -----
+    Bad rows (issue 5, item 9). Every aligned input is scanned block-wise for NaN or inf
+    (:func:`find_nonfinite_rows`). By default such rows are excluded from every input and the task list; the
+    method runs on the finite rows, its indices are mapped back to pool rows, its scores are NaN on the
+    excluded rows, and ``Selection.info["excluded_rows"]`` records the count and the first row numbers. The
+    budget count stays the one resolved on the whole pool (a shortfall is reported if too few rows are left).
+    Validation (non-aligned) inputs lose their non-finite rows the same way. With ``strict_official=True`` the
+    rows are passed through as the official code would see them, with a warning.
     """
+    import warnings
+
     method = get_method(name)
     arrays: dict[str, np.ndarray] = {}
     for role, arr in inputs.items():
@@ -102,6 +147,74 @@ def run_method(
             raise SelectionError(f"{task_arr.shape[0]} task labels for {n} rows; give one label per pool row")
     if method.needs_tasks and task_arr is None:
         raise SelectionError(f"method {name!r} needs task labels; pass --pool FILE or --tasks TASKS.json")
-    resolved = method.resolve_params(params)
+    given = dict(params or {})
+    if "seed" in given and not any(p.name == "seed" or "seed" in p.aliases for p in method.params):
+        seed = int(str(given.pop("seed")).strip())
+    resolved = method.resolve_params(given)
     budgets = parse_budgets(budget if not isinstance(budget, (list, tuple)) else list(budget), n)
-    return method.fn(arrays, task_arr, budgets, seed=seed, strict_official=strict_official, **resolved)
+
+    # ---- non-finite rows
+    bad_by_role: dict[str, list[int]] = {}
+    bad_count: dict[str, int] = {}
+    bad = np.zeros(n, dtype=bool)
+    val_drop: dict[str, np.ndarray] = {}
+    for role, arr in arrays.items():
+        rows = find_nonfinite_rows(arr)
+        if not rows.size:
+            continue
+        bad_count[role] = int(rows.size)
+        bad_by_role[role] = rows[:10].tolist()
+        if role in lengths:
+            bad[rows] = True
+        else:
+            val_drop[role] = rows
+    excluded_info: dict[str, Any] | None = None
+    if bad_count:
+        where = "; ".join(f"{r}: {bad_count[r]} row(s), first {bad_by_role[r]}" for r in bad_count)
+        if strict_official:
+            warnings.warn(
+                f"{name}: NaN or inf rows passed through as the official code would (strict_official): {where}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            excluded_info = {"count": 0, "rows": [], "by_role": bad_count, "first_by_role": bad_by_role,
+                             "passed_through": True}
+        else:
+            excl = np.flatnonzero(bad)
+            excluded_info = {"count": int(excl.size), "rows": excl[:20].tolist(), "by_role": bad_count,
+                             "first_by_role": bad_by_role, "passed_through": False}
+            warnings.warn(
+                f"{name}: {excl.size} pool row(s) with NaN or inf excluded ({where})", RuntimeWarning, stacklevel=2
+            )
+            for role, rows in val_drop.items():
+                keep_v = np.ones(arrays[role].shape[0], dtype=bool)
+                keep_v[rows] = False
+                arrays[role] = np.asarray(arrays[role])[keep_v]
+    if excluded_info is None or excluded_info["passed_through"] or not bad.any():
+        sels = method.fn(arrays, task_arr, budgets, seed=seed, strict_official=strict_official, **resolved)
+        for s in sels:
+            if excluded_info is not None:
+                s.info.setdefault("excluded_rows", excluded_info)
+    else:
+        keep_idx = np.flatnonzero(~bad).astype(np.int64)
+        sub_arrays = {k: (np.asarray(v[keep_idx]) if k in lengths else v) for k, v in arrays.items()}
+        sub_tasks = task_arr[keep_idx] if task_arr is not None else None
+        m = int(keep_idx.size)
+        if m == 0:
+            raise SelectionError(f"{name}: every row of the input holds NaN or inf; nothing to select from")
+        sub_budgets = [Budget(count=min(b.count, m), fraction=b.fraction, n=m, given=b.given) for b in budgets]
+        sels = method.fn(sub_arrays, sub_tasks, sub_budgets, seed=seed, strict_official=strict_official, **resolved)
+        for s, b in zip(sels, budgets):
+            s.indices = keep_idx[s.indices]
+            if s.scores is not None:
+                full = np.full(n, np.nan, dtype=np.float64)
+                full[keep_idx] = np.asarray(s.scores, dtype=np.float64)
+                s.scores = full
+            s.budget = b
+            s.info["excluded_rows"] = excluded_info
+    for s in sels:
+        if not s.params:
+            s.params = dict(resolved)
+        s.seed = seed
+        s.strict_official = strict_official
+    return sels

@@ -1,1 +1,223 @@
-"""d2pruning selection (see select/base.py for the contract). Filled in by its implementation."""
+"""D2-Pruning as the COINCIDE repository runs it: a kNN graph, forward and reverse message passing.
+
+Spec: ``specs/coincide.md`` §7.4 (and §7.3 for the AUM score it is usually fed).
+"""
+
+from __future__ import annotations
+
+import heapq
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from vlselect.errors import SelectionError
+from vlselect.select.base import Budget, Param, Role, Selection, register_method
+
+__all__ = ["forward_message_passing", "knn_graph", "reverse_message_passing", "select_d2pruning"]
+
+_EPS = 1e-7
+
+
+def knn_graph(
+    x: np.ndarray,
+    n_neighbor: int = 5,
+    *,
+    graph: str = "exact",
+    nlist: int = 100,
+    m: int = 16,
+    nbits: int = 8,
+    block_rows: int = 50000,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Directed kNN graph: ``(neighbours, D)``, each ``N x n_neighbor``; ``D`` are squared L2 distances.
+
+    As the official code: search ``n_neighbor + 1`` neighbours per row (in blocks of 50,000), subtract the first
+    returned distance from the row (assumed to be the row itself) and drop the first column.
+    ``graph="ivfpq"`` builds the official ``IndexIVFPQ(IndexFlatL2, d, nlist, m, nbits)`` (nprobe 1, approximate);
+    ``graph="exact"`` uses ``IndexFlatL2``.
+    """
+    import faiss
+
+    xf = np.ascontiguousarray(np.asarray(x, dtype=np.float32).reshape(x.shape[0], -1))
+    n, d = xf.shape
+    k = min(n_neighbor + 1, n)
+    if graph == "ivfpq":
+        if d % m:
+            raise SelectionError(f"d2pruning: graph=ivfpq needs the feature width ({d}) divisible by m={m}; pass --param m=...")
+        quantizer = faiss.IndexFlatL2(d)
+        index = faiss.IndexIVFPQ(quantizer, d, min(nlist, n), m, nbits)
+        index.train(xf)
+        index.add(xf)
+    elif graph == "exact":
+        index = faiss.IndexFlatL2(d)
+        index.add(xf)
+    else:
+        raise SelectionError(f"d2pruning: graph={graph!r}; choose exact or ivfpq")
+    dist = np.empty((n, k), dtype=np.float32)
+    nbr = np.empty((n, k), dtype=np.int64)
+    for s in range(0, n, block_rows):
+        dd, ii = index.search(xf[s:s + block_rows], k)
+        dist[s:s + dd.shape[0]] = dd
+        nbr[s:s + dd.shape[0]] = ii
+    dist = dist - dist[:, :1]
+    return nbr[:, 1:], dist[:, 1:].astype(np.float64)
+
+
+def forward_message_passing(scores: np.ndarray, nbr: np.ndarray, dist: np.ndarray, gamma_forward: float = 1.0) -> np.ndarray:
+    """``g_i = max(s_i, eps) + sum_j exp(-gamma_f D_ij) max(s_j, eps)`` over the out-neighbours j (eps = 1e-7).
+
+    Neighbour ids of -1 (faiss found fewer neighbours) contribute nothing.
+    """
+    s = np.maximum(np.asarray(scores, dtype=np.float64), _EPS)
+    valid = nbr >= 0
+    contrib = np.where(valid, np.exp(-gamma_forward * dist) * s[np.where(valid, nbr, 0)], 0.0)
+    return s + contrib.sum(axis=1)
+
+
+def reverse_message_passing(
+    g0: np.ndarray, nbr: np.ndarray, dist: np.ndarray, count: int, gamma: float = 0.4
+) -> np.ndarray:
+    """Select ``count`` nodes in order (spec §7.4): walk the static descending order of the initial ``g`` with a
+    standby list; selecting node k lowers each out-neighbour j by ``g_k exp(-gamma D_kj)``.
+
+    At each step: if the standby list is non-empty and its best current g is >= the current g of the next node
+    in the static order, the best standby node is selected (ties: the one put on standby first); otherwise the
+    next node is selected, or put on standby when its current g is below that of the node after it; then the
+    walk advances. The static order sorts by initial g descending, ties by row index.
+    """
+    n = g0.shape[0]
+    g = np.asarray(g0, dtype=np.float64).copy()
+    order = np.lexsort((np.arange(n), -g)).astype(np.int64)
+    w = np.exp(-gamma * dist)
+    valid = nbr >= 0
+    selected = np.zeros(n, dtype=bool)
+    out = np.empty(min(count, n), dtype=np.int64)
+    heap: list[tuple[float, int, int]] = []  # (-g at push, standby sequence, node)
+    seq = 0
+    p = 0
+    got = 0
+    glist = g  # local alias
+
+    in_standby = np.zeros(n, dtype=bool)
+    standby_seq = np.zeros(n, dtype=np.int64)
+
+    def best_standby() -> tuple[float, int, int] | None:
+        # lazy max-heap: an entry is fresh when its stored g is the node's current g
+        while heap:
+            negg, sq, node = heap[0]
+            if not in_standby[node]:
+                heapq.heappop(heap)
+                continue
+            cur = glist[node]
+            if -negg == cur:
+                return heap[0]
+            heapq.heapreplace(heap, (-cur, sq, node))
+        return None
+
+    def take(node: int) -> None:
+        nonlocal got
+        selected[node] = True
+        out[got] = node
+        got += 1
+        gk = glist[node]
+        row_valid = valid[node]
+        js = nbr[node][row_valid]
+        delta = gk * w[node][row_valid]
+        glist[js] -= delta
+        if gk < 0:  # a negative g raises its neighbours: re-rank those on standby
+            for j in js[in_standby[js]]:
+                heapq.heappush(heap, (-glist[j], int(standby_seq[j]), int(j)))
+
+    while got < out.shape[0]:
+        top = best_standby()
+        if p >= n:
+            if top is None:
+                break
+            heapq.heappop(heap)
+            in_standby[top[2]] = False
+            take(top[2])
+            continue
+        cur = int(order[p])
+        if top is not None and -top[0] >= glist[cur]:
+            heapq.heappop(heap)
+            in_standby[top[2]] = False
+            take(top[2])
+            continue
+        if not selected[cur]:
+            if p + 1 < n and glist[cur] < glist[order[p + 1]]:
+                heapq.heappush(heap, (-glist[cur], seq, cur))
+                in_standby[cur] = True
+                standby_seq[cur] = seq
+                seq += 1
+            else:
+                take(cur)
+        p += 1
+    return out[:got]
+
+
+@register_method(
+    "d2pruning",
+    roles=(
+        Role("features", "per-row embeddings (mean of the last hidden states, score_embed.py --avg_embed)"),
+        Role("scores", "per-row importance score (AUM or EL2N), 1-D"),
+    ),
+    params=(
+        Param("n_neighbor", 5, int, "out-neighbours per node (the official search asks k+1 = 6)", aliases=("k", "knn")),
+        Param("gamma", 0.4, float, "reverse message passing gamma_r"),
+        Param("gamma_forward", 1.0, float, "forward message passing gamma_f (hard-coded 1 in the official code)"),
+        Param("graph", "exact", str, "kNN index: exact (IndexFlatL2) or ivfpq (official; strict mode forces it)",
+              choices=("exact", "ivfpq")),
+        Param("nlist", 100, int, "IVFPQ lists (graph=ivfpq)"),
+        Param("m", 16, int, "IVFPQ sub-quantisers (graph=ivfpq)"),
+        Param("nbits", 8, int, "IVFPQ bits per code (graph=ivfpq)"),
+    ),
+    summary="D2-Pruning: kNN graph, forward message passing of the score, greedy reverse message passing.",
+    reference="specs/coincide.md §7.4",
+)
+def select_d2pruning(
+    arrays: Mapping[str, np.ndarray],
+    tasks: np.ndarray | None,
+    budgets: Sequence[Budget],
+    *,
+    seed: int = 0,
+    strict_official: bool = False,
+    n_neighbor: int = 5,
+    gamma: float = 0.4,
+    gamma_forward: float = 1.0,
+    graph: str = "exact",
+    nlist: int = 100,
+    m: int = 16,
+    nbits: int = 8,
+) -> list[Selection]:
+    """D2-Pruning (``d2_prune/d2_prune.py``).
+
+    Parameters
+    ----------
+    arrays : ``features`` (N x d) and ``scores`` (N, e.g. AUM: higher = easier).
+    n_neighbor : 5 out-neighbours; gamma : 0.4 (reverse); gamma_forward : 1.0.
+    graph : ``exact`` by default (the official IVFPQ graph is approximate and varies with faiss's training);
+        ``strict_official`` uses ``ivfpq`` with ``nlist``/``m``/``nbits`` (faiss seeds its own training).
+
+    Returns
+    -------
+    list of Selection: one reverse-message-passing run to the largest budget, every budget a prefix of it.
+    ``scores`` is the forward-message-passing ``g``.
+
+    References
+    ----------
+    specs/coincide.md §7.4.
+    """
+    x = arrays["features"]
+    s = np.asarray(arrays["scores"], dtype=np.float64).reshape(-1)
+    n = int(x.shape[0])
+    if s.shape[0] != n:
+        raise SelectionError(f"d2pruning: {s.shape[0]} scores for {n} feature rows; give one score per row")
+    kind = "ivfpq" if strict_official else graph
+    nbr, dist = knn_graph(x, n_neighbor, graph=kind, nlist=nlist, m=m, nbits=nbits)
+    g0 = forward_message_passing(s, nbr, dist, gamma_forward)
+    count = max(b.count for b in budgets)
+    order = reverse_message_passing(g0, nbr, dist, count, gamma)
+    params = dict(n_neighbor=n_neighbor, gamma=gamma, gamma_forward=gamma_forward, graph=kind, nlist=nlist, m=m, nbits=nbits)
+    return [
+        Selection(order[: b.count].copy(), g0, "d2pruning", b, params, seed, strict_official, {"graph": kind})
+        for b in budgets
+    ]

@@ -1,9 +1,28 @@
-"""CLI commands for the 'models' stage (filled in by its implementation)."""
+"""CLI commands for the 'models' stage: ``vlselect models tiny DIR --family llava|qwen2-vl``."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
+
+models_app = typer.Typer(help="Model utilities: build tiny test models.", no_args_is_help=True)
+
+
+@models_app.command("tiny")
+def tiny(
+    out_dir: Path = typer.Argument(..., help="Directory to write the model to."),
+    family: str = typer.Option("llava", "--family", help="llava or qwen2-vl."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random weights."),
+    size: str = typer.Option("xs", "--size", help="xs (hidden 32, 4 layers) or s (hidden 64, 8 layers)."),
+) -> None:
+    """Build a tiny randomly initialised VLM (+ processor, locally trained tokenizer) with save_pretrained."""
+    from vlselect.models.tiny import build_tiny
+
+    path = build_tiny(out_dir, family=family, seed=seed, size=size)
+    typer.echo(f"wrote a tiny {family} model to {path}")
 
 
 def register(app: typer.Typer) -> None:
     """Add this stage's commands to the main app."""
+    app.add_typer(models_app, name="models")

@@ -1,0 +1,74 @@
+"""The world's text corpus, for training the tiny tokenizer."""
+
+from __future__ import annotations
+
+from vlselect.world.build import WorldConfig, eval_answers, plan_eval, plan_pool
+from vlselect.world.tasks import LETTERS, number_strings
+from vlselect.world.vocab import (
+    CAPTION_PROMPTS,
+    COLOR_NAMES,
+    GREETINGS,
+    MIX,
+    NUMBER_WORDS,
+    OPTION_SUFFIX,
+    PLURALS,
+    POSITIONS,
+    QUESTIONS,
+    SHAPES,
+    SHORT_SUFFIX,
+    SIDES,
+    SIZES,
+    WORDS,
+)
+
+
+def corpus(seed: int = 0, n: int = 5000) -> list[str]:
+    """Texts covering the world's whole vocabulary, for training a tokenizer.
+
+    The list holds, in a fixed order: every vocabulary item and template on its own line (so no word is missed
+    however small ``n`` is), then the human prompts and answers of ``n`` planned pool records (every task,
+    correct and wrong answers), then the questions and answers of a small planned evaluation set. The image
+    placeholder ``<image>`` is not included: it is a special token of the model, not a word of the world.
+
+    Parameters
+    ----------
+    seed : int
+        Seed of the planned records (the same planning as :func:`vlselect.world.make_world`; nothing rendered).
+    n : int
+        Number of pool records whose texts are included.
+
+    Returns
+    -------
+    list of str
+        Deterministic in ``(seed, n)``.
+
+    Examples
+    --------
+    >>> from vlselect.world import corpus
+    >>> texts = corpus(seed=0, n=500)
+    >>> any("triangle" in t for t in texts)
+    True
+    """
+    texts: list[str] = []
+    texts += [" ".join(SHAPES), " ".join(PLURALS[s] for s in SHAPES), " ".join(COLOR_NAMES), " ".join(SIZES)]
+    texts += list(POSITIONS) + [" ".join(NUMBER_WORDS), " ".join(WORDS), " ".join(w.upper() for w in WORDS)]
+    texts += [" ".join(LETTERS), " ".join(number_strings()), " ".join(sorted(set(MIX.values()))),
+              " ".join(sorted(set(SIDES.values())))]
+    texts += list(CAPTION_PROMPTS) + [SHORT_SUFFIX, OPTION_SUFFIX]
+    for templates in QUESTIONS.values():
+        texts += list(templates)
+    for q, a in GREETINGS:
+        texts += [q, a]
+    cfg = WorldConfig(size=max(1, n), seed=seed, eval_size=20)
+    records, _ = plan_pool(cfg)
+    for r in records:
+        for q, a in r.turns:
+            texts += [q, a]
+        if r.wrong is not None and r.correct:
+            texts.append(r.wrong)
+    sets, _ = plan_eval(cfg)
+    for samples in sets.values():
+        for s in samples:
+            texts.append(s["qa"].prompt)
+            texts += eval_answers(s["metric"], s["qa"])
+    return texts

@@ -1,9 +1,173 @@
-"""CLI commands for the 'select' stage (filled in by its implementation)."""
+"""``vlselect select``: run a selection method on feature arrays and write one subset per budget.
+
+Thin over :func:`vlselect.select.run_method` and :mod:`vlselect.select.io` (issue 5, item 6).
+
+Output: with one budget, the files go straight into ``--out DIR``; with a comma list of budgets, into
+``DIR/<label>/`` per budget (``frac0.2``, ``n4000``), from a single scoring pass.
+"""
 
 from __future__ import annotations
 
+from typing import List, Optional
+
 import typer
+from rich.console import Console
+from rich.table import Table
+
+from vlselect.errors import ConfigError, PoolError
+
+console = Console()
+
+
+def _list_methods() -> None:
+    from vlselect.select import REGISTRY
+
+    table = Table(title="selection methods (vlselect select METHOD)", show_lines=True)
+    table.add_column("method", style="bold")
+    table.add_column("roles (--input ROLE=PATH)")
+    table.add_column("parameters (--param NAME=VALUE) and defaults")
+    table.add_column("summary")
+    for name in sorted(REGISTRY):
+        m = REGISTRY[name]
+        roles = "\n".join(
+            f"{r.name}{'' if r.required else ' (optional)'}" for r in m.roles
+        ) or "-"
+        if m.needs_tasks:
+            roles += "\n+ tasks (--pool or --tasks)"
+        params = "\n".join(
+            f"{p.name}={p.default!r}" + (f" (alias {', '.join(p.aliases)})" if p.aliases else "")
+            + (f" [{'|'.join(map(str, p.choices))}]" if p.choices else "")
+            for p in m.params
+        ) or "-"
+        table.add_row(name, roles, params, m.summary)
+    console.print(table)
+
+
+def _task_table(rows: list[tuple[str, int, int]], title: str) -> Table:
+    t = Table(title=title)
+    t.add_column("task")
+    t.add_column("pool", justify="right")
+    t.add_column("subset", justify="right")
+    t.add_column("share of task", justify="right")
+    tp = ts = 0
+    for name, p, s in rows:
+        t.add_row(name, str(p), str(s), f"{(s / p if p else 0):.1%}")
+        tp += p
+        ts += s
+    t.add_row("[bold]all[/]", str(tp), str(ts), f"{(ts / tp if tp else 0):.1%}")
+    return t
+
+
+def select_command(
+    method: Optional[str] = typer.Argument(None, help="Method name (see --list)."),
+    inputs: List[str] = typer.Option([], "--input", "-i", help="ROLE=PATH: a FeatureStore dir (DIR:array picks an array), .npy or .json list."),
+    pool: Optional[str] = typer.Option(None, "--pool", help="Pool file; rows of every input align with it."),
+    tasks: Optional[str] = typer.Option(None, "--tasks", help="JSON list of task labels, one per row (runs without a pool)."),
+    budget: Optional[str] = typer.Option(None, "--budget", "-b", help="Fraction (0.2), count (4000) or a comma list."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (default 0; --param seed=S works too)."),
+    params: List[str] = typer.Option([], "--param", "-p", help="NAME=VALUE, the official scripts' parameter names."),
+    strict_official: bool = typer.Option(False, "--strict-official", help="Reproduce the official code exactly, bugs included."),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="Output folder (one budget: files here; several: one sub-folder per budget)."),
+    list_methods: bool = typer.Option(False, "--list", help="List every method with its roles and parameters."),
+) -> None:
+    """Select a subset: [bold]vlselect select METHOD --input ROLE=PATH ... --budget B --out DIR[/].
+
+    One budget writes DIR/indices.npy, scores.npy, manifest.json (+ subset.json and ids.txt with --pool);
+    several budgets (e.g. --budget 0.05,0.1,0.2) write one DIR/<label>/ folder each (frac0.05, n4000).
+    """
+    if list_methods:
+        _list_methods()
+        return
+    import warnings
+
+    import numpy as np
+
+    from vlselect.select import get_method, run_method
+    from vlselect.select import io as sio
+
+    if not method:
+        raise ConfigError("no method given; run 'vlselect select --list' to see them, e.g. vlselect select random ...")
+    info = get_method(method)
+    given = sio.parse_param_specs(params)
+    if "seed" in given and not any(p.name == "seed" or "seed" in p.aliases for p in info.params):
+        pseed = given["seed"]
+        try:
+            pseed_i = int(pseed)
+        except ValueError:
+            raise ConfigError(f"--param seed={pseed!r}: expected an integer") from None
+        if seed is not None and seed != pseed_i:
+            raise ConfigError(f"--seed {seed} and --param seed={pseed} disagree; give one of them")
+        seed = pseed_i
+        given.pop("seed")
+    info.resolve_params(given)  # unknown names / bad values fail before any file is read
+    if budget is None:
+        raise ConfigError("--budget is required: a fraction (0.2), a count (4000) or a comma list (0.05,0.1,0.2)")
+    if out is None:
+        raise ConfigError("--out DIR is required: the folder that receives indices.npy, scores.npy and manifest.json")
+    if pool is not None and tasks is not None:
+        raise ConfigError("give --pool FILE or --tasks TASKS.json, not both (the pool already carries the task labels)")
+    for spec in inputs:
+        role, _, _ = sio.parse_input_spec(spec)
+        info.role_for(role)
+
+    pool_obj = None
+    task_labels = None
+    n_rows = None
+    rows_source = None
+    if pool is not None:
+        from pathlib import Path
+
+        if not Path(pool).exists():
+            raise PoolError(f"--pool {pool}: no such file; give the pool JSON/JSONL the features were extracted from")
+        from vlselect.pool import open_pool
+
+        pool_obj = open_pool(pool)
+        n_rows = len(pool_obj)
+        rows_source = f"the pool {pool}"
+        task_labels = list(pool_obj.tasks)
+    elif tasks is not None:
+        task_labels = sio.load_tasks(tasks)
+        n_rows = len(task_labels)
+        rows_source = f"the task list {tasks}"
+
+    aligned = {sio.parse_input_spec(s)[0]: info.role_for(sio.parse_input_spec(s)[0]).aligned for s in inputs}
+    loaded = sio.load_inputs(
+        inputs,
+        aligned_roles=aligned,
+        n_rows=n_rows,
+        rows_source=rows_source,
+        pool_fingerprint=getattr(pool_obj, "fingerprint", None),
+        pool_path=pool,
+    )
+    arrays = {r: li.array for r, li in loaded.items()}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with console.status(f"running {method}…"):
+            sels = run_method(
+                method,
+                arrays,
+                budget,
+                tasks=task_labels,
+                seed=0 if seed is None else seed,
+                strict_official=strict_official,
+                params=given,
+            )
+    for w in caught:
+        console.print(f"[yellow]warning:[/] {w.message}", highlight=False)
+    n = n_rows if n_rows is not None else (sels[0].budget.n if sels else 0)
+    dirs = sio.output_dirs(out, sels)
+    for sel, d in zip(sels, dirs):
+        sio.write_selection(
+            sel, d, pool=pool_obj, pool_path=pool, tasks_path=tasks, inputs=loaded, n_rows=n, tasks=task_labels
+        )
+        short = f", [yellow]shortfall {sel.shortfall}[/]" if sel.shortfall else ""
+        console.print(
+            f"[green]{method}[/] budget {sel.budget.given} → {sel.count} of {n} rows{short} → {d}", highlight=False
+        )
+        if task_labels is not None:
+            console.print(_task_table(sio.task_counts(task_labels, np.asarray(sel.indices)), f"per-task counts, budget {sel.budget.given}"))
 
 
 def register(app: typer.Typer) -> None:
-    """Add this stage's commands to the main app."""
+    """Add ``vlselect select`` to the main app."""
+    app.command("select", no_args_is_help=True)(select_command)

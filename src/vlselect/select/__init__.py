@@ -139,7 +139,11 @@ def run_method(
     lengths = {k: int(arrays[k].shape[0]) for k in aligned}
     if len(set(lengths.values())) > 1:
         raise SelectionError(f"inputs of {name!r} have different row counts: {lengths}; every aligned input needs one row per pool row")
-    n = next(iter(lengths.values())) if lengths else (len(tasks) if tasks is not None else 0)
+    if not lengths and tasks is None:
+        raise SelectionError(
+            f"method {name!r} cannot tell the pool size: give --pool FILE or --tasks TASKS.json, or a row-aligned input"
+        )
+    n = next(iter(lengths.values())) if lengths else len(tasks)
     task_arr = None
     if tasks is not None:
         task_arr = np.asarray([str(t) for t in tasks], dtype=object)

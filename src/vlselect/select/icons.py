@@ -46,7 +46,8 @@ def _release(arr: np.ndarray, a: int, b: int) -> None:
 def iter_row_blocks(
     arr: np.ndarray, block_rows: int, dtype: np.dtype | type = np.float32, *, desc: str | None = None
 ) -> Iterator[tuple[int, int, np.ndarray]]:
-    """Yield ``(start, stop, block)`` over the rows of ``arr`` with ``block`` a fresh ``dtype`` copy.
+    """Yield ``(start, stop, block)`` over the rows of ``arr`` with ``block`` of ``dtype`` (read only: a view
+    when ``arr`` already has that dtype and is C-contiguous, a converted copy otherwise).
 
     Works on in-memory arrays and on ``numpy.memmap`` (pages of a memmap are released after each block, so
     peak memory is one block, never the whole matrix). A rich progress bar is shown when there are many blocks
@@ -67,9 +68,15 @@ def iter_row_blocks(
     try:
         for a in starts:
             b = min(n, a + int(block_rows))
-            block = np.array(arr[a:b], dtype=dtype, copy=True)
+            view = arr[a:b]
+            if view.dtype == np.dtype(dtype) and view.flags.c_contiguous:
+                block = np.asarray(view)
+                yield a, b, block
+                del block
+            else:
+                block = np.array(view, dtype=dtype, copy=True)
+                yield a, b, block
             _release(arr, a, b)
-            yield a, b, block
             if progress is not None:
                 progress.update(task, advance=b - a)
     finally:

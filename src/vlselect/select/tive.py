@@ -171,6 +171,17 @@ def _normalise_rows(block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return out.numpy(), nrm.numpy().reshape(-1)
 
 
+def _row_norms(block: np.ndarray) -> np.ndarray:
+    """Row L2 norms in float32 as torch computes them for ``F.normalize`` (spec §5.3)."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():  # a read-only memmap block: torch only reads it
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.linalg.vector_norm(torch.from_numpy(block), 2, dim=1).numpy()
+
+
 def _finite_rows(train: np.ndarray, block_rows: int) -> np.ndarray:
     ok = np.empty(train.shape[0], dtype=bool)
     for a, b, block in iter_row_blocks(train, block_rows, np.float32, desc="TIVE: checking rows"):
@@ -235,36 +246,43 @@ def tive_instance_scores(
         return scores, finite
     if form != "centroid":
         raise SelectionError(f"score_form={form!r}: choose centroid or gram")
+    # Pass 1: per task, the sum of its unit rows, Σ_j x_j / max(‖x_j‖, eps), as one (T × b) @ (b × d) float32
+    # GEMM per block (the scaling rides in the left factor, so the block is never divided), accumulated over
+    # blocks in float64. Row norms are kept (n floats) for pass 2.
     sums = np.zeros((n_tasks, d), dtype=np.float64)
     counts = np.zeros(n_tasks, dtype=np.int64)
     finite = np.ones(n, dtype=bool)
+    inv_norm = np.zeros(n, dtype=np.float32)
     for a, b, block in iter_row_blocks(train, block_rows, np.float32, desc="TIVE: task sums"):
-        xn, nrm = _normalise_rows(block)
+        nrm = _row_norms(block)
         fin = np.isfinite(nrm)
         finite[a:b] = fin
+        inv = (1.0 / np.maximum(nrm, np.float32(NORMALIZE_EPS))).astype(np.float32)
+        inv[~fin] = 0.0
+        inv_norm[a:b] = inv
         c = np.where(fin, codes[a:b], -1)
         take = c >= 0
         if not take.any():
             continue
-        cb = c[take]
-        present = np.unique(cb)
-        if present.size == 1:
-            sums[present[0]] += xn[take].sum(axis=0, dtype=np.float64)
-        else:
-            onehot = (cb[None, :] == present[:, None]).astype(np.float32)
-            # float32 GEMM per block is exact enough only per block; accumulate each block's sums in float64
-            sums[present] += (onehot.astype(np.float64) @ xn[take].astype(np.float64))
-        counts += np.bincount(cb, minlength=n_tasks)
-    centroids = sums / np.maximum(counts, 1)[:, None]  # (T, d) float64: mean of the task's unit rows
-    ct = centroids.T.copy()
+        if not fin.all():  # 0 · NaN is NaN inside a GEMM: zero the bad rows first (rare, so a copy is fine)
+            block = np.where(fin[:, None], block, np.float32(0.0))
+        present = np.unique(c[take])
+        left = np.where(c[None, :] == present[:, None], inv[None, :], np.float32(0.0)).astype(np.float32)
+        sums[present] += left @ block
+        counts += np.bincount(c[take], minlength=n_tasks)
+    # centroid c_t = (1/n_t) Σ_j x̂_j, so s_i = x̂_i · c_t = (x_i · c_t) / ‖x_i‖
+    centroids = (sums / np.maximum(counts, 1)[:, None]).astype(np.float32)
+    ct = np.ascontiguousarray(centroids.T)
     for a, b, block in iter_row_blocks(train, block_rows, np.float32, desc="TIVE: instance values"):
         c = codes[a:b]
         take = (c >= 0) & finite[a:b]
         if not take.any():
             continue
-        xn, _ = _normalise_rows(block[take])
-        s = xn.astype(np.float64) @ ct  # (rows, T)
-        scores[np.flatnonzero(take) + a] = s[np.arange(s.shape[0]), c[take]].astype(np.float32)
+        if not finite[a:b].all():
+            block = np.where(finite[a:b, None], block, np.float32(0.0))
+        prod = block @ ct  # (b, T) float32
+        rows = np.flatnonzero(take)
+        scores[rows + a] = (prod[rows, c[rows]].astype(np.float64) * inv_norm[rows + a]).astype(np.float32)
     return scores, finite
 
 
@@ -372,8 +390,7 @@ def _fmt_rows(idx: np.ndarray, limit: int = 10) -> str:
             "numpy_seed",
             None,
             int,
-            "seed of NumPy's legacy RandomState used for the draws (default: --seed)",
-            aliases=("seed",),
+            "seed of NumPy's legacy RandomState used for the draws (default: --seed, or --param seed=S)",
         ),
         Param("excluded_task", EXCLUDED_TASK, str, "task label(s) left out, comma-separated; 'none' for none"),
         Param(

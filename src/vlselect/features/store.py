@@ -1,0 +1,461 @@
+"""The :class:`FeatureStore`: per-row feature arrays on disk, sharded, resumable, rank-aware and mergeable.
+
+Layout of a store directory::
+
+    plan.json                  what is being computed: arrays {name: [width, dtype]}, n_rows, shard_size, meta
+    sample_ids.json            row → sample id (a JSON list, pool order)
+    shards/<k>.<name>.npy      shard k's rows of array <name> (rows [k·shard_size, (k+1)·shard_size))
+    shards/<k>.done.json       shard k is complete; lists its rows recorded missing (--skip-bad)
+    <name>.npy                 after finalise: the whole array, rows in pool order (np.load(mmap_mode="r"))
+    missing.npy                after finalise: bool per row, True where the row could not be computed
+    manifest.json              written last, atomically: the store is finished
+
+Every file is written to a temporary name and renamed, and a shard's ``done`` marker is written only after all
+its arrays, so a run killed at any point (even SIGKILL) resumes from the finished shards and produces byte-identical
+arrays. Which shards a process computes is decided outside the computation (DESIGN.md, "From datatrove"):
+:meth:`FeatureStore.pending` takes ``rank`` / ``world_size`` (``torchrun``) or a ``--shard i/N`` pair (SLURM
+arrays); shard ``k`` belongs to rank ``k % world_size``. Rows of a 1-D array (``width=None``) are scalars.
+
+Examples
+--------
+>>> store = FeatureStore.create("out", arrays={"loss": (None, "float32")}, n_rows=10, shard_size=4,
+...                             meta={"pool_fingerprint": "abc"}, sample_ids=[str(i) for i in range(10)])
+>>> for shard in store.pending():                       # doctest: +SKIP
+...     store.write_shard(shard.index, {"loss": compute(shard.start, shard.stop)})
+>>> store.finalise()                                    # doctest: +SKIP
+>>> FeatureStore.open("out").array("loss")               # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from vlselect.errors import FeatureError
+
+FORMAT = "vlselect.features/1"
+_PLAN = "plan.json"
+_MANIFEST = "manifest.json"
+_IDS = "sample_ids.json"
+
+
+@dataclass(frozen=True)
+class Shard:
+    """A block of rows ``[start, stop)`` with its index."""
+
+    index: int
+    start: int
+    stop: int
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _atomic_write_json(path: Path, obj) -> None:
+    _atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
+
+
+def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.lib.format.write_array(fh, np.ascontiguousarray(array), allow_pickle=False)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def parse_shard(spec: str | None) -> tuple[int, int]:
+    """Parse ``"i/N"`` (0-based i) into ``(i, N)``; ``None`` → ``(0, 1)``."""
+    if spec is None or spec == "":
+        return 0, 1
+    try:
+        i, n = (int(x) for x in str(spec).split("/"))
+    except ValueError:
+        i, n = -1, -1
+    if n < 1 or not 0 <= i < n:
+        from vlselect.errors import ConfigError
+
+        raise ConfigError(f"bad --shard value {spec!r}; fix: write it as i/N with 0 <= i < N, e.g. --shard 0/4")
+    return i, n
+
+
+def _normalise_arrays(arrays) -> dict[str, tuple[int | None, str]]:
+    out = {}
+    for name, spec in arrays.items():
+        width, dtype = spec
+        out[str(name)] = (None if width is None else int(width), np.dtype(dtype).str)
+    return out
+
+
+class FeatureStore:
+    """A directory of per-row arrays (see the module docstring for the layout and the guarantees).
+
+    Use :meth:`create` to start or resume writing and :meth:`open` to read a finished store.
+    """
+
+    def __init__(self, path, plan: dict, manifest: dict | None = None):
+        self.path = Path(path)
+        self.plan = plan
+        self._manifest = manifest
+
+    # ------------------------------------------------------------------ writing
+    @classmethod
+    def create(cls, path, *, arrays: dict, n_rows: int, shard_size: int = 1024, meta: dict | None = None,
+               sample_ids: Iterable[str] | None = None) -> "FeatureStore":
+        """Start a store, or reopen an unfinished one with the same plan to resume it.
+
+        Parameters
+        ----------
+        path : path-like
+            The store directory.
+        arrays : dict
+            ``{name: (width, dtype)}``; ``width=None`` for one scalar per row.
+        n_rows : int
+            Number of rows (the pool's length).
+        shard_size : int
+            Rows per shard (the unit of resumption and of work split between ranks).
+        meta : dict
+            Recorded in the manifest (model, model_hash, layers, pooling, pool_fingerprint, …). A resumed run must
+            pass the same ``meta`` (compared as JSON).
+        sample_ids : iterable of str, optional
+            Row → sample id; length ``n_rows``.
+
+        Raises
+        ------
+        FeatureError
+            The directory holds a store with a different plan.
+        """
+        path = Path(path)
+        if n_rows < 0 or shard_size < 1:
+            raise FeatureError(f"feature store '{path}': bad n_rows={n_rows} or shard_size={shard_size}; fix: "
+                               "n_rows >= 0 and shard_size >= 1")
+        plan = {
+            "format": FORMAT,
+            "arrays": {k: [w, d] for k, (w, d) in _normalise_arrays(arrays).items()},
+            "n_rows": int(n_rows),
+            "shard_size": int(shard_size),
+            "meta": json.loads(json.dumps(meta or {})),
+        }
+        existing = path / _PLAN
+        if existing.exists():
+            try:
+                old = json.loads(existing.read_text())
+            except ValueError as exc:
+                raise FeatureError(f"feature store '{path}': plan.json is corrupt ({exc}); fix: delete the "
+                                   "directory and run again") from exc
+            if old != plan:
+                diff = sorted(k for k in set(old) | set(plan) if old.get(k) != plan.get(k))
+                if "meta" in diff:
+                    diff += sorted(k for k in set(old.get("meta", {})) | set(plan["meta"])
+                                   if old.get("meta", {}).get(k) != plan["meta"].get(k))
+                raise FeatureError(f"feature store '{path}' was started with different settings ({', '.join(diff)}); "
+                                   "fix: use another --out directory, or delete this one to start over")
+        else:
+            path.mkdir(parents=True, exist_ok=True)
+            if sample_ids is not None:
+                ids = [str(s) for s in sample_ids]
+                if len(ids) != n_rows:
+                    raise FeatureError(f"feature store '{path}': {len(ids)} sample ids for {n_rows} rows")
+                _atomic_write_json(path / _IDS, ids)
+            _atomic_write_json(existing, plan)
+        manifest = None
+        if (path / _MANIFEST).exists():
+            manifest = json.loads((path / _MANIFEST).read_text())
+        return cls(path, plan, manifest)
+
+    @property
+    def n_rows(self) -> int:
+        return self.plan["n_rows"]
+
+    @property
+    def shard_size(self) -> int:
+        return self.plan["shard_size"]
+
+    @property
+    def n_shards(self) -> int:
+        return -(-self.n_rows // self.shard_size)
+
+    def shard(self, k: int) -> Shard:
+        start = k * self.shard_size
+        return Shard(k, start, min(start + self.shard_size, self.n_rows))
+
+    def shards(self) -> list[Shard]:
+        return [self.shard(k) for k in range(self.n_shards)]
+
+    def _shard_file(self, k: int, name: str) -> Path:
+        return self.path / "shards" / f"{k:06d}.{name}.npy"
+
+    def _done_file(self, k: int) -> Path:
+        return self.path / "shards" / f"{k:06d}.done.json"
+
+    def is_done(self, k: int) -> bool:
+        return self._done_file(k).exists()
+
+    def done_shards(self) -> list[int]:
+        return [k for k in range(self.n_shards) if self.is_done(k)]
+
+    def pending(self, rank: int = 0, world_size: int = 1) -> list[Shard]:
+        """The unfinished shards that belong to ``rank`` of ``world_size`` (shard k → rank k % world_size)."""
+        if self.finished:
+            return []
+        return [s for s in self.shards() if s.index % world_size == rank and not self.is_done(s.index)]
+
+    @property
+    def finished(self) -> bool:
+        return self._manifest is not None or (self.path / _MANIFEST).exists()
+
+    def write_shard(self, k: int, arrays: dict[str, np.ndarray], missing: Iterable[int] = ()) -> None:
+        """Write shard ``k``'s rows of every array, then mark it done.
+
+        Parameters
+        ----------
+        k : int
+        arrays : dict
+            ``{name: array}`` with ``len(shard)`` rows each, for every array of the plan.
+        missing : iterable of int
+            Absolute row indices of this shard that could not be computed (their rows should be zeros).
+        """
+        shard = self.shard(k)
+        specs = self.plan["arrays"]
+        if set(arrays) != set(specs):
+            raise FeatureError(f"feature store '{self.path}': shard {k} got arrays {sorted(arrays)}, expected "
+                               f"{sorted(specs)}")
+        for name, a in arrays.items():
+            width, dtype = specs[name]
+            shape = (len(shard),) if width is None else (len(shard), width)
+            a = np.asarray(a)
+            if a.shape != shape:
+                raise FeatureError(f"feature store '{self.path}': array '{name}' of shard {k} has shape {a.shape}, "
+                                   f"expected {shape}")
+            _atomic_save_npy(self._shard_file(k, name), a.astype(np.dtype(dtype), copy=False))
+        miss = sorted(int(r) for r in missing)
+        if any(not shard.start <= r < shard.stop for r in miss):
+            raise FeatureError(f"feature store '{self.path}': missing rows {miss} are outside shard {k}")
+        _atomic_write_json(self._done_file(k), {"rows": [shard.start, shard.stop], "missing": miss})
+
+    def finalise(self, extra: dict | None = None) -> bool:
+        """Join the shards into whole arrays and write the manifest, if every shard is done.
+
+        Returns True if the store is (now) finished, False if shards are still missing (another process will
+        finalise, or ``vlselect features merge`` will). Safe to call from several processes: one wins a lock.
+        """
+        if self.finished:
+            return True
+        if len(self.done_shards()) != self.n_shards:
+            return False
+        lock = self.path / ".finalise.lock"
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                holder = int(lock.read_text() or 0)
+            except (OSError, ValueError):
+                holder = 0
+            if holder and holder != os.getpid() and _alive(holder):
+                return False  # another process is finalising
+            fd = os.open(lock, os.O_WRONLY | os.O_TRUNC)  # stale lock of a killed finaliser: finalising is idempotent
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        missing = np.zeros(self.n_rows, dtype=bool)
+        for k in range(self.n_shards):
+            info = json.loads(self._done_file(k).read_text())
+            missing[info["missing"]] = True
+        arrays_info = {}
+        for name, (width, dtype) in self.plan["arrays"].items():
+            shape = (self.n_rows,) if width is None else (self.n_rows, width)
+            final = self.path / f"{name}.npy"
+            tmp = self.path / f".{name}.npy.tmp"
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.dtype(dtype), shape=shape)
+            for s in self.shards():
+                out[s.start:s.stop] = np.load(self._shard_file(s.index, name), mmap_mode="r")
+            out.flush()
+            del out
+            os.replace(tmp, final)
+            arrays_info[name] = {"file": final.name, "shape": list(shape), "dtype": np.dtype(dtype).str}
+        _atomic_save_npy(self.path / "missing.npy", missing)
+        manifest = {
+            "format": FORMAT,
+            "n_rows": self.n_rows,
+            "shard_size": self.shard_size,
+            "arrays": arrays_info,
+            "n_missing": int(missing.sum()),
+            "missing_rows": [int(r) for r in np.flatnonzero(missing)],
+            "sample_ids_file": _IDS if (self.path / _IDS).exists() else None,
+            **self.plan["meta"],
+            **(extra or {}),
+        }
+        _atomic_write_json(self.path / _MANIFEST, manifest)
+        self._manifest = manifest
+        shutil.rmtree(self.path / "shards", ignore_errors=True)
+        lock.unlink(missing_ok=True)
+        return True
+
+    # ------------------------------------------------------------------ reading
+    @classmethod
+    def open(cls, path) -> "FeatureStore":
+        """Open a finished store.
+
+        Raises
+        ------
+        FeatureError
+            The directory is missing, unfinished (names the done / total shards) or corrupt.
+        """
+        path = Path(path)
+        if not path.is_dir():
+            raise FeatureError(f"feature store '{path}' does not exist; fix: run 'vlselect features activations "
+                               f"--out {path} ...' first, or check the path")
+        mpath = path / _MANIFEST
+        if not mpath.exists():
+            plan_path = path / _PLAN
+            if plan_path.exists():
+                try:
+                    st = cls(path, json.loads(plan_path.read_text()))
+                    done = f"{len(st.done_shards())}/{st.n_shards} shards done"
+                except (ValueError, KeyError):
+                    done = "plan.json is corrupt"
+                raise FeatureError(f"feature store '{path}' is unfinished ({done}); fix: run the same command "
+                                   "again to resume it, or 'vlselect features merge' the parts")
+            raise FeatureError(f"'{path}' is not a feature store (no manifest.json); fix: point to a directory "
+                               "written by 'vlselect features ...'")
+        try:
+            manifest = json.loads(mpath.read_text())
+            plan = json.loads((path / _PLAN).read_text())
+            for name, info in manifest["arrays"].items():
+                if not (path / info["file"]).exists():
+                    raise FeatureError(f"feature store '{path}': array file '{info['file']}' is missing; fix: "
+                                       "recompute the store")
+        except (ValueError, KeyError, OSError) as exc:
+            raise FeatureError(f"feature store '{path}' is corrupt ({exc}); fix: delete it and recompute") from exc
+        return cls(path, plan, manifest)
+
+    @property
+    def manifest(self) -> dict:
+        if self._manifest is None:
+            raise FeatureError(f"feature store '{self.path}' is not finalised yet")
+        return self._manifest
+
+    def names(self) -> list[str]:
+        """The array names, e.g. ``["activations", "loss", ...]``."""
+        return list(self.manifest["arrays"])
+
+    def array(self, name: str) -> np.ndarray:
+        """The whole array ``name`` as a read-only memmap, rows in pool order."""
+        info = self.manifest["arrays"].get(name)
+        if info is None:
+            raise FeatureError(f"feature store '{self.path}' has no array '{name}' (it has: "
+                               f"{', '.join(self.names())}); fix: compute it, e.g. with --losses for loss/el2n")
+        a = np.load(self.path / info["file"], mmap_mode="r")
+        if list(a.shape) != info["shape"] or a.dtype.str != info["dtype"]:
+            raise FeatureError(f"feature store '{self.path}': '{info['file']}' has shape {a.shape} / {a.dtype}, the "
+                               f"manifest says {info['shape']} / {info['dtype']}; fix: recompute the store")
+        return a
+
+    def sample_ids(self) -> list[str]:
+        """Row → sample id."""
+        f = self.path / _IDS
+        if not f.exists():
+            raise FeatureError(f"feature store '{self.path}' has no sample ids")
+        return json.loads(f.read_text())
+
+    def missing(self) -> np.ndarray:
+        """Bool mask: True for rows recorded missing (e.g. a bad image under --skip-bad)."""
+        return np.load(self.path / "missing.npy")
+
+
+def merge(dirs, out) -> FeatureStore:
+    """Join partial stores of the same plan (e.g. SLURM ``--shard i/N`` runs into separate dirs) into ``out``.
+
+    Every shard must be done in at least one input; the result is byte-identical to a single run.
+
+    Raises
+    ------
+    FeatureError
+        The inputs have different plans, or some shards are done nowhere (named).
+    """
+    dirs = [Path(d) for d in dirs]
+    if not dirs:
+        raise FeatureError("merge needs at least one input directory")
+    plans = []
+    for d in dirs:
+        p = d / _PLAN
+        if not p.exists():
+            raise FeatureError(f"'{d}' is not a feature store (no plan.json); fix: pass the --out directories of "
+                               "the partial runs")
+        plans.append(json.loads(p.read_text()))
+    for d, p in zip(dirs[1:], plans[1:]):
+        if p != plans[0]:
+            raise FeatureError(f"cannot merge '{d}' with '{dirs[0]}': they were computed with different settings; "
+                               "fix: merge only parts of one run")
+    plan = plans[0]
+    w = {k: (v[0], v[1]) for k, v in plan["arrays"].items()}
+    ids = None
+    for d in dirs:
+        if (d / _IDS).exists():
+            ids = json.loads((d / _IDS).read_text())
+            break
+    dest = FeatureStore.create(out, arrays=w, n_rows=plan["n_rows"], shard_size=plan["shard_size"],
+                               meta=plan["meta"], sample_ids=ids)
+    if dest.finished:
+        return FeatureStore.open(out)
+    srcs = [FeatureStore(d, plan) for d in dirs]
+    finished_srcs = [s for s in srcs if (s.path / _MANIFEST).exists()]
+    absent = []
+    for k in range(dest.n_shards):
+        if dest.is_done(k):
+            continue
+        src = next((s for s in srcs if s.path.resolve() != dest.path.resolve() and s.is_done(k)), None)
+        if src is not None:
+            for name in plan["arrays"]:
+                _atomic_write_bytes(dest._shard_file(k, name), src._shard_file(k, name).read_bytes())
+            _atomic_write_bytes(dest._done_file(k), src._done_file(k).read_bytes())
+        elif finished_srcs:
+            fs = FeatureStore.open(finished_srcs[0].path)
+            sh = dest.shard(k)
+            miss = np.flatnonzero(fs.missing()[sh.start:sh.stop]) + sh.start
+            dest.write_shard(k, {n: np.asarray(fs.array(n)[sh.start:sh.stop]) for n in plan["arrays"]}, miss)
+        else:
+            absent.append(k)
+    if absent:
+        rows = ", ".join(f"{k} (rows {dest.shard(k).start}-{dest.shard(k).stop - 1})" for k in absent[:10])
+        raise FeatureError(f"cannot merge into '{out}': shards {rows}{' …' if len(absent) > 10 else ''} are not done "
+                           "in any input; fix: run the missing --shard jobs first")
+    dest.finalise()
+    return FeatureStore.open(out)

@@ -1,0 +1,517 @@
+"""Exact per-sample LoRA gradients, a whole batch per backward pass, projected to a few thousand dimensions.
+
+ICONS, TIVE and LESS need, for every sample ``i``, the gradient ``g_i`` of its own loss with respect to the LoRA
+weights of a warm-up reference model (icons.md §2.2-2.3, tive.md §4.1-4.4, survey.md §5.2). The official code runs
+one sample per backward pass. Here a batch runs in one forward and one backward:
+
+* a forward hook on every hooked ``nn.Linear`` (PEFT's ``lora_A`` / ``lora_B`` modules) keeps its input ``x_t`` and
+  its output tensor; the backward pass, ``torch.autograd.grad(sum_i L_i, outputs)``, returns each layer's output
+  gradients ``delta_t`` for the whole batch;
+* because the batch loss is the **sum** of the per-sample losses and samples do not interact, sample ``i``'s rows of
+  ``delta`` are exactly ``dL_i/d out``, and its weight gradient is ``sum_t delta_t x_t^T`` over its own tokens. For
+  PEFT's LoRA this is ``grad_B = sum_t delta_t (A x_t)^T`` and ``grad_A = sum_t (B^T delta_t * s) x_t^T`` with the
+  scaling ``s = alpha/r`` already inside ``delta`` (autograd puts it there); dropout is off (eval mode);
+* padding positions are zeroed in ``x`` (they carry no gradient anyway: labels are -100 there);
+* the per-sample loss is the official one: the mean token cross-entropy over the sample's supervised (answer)
+  tokens, ``L_i = -(1/|S_i|) sum_{t in S_i} log p(y_t | y_<t)`` (icons.md §2.2, tive.md §4.2);
+* the gradient vector is the concatenation of the parameters in ``model.named_parameters()`` order, each flattened
+  row-major: per module ``lora_A`` (r x in) then ``lora_B`` (out x r) (icons.md §2.3, tive.md §4.3).
+
+Each layer's per-sample gradient is projected as it is produced (the projection is linear; see
+:mod:`vlselect.features.projection`), or buffered over many samples and projected at once when it is small, so the
+random matrix is generated once per buffer rather than once per 4 or 16 samples as in the official code. The full
+(unprojected) L2 norm of each gradient, TIVE's input to its task value (tive.md §4.4), is computed alongside.
+
+Optional LESS preconditioning with a warm-up Adam state (icons.md §2.3, last bullet):
+``(beta1*m + (1-beta1)*g) / sqrt(beta2*v + (1-beta2)*g**2 + eps)`` with frozen ``m, v`` and no bias correction.
+ICONS and TIVE use plain gradients (the default).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Literal, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vlselect.errors import ConfigError, FeatureError, ModelError
+from vlselect.features.projection import DEFAULT_DIMS, FactoredProjection, Projection
+
+#: Which trainable parameters a method takes gradients of (icons.md §1: every LoRA A/B; tive.md §4.1: LoRA A/B of
+#: the attention projections only).
+PARAM_SELECTORS: dict[str, Callable[[str], bool]] = {
+    "lora": lambda name: "lora_" in name,
+    "self_attn": lambda name: "lora_" in name and "self_attn" in name,
+}
+
+ProjectionName = Literal["rademacher", "gaussian", "factored", "none"]
+PROJECTIONS = ("rademacher", "gaussian", "factored", "none")
+
+#: LESS / Adam constants (icons.md §2.3).
+ADAM_BETAS = (0.9, 0.999)
+ADAM_EPS = 1e-8
+
+
+def per_sample_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The official per-sample loss: mean next-token cross-entropy over the sample's supervised tokens.
+
+    Parameters
+    ----------
+    logits:
+        ``(b, T, V)`` model outputs.
+    labels:
+        ``(b, T)`` token ids, -100 where unsupervised (system, user turns, image tokens, padding).
+
+    Returns
+    -------
+    (losses, counts)
+        ``losses`` ``(b,)`` float32, ``counts`` ``(b,)`` the number of supervised tokens. A sample with no
+        supervised token gets loss 0 (hence a zero gradient) where the official code produces NaN (icons.md §2.2,
+        quirk Q15); callers count such samples.
+
+    References
+    ----------
+    icons.md §2.2, tive.md §4.2 (HF causal-LM loss, batch size 1).
+    """
+    shift_logits = logits[:, :-1, :].float()
+    shift_labels = labels[:, 1:].to(shift_logits.device)
+    ce = F.cross_entropy(shift_logits.transpose(1, 2), shift_labels, ignore_index=-100, reduction="none")
+    counts = (shift_labels != -100).sum(dim=1)
+    return ce.sum(dim=1) / counts.clamp(min=1), counts
+
+
+def model_inputs(batch: Mapping[str, Any], device: torch.device | str | None = None) -> dict[str, Any]:
+    """The forward arguments of a collated batch: everything but ``labels`` (and bookkeeping keys), on ``device``."""
+    skip = {"labels", "ids", "id", "index", "indices", "rows"}
+    out = {}
+    for k, v in batch.items():
+        if k in skip:
+            continue
+        out[k] = v.to(device) if (device is not None and isinstance(v, torch.Tensor)) else v
+    out["use_cache"] = False
+    return out
+
+
+@dataclass
+class _Param:
+    name: str
+    module_name: str
+    module: torch.nn.Linear
+    kind: str  # "weight" | "bias"
+    offset: int
+    numel: int
+    shape: tuple[int, ...]
+
+
+def select_parameters(model: torch.nn.Module, params: str = "lora") -> list[tuple[str, torch.nn.Parameter]]:
+    """Mark the parameters a method differentiates as trainable (and all others frozen); return them in
+    ``named_parameters`` order.
+
+    Parameters
+    ----------
+    model:
+        A PEFT LoRA model (or any model whose selected parameters are ``nn.Linear`` weights or biases).
+    params:
+        ``"lora"``: every LoRA A/B (ICONS, LESS; icons.md §1 ``set_lora_trainable``); ``"self_attn"``: LoRA A/B of
+        the attention projections only (TIVE; tive.md §4.1).
+    """
+    if params not in PARAM_SELECTORS:
+        raise ConfigError(f"parameter set {params!r} is unknown; use one of {', '.join(PARAM_SELECTORS)}")
+    keep = PARAM_SELECTORS[params]
+    chosen = []
+    for name, p in model.named_parameters():
+        sel = keep(name)
+        p.requires_grad_(sel)
+        if sel:
+            chosen.append((name, p))
+    if not chosen:
+        raise ModelError(
+            f"the model has no parameter matching the '{params}' set (names containing 'lora_'"
+            + (" and 'self_attn'" if params == "self_attn" else "")
+            + "); fix: pass --lora DIR with a PEFT LoRA adapter, or train one with 'vlselect train warmup'"
+        )
+    return chosen
+
+
+def _strip_prefix(name: str) -> str:
+    for pre in ("base_model.model.", "module."):
+        if name.startswith(pre):
+            name = name[len(pre) :]
+    return name.replace(".default.", ".")
+
+
+def load_adam_state(path: str | Path, names: Sequence[str], shapes: Sequence[tuple[int, ...]]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Read a warm-up Adam state and map it to parameter names.
+
+    Accepted files (``torch.load``): a ``{param_name: {"exp_avg", "exp_avg_sq"}}`` dict (what LESS's
+    ``prepare_optimizer_state`` and ICONS's ``process_adam_optimizer_states`` produce), or a PyTorch optimizer
+    ``state_dict()`` (``{"state": {i: {...}}, "param_groups": [...]}``, e.g. a Trainer's ``optimizer.pt``). An
+    optimizer state dict is matched by ``param_groups[*]["param_names"]`` when present, else by position: its
+    parameters, in group order, must be the selected parameters in ``named_parameters`` order.
+
+    Returns
+    -------
+    dict
+        ``name -> (exp_avg, exp_avg_sq)`` as float32 flat tensors.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FeatureError(f"Adam state file '{path}' does not exist; fix: pass the optimizer state saved by "
+                           "'vlselect train warmup' (adam_state.pt in its output) or drop --adam-state")
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001
+        raise FeatureError(f"cannot read Adam state '{path}': {type(exc).__name__}: {exc}; fix: pass a torch.save "
+                           "file of an optimizer state_dict or a {name: {exp_avg, exp_avg_sq}} dict") from exc
+    by_short = {_strip_prefix(n): n for n in names}
+    out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    if isinstance(raw, Mapping) and "state" in raw and "param_groups" in raw:
+        order: list[Any] = []
+        group_names: list[str] | None = []
+        for g in raw["param_groups"]:
+            order.extend(g["params"])
+            if group_names is not None and "param_names" in g:
+                group_names.extend(g["param_names"])
+            else:
+                group_names = None
+        if group_names is not None and len(group_names) == len(order):
+            pairs = [(by_short.get(_strip_prefix(n)), raw["state"].get(i, {})) for n, i in zip(group_names, order)]
+        else:
+            if len(order) != len(names):
+                raise FeatureError(
+                    f"Adam state '{path}' has {len(order)} parameters but {len(names)} are selected; fix: use the "
+                    "optimizer state of the same LoRA run (same targets and rank)"
+                )
+            pairs = [(n, raw["state"].get(i, {})) for n, i in zip(names, order)]
+        for n, st in pairs:
+            if n is not None and "exp_avg" in st:
+                out[n] = (st["exp_avg"], st["exp_avg_sq"])
+    elif isinstance(raw, Mapping):
+        for k, st in raw.items():
+            n = by_short.get(_strip_prefix(str(k)))
+            if n is not None and isinstance(st, Mapping) and "exp_avg" in st:
+                out[n] = (st["exp_avg"], st["exp_avg_sq"])
+    missing = [n for n in names if n not in out]
+    if missing:
+        raise FeatureError(f"Adam state '{path}' has no moments for {len(missing)} selected parameters (first: "
+                           f"'{missing[0]}'); fix: use the optimizer state saved with this LoRA adapter")
+    for n, shape in zip(names, shapes):
+        m, v = out[n]
+        if m.numel() != math.prod(shape) or v.numel() != math.prod(shape):
+            raise FeatureError(f"Adam state '{path}': moments of '{n}' have {m.numel()} entries, the parameter has "
+                               f"{math.prod(shape)}; fix: use the optimizer state of this exact adapter")
+        out[n] = (m.detach().float().reshape(-1), v.detach().float().reshape(-1))
+    return out
+
+
+class GradientEngine:
+    """Batched exact per-sample gradients of a LoRA model, optionally projected.
+
+    Parameters
+    ----------
+    model:
+        A PEFT LoRA model (``PeftModel``) in eval mode (dropout off). Its parameters' ``requires_grad`` flags are
+        set by ``params``.
+    params:
+        ``"lora"`` (ICONS, LESS) or ``"self_attn"`` (TIVE); see :func:`select_parameters`.
+    projection:
+        ``"rademacher"`` (default, as the official code), ``"gaussian"``, ``"factored"`` (LoGra, a different
+        sketch) or ``"none"`` (return the full gradients: small models and tests only).
+    dim:
+        Output dimension (5,120 ICONS, 8,192 TIVE/LESS).
+    seed:
+        Projection seed (official: 0).
+    factor_dim:
+        Per-side dimension of the factored sketch.
+    adam_state:
+        ``name -> (exp_avg, exp_avg_sq)`` (see :func:`load_adam_state`) for LESS preconditioning, or ``None``
+        (plain gradients, the ICONS/TIVE default).
+    buffer_bytes:
+        Full per-sample gradients are buffered up to this many bytes and projected together, so the random matrix
+        is generated once per buffer; gradients larger than that are projected layer by layer as they come.
+    block_bytes:
+        Memory for one generated block of the random matrix.
+
+    Examples
+    --------
+    >>> engine = GradientEngine(peft_model, projection="rademacher", dim=8192)  # doctest: +SKIP
+    >>> for rows, feats, norms in engine.run(batches):  # doctest: +SKIP
+    ...     store.write(rows, gradients=feats, grad_norms=norms)
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        *,
+        params: str = "lora",
+        projection: ProjectionName = "rademacher",
+        dim: int = DEFAULT_DIMS["tive"],
+        seed: int = 0,
+        factor_dim: int = 64,
+        adam_state: Mapping[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
+        adam_betas: tuple[float, float] = ADAM_BETAS,
+        adam_eps: float = ADAM_EPS,
+        buffer_bytes: int = 512 * 2**20,
+        block_bytes: int = 256 * 2**20,
+    ) -> None:
+        if projection not in PROJECTIONS:
+            raise ConfigError(f"projection {projection!r} is unknown; use one of {', '.join(PROJECTIONS)}")
+        if projection == "factored" and adam_state is not None:
+            raise ConfigError("Adam preconditioning needs the full gradient and cannot be combined with the factored "
+                              "projection; fix: use --projection rademacher or gaussian with --adam-state")
+        self.model = model
+        self.model.eval()
+        self.device = next(model.parameters()).device
+        chosen = select_parameters(model, params)
+        self.params: list[_Param] = []
+        offset = 0
+        modules: dict[str, torch.nn.Linear] = {}
+        for name, p in chosen:
+            mod_name, _, kind = name.rpartition(".")
+            mod = model.get_submodule(mod_name)
+            if not isinstance(mod, torch.nn.Linear) or kind not in ("weight", "bias"):
+                raise ModelError(
+                    f"trainable parameter '{name}' is not the weight or bias of a linear layer; per-sample gradients "
+                    "are computed for linear (LoRA A/B) layers only; fix: train a LoRA adapter on linear layers"
+                )
+            self.params.append(_Param(name, mod_name, mod, kind, offset, p.numel(), tuple(p.shape)))
+            modules[mod_name] = mod
+            offset += p.numel()
+        self.num_params = offset
+        self.modules = modules
+        self.projection = projection
+        self.adam = None
+        if adam_state is not None:
+            self.adam = {n: (m.to(self.device), v.to(self.device)) for n, (m, v) in adam_state.items()}
+            missing = [p.name for p in self.params if p.name not in self.adam]
+            if missing:
+                raise FeatureError(f"the Adam state has no moments for '{missing[0]}'; fix: use the optimizer state "
+                                   "saved with this LoRA adapter")
+        self.adam_betas = adam_betas
+        self.adam_eps = adam_eps
+        self.buffer_bytes = int(buffer_bytes)
+        self.dense: Projection | None = None
+        self.factored: FactoredProjection | None = None
+        if projection in ("rademacher", "gaussian"):
+            self.dense = Projection(self.num_params, dim, kind=projection, seed=seed, block_bytes=block_bytes,
+                                    device=self.device)
+        elif projection == "factored":
+            shapes = [(p.shape[0], p.shape[1] if p.kind == "weight" else 1) for p in self.params]
+            self.factored = FactoredProjection(shapes, dim, factor_dim=factor_dim, seed=seed,
+                                               block_bytes=block_bytes, device=self.device)
+        self.out_dim = (
+            self.num_params if projection == "none" else (self.dense.dim if self.dense else self.factored.out_dim)
+        )
+        self.empty_samples = 0
+        self._captured: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    # ------------------------------------------------------------------------------------------ hooks
+
+    def _hook(self, name: str):
+        def fn(module, inputs, output):
+            if name in self._captured:
+                raise ModelError(f"layer '{name}' ran twice in one forward pass; per-sample gradients need each "
+                                 "LoRA layer to run once per sample; fix: target layers that are used once")
+            self._captured[name] = (inputs[0], output)
+
+        return fn
+
+    @property
+    def param_names(self) -> list[str]:
+        """Parameter names in gradient order."""
+        return [p.name for p in self.params]
+
+    def losses(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward a batch and return ``(per-sample losses, supervised-token counts)``, keeping the graph."""
+        out = self.model(**model_inputs(batch, self.device))
+        return per_sample_loss(out.logits, batch["labels"].to(self.device))
+
+    def _layer_grads(self, batch: Mapping[str, Any]):
+        """One forward and one backward; returns ``(b, {module: (x, delta)})`` with padding zeroed in ``x``."""
+        handles = [m.register_forward_hook(self._hook(n)) for n, m in self.modules.items()]
+        self._captured = {}
+        try:
+            with torch.enable_grad():
+                losses, counts = self.losses(batch)
+        finally:
+            for h in handles:
+                h.remove()
+        b = losses.shape[0]
+        self.empty_samples += int((counts == 0).sum())
+        names = [n for n, (_, o) in self._captured.items() if o.requires_grad]
+        outs = [self._captured[n][1] for n in names]
+        grads = torch.autograd.grad(losses.sum(), outs, allow_unused=True) if outs else []
+        gmap = dict(zip(names, grads))
+        mask = batch.get("attention_mask")
+        res = {}
+        for n, mod in self.modules.items():
+            if n not in self._captured:
+                res[n] = None  # layer not run: zero gradient
+                continue
+            x, out = self._captured[n]
+            g = gmap.get(n)
+            if g is None:
+                res[n] = None
+                continue
+            if x.shape[0] != b:
+                raise ModelError(
+                    f"layer '{n}' sees a leading dimension of {x.shape[0]} for a batch of {b} samples (a vision "
+                    "tower layer?); per-sample gradients need layers of the language model; fix: do not put LoRA on "
+                    "the vision tower, or use --batch-size 1"
+                )
+            x = x.detach().reshape(b, -1, x.shape[-1])
+            g = g.detach().reshape(b, -1, g.shape[-1])
+            if mask is not None and x.shape[1] == mask.shape[1]:
+                x = x * mask.to(x.device, x.dtype).unsqueeze(-1)
+            res[n] = (x, g)
+        self._captured = {}
+        return b, res
+
+    def _param_grad(self, p: _Param, xg) -> torch.Tensor:
+        b_x, b_g = xg
+        if p.kind == "weight":
+            return torch.einsum("bto,bti->boi", b_g.float(), b_x.float()).reshape(b_g.shape[0], -1)
+        return b_g.float().sum(dim=1)
+
+    def _precondition(self, p: _Param, g: torch.Tensor) -> torch.Tensor:
+        m, v = self.adam[p.name]
+        b1, b2 = self.adam_betas
+        return (b1 * m + (1 - b1) * g) / torch.sqrt(b2 * v + (1 - b2) * g * g + self.adam_eps)
+
+    # ------------------------------------------------------------------------------------------ public
+
+    def full_gradients(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The full per-sample gradients ``(b, D)`` float32 (Adam-preconditioned if an Adam state was given) and
+        the L2 norms ``(b,)`` of the plain gradients."""
+        b, res = self._layer_grads(batch)
+        full = torch.zeros(b, self.num_params, dtype=torch.float32, device=self.device)
+        sq = torch.zeros(b, dtype=torch.float64, device=self.device)
+        for p in self.params:
+            xg = res[p.module_name]
+            if xg is None:
+                continue
+            g = self._param_grad(p, xg)
+            sq += (g.double() ** 2).sum(dim=1)
+            full[:, p.offset : p.offset + p.numel] = self._precondition(p, g) if self.adam else g
+        if self.adam:  # parameters with no gradient still get the preconditioned zero gradient
+            for p in self.params:
+                if res[p.module_name] is None:
+                    full[:, p.offset : p.offset + p.numel] = self._precondition(p, torch.zeros(b, p.numel, device=self.device))
+        return full, sq.sqrt().float()
+
+    def _project_streaming(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        b, res = self._layer_grads(batch)
+        sq = torch.zeros(b, dtype=torch.float64, device=self.device)
+        if self.factored is not None:
+            parts = []
+            for i, p in enumerate(self.params):
+                xg = res[p.module_name]
+                o, n_in = self.factored.out_shapes[i]
+                if xg is None:
+                    parts.append(torch.zeros(b, o * n_in, device=self.device))
+                    continue
+                x, g = xg
+                if p.kind == "bias":
+                    x = torch.ones(*x.shape[:2], 1, dtype=x.dtype, device=x.device)
+                    if "attention_mask" in batch and x.shape[1] == batch["attention_mask"].shape[1]:
+                        x = x * batch["attention_mask"].to(x.device, x.dtype).unsqueeze(-1)
+                parts.append(self.factored.sketch_layer(i, g, x))
+                # exact norm of the full gradient from the token factors: ||sum_t g_t x_t^T||_F^2 via Gram matrices
+                gg = torch.einsum("bso,bto->bst", g.double(), g.double())
+                xx = torch.einsum("bsi,bti->bst", x.double(), x.double())
+                sq += (gg * xx).sum(dim=(1, 2))
+            return self.factored.finish(torch.cat(parts, dim=1)), sq.sqrt().float()
+        out = torch.zeros(b, self.dense.dim, dtype=torch.float32, device=self.device)
+        for p in self.params:
+            xg = res[p.module_name]
+            if xg is None and not self.adam:
+                continue
+            g = self._param_grad(p, xg) if xg is not None else torch.zeros(b, p.numel, device=self.device)
+            sq += (g.double() ** 2).sum(dim=1)
+            self.dense.project_into(out, self._precondition(p, g) if self.adam else g, p.offset)
+        return out, sq.sqrt().float()
+
+    def run(self, batches: Iterable[Mapping[str, Any]]) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+        """Featurise batches in order.
+
+        Yields
+        ------
+        (start, features, norms)
+            ``start``: the position (counted over all samples passed in) of the first row; ``features``
+            ``(n, out_dim)`` float32 on CPU (projected, or full gradients with ``projection="none"``); ``norms``
+            ``(n,)`` float32, the L2 norm of each sample's plain (unprojected, unpreconditioned) gradient.
+        """
+        start = 0
+        pending: list[tuple[torch.Tensor, torch.Tensor]] = []
+        pending_rows = 0
+        row_bytes = 4 * self.num_params
+        bufferable = self.dense is not None or self.projection == "none"
+
+        def flush():
+            nonlocal pending, pending_rows, start
+            full = torch.cat([f for f, _ in pending]) if len(pending) > 1 else pending[0][0]
+            norms = torch.cat([n for _, n in pending])
+            feats = full if self.dense is None else self.dense.project(full)
+            item = (start, feats.cpu(), norms.cpu())
+            start += pending_rows
+            pending, pending_rows = [], 0
+            return item
+
+        for batch in batches:
+            n = int(batch["input_ids"].shape[0])
+            if bufferable and (self.projection == "none" or n * row_bytes <= self.buffer_bytes):
+                if pending and (pending_rows + n) * row_bytes > self.buffer_bytes and self.projection != "none":
+                    yield flush()
+                pending.append(self.full_gradients(batch))
+                pending_rows += n
+                if self.projection == "none":
+                    yield flush()
+                continue
+            if pending:
+                yield flush()
+            feats, norms = self._project_streaming(batch)
+            yield start, feats.cpu(), norms.cpu()
+            start += n
+        if pending:
+            yield flush()
+
+
+def per_sample_autograd_gradients(
+    model: torch.nn.Module, single_batches: Iterable[Mapping[str, Any]], names: Sequence[str]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The official way: one sample per forward/backward, ``torch.autograd.grad`` of its mean answer loss, gradients
+    flattened and concatenated in ``names`` order (icons.md §2.3, tive.md §4.3). The reference in the tests and the
+    baseline of the benchmark.
+
+    Parameters
+    ----------
+    model:
+        The model (parameters in ``names`` must require grad, e.g. after :func:`select_parameters`).
+    single_batches:
+        Batches of one sample each, unpadded (as the official ``DataLoader(batch_size=1)`` makes them).
+    names:
+        Parameter names in gradient order (:attr:`GradientEngine.param_names`).
+
+    Returns
+    -------
+    (grads, losses)
+        ``(n, D)`` float32 and ``(n,)`` float32.
+    """
+    params = dict(model.named_parameters())
+    plist = [params[n] for n in names]
+    dev = plist[0].device
+    rows, losses = [], []
+    for single in single_batches:
+        if single["input_ids"].shape[0] != 1:
+            raise ConfigError("the per-sample reference takes batches of one sample")
+        with torch.enable_grad():
+            out = model(**model_inputs(single, dev))
+            loss, _ = per_sample_loss(out.logits, single["labels"].to(dev))
+            gs = torch.autograd.grad(loss[0], plist, allow_unused=True)
+        rows.append(torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1).float() for g, p in zip(gs, plist)]))
+        losses.append(loss[0].detach().float())
+    return torch.stack(rows), torch.stack(losses)

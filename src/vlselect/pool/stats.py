@@ -1,0 +1,159 @@
+"""Pool statistics and the image check behind ``vlselect pool stats`` and ``vlselect pool check``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vlselect.pool.core import Pool
+
+
+def _dist(values: np.ndarray) -> dict[str, float | int]:
+    if values.size == 0:
+        return {"min": 0, "median": 0.0, "p90": 0.0, "max": 0, "mean": 0.0}
+    v = values.astype(np.float64)
+    return {
+        "min": int(values.min()),
+        "median": round(float(np.percentile(v, 50)), 3),
+        "p90": round(float(np.percentile(v, 90)), 3),
+        "max": int(values.max()),
+        "mean": round(float(v.mean()), 3),
+    }
+
+
+def pool_stats(pool: Pool) -> dict[str, Any]:
+    """Composition and size of a pool, from its compact index (no record is re-read).
+
+    Returns a JSON-ready dict: ``records``; ``tasks`` (label, count, share; by count, then label); ``text_only``
+    (records without an image: count, share); ``turns`` (assistant answers per record), ``chars`` and ``words``
+    (text of all turns, ``<image>`` not counted), each as min / median / p90 / max / mean (numpy linear
+    percentiles); ``images`` (records with an image, image references); ``skipped`` and ``renamed_ids`` (nothing is
+    dropped silently); ``task_source`` (how many labels came from which rule, :mod:`vlselect.pool.tasks`); the
+    pool's ``fingerprint``.
+
+    Examples
+    --------
+    >>> pool_stats(open_pool("pool.json"))["tasks"][0]  # doctest: +SKIP
+    {'task': 'llava', 'count': 157712, 'share': 0.237}
+    """
+    n = len(pool)
+    codes = pool.task_codes
+    counts = np.bincount(codes, minlength=len(pool.task_names)) if n else np.zeros(len(pool.task_names), np.int64)
+    order = sorted(range(len(pool.task_names)), key=lambda k: (-int(counts[k]), pool.task_names[k]))
+    tasks = [{"task": pool.task_names[k], "count": int(counts[k]), "share": round(int(counts[k]) / n, 6) if n else 0.0}
+             for k in order]  # fmt: skip
+    text_only = int((pool.n_images == 0).sum())
+    return {
+        "path": str(pool.path),
+        "format": pool.format,
+        "records": n,
+        "fingerprint": pool.fingerprint,
+        "tasks": tasks,
+        "text_only": {"count": text_only, "share": round(text_only / n, 6) if n else 0.0},
+        "images": {"records_with_image": n - text_only, "image_refs": int(pool.n_images.astype(np.int64).sum())},
+        "turns": _dist(pool.rounds),
+        "chars": _dist(pool.chars),
+        "words": _dist(pool.words),
+        "skipped": dict(sorted(pool.skipped.items())),
+        "skipped_total": int(sum(pool.skipped.values())),
+        "renamed_ids": pool.renamed,
+        "task_source": dict(sorted(pool.task_source.items())),
+    }
+
+
+def check_images(pool: Pool, image_root: str | os.PathLike | None = None, *, max_examples: int = 10,
+                 progress: bool = False) -> dict[str, Any]:  # fmt: skip
+    """Check that every image a record names exists under ``image_root`` and can be decoded (Pillow ``verify``).
+
+    The scan goes on past problems; each distinct path is checked once.
+
+    Parameters
+    ----------
+    pool:
+        The pool.
+    image_root:
+        Folder the image paths are relative to (LLaVA's ``--image_folder``); default the pool's ``image_root`` or
+        the pool file's folder.
+    max_examples:
+        How many examples of each problem to keep.
+    progress:
+        Show a rich progress bar on stderr.
+
+    Returns
+    -------
+    dict
+        ``image_root``, ``records``, ``records_with_image``, ``image_refs``, ``unique_images``, ``missing`` and
+        ``unreadable`` (image references), ``records_with_problems``, ``ok`` (no problem found), ``examples``
+        (``missing``/``unreadable``: row, id, path, and the error for unreadable files).
+    """
+    from PIL import Image
+
+    root = Path(image_root) if image_root is not None else (pool.image_root or pool.files[0].parent)
+    status: dict[str, str | None] = {}
+    missing = unreadable = refs = bad_records = with_image = 0
+    ex_missing: list[dict] = []
+    ex_unreadable: list[dict] = []
+    rows = np.flatnonzero(pool.n_images > 0)
+    prog = None
+    if progress:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        prog = Progress(TextColumn("[bold]checking images"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                        console=Console(stderr=True), transient=True)  # fmt: skip
+        prog.start()
+        task = prog.add_task("images", total=int(rows.size))
+    try:
+        for k, i in enumerate(rows):
+            i = int(i)
+            sample = pool.sample(i)
+            with_image += 1
+            problem = False
+            for rel in sample.images:
+                refs += 1
+                st = status.get(rel, "?")
+                if st == "?":
+                    full = root / rel
+                    if not full.is_file():
+                        st = "missing"
+                    else:
+                        try:
+                            with Image.open(full) as im:
+                                im.verify()
+                            st = None
+                        except Exception as exc:  # any decoder error means unreadable
+                            st = f"unreadable: {type(exc).__name__}: {exc}"
+                    status[rel] = st
+                if st is None:
+                    continue
+                problem = True
+                if st == "missing":
+                    missing += 1
+                    if len(ex_missing) < max_examples:
+                        ex_missing.append({"row": i, "id": sample.id, "path": rel})
+                else:
+                    unreadable += 1
+                    if len(ex_unreadable) < max_examples:
+                        ex_unreadable.append({"row": i, "id": sample.id, "path": rel, "error": st[12:]})
+            bad_records += problem
+            if prog is not None and (k % 256 == 0 or k == rows.size - 1):
+                prog.update(task, completed=k + 1)
+    finally:
+        if prog is not None:
+            prog.stop()
+    return {
+        "path": str(pool.path),
+        "image_root": str(root),
+        "records": len(pool),
+        "records_with_image": with_image,
+        "image_refs": refs,
+        "unique_images": len(status),
+        "missing": missing,
+        "unreadable": unreadable,
+        "records_with_problems": bad_records,
+        "ok": missing == 0 and unreadable == 0,
+        "examples": {"missing": ex_missing, "unreadable": ex_unreadable},
+    }

@@ -1,14 +1,25 @@
 """ICONS: specialist influence per target task, then a generalist vote (specs/icons.md §4, §5, §10).
 
-Placeholder while the method is written; the row-block helper below is shared with TIVE.
+* **Specialist** (spec §4): every training row is L2-normalised; a regular task's score is the mean inner
+  product with the task's (normalised) validation rows; a task given as sub-tasks (``val/<task>/<sub>``, how
+  the official code treats MME) scores the max over sub-tasks of the mean inner product with *raw* validation
+  rows. Computed in row blocks from a memmap (665K × 5120 float16 needs one block at a time).
+* **Generalist** (spec §5): each task votes for the rows at or above its percentile; the rows with most votes
+  are kept.
+
+The row-block helper :func:`iter_row_blocks` is shared with TIVE.
 """
 
 from __future__ import annotations
 
 import mmap
-from typing import Iterator
+from dataclasses import dataclass
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
+
+from vlselect.errors import SelectionError
+from vlselect.select.base import Budget, Param, Role, Selection, register_method
 
 # ------------------------------------------------------------------------------------------- row blocks
 
@@ -82,3 +93,376 @@ def iter_row_blocks(
     finally:
         if progress is not None:
             progress.stop()
+
+
+# ------------------------------------------------------------------------------------------- ICONS
+
+NORMALIZE_EPS = 1e-12  # torch.nn.functional.normalize's default (spec §2.5, §10 step 1)
+
+
+@dataclass
+class IconsTarget:
+    """One voting task: a regular task (one validation matrix, rows L2-normalised before use) or a task given as
+    sub-tasks (validation rows used raw; the task's score is the max over sub-tasks), as the official code
+    treats MME (spec §3, §4)."""
+
+    name: str
+    subtasks: list[str]
+    vals: list[np.ndarray]
+
+    @property
+    def is_split(self) -> bool:
+        return bool(self.subtasks)
+
+
+def icons_targets(inputs: Mapping[str, np.ndarray]) -> list[IconsTarget]:
+    """Group ``val/<task>`` and ``val/<task>/<sub>`` inputs into voting tasks, sorted by task name.
+
+    Raises
+    ------
+    SelectionError
+        A task given both whole and as sub-tasks, a deeper role, an empty or misshapen validation matrix.
+    """
+    whole: dict[str, np.ndarray] = {}
+    split: dict[str, dict[str, np.ndarray]] = {}
+    for role, arr in inputs.items():
+        if not role.startswith("val/"):
+            continue
+        parts = role.split("/")[1:]
+        if len(parts) not in (1, 2) or not all(parts):
+            raise SelectionError(
+                f"icons: input role {role!r} is neither val/<task> nor val/<task>/<subtask>; e.g. --input val/gqa=… "
+                "or --input val/mme/color=…"
+            )
+        a = np.asarray(arr)
+        if a.ndim != 2 or a.shape[0] == 0:
+            raise SelectionError(
+                f"icons: validation input {role!r} has shape {a.shape}; it needs at least one row of gradient features"
+            )
+        if len(parts) == 1:
+            whole[parts[0]] = a
+        else:
+            split.setdefault(parts[0], {})[parts[1]] = a
+    both = sorted(set(whole) & set(split))
+    if both:
+        raise SelectionError(
+            f"icons: task {both[0]!r} is given both as val/{both[0]} and as sub-tasks val/{both[0]}/<sub>; "
+            "give one or the other"
+        )
+    targets = [IconsTarget(t, [], [whole[t]]) for t in whole]
+    targets += [IconsTarget(t, sorted(subs), [subs[u] for u in sorted(subs)]) for t, subs in split.items()]
+    if not targets:
+        raise SelectionError("icons needs at least one validation input; pass --input val/<task>=PATH")
+    return sorted(targets, key=lambda t: t.name)
+
+
+def _torch_normalize(x: np.ndarray) -> np.ndarray:
+    """``torch.nn.functional.normalize(x, dim=1)`` in float32 (the official ``merge_info``)."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        return torch.nn.functional.normalize(t, dim=1).numpy()
+
+
+def icons_task_scores(
+    train: np.ndarray,
+    targets: Sequence[IconsTarget],
+    *,
+    form: str = "matvec",
+    block_rows: int | None = None,
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Specialist stage: one influence score per training row and voting task (spec §4, §10 steps 1–2).
+
+    ``s_t[i] = mean_j <ĝ_i, v̂_tj>`` for a regular task (validation rows normalised); for a split task
+    ``max_u mean_j <ĝ_i, v_uj>`` with raw sub-task rows. ``ĝ_i`` is the L2-normalised training row.
+
+    Parameters
+    ----------
+    train:
+        (n, d) raw training gradients; a memmap is read in row blocks (float16 welcome), never copied whole.
+    targets:
+        From :func:`icons_targets`.
+    form:
+        ``"matvec"`` (default): ``<ĝ_i, mean_j v_j>`` in float64, one (d × columns) product per block, O(n·d).
+        ``"gemm"``: the official op sequence, a float32 GEMM with every validation row then a float32 mean
+        (torch), bit-identical to the official scores, O(n·m·d).
+    block_rows:
+        Rows per block (default about 96 MB of float32).
+
+    Returns
+    -------
+    scores:
+        (n, T) float32 (gemm) or float64 (matvec), columns in ``targets`` order; NaN rows stay NaN.
+    subtask_scores:
+        For each split task, its (n, U) per-sub-task scores (columns in ``subtasks`` order).
+    """
+    n, d = int(train.shape[0]), int(train.shape[1])
+    for t in targets:
+        for u, v in zip(t.subtasks or [t.name], t.vals):
+            if v.shape[1] != d:
+                raise SelectionError(
+                    f"icons: validation features of {t.name}{'/' + u if t.subtasks else ''} are {v.shape[1]}-wide but "
+                    f"the training features are {d}-wide; both must come from the same projection"
+                )
+    # one column per validation matrix: regular tasks normalised, sub-tasks raw
+    mats = [(_torch_normalize(t.vals[0]) if not t.is_split else np.asarray(v, dtype=np.float32)) for t in targets for v in t.vals]
+    owners = [ti for ti, t in enumerate(targets) for _ in t.vals]
+    block_rows = block_rows or block_rows_for(d)
+    if form == "gemm":
+        import torch
+
+        cols = np.empty((n, len(mats)), dtype=np.float32)
+        tv = [torch.from_numpy(np.ascontiguousarray(m)) for m in mats]
+        for a, b, block in iter_row_blocks(train, block_rows, np.float32, desc="ICONS: influence"):
+            g = torch.from_numpy(_torch_normalize(block))
+            for j, v in enumerate(tv):
+                cols[a:b, j] = torch.mean(g @ v.T, dim=1).numpy()
+    elif form == "matvec":
+        means = np.stack([m.astype(np.float64).mean(axis=0) for m in mats], axis=1)  # (d, columns)
+        cols = np.empty((n, len(mats)), dtype=np.float64)
+        for a, b, block in iter_row_blocks(train, block_rows, np.float32, desc="ICONS: influence"):
+            x = block.astype(np.float64)
+            with np.errstate(invalid="ignore", over="ignore"):
+                nrm = np.sqrt(np.einsum("ij,ij->i", x, x))
+                cols[a:b] = (x @ means) / np.maximum(nrm, NORMALIZE_EPS)[:, None]
+    else:
+        raise SelectionError(f"icons: score_form={form!r}; choose matvec or gemm")
+    scores = np.empty((n, len(targets)), dtype=cols.dtype)
+    subs: dict[str, np.ndarray] = {}
+    for ti, t in enumerate(targets):
+        js = [j for j, o in enumerate(owners) if o == ti]
+        if t.is_split:
+            sub = cols[:, js]
+            subs[t.name] = sub
+            # official: torch elementwise max over the sub-task row means (NaN propagates)
+            scores[:, ti] = np.max(sub, axis=1)
+        else:
+            scores[:, ti] = cols[:, js[0]]
+    return scores, subs
+
+
+def icons_votes(scores: np.ndarray, percentile: float, *, valid: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Generalist vote: per task ``thr = numpy.percentile(s_t, percentile)`` (linear), ``mark = s_t >= thr``,
+    ``votes = Σ_t mark`` (spec §5, §10 step 3).
+
+    With ``valid`` (default mode) the percentiles are taken over the valid rows only and invalid rows get no
+    vote; without it a NaN row makes every threshold NaN and every vote zero, as in the official code (Q15).
+
+    Returns
+    -------
+    thresholds (T,), mark (n, T) bool, votes (n,) int64
+    """
+    s = np.asarray(scores)
+    if valid is None:
+        thr = np.asarray([np.percentile(s[:, t], percentile) for t in range(s.shape[1])])
+        mark = s >= thr[None, :].astype(s.dtype)
+    else:
+        thr = np.asarray([np.percentile(s[valid, t], percentile) for t in range(s.shape[1])])
+        with np.errstate(invalid="ignore"):
+            mark = (s >= thr[None, :]) & valid[:, None]
+    votes = mark.sum(axis=1, dtype=np.int64)
+    return thr, mark, votes
+
+
+def icons_mean_rank(scores: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Mean over tasks of each valid row's percentile rank in [0, 1) (average rank for equal scores; NaN for
+    invalid rows): the default tie-break key among rows with the same vote count (spec §10)."""
+    n, T = scores.shape
+    out = np.full(n, np.nan, dtype=np.float64)
+    idx = np.flatnonzero(valid)
+    m = idx.size
+    if m == 0:
+        return out
+    acc = np.zeros(m, dtype=np.float64)
+    for t in range(T):
+        col = np.asarray(scores[idx, t], dtype=np.float64)
+        srt = np.sort(col)
+        lo = np.searchsorted(srt, col, side="left")
+        hi = np.searchsorted(srt, col, side="right")
+        acc += (lo + hi - 1) / 2.0 / m
+    out[idx] = acc / T
+    return out
+
+
+def _vote_summary(votes: np.ndarray, sel: np.ndarray, n_tasks: int) -> dict[str, Any]:
+    k = int(sel.size)
+    if k == 0:
+        return {"k": 0}
+    v_sel = votes[sel]
+    boundary = int(v_sel.min())
+    return {
+        "k": k,
+        "boundary_vote": boundary,
+        "n_rows_vote_above_boundary": int((votes > boundary).sum()),
+        "n_rows_with_boundary_vote": int((votes == boundary).sum()),
+        "n_selected_from_boundary_group": int((v_sel == boundary).sum()),
+        "vote_histogram": np.bincount(votes[votes >= 0], minlength=n_tasks + 1).astype(int).tolist(),
+    }
+
+
+@register_method(
+    "icons",
+    roles=[
+        Role("train", "projected training gradients, one row per pool row (official: 5120-d, fast_jl)"),
+        Role(
+            "val/*",
+            "validation gradients of a target task: val/<task> (rows normalised), or val/<task>/<sub> for a task "
+            "split into sub-tasks (rows raw, task score = max over sub-tasks; how the official code treats MME)",
+            aligned=False,
+        ),
+    ],
+    params=[
+        Param(
+            "top_percent",
+            None,
+            float,
+            "each task votes for its top top_percent % of rows (threshold percentile 100 - top_percent); "
+            "default: tied to the budget, 100 × budget fraction (the official rule; 20 at budget 0.2)",
+        ),
+        Param(
+            "percentile",
+            None,
+            float,
+            "the threshold percentile itself (= 100 - top_percent); give this or top_percent, not both",
+        ),
+        Param(
+            "score_form",
+            None,
+            str,
+            "matvec (O(n·d), float64; the default) or gemm (the official float32 op order; the strict default)",
+            choices=(None, "matvec", "gemm"),
+        ),
+    ],
+    summary="ICONS: per-task influence (specialist), then a consensus vote over tasks' top percentiles (generalist)",
+    reference="Wu et al., ICONS: Influence Consensus for Vision-Language Data Selection (arXiv 2501.00654)",
+)
+def select_icons(
+    inputs: dict[str, np.ndarray],
+    tasks: np.ndarray | None,
+    budgets: list[Budget],
+    *,
+    seed: int = 0,
+    strict_official: bool = False,
+    top_percent: float | None = None,
+    percentile: float | None = None,
+    score_form: str | None = None,
+) -> list[Selection]:
+    """Select with ICONS at one or more budgets (spec §4, §5, §10; one specialist pass for every budget).
+
+    The threshold percentile and the budget. The official generalist ties them: ``--top_percent p`` makes
+    every task vote for its top p % *and* keeps ``k = int(p/100 · N)`` rows. Here the budget gives k, and the
+    percentile is ``100 - top_percent`` (or ``percentile``) when given, else ``100 - 100 × budget fraction``
+    for each budget — the official rule. ``top_percent=20`` and ``percentile=80`` are the same setting.
+
+    Order and tie-break. Strict: ``numpy.argsort(votes)[-k:]`` with NumPy's default (unstable) sort, exactly
+    the official list (ascending votes; which rows of the boundary vote are taken depends on the NumPy build
+    and CPU, spec §5, Q20). Default: deterministic priority order — more votes first; among equal votes the
+    higher mean percentile rank of the row's task scores (:func:`icons_mean_rank`), then the lower index.
+    ``Selection.scores`` is ``votes + mean rank`` (so sorting it descending gives that order; NaN for excluded
+    rows); in strict mode it is the vote count.
+
+    Default fixes (spec §8): NaN/inf training rows are excluded (no vote, not selected; percentiles over the
+    rest) instead of zeroing every task's vote (Q15); a budget larger than the rows with any vote is filled
+    down the same priority order (the official argsort does too, arbitrarily); the tie-break is deterministic
+    (Q20); scores use the exact O(n·d) mean-vector form in float64 (spec §4 notes).
+
+    Parameters
+    ----------
+    inputs:
+        ``train`` (n, d) and one or more ``val/<task>`` / ``val/<task>/<sub>`` (m, d) arrays.
+    budgets:
+        Resolved budgets (k = ``budget.count``).
+    strict_official:
+        Reproduce the official generalist (see above).
+    top_percent, percentile, score_form:
+        See above and ``vlselect select --list``.
+
+    Returns
+    -------
+    list of Selection. ``info`` holds the task order, thresholds, marks per task, the vote histogram, the
+    boundary vote and the number of tie-decided rows.
+
+    References
+    ----------
+    specs/icons.md §4 (specialist), §5 (generalist), §8 (quirks), §10 (checklist).
+
+    Examples
+    --------
+    >>> sel = run_method("icons", {"train": G, "val/gqa": V1, "val/mme/color": V2}, 0.2)  # doctest: +SKIP
+    """
+    train = inputs["train"]
+    if train.ndim != 2:
+        raise SelectionError(f"icons: the train input must be 2-D (rows × features), got shape {train.shape}")
+    n = int(train.shape[0])
+    if top_percent is not None and not (0 < top_percent <= 100):
+        raise SelectionError(f"icons: top_percent={top_percent} is outside (0, 100]; the paper uses 20")
+    if percentile is not None and not (0 <= percentile < 100):
+        raise SelectionError(f"icons: percentile={percentile} is outside [0, 100); the paper uses 80")
+    if top_percent is not None and percentile is not None and abs((100 - top_percent) - percentile) > 1e-9:
+        raise SelectionError(
+            f"icons: top_percent={top_percent} and percentile={percentile} disagree (percentile = 100 - top_percent); "
+            "give only one"
+        )
+    targets = icons_targets(inputs)
+    form = score_form or ("gemm" if strict_official else "matvec")
+    scores, subs = icons_task_scores(train, targets, form=form)
+    names = [t.name for t in targets]
+    valid = None if strict_official else np.isfinite(scores).all(axis=1)
+    mean_rank = None if strict_official else icons_mean_rank(scores, valid)
+    out: list[Selection] = []
+    for budget in budgets:
+        if percentile is not None:
+            pct = float(percentile)
+        elif top_percent is not None:
+            pct = 100 - top_percent
+        else:
+            pct = 100 - round(100 * budget.fraction, 10)
+        k = int(budget.count)
+        if strict_official:
+            thr, mark, votes = icons_votes(scores, pct)
+            sel = np.argsort(votes)[-k:] if k > 0 else np.zeros(0, dtype=np.int64)
+            sel_scores = votes.astype(np.float64)
+        else:
+            if not valid.any():
+                raise SelectionError("icons: every training row holds NaN or inf; nothing to select from")
+            thr, mark, votes = icons_votes(scores, pct, valid=valid)
+            votes = np.where(valid, votes, -1)
+            order = np.lexsort((np.arange(n), -np.nan_to_num(mean_rank, nan=-1.0), -votes))
+            order = order[valid[order]]
+            sel = order[:k]
+            sel_scores = np.where(valid, votes + mean_rank, np.nan)
+        info: dict[str, Any] = {
+            "voting_tasks": names,
+            "subtasks": {t.name: t.subtasks for t in targets if t.is_split},
+            "percentile": pct,
+            "top_percent": 100 - pct,
+            "thresholds": [float(x) for x in thr],
+            "marks_per_task": {nm: int(mark[:, j].sum()) for j, nm in enumerate(names)},
+            "score_form": form,
+            "tie_break": "numpy argsort (unstable, official)" if strict_official else "votes, then mean percentile rank, then lower index",
+        }
+        info.update(_vote_summary(votes, np.asarray(sel, dtype=np.int64), len(names)))
+        if not strict_official:
+            info["invalid_rows"] = {"count": int((~valid).sum()), "first": np.flatnonzero(~valid)[:20].tolist()}
+        if abs((100 - pct) / 100 - budget.fraction) > 1e-9:
+            info["note"] = (
+                f"threshold percentile {pct:g} is not tied to the budget ({budget.count} rows = "
+                f"{100 * budget.fraction:.4g} %); the official code uses 100 - 100 × budget fraction"
+            )
+        out.append(
+            Selection(
+                indices=np.asarray(sel, dtype=np.int64),
+                scores=sel_scores,
+                method="icons",
+                budget=budget,
+                params={"top_percent": top_percent, "percentile": percentile, "score_form": form},
+                seed=seed,
+                strict_official=strict_official,
+                info=info,
+            )
+        )
+    return out

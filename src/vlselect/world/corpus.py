@@ -56,7 +56,9 @@ def corpus(seed: int = 0, n: int = 5000) -> list[str]:
               " ".join(sorted(set(SIDES.values())))]
     texts += list(CAPTION_PROMPTS) + [SHORT_SUFFIX, OPTION_SUFFIX]
     for templates in QUESTIONS.values():
-        texts += list(templates)
+        for t in templates:
+            texts += [t.format(shape=SHAPES[i % 4], shapes=PLURALS[SHAPES[i % 4]], color=COLOR_NAMES[i % 5],
+                               pos=POSITIONS[i]) for i in range(len(POSITIONS))]
     for q, a in GREETINGS:
         texts += [q, a]
     cfg = WorldConfig(size=max(1, n), seed=seed, eval_size=20)

@@ -1,0 +1,339 @@
+"""Writing a world to disk: pictures, ``pool.json``, ``eval/<set>.json``, ``world.json`` and the world card."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vlselect.errors import ConfigError
+from vlselect.world.build import (
+    EASY_KIND,
+    EVAL_SETS,
+    OFF_TARGET,
+    TASKS,
+    Picture,
+    PlannedRecord,
+    WorldConfig,
+    eval_answers,
+    plan_eval,
+    plan_pool,
+)
+from vlselect.world.scene import render
+
+CARD_MARKER = "<!-- vlselect world card -->"
+
+
+@dataclass
+class WorldInfo:
+    """What :func:`make_world` wrote.
+
+    Attributes
+    ----------
+    out_dir : Path
+        The world's folder.
+    config : WorldConfig
+        The recipe (seed, size, shares).
+    task_counts : dict
+        Pool records per task.
+    task_stats : dict
+        Per task: records, groups (distinct scenes), redundant (records beyond the first of their group),
+        noisy (records from the noisy source), wrong (records with a wrong answer), easy, text_only.
+    eval_sets : dict
+        Evaluation set name -> number of samples.
+    n_images : int
+        Pool pictures written (eval pictures not included).
+    n_eval_images : int
+        Evaluation pictures written.
+    """
+
+    out_dir: Path
+    config: WorldConfig
+    task_counts: dict[str, int]
+    task_stats: dict[str, dict[str, int]]
+    eval_sets: dict[str, int]
+    n_images: int
+    n_eval_images: int
+    files: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def pool_path(self) -> Path:
+        return self.out_dir / "pool.json"
+
+    @property
+    def images_dir(self) -> Path:
+        return self.out_dir / "images"
+
+    def eval_path(self, name: str) -> Path:
+        return self.out_dir / "eval" / f"{name}.json"
+
+
+def _save_png(arr: np.ndarray, path: Path) -> None:
+    from PIL import Image
+
+    # PIL writes no timestamp or text chunk unless asked: same pixels -> same bytes.
+    Image.fromarray(arr, mode="RGB").save(path, format="PNG", compress_level=6)
+
+
+def _render_all(jobs: list[tuple[Picture, Path]], image_size: int, label: str) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeRemainingColumn(), transient=True) as progress:
+        bar = progress.add_task(label, total=len(jobs))
+        for i, (pic, path) in enumerate(jobs):
+            _save_png(render(pic.scene, pic.variant, image_size, pic.style), path)
+            if i % 256 == 255 or i == len(jobs) - 1:
+                progress.update(bar, completed=i + 1)
+
+
+def _dumps_records(records: list[dict]) -> str:
+    """A JSON list with one record per line: plain ``json.load`` reads it, a human can grep it."""
+    return "[\n" + ",\n".join(json.dumps(r, ensure_ascii=False) for r in records) + "\n]\n"
+
+
+def _pool_records(plan: list[PlannedRecord], pictures: list[Picture], cfg: WorldConfig
+                  ) -> tuple[list[dict], list[tuple[Picture, str]]]:
+    """LLaVA records in pool order; pictures are named by order of first use, so names do not reveal tasks."""
+    names: dict[int, str] = {}
+    used: list[tuple[Picture, str]] = []
+    per_task = Counter()
+    out = []
+    for r in plan:
+        rid = f"{r.task}_{per_task[r.task]:06d}"
+        per_task[r.task] += 1
+        rec: dict[str, Any] = {"id": rid}
+        convs = []
+        for t, (q, a) in enumerate(r.turns):
+            if t == 0 and r.picture is not None:
+                q = "<image>\n" + q
+            convs += [{"from": "human", "value": q}, {"from": "gpt", "value": a}]
+        meta: dict[str, Any] = {"source": r.source, "group": r.group, "easy": r.easy, "correct": r.correct,
+                                "kind": r.kind}
+        if r.picture is not None:
+            if r.picture not in names:
+                names[r.picture] = f"{len(names):06d}.png"
+                used.append((pictures[r.picture], names[r.picture]))
+            rec["image"] = names[r.picture]
+            pic = pictures[r.picture]
+            meta["scene"] = pic.scene.to_meta(pic.boxes(cfg.image_size))
+            for key in ("options", "box"):
+                if key in r.extra:
+                    meta[key] = r.extra[key]
+        rec["conversations"] = convs
+        rec["task"] = r.task
+        rec["meta"] = meta
+        out.append(rec)
+    return out, used
+
+
+def task_stats(records: list[dict]) -> dict[str, dict[str, int]]:
+    """Per-task counts of the structure (see :class:`WorldInfo`), computed from written records."""
+    stats: dict[str, dict[str, int]] = {}
+    groups: dict[str, set] = defaultdict(set)
+    for r in records:
+        s = stats.setdefault(r["task"], dict(records=0, groups=0, redundant=0, noisy=0, wrong=0, easy=0,
+                                             text_only=0))
+        m = r["meta"]
+        s["records"] += 1
+        groups[r["task"]].add(m["group"])
+        s["noisy"] += m["source"] == "noisy"
+        s["wrong"] += not m["correct"]
+        s["easy"] += bool(m["easy"])
+        s["text_only"] += "image" not in r
+    for t, s in stats.items():
+        s["groups"] = len(groups[t])
+        s["redundant"] = s["records"] - s["groups"]
+    return {t: stats[t] for t in TASKS if t in stats}
+
+
+def _card(cfg: WorldConfig, stats: dict[str, dict[str, int]], eval_sizes: dict[str, int], n_images: int) -> str:
+    N = sum(s["records"] for s in stats.values())
+    tot = {k: sum(s[k] for s in stats.values()) for k in ("records", "groups", "redundant", "noisy", "wrong",
+                                                          "easy", "text_only")}
+    L = [CARD_MARKER, f"# The vlselect world (seed {cfg.seed}, {N} records)", ""]
+    L += [f"Made with `vlselect world make DIR --size {cfg.size} --seed {cfg.seed}` "
+          f"(image size {cfg.image_size} px). Same seed, same bytes.", ""]
+    L += ["## Pictures", "",
+          f"{cfg.image_size}x{cfg.image_size} PNG on a dark noisy background; 1-4 objects on a 3x3 grid, one per "
+          "cell, each a shape (circle, square, triangle, cross), a colour (red, green, blue, yellow, purple) and a "
+          "size (small, large); (colour, shape) pairs are unique within a picture. Some pictures carry a white sign "
+          "across the bottom row with a three-letter word in a 5x7 bitmap font, one letter per column. The grid is "
+          "aligned so that at 24 px each cell, and each letter, is exactly one 8 px patch. Pictures from the noisy "
+          "source have a grainier background.", ""]
+    L += ["## Pool composition (`pool.json`)", "",
+          "records = pool records; scenes = distinct scenes (near-duplicate groups); redundant = records beyond the "
+          "first of their group; noisy = records from the noisy source; wrong = records with a wrong answer; "
+          "easy = trivially easy records (one large object in the centre).", "",
+          "| task | records | share | scenes | redundant | noisy | wrong | easy | text-only | role |",
+          "|---|---|---|---|---|---|---|---|---|---|"]
+    for t, s in stats.items():
+        role = "off-target" if t in OFF_TARGET else ("support" if t in ("caption",) else "skill")
+        L.append(f"| {t} | {s['records']} | {s['records'] / N:.1%} | {s['groups']} | {s['redundant']} | "
+                 f"{s['noisy']} | {s['wrong']} | {s['easy']} | {s['text_only']} | {role} |")
+    L.append(f"| **total** | {tot['records']} | 100.0% | {tot['groups']} | {tot['redundant']} | {tot['noisy']} | "
+             f"{tot['wrong']} | {tot['easy']} | {tot['text_only']} | |")
+    L += ["", f"Pictures in the pool: {n_images} (multiple-choice duplicates share one picture).", ""]
+    L += ["## The structure that makes selection matter", "",
+          f"- **Unequal tasks**: shares from {min(s['records'] for s in stats.values()) / N:.0%} to "
+          f"{max(s['records'] for s in stats.values()) / N:.0%}; captions dominate as in LLaVA-665K.",
+          f"- **Redundancy**: {tot['redundant']} records ({tot['redundant'] / N:.1%}) repeat a scene already in the "
+          f"pool: near-duplicate pictures (pixel jitter, background, shade) with rephrased questions; mean group "
+          f"size {', '.join(f'{t} {v:g}' for t, v in cfg.redundancy.items())}. For `mc` the duplicates are the same "
+          "picture with the options shuffled (as LLaVA-1.5 does with A-OKVQA). `meta.group` names the group.",
+          f"- **Noise**: {cfg.noisy_share:.0%} of image-task groups come from a noisy source (`meta.source`), which "
+          f"answers wrongly on {cfg.noise_rate:.0%} of its records (exactly, per task): {tot['wrong']} wrong "
+          f"records ({tot['wrong'] / N:.1%} of the pool), flagged `meta.correct = false`.",
+          f"- **Easy**: {cfg.easy_share:.0%} of groups in {', '.join(EASY_KIND)} are one large object in the "
+          f"centre, asked the obvious ({tot['easy']} records, `meta.easy`).",
+          f"- **Off-target**: text-only chat ({stats.get('text', {}).get('records', 0)} records: arithmetic, "
+          "colour mixing, spelling, greetings) helps no evaluation set; region description (`grounding` records "
+          "of kind `reg`) and captions help only indirectly.",
+          f"- **Two-skill questions are rare**: {cfg.compose_share:.0%} of `vqa_count` (count by colour) and of "
+          "`vqa_color` (colour at a position); they feed the two-skill evaluation sets.", ""]
+    L += ["## What a good selection keeps", "",
+          "One or two records per near-duplicate group rather than all of them; clean-source records over noisy "
+          "ones (the wrong answers teach the wrong thing); few easy and text-only records; every skill the "
+          "evaluation asks for (colour, count, position, existence, OCR, multiple choice, grounding), including "
+          "the rare two-skill questions; a task mix closer to the evaluation's than the pool's caption-heavy mix.",
+          ""]
+    L += ["## Evaluation sets (`eval/<set>.json`)", "",
+          "Held out: separate pictures, and no evaluation scene occurs in the pool. Questions use the canonical "
+          "phrasing (the first template) and the same response-format prompts as the pool.", "",
+          "| set | metric | samples | what it asks |", "|---|---|---|---|"]
+    for name, (metric, _kinds, desc) in EVAL_SETS.items():
+        L.append(f"| {name} | {metric} | {eval_sizes[name]} | {desc} |")
+    L += ["", "Answers: the first is canonical; counts accept the digit and the word; `exact_match` compares "
+          "normalised text (lower case, no punctuation); `iou` scores the predicted box against `box`.", ""]
+    L += ["## Learnability (what a tiny model can be expected to learn)", "",
+          "From `notes/world-feasibility.md` (S model, 24 px, 8 px patches): counting is learned within ~5k samples; "
+          "colour of a *named* shape stalls near the 'colour of a random object' level (binding); position and "
+          "existence stay near chance up to 40-80k samples. Treat `position`, `exist` and the two-skill sets as "
+          "hard skills that may stay flat at ~20k samples; `count`, `color`, `mc` (colour options) and `ocr` "
+          "(one letter per patch) are the ones where data choice should show first. Grounding needs numeric "
+          "box text and is scored by IoU, so partial credit is common.", ""]
+    L += ["## Files", "",
+          "- `images/NNNNNN.png`: pool pictures; `images/eval_<set>_NNNN.png`: evaluation pictures.",
+          "- `pool.json`: LLaVA JSON list (`id`, `image` relative to `images/` and absent for text-only, "
+          "`conversations`, plus `task` and `meta` = source, group, easy, correct, kind, scene with normalised "
+          "boxes, options or box where relevant).",
+          "- `eval/<set>.json`: `{name, metric, description, samples: [{id, image, question, answers, options?, "
+          "box?}]}`.",
+          "- `world.json`: the recipe and the numbers of this card, for programs.", ""]
+    return "\n".join(L)
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def make_world(out_dir: str | os.PathLike, *, size: int = 20000, seed: int = 0, image_size: int = 64,
+               eval_size: int = 200, overwrite: bool = True, **config: Any) -> WorldInfo:
+    """Make the synthetic VIT world in ``out_dir``.
+
+    Writes ``images/*.png``, ``pool.json`` (LLaVA JSON, §11.1 of ``specs/dataoptim.md``), ``eval/<set>.json``,
+    ``world.json`` and ``README.md`` (the world card). Boxes follow DataOptim's normalised convention (§6):
+    ``[x1, y1, x2, y2]`` in [0, 1] with two decimals; pictures are square, so no padding is involved. The world
+    is built in a temporary sibling folder and moved into place at the end, so an interrupted run leaves no
+    half world.
+
+    Parameters
+    ----------
+    out_dir : path
+        Target folder. It may exist if it is empty or holds an earlier world (which is replaced when
+        ``overwrite``).
+    size : int
+        Pool records (default 20,000).
+    seed : int
+        Seed of everything; the same seed gives byte-identical files.
+    image_size : int
+        Picture side in pixels (default 64).
+    eval_size : int
+        Samples per evaluation set (default 200).
+    **config
+        Any other :class:`~vlselect.world.build.WorldConfig` field (``composition``, ``redundancy``,
+        ``noisy_share``, ``noise_rate``, ``easy_share``, ``compose_share``, ``word_share``).
+
+    Returns
+    -------
+    WorldInfo
+
+    Examples
+    --------
+    >>> info = make_world("world", size=2000, seed=0)   # doctest: +SKIP
+    >>> info.task_counts["caption"]                     # doctest: +SKIP
+    480
+    """
+    unknown = sorted(set(config) - set(WorldConfig.__dataclass_fields__))
+    if unknown:
+        raise ConfigError(f"make_world: unknown option(s) {unknown}; known: "
+                          f"{sorted(WorldConfig.__dataclass_fields__)}")
+    cfg = WorldConfig(size=size, seed=seed, image_size=image_size, eval_size=eval_size, **config)
+    cfg.validate()
+    out = Path(out_dir)
+    if out.exists():
+        if not out.is_dir():
+            raise ConfigError(f"{out}: exists and is not a folder; choose another output folder")
+        is_world = (out / "world.json").exists()
+        if any(out.iterdir()) and not is_world:
+            raise ConfigError(f"{out}: folder exists, is not empty and holds no world (no world.json); "
+                              "choose an empty or new folder")
+        if is_world and not overwrite:
+            raise ConfigError(f"{out}: a world is already there; pass overwrite=True (CLI: --force) to replace it")
+
+    eval_plan, eval_pictures = plan_eval(cfg)
+    avoid = {eval_pictures[s["picture"]].scene.signature() for samples in eval_plan.values() for s in samples}
+    plan, pictures = plan_pool(cfg, avoid)
+
+    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    (tmp / "images").mkdir(parents=True)
+    (tmp / "eval").mkdir()
+    try:
+        records, used = _pool_records(plan, pictures, cfg)
+        jobs = [(pic, tmp / "images" / name) for pic, name in used]
+        eval_files: dict[str, dict] = {}
+        for name, samples in eval_plan.items():
+            metric, _kinds, desc = EVAL_SETS[name]
+            out_samples = []
+            for i, s in enumerate(samples):
+                img = f"eval_{name}_{i:04d}.png"
+                jobs.append((eval_pictures[s["picture"]], tmp / "images" / img))
+                qa = s["qa"]
+                d: dict[str, Any] = {"id": f"{name}_{i:04d}", "image": img, "question": qa.prompt,
+                                     "answers": eval_answers(metric, qa)}
+                if metric == "option_letter":
+                    d["options"] = qa.extra["options"]
+                if metric == "iou":
+                    d["box"] = qa.extra["box"]
+                out_samples.append(d)
+            eval_files[name] = {"name": name, "metric": metric, "description": desc, "samples": out_samples}
+        _render_all(jobs, cfg.image_size, f"world: {len(jobs)} pictures")
+        _write_text(tmp / "pool.json", _dumps_records(records))
+        for name, payload in eval_files.items():
+            _write_text(tmp / "eval" / f"{name}.json", json.dumps(payload, indent=1, ensure_ascii=False) + "\n")
+        stats = task_stats(records)
+        eval_sizes = {n: len(p["samples"]) for n, p in eval_files.items()}
+        n_eval = sum(eval_sizes.values())
+        world_json = {"format": "vlselect-world/1", "config": cfg.__dict__, "task_counts": cfg.task_counts(),
+                      "task_stats": stats, "eval_sets": {n: {"metric": EVAL_SETS[n][0], "samples": eval_sizes[n]}
+                                                          for n in eval_sizes},
+                      "n_images": len(used), "n_eval_images": n_eval}
+        _write_text(tmp / "world.json", json.dumps(world_json, indent=1) + "\n")
+        _write_text(tmp / "README.md", _card(cfg, stats, eval_sizes, len(used)))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return WorldInfo(out, cfg, cfg.task_counts(), stats, eval_sizes, len(used), n_eval)

@@ -51,7 +51,7 @@ def test_coincide_pack_through_cli(pack: Path, tmp_path: Path) -> None:
     assert got.dtype == np.int64
     np.testing.assert_array_equal(got, want)
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
-    assert manifest["method"] == "coincide" and manifest["strict_official"] is True
+    assert manifest["method"] == "coincide" and manifest["extra"]["strict_official"] is True
     assert np.load(tmp_path / "out" / "scores.npy").shape == (p["n_rows"],)
 
 

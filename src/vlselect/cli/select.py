@@ -140,6 +140,10 @@ def select_command(
         pool_path=pool,
     )
     arrays = {r: li.array for r, li in loaded.items()}
+    exclude = None
+    for li in loaded.values():
+        if li.missing is not None and aligned.get(li.role, True):
+            exclude = li.missing if exclude is None else (exclude | li.missing)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with console.status(f"running {method}…"):
@@ -151,6 +155,7 @@ def select_command(
                 seed=0 if seed is None else seed,
                 strict_official=strict_official,
                 params=given,
+                exclude=exclude,
             )
     for w in caught:
         console.print(f"[yellow]warning:[/] {w.message}", highlight=False)

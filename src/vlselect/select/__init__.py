@@ -92,6 +92,7 @@ def run_method(
     seed: int = 0,
     strict_official: bool = False,
     params: Mapping[str, Any] | None = None,
+    exclude: Sequence[int] | np.ndarray | None = None,
 ) -> list[Selection]:
     """Run one method at one or more budgets (one scoring pass, one :class:`Selection` per budget).
 
@@ -110,6 +111,9 @@ def run_method(
         As documented per method; ``params`` uses the official names (aliases accepted). A ``seed`` entry in
         ``params`` (the official scripts' name, e.g. COINCIDE's k-means seed, TIVE's ``numpy_seed``) sets
         ``seed`` unless the method declares its own ``seed`` parameter.
+    exclude:
+        Pool rows to leave out in every mode (row numbers or a boolean mask), e.g. rows a feature store records
+        as missing. Reported with the non-finite rows.
 
     Returns
     -------
@@ -173,6 +177,21 @@ def run_method(
         else:
             val_drop[role] = rows
     excluded_info: dict[str, Any] | None = None
+    forced = np.zeros(n, dtype=bool)
+    if exclude is not None:
+        ex = np.asarray(exclude)
+        if ex.dtype == bool:
+            if ex.shape != (n,):
+                raise SelectionError(f"exclude mask has {ex.shape[0]} entries for {n} rows")
+            forced = ex.copy()
+        elif ex.size:
+            ex = ex.astype(np.int64)
+            if ex.min() < 0 or ex.max() >= n:
+                raise SelectionError(f"exclude holds row numbers outside 0..{n - 1}")
+            forced[ex] = True
+        if forced.any():
+            bad_count["(excluded by the caller)"] = int(forced.sum())
+            bad_by_role["(excluded by the caller)"] = np.flatnonzero(forced)[:10].tolist()
     if bad_count:
         where = "; ".join(f"{r}: {bad_count[r]} row(s), first {bad_by_role[r]}" for r in bad_count)
         if strict_official:
@@ -181,9 +200,12 @@ def run_method(
                 RuntimeWarning,
                 stacklevel=2,
             )
-            excluded_info = {"count": 0, "rows": [], "by_role": bad_count, "first_by_role": bad_by_role,
-                             "passed_through": True}
+            excl = np.flatnonzero(forced)
+            excluded_info = {"count": int(excl.size), "rows": excl[:20].tolist(), "by_role": bad_count,
+                             "first_by_role": bad_by_role, "passed_through": bool(bad.any())}
+            bad = forced
         else:
+            bad = bad | forced
             excl = np.flatnonzero(bad)
             excluded_info = {"count": int(excl.size), "rows": excl[:20].tolist(), "by_role": bad_count,
                              "first_by_role": bad_by_role, "passed_through": False}
@@ -194,7 +216,7 @@ def run_method(
                 keep_v = np.ones(arrays[role].shape[0], dtype=bool)
                 keep_v[rows] = False
                 arrays[role] = np.asarray(arrays[role])[keep_v]
-    if excluded_info is None or excluded_info["passed_through"] or not bad.any():
+    if not bad.any():
         sels = method.fn(arrays, task_arr, budgets, seed=seed, strict_official=strict_official, **resolved)
         for s in sels:
             if excluded_info is not None:

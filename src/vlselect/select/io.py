@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +59,7 @@ class LoadedInput:
     array_name: str | None = None
     pool_fingerprint: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    missing: np.ndarray | None = None  # bool per row: rows the feature store records as not computed
 
     def describe(self) -> dict[str, Any]:
         d = {
@@ -172,23 +172,23 @@ def load_input(role: str, path: str | os.PathLike[str], array: str | None = None
                 f"input {role}={path}: the feature store has no array {name!r} (it has: {', '.join(names) or 'none'}); "
                 f"pick one with {role}={path}:NAME"
             )
-        missing = []
+        meta: dict[str, Any] = {}
         try:
-            missing = list(store.missing())
-        except Exception:  # noqa: BLE001 - optional API
-            missing = []
-        if missing:
-            raise FeatureError(
-                f"input {role}={path}: the feature store is incomplete ({len(missing)} rows missing, first "
-                f"{list(missing)[:5]}); finish the extraction (run the same features command again to resume)"
-            )
+            mask = np.asarray(store.missing(), dtype=bool)
+        except Exception:  # noqa: BLE001 - a store without a missing mask has none missing
+            mask = np.zeros(0, dtype=bool)
+        if mask.any():
+            meta["missing_rows"] = {"count": int(mask.sum()), "first": np.flatnonzero(mask)[:10].tolist()}
         arr = store.array(name)
         fp = None
         try:
             fp = (store.manifest or {}).get("pool_fingerprint")
         except Exception:  # noqa: BLE001
             fp = None
-        return LoadedInput(role, arr, str(p), "feature_store", name, fp, {})
+        li = LoadedInput(role, arr, str(p), "feature_store", name, fp, meta)
+        if mask.any():
+            li.missing = mask
+        return li
     if array is not None:
         raise FeatureError(f"input {role}={path}:{array}: ':{array}' picks an array of a feature store directory, and {path} is a file")
     suffix = p.suffix.lower()
@@ -319,23 +319,6 @@ def _atomic_save_npy(path: Path, arr: np.ndarray) -> None:
         raise
 
 
-def _versions() -> dict[str, str]:
-    out = {"python": platform.python_version(), "numpy": np.__version__}
-    try:
-        from vlselect import __version__
-
-        out["vlselect"] = __version__
-    except Exception:  # noqa: BLE001
-        pass
-    try:
-        import faiss
-
-        out["faiss"] = getattr(faiss, "__version__", "?")
-    except Exception:  # noqa: BLE001
-        pass
-    return out
-
-
 def _jsonable(x: Any) -> Any:
     if isinstance(x, dict):
         return {str(k): _jsonable(v) for k, v in x.items()}
@@ -373,40 +356,28 @@ def write_selection(
     _atomic_save_npy(d / "indices.npy", np.asarray(sel.indices, dtype=np.int64))
     scores = np.full(n, np.nan, dtype=np.float64) if sel.scores is None else np.asarray(sel.scores, dtype=np.float64)
     _atomic_save_npy(d / "scores.npy", scores)
-    manifest: dict[str, Any] = {
-        "method": sel.method,
-        "params": _jsonable(sel.params),
-        "budget": {"given": sel.budget.given, "count": sel.budget.count, "fraction": sel.budget.fraction,
-                   "pool_rows": sel.budget.n, "label": sel.budget.label},
+    extra: dict[str, Any] = {
+        "strict_official": sel.strict_official,
         "selected": sel.count,
         "shortfall": sel.shortfall,
-        "seed": sel.seed,
-        "strict_official": sel.strict_official,
-        "inputs": {r: li.describe() for r, li in (inputs or {}).items()},
         "excluded_rows": _jsonable(sel.info.get("excluded_rows", {"count": 0, "rows": []})),
+        "inputs": {r: li.describe() for r, li in (inputs or {}).items()},
         "info": _jsonable({k: v for k, v in sel.info.items() if k != "excluded_rows"}),
-        "versions": _versions(),
         "files": ["indices.npy", "scores.npy", "manifest.json"],
     }
-    if pool is not None:
-        manifest["pool"] = {"path": pool_path, "fingerprint": getattr(pool, "fingerprint", None), "rows": len(pool)}
-        manifest["pool_fingerprint"] = getattr(pool, "fingerprint", None)
-    elif tasks_path is not None:
-        manifest["tasks"] = {"path": tasks_path, **_file_digest(Path(tasks_path))}
+    if pool is None and tasks_path is not None:
+        extra["tasks"] = {"path": tasks_path, **_file_digest(Path(tasks_path))}
     if tasks is not None:
-        manifest["task_counts"] = {t: {"pool": p, "subset": s} for t, p, s in task_counts(tasks, sel.indices)}
-    if pool is not None:
-        from vlselect import pool as pool_mod
+        extra["task_counts"] = {t: {"pool": p, "subset": s} for t, p, s in task_counts(tasks, sel.indices)}
+    from vlselect import pool as pool_mod
 
+    if pool is not None:
         idx = np.asarray(sel.indices, dtype=np.int64)
         pool_mod.write_llava_subset(pool, idx, d / "subset.json")
         pool_mod.write_dataoptim_ids(pool, idx, d / "ids.txt")
-        manifest["files"] += ["subset.json", "ids.txt"]
-        writer = getattr(pool_mod, "write_manifest", None)
-        if writer is not None:
-            extra = {k: v for k, v in manifest.items() if k not in ("method", "params", "seed")}
-            writer(d / "manifest.json", pool=pool, method=sel.method, params=manifest["params"],
-                   budget=manifest["budget"], seed=sel.seed, extra=extra)
-            return d
-    _atomic_write_bytes(d / "manifest.json", json.dumps(manifest, indent=2, sort_keys=False).encode())
+        extra["files"] += ["subset.json", "ids.txt"]
+    budget = {"given": sel.budget.given, "count": sel.budget.count, "fraction": sel.budget.fraction,
+              "pool_rows": sel.budget.n, "label": sel.budget.label}
+    pool_mod.write_manifest(d / "manifest.json", pool=pool, method=sel.method, params=_jsonable(sel.params),
+                            budget=budget, seed=sel.seed, extra=extra)
     return d

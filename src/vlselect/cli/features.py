@@ -1,9 +1,77 @@
-"""CLI commands for the 'features' stage (filled in by its implementation)."""
+"""CLI commands for the 'features' stage: ``vlselect features activations | info | merge`` (issue 3), plus the
+gradient commands registered by :mod:`vlselect.cli.features_gradients`."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import List, Optional
+
 import typer
+
+features_app = typer.Typer(help="Per-sample features: activations, losses, gradients; store info and merge.",
+                           no_args_is_help=True)
+
+
+@features_app.command("activations")
+def activations(
+    model: Path = typer.Option(..., "--model", help="Model directory (save_pretrained layout)."),
+    pool: Path = typer.Option(..., "--pool", help="Pool file (LLaVA JSON/JSONL, Vision-Flan, DataOptim)."),
+    images: Optional[Path] = typer.Option(None, "--images", help="Image folder the pool's paths are relative to."),
+    out: Path = typer.Option(..., "--out", help="Feature store directory (an unfinished one is resumed)."),
+    layers: Optional[str] = typer.Option(None, "--layers",
+                                         help="Comma-separated 0-based layers; default: the paper's 3,7,11,15,19 "
+                                              "of 24, mapped to the model's depth."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Samples per forward pass (halved on out-of-memory)."),
+    losses: bool = typer.Option(False, "--losses", help="Also write loss, perplexity and EL2N (same pass)."),
+    shard: Optional[str] = typer.Option(None, "--shard", help="i/N: compute only this part (SLURM arrays)."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Record rows with a bad image as missing."),
+    shard_size: int = typer.Option(256, "--shard-size", help="Rows per store shard (unit of resumption)."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="float32, float16 or bfloat16 (default: as saved)."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 … (default: cuda if present)."),
+    max_length: Optional[int] = typer.Option(None, "--max-length",
+                                             help="Fail on longer samples (never truncates)."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+) -> None:
+    """COINCIDE activations (o_proj output, image/text means, tanh, L2, /sqrt(2L)) into a sharded store."""
+    from vlselect.features.activations import extract_activations
+
+    path = extract_activations(model, pool, out, images=images, layers=layers, batch_size=batch_size, losses=losses,
+                               shard=shard, skip_bad=skip_bad, shard_size=shard_size, dtype=dtype, device=device,
+                               max_length=max_length, progress=not quiet)
+    typer.echo(f"features in {path}")
+
+
+@features_app.command("info")
+def info(path: Path = typer.Argument(..., help="A feature store directory.")) -> None:
+    """Print a store's manifest summary: model, layers, pool fingerprint, arrays and shapes, missing rows."""
+    from vlselect.features.store import FeatureStore
+
+    st = FeatureStore.open(path)
+    m = st.manifest
+    typer.echo(f"store       {path}")
+    for key in ("kind", "model", "model_hash", "family", "layers", "pooling", "pool_fingerprint", "n_rows",
+                "n_missing", "n_text_only", "n_with_image"):
+        if key in m:
+            typer.echo(f"{key:<17} {m[key]}")
+    for name, a in m["arrays"].items():
+        typer.echo(f"array {name:<11} shape={tuple(a['shape'])} dtype={a['dtype']}")
+
+
+@features_app.command("merge")
+def merge_cmd(
+    dirs: List[Path] = typer.Argument(..., help="Partial stores of one run (e.g. the --shard i/N outputs)."),
+    out: Path = typer.Option(..., "--out", help="Directory of the merged store."),
+) -> None:
+    """Join partial stores (same settings) into one finished store, byte-identical to a single run."""
+    from vlselect.features.store import merge
+
+    st = merge(dirs, out)
+    typer.echo(f"merged {len(dirs)} stores into {out} ({st.manifest['n_rows']} rows)")
 
 
 def register(app: typer.Typer) -> None:
     """Add this stage's commands to the main app."""
+    from vlselect.cli import features_gradients
+
+    features_gradients.register(features_app)
+    app.add_typer(features_app, name="features")

@@ -22,25 +22,23 @@ console = Console()
 def _list_methods() -> None:
     from vlselect.select import REGISTRY
 
-    table = Table(title="selection methods (vlselect select METHOD)", show_lines=True)
-    table.add_column("method", style="bold")
-    table.add_column("roles (--input ROLE=PATH)")
-    table.add_column("parameters (--param NAME=VALUE) and defaults")
-    table.add_column("summary")
+    console.print("[bold]selection methods[/]: vlselect select METHOD --input ROLE=PATH --param NAME=VALUE ...")
     for name in sorted(REGISTRY):
         m = REGISTRY[name]
-        roles = "\n".join(
-            f"{r.name}{'' if r.required else ' (optional)'}" for r in m.roles
-        ) or "-"
+        table = Table(title=f"[bold]{name}[/]: {m.summary}", title_justify="left", box=None, padding=(0, 1))
+        table.add_column("input role / param", no_wrap=True, style="cyan")
+        table.add_column("default", max_width=16, overflow="fold")
+        table.add_column("meaning", min_width=20)
+        for r in m.roles:
+            table.add_row(f"--input {r.name}", "required" if r.required else "optional", r.help)
         if m.needs_tasks:
-            roles += "\n+ tasks (--pool or --tasks)"
-        params = "\n".join(
-            f"{p.name}={p.default!r}" + (f" (alias {', '.join(p.aliases)})" if p.aliases else "")
-            + (f" [{'|'.join(map(str, p.choices))}]" if p.choices else "")
-            for p in m.params
-        ) or "-"
-        table.add_row(name, roles, params, m.summary)
-    console.print(table)
+            table.add_row("--pool/--tasks", "required", "task labels, one per row")
+        for p in m.params:
+            extra = f" (alias {', '.join(p.aliases)})" if p.aliases else ""
+            choices = f" [{'|'.join(map(str, p.choices))}]" if p.choices else ""
+            table.add_row(f"--param {p.name}", repr(p.default), f"{p.help}{choices}{extra}", style=None)
+        console.print(table)
+        console.print()
 
 
 def _task_table(rows: list[tuple[str, int, int]], title: str) -> Table:

@@ -1,0 +1,171 @@
+"""``vlselect select``: the CLI contract of issue 5 item 6: outputs per budget, pool files, FeatureStore inputs, and
+every user error → exit 2 with a message naming the file or parameter and the fix."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vlselect.cli import main
+
+N = 60
+
+
+def _run(argv: list[str], capsys) -> tuple[int, str]:
+    try:
+        main(argv)
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    cap = capsys.readouterr()
+    return code, " ".join((cap.out + cap.err).split())
+
+
+@pytest.fixture()
+def work(tmp_path: Path) -> Path:
+    recs = [
+        {"id": f"s{i}", "image": f"coco/train2017/{i}.jpg",
+         "conversations": [{"from": "human", "value": "<image>\nWhat is it?"}, {"from": "gpt", "value": f"thing {i}"}]}
+        for i in range(N)
+    ]
+    (tmp_path / "pool.json").write_text(json.dumps(recs))
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "feats.npy", rng.normal(size=(N, 8)).astype(np.float32))
+    np.save(tmp_path / "short.npy", rng.normal(size=(N - 1, 8)).astype(np.float32))
+    np.save(tmp_path / "el2n.npy", np.arange(N, dtype=np.float64)[::-1].copy())
+    (tmp_path / "tasks.json").write_text(json.dumps([["a", "b", "c"][i % 3] for i in range(N)]))
+    return tmp_path
+
+
+def _store(path: Path, fingerprint: str, arrays: dict[str, np.ndarray]) -> Path:
+    from vlselect.features import FeatureStore
+
+    spec = {k: ((None if v.ndim == 1 else v.shape[1]), str(v.dtype)) for k, v in arrays.items()}
+    st = FeatureStore.create(path, arrays=spec, n_rows=N, shard_size=N, meta={"pool_fingerprint": fingerprint},
+                             sample_ids=[f"s{i}" for i in range(N)])
+    st.write_shard(0, arrays)
+    st.finalise()
+    return path
+
+
+def test_list_shows_every_method_with_roles_and_defaults(capsys):
+    code, out = _run(["select", "--list"], capsys)
+    assert code == 0
+    for name in ("random", "random_stratified", "length", "el2n", "perplexity", "semdedup", "d2pruning", "less"):
+        assert name in out
+    assert "--param prune_subset 'bottom'" in out and "--param gamma 0.4" in out and "--input val/* required" in out
+
+
+def test_one_budget_with_a_pool_writes_every_file(work: Path, capsys):
+    out = work / "o"
+    code, text = _run(["select", "el2n", "--input", f"el2n={work / 'el2n.npy'}", "--pool", str(work / "pool.json"),
+                       "--budget", "0.1", "--out", str(out)], capsys)
+    assert code == 0, text
+    idx = np.load(out / "indices.npy")
+    assert idx.dtype == np.int64 and idx.tolist() == [59, 58, 57, 56, 55, 54]  # lowest EL2N first
+    scores = np.load(out / "scores.npy")
+    assert scores.dtype == np.float64 and scores.shape == (N,)
+    assert (out / "ids.txt").read_text().split() == [f"s{i}" for i in idx]
+    subset = json.loads((out / "subset.json").read_text())
+    assert [r["id"] for r in subset] == [f"s{i}" for i in idx]
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["method"] == "el2n" and m["params"] == {"prune_subset": "bottom"} and m["seed"] == 0
+    assert m["budget"]["count"] == 6 and m["pool"]["rows"] == N and m["pool"]["fingerprint"]
+    assert m["extra"]["strict_official"] is False and m["extra"]["shortfall"] == 0
+    assert m["extra"]["inputs"]["el2n"]["md5"] and m["extra"]["excluded_rows"]["count"] == 0
+    assert "task" in text and "pool" in text and "subset" in text  # the per-task table
+
+
+def test_several_budgets_write_one_folder_each(work: Path, capsys):
+    out = work / "multi"
+    code, text = _run(["select", "random_stratified", "--tasks", str(work / "tasks.json"), "--budget", "0.1,30",
+                       "--seed", "3", "--out", str(out)], capsys)
+    assert code == 0, text
+    assert sorted(p.name for p in out.iterdir()) == ["frac0.1", "n30"]
+    a = np.load(out / "frac0.1" / "indices.npy")
+    b = np.load(out / "n30" / "indices.npy")
+    assert a.shape == (6,) and b.shape == (30,)
+    tasks = json.loads((work / "tasks.json").read_text())
+    assert sorted(tasks[i] for i in b).count("a") == 10  # 20 rows per task → 10 each
+    m = json.loads((out / "n30" / "manifest.json").read_text())
+    assert m["extra"]["task_counts"]["b"] == {"pool": 20, "subset": 10}
+    assert not (out / "n30" / "subset.json").exists()  # no pool given
+
+
+def test_feature_store_input_with_matching_pool(work: Path, capsys):
+    from vlselect.pool import open_pool
+
+    fp = open_pool(work / "pool.json").fingerprint
+    feats = np.load(work / "feats.npy")
+    store = _store(work / "store", fp, {"activations": feats, "loss": np.linspace(0, 1, N)})
+    code, text = _run(["select", "semdedup", "--input", f"features={store}", "--pool", str(work / "pool.json"),
+                       "--budget", "10", "--param", "n_clusters=3", "--out", str(work / "o")], capsys)
+    assert code == 0, text
+    assert np.load(work / "o" / "indices.npy").shape == (10,)
+    # DIR:array picks another array of the store
+    code, text = _run(["select", "perplexity", "--input", f"losses={store}:loss", "--pool", str(work / "pool.json"),
+                       "--budget", "5", "--param", "prune_subset=high", "--out", str(work / "o2")], capsys)
+    assert code == 0, text
+    assert np.load(work / "o2" / "indices.npy").tolist() == [59, 58, 57, 56, 55]
+    m = json.loads((work / "o2" / "manifest.json").read_text())
+    assert m["extra"]["inputs"]["losses"]["array"] == "loss" and m["extra"]["inputs"]["losses"]["pool_fingerprint"] == fp
+
+
+def test_feature_store_for_another_pool_is_refused(work: Path, capsys):
+    store = _store(work / "other", "0" * 64, {"activations": np.load(work / "feats.npy")})
+    code, text = _run(["select", "semdedup", "--input", f"features={store}", "--pool", str(work / "pool.json"),
+                       "--budget", "10", "--param", "n_clusters=3", "--out", str(work / "o")], capsys)
+    assert code == 2
+    assert "different pool" in text and "other" in text and "pool.json" in text
+
+
+@pytest.mark.parametrize(
+    "argv, expect",
+    [
+        (["select", "nosuch", "--budget", "1", "--out", "o"], ["unknown selection method 'nosuch'", "random"]),
+        (["select", "el2n", "--input", "el2n={w}/el2n.npy", "--budget", "1", "--param", "bogus=1", "--out", "o"],
+         ["no parameter 'bogus'", "prune_subset"]),
+        (["select", "el2n", "--input", "el2n={w}/el2n.npy", "--budget", "abc", "--out", "o"], ["budget 'abc'"]),
+        (["select", "el2n", "--input", "el2n={w}/el2n.npy", "--budget", "61", "--out", "o"],
+         ["larger than the pool", "60"]),
+        (["select", "el2n", "--input", "el2n={w}/el2n.npy", "--budget", "1.5", "--out", "o"], ["outside (0, 1]"]),
+        (["select", "semdedup", "--input", "features={w}/short.npy", "--pool", "{w}/pool.json", "--budget", "3",
+          "--out", "o"], ["short.npy", "59 rows", "pool.json", "60"]),
+        (["select", "d2pruning", "--input", "features={w}/feats.npy", "--input", "scores={w}/el2n.npy",
+          "--input", "scores2={w}/el2n.npy", "--budget", "3", "--out", "o"], ["no input role 'scores2'"]),
+        (["select", "d2pruning", "--input", "features={w}/feats.npy", "--budget", "3", "--out", "o"],
+         ["needs the input role 'scores'", "--input scores=PATH"]),
+        (["select", "semdedup", "--input", "features={w}/nothere.npy", "--budget", "3", "--out", "o"],
+         ["nothere.npy", "no such file"]),
+        (["select", "d2pruning", "--input", "features={w}/feats.npy", "--input", "scores={w}/short.npy",
+          "--budget", "3", "--out", "o"], ["short.npy", "feats.npy"]),
+        (["select", "random", "--pool", "{w}/pool.json", "--tasks", "{w}/tasks.json", "--budget", "3", "--out", "o"],
+         ["not both"]),
+        (["select", "random", "--tasks", "{w}/tasks.json", "--budget", "3", "--seed", "1", "--param", "seed=2",
+          "--out", "o"], ["disagree"]),
+        (["select", "random", "--pool", "{w}/nopool.json", "--budget", "3", "--out", "o"], ["nopool.json"]),
+    ],
+)
+def test_user_errors_exit_2_with_a_clear_message(work: Path, capsys, argv, expect):
+    argv = [a.replace("{w}", str(work)) if "{w}" in a else (str(work / a) if a == "o" else a) for a in argv]
+    code, text = _run(argv, capsys)
+    assert code == 2, text
+    assert "Traceback" not in text
+    for e in expect:
+        assert e in text, (e, text)
+
+
+def test_nan_rows_reported_on_the_console_and_in_the_manifest(work: Path, capsys):
+    v = np.arange(N, dtype=np.float64)
+    v[[4, 9]] = np.nan
+    np.save(work / "nan.npy", v)
+    code, text = _run(["select", "el2n", "--input", f"el2n={work / 'nan.npy'}", "--budget", "5",
+                       "--out", str(work / "o")], capsys)
+    assert code == 0, text
+    assert "2 pool row(s) with NaN or inf excluded" in text
+    m = json.loads((work / "o" / "manifest.json").read_text())
+    assert m["extra"]["excluded_rows"]["rows"] == [4, 9]
+    assert np.load(work / "o" / "indices.npy").tolist() == [0, 1, 2, 3, 5]

@@ -1,0 +1,206 @@
+"""Running a model on evaluation sets: batched greedy generation, per-set scores, per-sample predictions, relative
+performance against a reference, and mean ± 95% interval over several result files (seeds).
+
+Output folder
+-------------
+``results.json``
+    ``{"model": ..., "sets": {name: {"metric", "score", "n", ...}}, "mean_score": ..., "relative": ...?}``.
+``predictions/{set}.jsonl``
+    One line per sample: ``{"id", "question", "prediction", "answers", "score"}``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Sequence
+
+from vlselect.errors import ConfigError
+from vlselect.evaluate.metrics import mean_interval, relative_performance, score_sample, score_set
+from vlselect.evaluate.sets import EvalSet, read_eval_set, read_results, scores_of
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _prompt_messages(question: str, has_image: bool) -> list[dict]:
+    content = ([{"type": "image"}] if has_image else []) + [{"type": "text", "text": question}]
+    return [{"role": "user", "content": content}]
+
+
+def _load_image(path: Path, family: str, processor):
+    from PIL import Image
+
+    from vlselect.errors import PoolError
+
+    try:
+        with Image.open(path) as im:
+            img = im.convert("RGB")
+    except (FileNotFoundError, OSError) as exc:
+        raise PoolError(f"evaluation image '{path}' cannot be read ({exc}); fix: check --images") from None
+    if family == "llava" and img.width != img.height:  # same 'pad' aspect as training (LLaVA-1.5)
+        mean = getattr(processor.image_processor, "image_mean", [0.5, 0.5, 0.5])
+        side = max(img.size)
+        canvas = Image.new("RGB", (side, side), tuple(int(255 * m) for m in mean))
+        canvas.paste(img, ((side - img.width) // 2, (side - img.height) // 2))
+        img = canvas
+    return img
+
+
+def generate_answers(loaded, questions: Sequence[str], images: Sequence[str | None], image_root, *,
+                     batch_size: int = 8, max_new_tokens: int = 32, progress=None) -> list[str]:
+    """Greedy answers of ``loaded`` (a :class:`~vlselect.models.LoadedVLM`) to questions with optional images.
+
+    Prompts use the processor's chat template with the generation prompt; batches are left-padded and grouped by
+    whether they have an image. MMA models (``loaded.extra["mma"]``) are routed by the modality of each batch.
+    """
+    import torch
+
+    from vlselect.train.mma import mma_routing
+
+    processor = loaded.processor
+    tok = processor.tokenizer
+    old_side = tok.padding_side
+    tok.padding_side = "left"
+    model = loaded.model
+    model.eval()
+    out: list[str | None] = [None] * len(questions)
+    order = sorted(range(len(questions)), key=lambda i: (images[i] is None, i))
+    try:
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            has = images[chunk[0]] is not None
+            chunk = [i for i in chunk if (images[i] is not None) == has]
+            rest = [i for i in order[start : start + batch_size] if i not in chunk]
+            for group in (chunk, rest):
+                if not group:
+                    continue
+                g_has = images[group[0]] is not None
+                texts = [processor.apply_chat_template(_prompt_messages(questions[i], g_has), tokenize=False,
+                                                       add_generation_prompt=True) for i in group]
+                kwargs = {"text": texts, "return_tensors": "pt", "padding": True}
+                if g_has:
+                    kwargs["images"] = [_load_image(Path(image_root) / images[i], loaded.family, processor) for i in group]
+                enc = processor(**kwargs)
+                enc = {k: v.to(loaded.device) if hasattr(v, "to") else v for k, v in enc.items()}
+                routing = mma_routing(model, [1 if g_has else 0] * len(group)) if loaded.extra.get("mma") else None
+                with torch.no_grad():
+                    if routing is not None:
+                        with routing:
+                            gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                                 pad_token_id=loaded.pad_token_id)
+                    else:
+                        gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                             pad_token_id=loaded.pad_token_id)
+                new = gen[:, enc["input_ids"].shape[1] :]
+                for i, row in zip(group, new):
+                    out[i] = tok.decode(row, skip_special_tokens=True).strip()
+            if progress is not None:
+                progress(len(chunk) + len(rest))
+    finally:
+        tok.padding_side = old_side
+    return [o or "" for o in out]
+
+
+def evaluate(model_dir, eval_files: Sequence, image_root, out_dir, *, adapter=None, reference=None,
+             batch_size: int = 8, max_new_tokens: int = 32, progress: bool = True, device=None) -> dict:
+    """Evaluate a model on evaluation sets and write ``results.json`` and per-sample predictions.
+
+    Parameters
+    ----------
+    model_dir : path-like
+        Base or merged model, or an MMA ``final/`` folder (see :func:`vlselect.train.load_trained`).
+    eval_files : sequence of path-like
+        Evaluation-set files (format in :mod:`vlselect.evaluate.sets`).
+    image_root : path-like
+        Folder the sets' image paths are relative to.
+    out_dir : path-like
+    adapter : path-like, optional
+        LoRA adapter or MMA folder to apply to ``model_dir``.
+    reference : path-like, optional
+        A reference ``results.json`` (e.g. the full-pool run); adds ``relative`` (survey §1.2, §1.6).
+    batch_size, max_new_tokens : int
+        Generation batch (8) and length (32).
+
+    Returns
+    -------
+    dict
+        The results object written to ``results.json``.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from vlselect.train.load import load_trained
+
+    if not eval_files:
+        raise ConfigError("no evaluation sets given; pass one or more --eval FILE")
+    sets: list[EvalSet] = [read_eval_set(f) for f in eval_files]
+    names = [s.name for s in sets]
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise ConfigError(f"two evaluation sets are named {dup!r}; each --eval file needs its own 'name'")
+    ref = read_results(reference) if reference is not None else None
+    loaded = load_trained(model_dir, adapter=adapter, device=device)
+    out = Path(out_dir)
+    results = {"model": str(model_dir), "adapter": None if adapter is None else str(adapter), "sets": {}}
+    total = sum(len(s.samples) for s in sets)
+    with Progress(TextColumn("[bold]eval[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), disable=not progress) as bar:
+        task = bar.add_task("", total=total)
+        for es in sets:
+            bar.update(task, description=es.name)
+            preds = generate_answers(
+                loaded, [s["question"] for s in es.samples], [s.get("image") for s in es.samples], image_root,
+                batch_size=batch_size, max_new_tokens=max_new_tokens, progress=lambda k: bar.advance(task, k))
+            scored = score_set(es.metric, preds, es.samples)
+            results["sets"][es.name] = {"metric": es.metric, "n": len(es.samples), **scored}
+            lines = []
+            for s, p in zip(es.samples, preds):
+                rec = {"id": s["id"], "question": s["question"], "prediction": p,
+                       "answers": s.get("answers"), "score": score_sample(es.metric, p, s)}
+                if es.metric == "iou":
+                    rec["box"] = s["box"]
+                lines.append(json.dumps(rec, ensure_ascii=False))
+            _atomic_write(out / "predictions" / f"{es.name}.jsonl", "\n".join(lines) + "\n")
+    scores = scores_of(results)
+    results["mean_score"] = sum(scores.values()) / len(scores)
+    if ref is not None:
+        rel = relative_performance(scores, scores_of(ref), source=str(reference))
+        results["reference"] = str(reference)
+        results["relative"] = rel["relative"]
+        for name, v in rel["per_set"].items():
+            results["sets"][name]["relative"] = v
+    _atomic_write(out / "results.json", json.dumps(results, indent=2) + "\n")
+    return results
+
+
+def summarize(result_files: Sequence, *, reference=None, confidence: float = 0.95) -> dict:
+    """Mean and t-interval over several ``results.json`` (e.g. one per training seed).
+
+    Returns ``{"n", "sets": {name: interval}, "mean_score": interval, "relative": interval?}`` where each interval
+    is the dict of :func:`vlselect.evaluate.metrics.mean_interval`. Every file must hold the same sets.
+    """
+    if not result_files:
+        raise ConfigError("no result files to summarise")
+    runs = [read_results(f) for f in result_files]
+    names = list(runs[0]["sets"])
+    for f, r in zip(result_files, runs):
+        if sorted(r["sets"]) != sorted(names):
+            raise ConfigError(f"{f}: evaluation sets {sorted(r['sets'])} differ from {sorted(names)} in "
+                              f"{result_files[0]}; summarise runs evaluated on the same sets")
+    ref_scores = scores_of(read_results(reference)) if reference is not None else None
+    out = {"n": len(runs), "files": [str(f) for f in result_files], "sets": {}}
+    for name in names:
+        out["sets"][name] = mean_interval([r["sets"][name]["score"] for r in runs], confidence)
+    out["mean_score"] = mean_interval([sum(scores_of(r).values()) / len(names) for r in runs], confidence)
+    if ref_scores is not None:
+        rels = [relative_performance(scores_of(r), ref_scores, source=str(reference))["relative"] for r in runs]
+        out["relative"] = mean_interval(rels, confidence)
+        out["reference"] = str(reference)
+    elif all("relative" in r for r in runs):
+        out["relative"] = mean_interval([r["relative"] for r in runs], confidence)
+    return out

@@ -1,0 +1,92 @@
+"""Training data: opening a pool or subset, the deterministic sample order, and batches.
+
+The order of an epoch is ``numpy.random.default_rng([seed, epoch]).permutation(n)``, so a run can resume at any
+optimiser step: the position in the data is ``step × batch_size × grad_accum × world_size`` (DESIGN.md,
+"Determinism").
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from vlselect.errors import PoolError
+from vlselect.pool.sample import Sample
+
+
+def _fallback_read(path: Path) -> list[Sample]:
+    """Minimal LLaVA JSON/JSONL reader, used only while ``vlselect.pool.open_pool`` is unavailable."""
+    import orjson
+
+    raw = path.read_bytes()
+    try:
+        records = orjson.loads(raw) if raw.lstrip()[:1] == b"[" else [orjson.loads(x) for x in raw.splitlines() if x.strip()]
+    except orjson.JSONDecodeError as exc:
+        raise PoolError(f"{path}: not valid LLaVA JSON/JSONL ({exc}); fix the file or re-export the subset") from None
+    out = []
+    for i, rec in enumerate(records):
+        if not isinstance(rec, dict) or not isinstance(rec.get("conversations"), list):
+            raise PoolError(f"{path}: record {i} has no 'conversations' list; fix the record or drop it")
+        img = rec.get("image")
+        images = [] if img is None else ([img] if isinstance(img, str) else list(img))
+        out.append(Sample(id=str(rec.get("id", i)), images=images, conversations=rec["conversations"], record=rec))
+    return out
+
+
+def open_training_pool(pool: Any):
+    """A pool path (LLaVA JSON / JSONL / anything ``vlselect.pool.open_pool`` reads), a ``Pool`` or a list of
+    :class:`Sample` → an indexable sequence of samples."""
+    if isinstance(pool, (str, Path)):
+        path = Path(pool)
+        if not path.exists():
+            raise PoolError(f"pool file '{path}' does not exist; pass a LLaVA JSON pool or subset to --pool")
+        try:
+            from vlselect.pool import open_pool  # type: ignore[attr-defined]
+        except ImportError:
+            try:
+                from vlselect.pool.core import open_pool  # type: ignore[no-redef]
+            except ImportError:
+                return _fallback_read(path)
+        return open_pool(path)
+    if not hasattr(pool, "__getitem__") or not hasattr(pool, "__len__"):
+        raise PoolError(f"cannot train on a {type(pool).__name__}; pass a pool path, a Pool or a list of Sample")
+    return pool
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    """The sample order of one epoch (deterministic in ``seed`` and ``epoch``)."""
+    return np.random.default_rng([int(seed), int(epoch)]).permutation(n)
+
+
+def global_schedule(n: int, *, epochs: int, batch_size: int, grad_accum: int, world_size: int, seed: int,
+                    max_steps: int | None = None) -> list[list[int]]:
+    """Positions (into the training indices) of every optimiser step: a list of ``batch_size × grad_accum ×
+    world_size`` positions per step. The last partial step of an epoch is kept (smaller)."""
+    per_step = batch_size * grad_accum * world_size
+    steps: list[list[int]] = []
+    for epoch in range(epochs):
+        order = epoch_order(n, seed, epoch).tolist()
+        for start in range(0, n, per_step):
+            steps.append(order[start : start + per_step])
+            if max_steps is not None and len(steps) >= max_steps:
+                return steps
+    return steps
+
+
+def micro_batches(step_positions: Sequence[int], *, batch_size: int, rank: int, world_size: int) -> list[list[int]]:
+    """This rank's micro-batches of one optimiser step (rank r takes every world_size-th micro-batch)."""
+    chunks = [list(step_positions[i : i + batch_size]) for i in range(0, len(step_positions), batch_size)]
+    return [c for k, c in enumerate(chunks) if k % world_size == rank]
+
+
+def encode_batch(loaded, samples: Sequence[Sample], image_root, *, max_length: int | None = None) -> dict:
+    """Encode and collate samples for the forward pass (answer-only labels from ``vlselect.models``)."""
+    from vlselect.models import collate, encode_sample
+
+    enc = [encode_sample(loaded, s, image_root, max_length=max_length) for s in samples]
+    batch = collate(enc, loaded.pad_token_id)
+    batch.pop("image_mask", None)
+    batch.pop("text_mask", None)
+    return {k: v.to(loaded.device) if hasattr(v, "to") else v for k, v in batch.items()}

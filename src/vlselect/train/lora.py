@@ -1,0 +1,508 @@
+"""Fine-tuning a Hugging Face VLM on a pool or subset: LoRA (PEFT) or Mixture-of-Modality adapters.
+
+Recipe defaults are LLaVA-1.5's LoRA script (``scripts/v1_5/finetune_lora.sh``): ``r=128``, ``lora_alpha=256``,
+``lora_dropout=0.05``, LoRA on every linear layer of the language model, the multimodal projector trained in full
+with ``mm_projector_lr=2e-5``, ``learning_rate=2e-4``, 1 epoch, cosine schedule with ``warmup_ratio=0.03``, no
+weight decay, per-device batch 16 (× 8 GPUs = 128 in the official run: on one GPU use ``grad_accum=8``), loss on
+assistant tokens only (labels from :func:`vlselect.models.encode_sample`), non-reentrant gradient checkpointing,
+bf16 where the hardware has it. ``adapter="mma"`` trains LaVIN's adapters instead (``specs/mma.md`` §5:
+AdamW(0.9, 0.95), weight decay 0.02 except biases/1-D, lr ``9e-3 × effective batch / 256``).
+
+Output folder
+-------------
+``checkpoint-{step}/``
+    trainable tensors, optimiser, scheduler, RNG states and ``state.json`` (step, loss curve): a run started again
+    with the same arguments resumes from the last one, and ends with the same weights as an uninterrupted run.
+``final/``
+    LoRA: the merged model (``save_pretrained`` + processor; loads with :func:`vlselect.models.load_vlm`).
+    MMA: the adapter tensors (``adapter_model.safetensors``) and ``vlselect_adapter.json`` naming the base model;
+    load with :func:`vlselect.train.load_trained` (which also loads a merged LoRA model).
+``adapter/``
+    LoRA only: the PEFT adapter (``adapter_config.json``, ``adapter_model.safetensors``) for ``--adapter``.
+``train_result.json``
+    The :class:`TrainResult` of the finished run.
+
+Multi-GPU: launch the same command with ``torchrun --nproc_per_node N -m vlselect.cli train ...`` (or ``accelerate
+launch``). Each rank takes every N-th micro-batch of a step, gradients are all-reduced (averaged) before the
+optimiser step, and rank 0 writes. The per-step sample count is ``batch_size × grad_accum × N``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from vlselect.errors import ConfigError
+
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+PROJECTOR_NAMES = ("multi_modal_projector", "visual.merger")
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced.
+
+    Attributes
+    ----------
+    out_dir : Path
+    final_dir : Path or None
+        Loadable model (see module docstring); ``None`` when the run stopped early (``stop_after_steps``).
+    adapter_dir : Path or None
+        PEFT adapter (LoRA) or the MMA adapter folder.
+    checkpoints : list of Path
+    losses : list of float
+        Mean training loss of every optimiser step.
+    steps, total_steps : int
+    samples : int
+        Samples seen by this process in this call.
+    samples_per_second : float
+    peak_memory_bytes : int
+        CUDA peak allocation, or the process's peak RSS on CPU.
+    trainable_parameters : int
+    adapter : str
+    """
+
+    out_dir: Path
+    final_dir: Path | None
+    adapter_dir: Path | None
+    checkpoints: list[Path] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+    steps: int = 0
+    total_steps: int = 0
+    samples: int = 0
+    samples_per_second: float = 0.0
+    peak_memory_bytes: int = 0
+    trainable_parameters: int = 0
+    adapter: str = "lora"
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        for k in ("out_dir", "final_dir", "adapter_dir"):
+            d[k] = None if d[k] is None else str(d[k])
+        d["checkpoints"] = [str(p) for p in self.checkpoints]
+        return d
+
+
+def _dist():
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if world > 1:
+        import torch
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        if torch.cuda.is_available():
+            torch.cuda.set_device(local)
+    return rank, world, local
+
+
+def _atomic_json(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def _peak_memory(device) -> int:
+    import torch
+
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    try:
+        import resource
+
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+    except Exception:  # noqa: BLE001
+        return 0
+
+
+def _lora_target_regex(target_modules) -> str | list[str]:
+    if target_modules:
+        return list(target_modules) if not isinstance(target_modules, str) else target_modules
+    # every linear of the language model, none in the vision tower / projector / lm_head (LLaVA find_all_linear_names)
+    return r"^(?!.*(vision_tower|visual|multi_modal_projector)).*\.(" + "|".join(LORA_TARGETS) + r")$"
+
+
+def _checkpoints(out: Path) -> list[Path]:
+    cps = [p for p in out.glob("checkpoint-*") if (p / "state.json").exists() and p.name.split("-")[-1].isdigit()]
+    return sorted(cps, key=lambda p: int(p.name.split("-")[-1]))
+
+
+def _rng_state() -> dict:
+    import torch
+
+    st = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def _set_rng_state(st: dict) -> None:
+    import torch
+
+    torch.set_rng_state(st["torch"])
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])
+
+
+def _save_checkpoint(out: Path, step: int, model, optimizer, scheduler, state: dict) -> Path:
+    import torch
+
+    final = out / f"checkpoint-{step}"
+    tmp = out / f".tmp-checkpoint-{step}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    trainable = {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+    torch.save(trainable, tmp / "trainable.pt")
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+    torch.save(_rng_state(), tmp / "rng.pt")
+    _atomic_json(tmp / "state.json", state)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    return final
+
+
+def _load_checkpoint(cp: Path, model, optimizer, scheduler) -> dict:
+    import torch
+
+    trainable = torch.load(cp / "trainable.pt", map_location="cpu")
+    params = dict(model.named_parameters())
+    missing = [n for n in trainable if n not in params]
+    if missing:
+        raise ConfigError(f"{cp}: checkpoint holds parameters this model does not have ({missing[0]}, ...); resume "
+                          "with the same --model and --adapter options, or pass --no-resume / a new --out")
+    with torch.no_grad():
+        for n, t in trainable.items():
+            params[n].copy_(t.to(params[n].device, params[n].dtype))
+    optimizer.load_state_dict(torch.load(cp / "optimizer.pt", map_location="cpu"))
+    scheduler.load_state_dict(torch.load(cp / "scheduler.pt", map_location="cpu"))
+    _set_rng_state(torch.load(cp / "rng.pt", map_location="cpu", weights_only=False))
+    return json.loads((cp / "state.json").read_text())
+
+
+def _progress(enabled: bool):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("[bold]train[/]"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
+        TimeElapsedColumn(), TimeRemainingColumn(), disable=not enabled, transient=False,
+    )
+
+
+def train_lora(
+    model_dir,
+    pool,
+    image_root,
+    out_dir,
+    *,
+    indices: Sequence[int] | None = None,
+    adapter: str = "lora",
+    r: int = 128,
+    lora_alpha: int = 256,
+    lora_dropout: float = 0.05,
+    lr: float | None = None,
+    projector_lr: float = 2e-5,
+    train_projector: bool = True,
+    epochs: int = 1,
+    batch_size: int = 16,
+    grad_accum: int = 1,
+    warmup_ratio: float = 0.03,
+    schedule: str = "cosine",
+    weight_decay: float | None = None,
+    max_steps: int | None = None,
+    save_steps: Sequence[int] = (),
+    seed: int = 0,
+    gradient_checkpointing: bool = True,
+    bf16: bool | str = "auto",
+    resume: bool = True,
+    target_modules=None,
+    mma_kwargs: dict | None = None,
+    max_length: int | None = None,
+    stop_after_steps: int | None = None,
+    progress: bool = True,
+    device=None,
+) -> TrainResult:
+    """Fine-tune ``model_dir`` on a pool (or the ``indices`` of it) with LoRA or MMA adapters.
+
+    Parameters
+    ----------
+    model_dir : path-like
+        Hugging Face model directory (real or :func:`vlselect.models.tiny.build_tiny`).
+    pool : path-like, Pool or list of Sample
+        Training data (a subset exported by ``vlselect select`` is a pool).
+    image_root : path-like
+        Folder the image paths are relative to.
+    out_dir : path-like
+        Output folder (see module docstring).
+    indices : sequence of int, optional
+        Positions in ``pool`` to train on (default all).
+    adapter : {"lora", "mma"}
+    r, lora_alpha, lora_dropout : LoRA rank (128), alpha (256), dropout (0.05).
+    lr : float, optional
+        Learning rate; default 2e-4 (LoRA) or ``9e-3 × effective batch / 256`` (MMA, spec §5.1).
+    projector_lr : float
+        Learning rate of the multimodal projector (``mm_projector_lr``, 2e-5; LoRA only).
+    train_projector : bool
+        Train the projector in full (LLaVA LoRA recipe: yes). Ignored for MMA (adapters only).
+    epochs, batch_size, grad_accum : int
+        1 epoch; per-device batch 16; accumulation 1.
+    warmup_ratio, schedule : float, str
+        0.03 and ``"cosine"`` (any ``transformers.get_scheduler`` name).
+    weight_decay : float, optional
+        Default 0 (LoRA) or 0.02 with timm groups (MMA).
+    max_steps : int, optional
+        Cap on optimiser steps (the schedule is built for the capped length).
+    save_steps : sequence of int
+        Optimiser steps after which a checkpoint is written (the end is always saved).
+    seed : int
+        Seeds adapter initialisation, data order and dropout: same seed → identical weights.
+    gradient_checkpointing : bool
+        Non-reentrant layer checkpointing.
+    bf16 : bool or "auto"
+        ``"auto"`` = CUDA with bf16 support.
+    resume : bool
+        Continue from the last ``checkpoint-*`` in ``out_dir``; a finished run is returned as is.
+    target_modules : list of str or regex, optional
+        LoRA targets (default: all linear layers of the language model).
+    mma_kwargs : dict, optional
+        Passed to :func:`vlselect.train.mma.attach_mma` (``temperature``, ``adapter_dim``, ``vit_routing``...).
+    max_length : int, optional
+        Longer samples raise (never truncated silently).
+    stop_after_steps : int, optional
+        Stop (after checkpointing) once this many optimiser steps are done; run again to continue.
+    progress : bool
+        Show a rich progress bar with loss and samples/s.
+
+    Returns
+    -------
+    TrainResult
+
+    References
+    ----------
+    LLaVA-1.5 LoRA recipe (issue 6 item 1); ``specs/mma.md`` §4-§5, §8.
+
+    Examples
+    --------
+    >>> res = train_lora("tiny", "subset.json", "images", "runs/lora", epochs=1)  # doctest: +SKIP
+    >>> res.final_dir  # doctest: +SKIP
+    PosixPath('runs/lora/final')
+    """
+    import torch
+
+    from vlselect.models import load_vlm
+    from vlselect.train import mma as mma_mod
+    from vlselect.train.data import encode_batch, global_schedule, micro_batches, open_training_pool
+
+    if adapter not in ("lora", "mma"):
+        raise ConfigError(f"unknown adapter {adapter!r}; choose --adapter lora or --adapter mma")
+    for name, v in (("epochs", epochs), ("batch_size", batch_size), ("grad_accum", grad_accum), ("r", r)):
+        if int(v) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1 (got {v})")
+    if not 0 <= warmup_ratio < 1:
+        raise ConfigError(f"--warmup-ratio must be in [0, 1) (got {warmup_ratio})")
+    if max_steps is not None and max_steps < 1:
+        raise ConfigError(f"--max-steps must be at least 1 (got {max_steps})")
+
+    rank, world, local = _dist()
+    out = Path(out_dir)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+    done = out / "train_result.json"
+    if resume and done.exists():
+        data = json.loads(done.read_text())
+        return TrainResult(**{**data, "out_dir": out, "final_dir": Path(data["final_dir"]),
+                              "adapter_dir": Path(data["adapter_dir"]) if data.get("adapter_dir") else None,
+                              "checkpoints": [Path(p) for p in data["checkpoints"]]})
+
+    data_pool = open_training_pool(pool)
+    n_pool = len(data_pool)
+    idx = list(range(n_pool)) if indices is None else [int(i) for i in indices]
+    bad = [i for i in idx if not 0 <= i < n_pool]
+    if bad:
+        raise ConfigError(f"index {bad[0]} is outside the pool of {n_pool} records; fix the subset indices")
+    if not idx:
+        raise ConfigError("nothing to train on: the pool / subset is empty")
+
+    if device is None:
+        device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    use_bf16 = (device.type == "cuda" and torch.cuda.is_bf16_supported()) if bf16 == "auto" else bool(bf16)
+    torch.manual_seed(seed)
+    loaded = load_vlm(model_dir, dtype=torch.bfloat16 if use_bf16 else torch.float32, device=device)
+    model = loaded.model
+    if gradient_checkpointing:
+        model.activation_checkpointing_enable({"use_reentrant": False})
+
+    eff_batch = batch_size * grad_accum * world
+    mma_cfg = dict(mma_kwargs or {})
+    if adapter == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        modules_to_save = None
+        if train_projector:
+            names = {n for n, _ in model.named_modules()}
+            modules_to_save = [p.split(".")[-1] for p in PROJECTOR_NAMES
+                               if any(n.endswith(p) for n in names)] or None
+        cfg = LoraConfig(r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, bias="none",
+                         target_modules=_lora_target_regex(target_modules), modules_to_save=modules_to_save)
+        torch.manual_seed(seed)
+        model = get_peft_model(model, cfg)
+        lr = 2e-4 if lr is None else lr
+        wd = 0.0 if weight_decay is None else weight_decay
+        for p in model.parameters():
+            if p.requires_grad:
+                p.data = p.data.float()
+        proj, rest = [], []
+        for n, p in model.named_parameters():
+            if p.requires_grad:
+                (proj if any(x in n for x in PROJECTOR_NAMES) and "lora_" not in n else rest).append(p)
+        groups = [{"params": rest, "lr": lr, "weight_decay": wd}]
+        if proj:
+            groups.append({"params": proj, "lr": projector_lr, "weight_decay": wd})
+        optimizer = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8)
+    else:
+        mma_mod.attach_mma(model, seed=seed, **mma_cfg)
+        lr = mma_mod.lavin_lr(9e-3, eff_batch) if lr is None else lr
+        wd = 0.02 if weight_decay is None else weight_decay
+        optimizer = torch.optim.AdamW(mma_mod.mma_param_groups(model, wd), lr=lr, betas=(0.9, 0.95), eps=1e-8)
+    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+    plan = global_schedule(len(idx), epochs=epochs, batch_size=batch_size, grad_accum=grad_accum,
+                           world_size=world, seed=seed, max_steps=max_steps)
+    total = len(plan)
+    from transformers import get_scheduler
+
+    try:
+        scheduler = get_scheduler(schedule, optimizer, num_warmup_steps=math.ceil(warmup_ratio * total),
+                                  num_training_steps=total)
+    except (ValueError, KeyError) as exc:
+        raise ConfigError(f"unknown --schedule {schedule!r} ({exc}); use cosine, linear or constant_with_warmup") from None
+
+    start, losses, checkpoints = 0, [], []
+    if resume:
+        cps = _checkpoints(out)
+        if cps:
+            st = _load_checkpoint(cps[-1], model, optimizer, scheduler)
+            if st.get("total_steps") != total:
+                raise ConfigError(f"{cps[-1]}: checkpoint of a run with {st.get('total_steps')} steps, this run has "
+                                  f"{total}; resume with the same options, or pass --no-resume / a new --out")
+            start, losses, checkpoints = int(st["step"]), list(st["losses"]), [Path(p) for p in st["checkpoints"]]
+    torch.manual_seed(seed + 1) if start == 0 else None  # dropout stream independent of init; restored on resume
+
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    save_at = {int(s) for s in save_steps}
+    stop = total if stop_after_steps is None else min(total, start + int(stop_after_steps))
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    seen, t0 = 0, time.perf_counter()
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 and device.type == "cuda" else None
+    model.train()
+    with _progress(progress and rank == 0) as bar:
+        task = bar.add_task("", total=total, completed=start)
+        for step in range(start, stop):
+            mbs = micro_batches(plan[step], batch_size=batch_size, rank=rank, world_size=world)
+            n_micro = max(1, math.ceil(len(plan[step]) / batch_size))  # micro-batches of this step, all ranks
+            step_loss = 0.0
+            for mb in mbs:
+                samples = [data_pool[idx[p]] for p in mb]
+                batch = encode_batch(loaded, samples, image_root, max_length=max_length)
+                ctx_mma = (mma_mod.mma_routing(model, [1 if s.images else 0 for s in samples])
+                           if adapter == "mma" else _null())
+                with ctx_mma, (autocast or _null()):
+                    loss = model(**batch).loss
+                    (loss / n_micro).backward()  # mean over the step's micro-batches (summed over ranks below)
+                step_loss += float(loss.detach()) / n_micro
+                seen += len(samples)
+            if world > 1:
+                import torch.distributed as dist
+
+                for p in trainable:
+                    if p.grad is None:
+                        p.grad = torch.zeros_like(p)
+                    dist.all_reduce(p.grad)
+                lt = torch.tensor([step_loss], device=device)
+                dist.all_reduce(lt)
+                step_loss = float(lt)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(step_loss)
+            done_steps = step + 1
+            rate = seen / max(1e-9, time.perf_counter() - t0)
+            bar.update(task, advance=1, description=f"loss {step_loss:.4f} · {rate * world:.1f} samples/s")
+            if done_steps in save_at or done_steps == stop:
+                state = {"step": done_steps, "total_steps": total, "losses": losses,
+                         "checkpoints": [str(c) for c in checkpoints] + [str(out / f"checkpoint-{done_steps}")],
+                         "adapter": adapter, "seed": seed}
+                if rank == 0:
+                    checkpoints.append(_save_checkpoint(out, done_steps, model, optimizer, scheduler, state))
+                _barrier(world)
+    elapsed = time.perf_counter() - t0
+    result = TrainResult(out_dir=out, final_dir=None, adapter_dir=None, checkpoints=checkpoints, losses=losses,
+                         steps=stop, total_steps=total, samples=seen, samples_per_second=seen / max(elapsed, 1e-9) * world,
+                         peak_memory_bytes=_peak_memory(device), trainable_parameters=n_trainable, adapter=adapter)
+    if stop < total:
+        return result
+    if rank == 0:
+        _save_final(out, model, loaded, adapter, model_dir, mma_cfg, result)
+        _atomic_json(done, result.to_json())
+    _barrier(world)
+    return result
+
+
+class _null:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *a):
+        return False
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def _save_final(out: Path, model, loaded, adapter: str, model_dir, mma_cfg: dict, result: TrainResult) -> None:
+    from safetensors.torch import save_file
+
+    from vlselect.train.mma import mma_state_dict
+
+    model.eval()
+    final = out / "final"
+    tmp = out / ".tmp-final"
+    shutil.rmtree(tmp, ignore_errors=True)
+    meta = {"adapter": adapter, "base_model": str(Path(model_dir).resolve())}
+    if adapter == "lora":
+        ad = out / "adapter"
+        tmp_ad = out / ".tmp-adapter"
+        shutil.rmtree(tmp_ad, ignore_errors=True)
+        model.save_pretrained(str(tmp_ad))
+        shutil.rmtree(ad, ignore_errors=True)
+        os.replace(tmp_ad, ad)
+        merged = model.merge_and_unload()
+        merged.save_pretrained(str(tmp))
+        loaded.processor.save_pretrained(str(tmp))
+        meta["merged"] = True
+        result.adapter_dir = ad
+    else:
+        tmp.mkdir(parents=True)
+        save_file({k: v.contiguous() for k, v in mma_state_dict(model).items()}, str(tmp / "adapter_model.safetensors"))
+        meta["mma"] = mma_cfg
+        result.adapter_dir = final
+    _atomic_json(tmp / "vlselect_adapter.json", meta)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    result.final_dir = final
+    if adapter == "mma":
+        result.adapter_dir = final

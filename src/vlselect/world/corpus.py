@@ -52,7 +52,7 @@ def corpus(seed: int = 0, n: int = 5000) -> list[str]:
     texts: list[str] = []
     texts += [" ".join(SHAPES), " ".join(PLURALS[s] for s in SHAPES), " ".join(COLOR_NAMES), " ".join(SIZES)]
     texts += list(POSITIONS) + [" ".join(NUMBER_WORDS), " ".join(WORDS), " ".join(w.upper() for w in WORDS)]
-    texts += [" ".join(LETTERS), " ".join(number_strings()), " ".join(sorted(set(MIX.values()))),
+    texts += [" ".join(LETTERS), " ".join(sorted({c.upper() for w in WORDS for c in w})), " ".join(number_strings()), " ".join(sorted(set(MIX.values()))),
               " ".join(sorted(set(SIDES.values())))]
     texts += list(CAPTION_PROMPTS) + [SHORT_SUFFIX, OPTION_SUFFIX]
     for templates in QUESTIONS.values():

@@ -151,8 +151,8 @@ def shape_mask(shape: str, e: int) -> np.ndarray:
         m = (xx - e / 2) ** 2 + (yy - e / 2) ** 2 <= (e / 2) ** 2
     elif shape == "square":
         m = np.ones((e, e), dtype=bool)
-    elif shape == "triangle":  # apex up, base at the bottom
-        m = np.abs(xx - e / 2) <= yy / 2
+    elif shape == "triangle":  # apex up (at least 2 px wide, so the box is tight), base at the bottom
+        m = np.abs(xx - e / 2) <= np.maximum(yy / 2, 1.0)
     elif shape == "cross":
         t = e / 3
         m = (np.abs(xx - e / 2) <= t / 2 + 0.01) | (np.abs(yy - e / 2) <= t / 2 + 0.01)

@@ -1,0 +1,352 @@
+"""The synthetic world: determinism, composition against the card, answer correctness re-derived from the scene
+metadata (and from the pixels for boxes), the noisy share, held-out evaluation, boxes, the LLaVA format, the
+corpus and the CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vlselect.world import EVAL_SETS, TASKS, WorldConfig, corpus, make_world
+from vlselect.world.build import plan_eval
+from vlselect.world.vocab import COLORS, NUMBER_WORDS, POSITIONS
+
+SIZE = 1000
+EVAL = 24
+POS_RE = "top left|top right|bottom left|bottom right|top|bottom|left|right|center"
+SHAPE_RE = "circle|square|triangle|cross"
+COLOR_RE = "red|green|blue|yellow|purple"
+BOX_RE = r"\[(\d\.\d\d), (\d\.\d\d), (\d\.\d\d), (\d\.\d\d)\]"
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("w") / "world"
+    make_world(out, size=SIZE, seed=0, eval_size=EVAL)
+    return out
+
+
+@pytest.fixture(scope="module")
+def pool(world) -> list[dict]:
+    with open(world / "pool.json") as f:
+        return json.load(f)
+
+
+def _files(d: Path) -> dict[str, bytes]:
+    out = {}
+    for p in sorted(d.rglob("*")):
+        if p.is_file() and (p.suffix != ".png" or p.name.endswith("0.png")):  # every tenth picture
+            out[str(p.relative_to(d))] = p.read_bytes()
+    return out
+
+
+def test_same_seed_same_bytes_other_seed_differs(world, tmp_path):
+    again = tmp_path / "again"
+    make_world(again, size=SIZE, seed=0, eval_size=EVAL)
+    a, b = _files(world), _files(again)
+    assert sorted(a) == sorted(b)
+    assert sum(k.endswith(".png") for k in a) >= 50
+    assert [k for k in a if a[k] != b[k]] == []
+    other = tmp_path / "other"
+    make_world(other, size=SIZE, seed=1, eval_size=EVAL)
+    c = _files(other)
+    assert c["pool.json"] != a["pool.json"]
+    assert c["eval/color.json"] != a["eval/color.json"]
+    assert c["images/000000.png"] != a["images/000000.png"]
+
+
+def _first_human(rec: dict) -> str:
+    return rec["conversations"][0]["value"]
+
+
+def test_pool_is_llava_json(world, pool):
+    assert len(pool) == SIZE
+    assert len({r["id"] for r in pool}) == SIZE
+    for r in pool:
+        assert set(r) <= {"id", "image", "conversations", "task", "meta"}
+        assert r["task"] in TASKS
+        conv = r["conversations"]
+        assert len(conv) % 2 == 0 and conv
+        assert [t["from"] for t in conv] == ["human", "gpt"] * (len(conv) // 2)
+        text = "".join(t["value"] for t in conv)
+        if r["task"] == "text":
+            assert "image" not in r and "<image>" not in text
+        else:
+            assert (world / "images" / r["image"]).is_file()
+            assert _first_human(r).startswith("<image>\n") and text.count("<image>") == 1
+    # the project's own reader agrees (task labels from the task field, images present and decodable)
+    from vlselect.pool import check_images, open_pool
+
+    p = open_pool(world / "pool.json", image_root=world / "images")
+    assert len(p) == SIZE
+    assert [p.task(i) for i in range(len(p))] == [r["task"] for r in pool]
+    report = check_images(p, world / "images")
+    flat = json.dumps(report)
+    assert '"missing": 0' in flat or report.get("missing", 0) == 0
+
+
+def _card_table(world: Path) -> dict[str, list[str]]:
+    rows = {}
+    card = (world / "README.md").read_text()
+    section = card.split("## Pool composition")[1].split("\n## ")[0]
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| ") and cells[0] in TASKS:
+            rows[cells[0]] = cells[1:]
+    return rows
+
+
+def test_composition_matches_card(world, pool):
+    table = _card_table(world)
+    cfg = WorldConfig(size=SIZE, seed=0)
+    assert set(table) == set(TASKS)
+    groups: dict[str, set] = {}
+    for t in TASKS:
+        recs = [r for r in pool if r["task"] == t]
+        groups[t] = {r["meta"]["group"] for r in recs}
+        records, share, scenes, redundant, noisy, wrong, easy, text_only = (table[t][i] for i in range(8))
+        assert int(records) == len(recs) == cfg.task_counts()[t]
+        assert share == f"{len(recs) / SIZE:.1%}"
+        assert int(scenes) == len(groups[t])
+        assert int(redundant) == len(recs) - len(groups[t])
+        assert int(noisy) == sum(r["meta"]["source"] == "noisy" for r in recs)
+        assert int(wrong) == sum(not r["meta"]["correct"] for r in recs)
+        assert int(easy) == sum(r["meta"]["easy"] for r in recs)
+        assert int(text_only) == sum("image" not in r for r in recs)
+    # the structure is there: unequal sizes, heavy caption redundancy, an easy share, off-target text
+    counts = [int(table[t][0]) for t in TASKS]
+    assert max(counts) >= 4 * min(counts)
+    assert len(groups["caption"]) * 3 < int(table["caption"][0])
+    assert sum(int(table[t][6]) for t in TASKS) > 0.05 * SIZE
+    world_json = json.loads((world / "world.json").read_text())
+    assert world_json["task_counts"] == cfg.task_counts()
+
+
+def _obj(scene: dict, **kv) -> list[dict]:
+    return [o for o in scene["objects"] if all(o[k] == v for k, v in kv.items())]
+
+
+def derive(rec: dict) -> str | None:
+    """Re-derive the correct answer of a pool record from its scene metadata and question text alone."""
+    m, q = rec["meta"], _first_human(rec).removeprefix("<image>\n")
+    kind = m["kind"]
+    sc = m.get("scene")
+    if rec["task"] == "text" or kind == "caption":
+        return None
+    if kind in ("mc_color", "mc_shape"):
+        options = dict(re.findall(r"^([ABCD])\. (\w+)$", q, flags=re.M))
+        if kind == "mc_color":
+            shape = re.search(rf"color is the ({SHAPE_RE})\?", q).group(1)
+            truth = _obj(sc, shape=shape)[0]["color"]
+        else:
+            pos = re.search(rf"at the ({POS_RE})\?", q).group(1)
+            truth = _obj(sc, pos=pos)[0]["shape"]
+        return next(letter for letter, v in options.items() if v == truth)
+    if kind == "reg":
+        box = [float(v) for v in re.search(BOX_RE, q).groups()]
+        (o,) = [o for o in sc["objects"] if o["box"] == box]
+        return f"a {o['size']} {o['color']} {o['shape']}"
+    if kind == "rec":
+        color, shape = re.search(rf"the ({COLOR_RE}) ({SHAPE_RE})\.$", q).groups()
+        b = _obj(sc, color=color, shape=shape)[0]["box"]
+        return "[" + ", ".join(f"{v:.2f}" for v in b) + "]"
+    q1 = q.split("\n")[0]
+    pos = re.search(rf"at the ({POS_RE})\?", q1)
+    color = re.search(rf"\b({COLOR_RE})\b", q1)
+    shape = re.search(rf"\b({SHAPE_RE})\b", q1)
+    plural = re.search(r"\b(circles|squares|triangles|crosses)\b", q1)
+    if kind == "color_of_shape":
+        (o,) = _obj(sc, shape=shape.group(1))
+        return o["color"]
+    if kind == "color_at_pos":
+        return _obj(sc, pos=pos.group(1))[0]["color"]
+    if kind == "shape_at_pos":
+        return _obj(sc, pos=pos.group(1))[0]["shape"]
+    if kind == "pos_of":
+        return _obj(sc, color=color.group(1), shape=shape.group(1))[0]["pos"]
+    if kind == "count_all":
+        return str(len(sc["objects"]))
+    if kind == "count_shape":
+        return str(len(_obj(sc, shape={"crosses": "cross"}.get(plural.group(1), plural.group(1)[:-1]))))
+    if kind == "count_color":
+        return str(len(_obj(sc, color=color.group(1))))
+    if kind == "exist":
+        return "yes" if _obj(sc, color=color.group(1), shape=shape.group(1)) else "no"
+    if kind == "ocr":
+        return sc["word"]
+    raise AssertionError(kind)
+
+
+def test_answers_rederived_from_scene_and_noise_share(pool):
+    by_task: dict[str, list[int]] = {}
+    for r in pool:
+        answer = r["conversations"][1]["value"]
+        if r["meta"]["kind"] == "caption":
+            sc = r["meta"]["scene"]
+            phrases = [f"{o['size']} {o['color']} {o['shape']} at the {o['pos']}" for o in sc["objects"]]
+            ok = all(p in answer for p in phrases) and (sc["word"] is None or f"says {sc['word']}." in answer)
+        elif r["task"] == "text":
+            q = r["conversations"][0]["value"]
+            add = re.match(r"What is (\d) plus (\d)\?", q)
+            ok = not add or answer.endswith(f" is {int(add.group(1)) + int(add.group(2))}.")
+        else:
+            ok = derive(r) == answer
+        assert ok == r["meta"]["correct"], r  # clean answers right, and every wrong one flagged
+        if r["meta"]["source"] == "clean":
+            assert r["meta"]["correct"]
+        else:
+            by_task.setdefault(r["task"], []).append(int(not r["meta"]["correct"]))
+    assert set(by_task) == set(TASKS) - {"text"}
+    for task, wrong in by_task.items():
+        assert sum(wrong) == round(0.25 * len(wrong)), task  # exact per task
+    all_noisy = [w for ws in by_task.values() for w in ws]
+    assert 0.2 <= np.mean(all_noisy) <= 0.3
+    assert 0.15 <= len(all_noisy) / sum(r["task"] != "text" for r in pool) <= 0.35
+
+
+def test_easy_and_near_duplicates(pool):
+    easy = [r for r in pool if r["meta"]["easy"]]
+    assert easy and all(r["meta"]["source"] == "clean" for r in easy)
+    for r in easy:
+        (o,) = r["meta"]["scene"]["objects"]
+        assert (o["pos"], o["size"]) == ("center", "large")
+    groups: dict[str, list[dict]] = {}
+    for r in pool:
+        groups.setdefault(r["meta"]["group"], []).append(r)
+    multi = [g for g in groups.values() if len(g) > 1]
+    assert sum(len(g) for g in multi) > 0.2 * SIZE
+    for g in multi:  # a group shares its scene (up to pixel jitter) and its task
+        sig = {json.dumps([[o[k] for k in ("shape", "color", "size", "pos")] for o in r["meta"]["scene"]["objects"]])
+               for r in g}
+        assert len(sig) == 1 and len({r["task"] for r in g}) == 1
+    caption_groups = [g for g in multi if g[0]["task"] == "caption"]
+    assert any(len({r["image"] for r in g}) == len(g) for g in caption_groups)  # distinct near-dup pictures
+    assert any(len({_first_human(r) for r in g}) > 1 for g in caption_groups)  # rephrased prompts
+    mc_groups = [g for g in multi if g[0]["task"] == "mc"]
+    assert mc_groups and all(len({r["image"] for r in g}) == 1 for g in mc_groups)  # options shuffled, one picture
+
+
+def _pixel_box(arr: np.ndarray, color: str) -> list[float] | None:
+    ref = np.array(COLORS[color])
+    mask = (np.abs(arr.astype(int) - ref) <= 12).all(axis=2)
+    ys, xs = np.nonzero(mask)
+    if not len(xs):
+        return None
+    S = arr.shape[0]
+    return [round(xs.min() / S, 2), round(ys.min() / S, 2), round((xs.max() + 1) / S, 2), round((ys.max() + 1) / S, 2)]
+
+
+def test_boxes_valid_and_match_pixels(world, pool):
+    checked = 0
+    for r in pool:
+        sc = r["meta"].get("scene")
+        if not sc:
+            continue
+        for o in sc["objects"]:
+            x1, y1, x2, y2 = o["box"]
+            assert 0 <= x1 < x2 <= 1 and 0 <= y1 < y2 <= 1
+            assert all(round(v, 2) == v for v in o["box"])
+            row, col = divmod(POSITIONS.index(o["pos"]), 3)
+            assert col / 3 - 0.01 <= x1 and x2 <= (col + 1) / 3 + 0.01  # inside its grid cell
+            assert row / 3 - 0.01 <= y1 and y2 <= (row + 1) / 3 + 0.01
+        if r["task"] == "grounding" and checked < 40:
+            arr = np.asarray(Image.open(world / "images" / r["image"]).convert("RGB"))
+            assert arr.shape == (64, 64, 3)
+            for o in sc["objects"]:
+                if len(_obj(sc, color=o["color"])) == 1:  # the colour picks out the object's pixels
+                    assert _pixel_box(arr, o["color"]) == o["box"], (r["id"], o)
+            checked += 1
+        if r["meta"]["kind"] == "rec" and r["meta"]["correct"]:
+            ans = [float(v) for v in re.fullmatch(BOX_RE, r["conversations"][1]["value"]).groups()]
+            assert ans == r["meta"]["box"]
+    assert checked == 40
+
+
+def test_eval_sets_contract_disjoint_and_correct(world, pool):
+    cfg = WorldConfig(size=SIZE, seed=0, eval_size=EVAL)
+    planned, pictures = plan_eval(cfg)
+    pool_images = {r["image"] for r in pool if "image" in r}
+    pool_hashes = {hashlib.sha256((world / "images" / n).read_bytes()).hexdigest() for n in pool_images}
+    pool_scenes = {json.dumps(sorted([o[k] for k in ("shape", "color", "size", "pos")]
+                                     for o in r["meta"]["scene"]["objects"])) + str(r["meta"]["scene"]["word"])
+                   for r in pool if "image" in r}
+    assert sorted(p.name for p in (world / "eval").iterdir()) == sorted(f"{n}.json" for n in EVAL_SETS)
+    for name, (metric, _kinds, _desc) in EVAL_SETS.items():
+        data = json.loads((world / "eval" / f"{name}.json").read_text())
+        assert set(data) == {"name", "metric", "description", "samples"}
+        assert data["name"] == name and data["metric"] == metric and len(data["samples"]) == EVAL
+        for s, plan in zip(data["samples"], planned[name]):
+            keys = {"id", "image", "question", "answers"} | ({"options"} if metric == "option_letter" else set()) \
+                | ({"box"} if metric == "iou" else set())
+            assert set(s) == keys
+            assert s["image"] not in pool_images
+            assert hashlib.sha256((world / "images" / s["image"]).read_bytes()).hexdigest() not in pool_hashes
+            pic = pictures[plan["picture"]]
+            sc = pic.scene.to_meta(pic.boxes(64))
+            assert json.dumps(sorted([o[k] for k in ("shape", "color", "size", "pos")] for o in sc["objects"])) \
+                + str(sc["word"]) not in pool_scenes
+            fake = {"task": "eval", "meta": {"kind": plan["kind"], "scene": sc},
+                    "conversations": [{"from": "human", "value": s["question"]}]}
+            assert s["answers"][0] == derive(fake), (name, s)
+            assert "<image>" not in s["question"]
+            if metric == "yes_no":
+                assert s["answers"] in (["yes"], ["no"])
+            if metric == "option_letter":
+                assert s["answers"][0] in "ABCD" and len(s["options"]) == 4
+                assert all(f"{'ABCD'[i]}. {o}" in s["question"] for i, o in enumerate(s["options"]))
+            if metric == "iou":
+                x1, y1, x2, y2 = s["box"]
+                assert 0 <= x1 < x2 <= 1 and 0 <= y1 < y2 <= 1
+            if plan["kind"].startswith("count"):
+                assert s["answers"] == [s["answers"][0], NUMBER_WORDS[int(s["answers"][0])]]
+    ex = [s["answers"][0] for s in json.loads((world / "eval" / "exist.json").read_text())["samples"]]
+    assert 0.25 <= ex.count("yes") / len(ex) <= 0.75
+
+
+def test_corpus_covers_vocabulary(pool, world):
+    texts = corpus(seed=0, n=300)
+    assert texts == corpus(seed=0, n=300) and texts != corpus(seed=1, n=300)
+    vocab = {w for t in texts for w in re.findall(r"[A-Za-z]+|\d\.\d\d|\d", t)}
+    used = set()
+    for r in pool:
+        for t in r["conversations"]:
+            used |= set(re.findall(r"[A-Za-z]+|\d\.\d\d|\d", t["value"].replace("<image>", "")))
+    for name in EVAL_SETS:
+        for s in json.loads((world / "eval" / f"{name}.json").read_text())["samples"]:
+            for t in [s["question"], *s["answers"]]:
+                used |= set(re.findall(r"[A-Za-z]+|\d\.\d\d|\d", t))
+    assert sorted(used - vocab) == []
+    assert not any("<image>" in t or "{" in t for t in texts)
+
+
+def test_cli_make_and_errors(tmp_path, capsys):
+    from vlselect.cli import main
+
+    out = tmp_path / "cli_world"
+    with pytest.raises(SystemExit) as ok:
+        main(["world", "make", str(out), "--size", "120", "--seed", "3", "--eval-size", "5"])
+    assert ok.value.code in (0, None)
+    recs = json.loads((out / "pool.json").read_text())
+    assert len(recs) == 120 and (out / "README.md").read_text().count("| caption |") == 1
+    with pytest.raises(SystemExit) as bad:
+        main(["world", "make", str(tmp_path / "w2"), "--size", "0"])
+    assert bad.value.code == 2
+    assert "size=0" in capsys.readouterr().err
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit) as clash:
+        main(["world", "make", str(busy), "--size", "50"])
+    assert clash.value.code == 2
+    err = capsys.readouterr().err
+    assert "busy" in err and "empty" in err
+    assert (busy / "notes.txt").read_text() == "mine"
+    with pytest.raises(SystemExit) as rate:
+        main(["world", "make", str(tmp_path / "w3"), "--noise-rate", "1.5"])
+    assert rate.value.code == 2 and "noise_rate" in capsys.readouterr().err

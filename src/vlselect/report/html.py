@@ -226,7 +226,7 @@ def render_html(results: Mapping[str, Any]) -> str:
                   for r in rows if r["method"] == m] for m in methods}
     parts.append("<section><h2>Relative performance against budget</h2><p class='hint'>Mean over evaluation sets of "
                  "(score ÷ full-pool score) × 100; whiskers are 95% intervals over seeds; the dashed line is the "
-                 f"full pool ({_e(ref.get('label', 'reference'))}).</p>")
+                 f"reference ({_e(ref.get('label', 'full pool'))}) at 100.</p>")
     parts.append(_legend(col) + line_chart_svg(series, colour=col, x_label="budget (share of the pool)",
                                                y_label="relative performance (%)"))
     # table method x budget

@@ -86,7 +86,7 @@ def per_sample_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.T
 
 def model_inputs(batch: Mapping[str, Any], device: torch.device | str | None = None) -> dict[str, Any]:
     """The forward arguments of a collated batch: everything but ``labels`` (and bookkeeping keys), on ``device``."""
-    skip = {"labels", "ids", "id", "index", "indices", "rows"}
+    skip = {"labels", "ids", "id", "index", "indices", "rows", "image_mask", "text_mask"}
     out = {}
     for k, v in batch.items():
         if k in skip:
@@ -515,3 +515,215 @@ def per_sample_autograd_gradients(
         rows.append(torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1).float() for g, p in zip(gs, plist)]))
         losses.append(loss[0].detach().float())
     return torch.stack(rows), torch.stack(losses)
+
+
+# ---------------------------------------------------------------------------------------------- the extractor
+
+
+def _file_digest(paths: Sequence[Path]) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for p in sorted(paths):
+        h.update(p.name.encode() + b"\0")
+        with open(p, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 22), b""):
+                h.update(block)
+    return "sha256:" + h.hexdigest()
+
+
+def attach_lora(model: torch.nn.Module, lora_dir: str | Path) -> tuple[torch.nn.Module, str]:
+    """Load the PEFT LoRA adapter in ``lora_dir`` onto ``model`` (not merged, eval mode, as TIVE does; icons.md §1
+    describes ICONS's double application of a merged adapter, which is not reproduced). Returns the wrapped model
+    and a hash of the adapter files."""
+    lora_dir = Path(lora_dir)
+    files = [p for p in lora_dir.glob("adapter_*")] if lora_dir.is_dir() else []
+    if not (lora_dir / "adapter_config.json").exists():
+        raise ModelError(f"LoRA directory '{lora_dir}' has no adapter_config.json; fix: pass the adapter folder saved "
+                         "by 'vlselect train warmup' (or any PEFT save_pretrained output) to --lora")
+    from peft import PeftModel
+
+    try:
+        wrapped = PeftModel.from_pretrained(model, str(lora_dir), is_trainable=False)
+    except Exception as exc:  # noqa: BLE001
+        raise ModelError(f"cannot load the LoRA adapter in '{lora_dir}' onto this model: {type(exc).__name__}: {exc}; "
+                         "fix: use an adapter trained on the same base model (--model)") from exc
+    wrapped.eval()
+    return wrapped, _file_digest(files)
+
+
+def _rank_slot(shard: str | tuple[int, int] | None, rank: int | None, world_size: int | None) -> tuple[int, int]:
+    """Which shards this process computes: ``--shard i/N`` times the torchrun ranks (``RANK``/``WORLD_SIZE``)."""
+    import os
+
+    from vlselect.features.store import parse_shard
+
+    i, n = parse_shard(shard) if (shard is None or isinstance(shard, str)) else (int(shard[0]), int(shard[1]))
+    r = int(os.environ.get("RANK", 0)) if rank is None else int(rank)
+    w = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else int(world_size)
+    return i * w + r, n * w
+
+
+def extract_gradients(
+    model: str | Path | Any,
+    lora: str | Path | None,
+    pool: Any,
+    out: str | Path,
+    *,
+    image_root: str | Path | None = None,
+    dim: int = DEFAULT_DIMS["tive"],
+    projection: ProjectionName = "rademacher",
+    seed: int = 0,
+    params: str = "lora",
+    adam_state: str | Path | None = None,
+    norms: bool = True,
+    batch_size: int = 8,
+    shard_size: int = 256,
+    shard: str | tuple[int, int] | None = None,
+    rank: int | None = None,
+    world_size: int | None = None,
+    factor_dim: int = 64,
+    max_length: int | None = None,
+    skip_bad: bool = False,
+    device: str | None = None,
+    dtype: str | None = None,
+    progress: bool = True,
+    stop_after_shards: int | None = None,
+):
+    """Per-sample projected LoRA gradients of a pool (or a validation set) into a :class:`FeatureStore`.
+
+    Arrays written: ``gradients`` (``(N, dim)`` float32: ``P g_i``, unnormalised; ICONS/TIVE normalise rows
+    downstream, icons.md §2.5, tive.md §5) and, with ``norms``, ``grad_norms`` (``(N,)`` float32: ``||g_i||_2`` of
+    the plain unprojected gradient, TIVE's task-value input, tive.md §4.4). Validation-set gradients for ICONS's
+    target tasks (icons.md §3) are the same call on the validation file, with the same model, adapter, seed and
+    dim.
+
+    Parameters
+    ----------
+    model:
+        Base model directory (or a :class:`vlselect.models.LoadedVLM`).
+    lora:
+        PEFT adapter directory (the warm-up reference model), or ``None`` if ``model`` already carries LoRA layers.
+    pool:
+        Pool file, :class:`vlselect.pool.Pool` or list of :class:`Sample`.
+    out:
+        Store directory; re-running the same command resumes it.
+    image_root:
+        Folder the image paths are relative to.
+    dim, projection, seed, params, factor_dim:
+        See :class:`GradientEngine` (defaults: 8,192-d Rademacher, seed 0, every LoRA A/B).
+    adam_state:
+        Optimizer-state file for LESS preconditioning (:func:`load_adam_state`); ``None`` for plain gradients.
+    norms:
+        Also store ``grad_norms``.
+    batch_size:
+        Samples per forward/backward pass (a memory knob; features do not depend on it beyond float rounding).
+    shard_size:
+        Rows per store shard (the unit of resumption and of work split).
+    shard, rank, world_size:
+        ``"i/N"`` for SLURM arrays; ``rank``/``world_size`` default to torchrun's ``RANK``/``WORLD_SIZE``.
+    skip_bad:
+        Record samples whose image cannot be read as missing (zero rows) instead of stopping.
+    stop_after_shards:
+        Stop after writing this many shards (for tests of resumption).
+
+    Returns
+    -------
+    FeatureStore
+        The store (finished if every shard is done).
+
+    Examples
+    --------
+    >>> extract_gradients("tiny", "tiny-warmup/lora", "pool.json", "grads", image_root="images")  # doctest: +SKIP
+    """
+    from vlselect.features.store import FeatureStore
+    from vlselect.models import collate, encode_sample, load_vlm
+    from vlselect.errors import PoolError
+
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size {batch_size} must be at least 1")
+    if isinstance(pool, (str, Path)):
+        from vlselect.pool import open_pool
+
+        pool = open_pool(pool, image_root=image_root)
+    loaded = model if hasattr(model, "model") and hasattr(model, "processor") else load_vlm(model, device=device, dtype=dtype)
+    net = loaded.model
+    lora_hash = None
+    if lora is not None:
+        net, lora_hash = attach_lora(net, lora)
+    adam = None
+    adam_hash = None
+    # the engine picks the parameters; the Adam state is matched to them
+    engine = GradientEngine(net, params=params, projection=projection, dim=dim, seed=seed, factor_dim=factor_dim)
+    if adam_state is not None:
+        shapes = [p.shape for p in engine.params]
+        adam = load_adam_state(adam_state, engine.param_names, shapes)
+        adam_hash = _file_digest([Path(adam_state)])
+        engine = GradientEngine(net, params=params, projection=projection, dim=dim, seed=seed, factor_dim=factor_dim,
+                                adam_state=adam)
+    n = len(pool)
+    ids_attr = getattr(pool, "ids", None)
+    ids = list(ids_attr() if callable(ids_attr) else ids_attr) if ids_attr is not None else [s.id for s in pool]
+    arrays = {"gradients": (engine.out_dim, "float32")}
+    if norms:
+        arrays["grad_norms"] = (None, "float32")
+    meta = {
+        "kind": "gradients",
+        "model": str(loaded.model_dir),
+        "model_hash": loaded.model_hash,
+        "lora": None if lora is None else str(lora),
+        "lora_hash": lora_hash,
+        "params": params,
+        "num_params": engine.num_params,
+        "projection": projection,
+        "dim": engine.out_dim,
+        "seed": int(seed),
+        "factor_dim": int(factor_dim) if projection == "factored" else None,
+        "adam_state": adam_hash,
+        "loss": "mean cross-entropy over the sample's answer tokens",
+        "pool_fingerprint": getattr(pool, "fingerprint", None),
+    }
+    store = FeatureStore.create(out, arrays=arrays, n_rows=n, shard_size=shard_size, meta=meta, sample_ids=ids)
+    slot, slots = _rank_slot(shard, rank, world_size)
+    todo = store.pending(slot, slots)
+
+    def sample_at(i: int):
+        return pool[i] if not hasattr(pool, "sample") else pool.sample(i)
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    total = sum(len(s) for s in todo)
+    with Progress(TextColumn("gradients"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  disable=not progress, transient=True) as bar:
+        task = bar.add_task("rows", total=total)
+        written = 0
+        for sh in todo:
+            missing: list[int] = []
+            encoded: list[tuple[int, dict]] = []
+            for i in range(sh.start, sh.stop):
+                try:
+                    encoded.append((i, encode_sample(loaded, sample_at(i), image_root, max_length=max_length)))
+                except PoolError:
+                    if not skip_bad:
+                        raise
+                    missing.append(i)
+            feats = np.zeros((len(sh), engine.out_dim), dtype=np.float32)
+            nrm = np.zeros(len(sh), dtype=np.float32)
+            rows = [i for i, _ in encoded]
+            batches = (collate([e for _, e in encoded[j : j + batch_size]], loaded.pad_token_id)
+                       for j in range(0, len(encoded), batch_size))
+            for start, f, nr in engine.run(batches):
+                local = np.asarray(rows[start : start + f.shape[0]]) - sh.start
+                feats[local] = f.numpy()
+                nrm[local] = nr.numpy()
+                bar.advance(task, f.shape[0])
+            bar.advance(task, len(missing))
+            data = {"gradients": feats}
+            if norms:
+                data["grad_norms"] = nrm
+            store.write_shard(sh.index, data, missing)
+            written += 1
+            if stop_after_shards is not None and written >= stop_after_shards:
+                return store
+    store.finalise({"empty_answer_samples": engine.empty_samples} if engine.empty_samples else None)
+    return store

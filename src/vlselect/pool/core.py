@@ -97,39 +97,60 @@ def check_record(rec: Any) -> tuple[list[str], list[dict], int, int, int]:
     characters and whitespace-separated words in all turns (the ``<image>`` placeholder not counted).
     Raises ``_BadRecord`` (internal) with a reason code.
     """
-    if not isinstance(rec, dict):
+    _, images, turns, _, rounds, chars, words = _inspect(rec, True)
+    return images, turns, rounds, chars, words
+
+
+def _inspect(rec: Any, want_turns: bool) -> tuple:
+    """(id, images, turns or None, first human text, rounds, chars, words) of a record; raises _BadRecord."""
+    if type(rec) is not dict:
         raise _BadRecord("not_an_object", f"it is a JSON {type(rec).__name__}, not an object")
-    rid = _record_id(rec)
+    rid = rec.get("id")
+    if type(rid) is not str:
+        rid = _record_id(rec)
     conv = rec.get("conversations")
-    if not isinstance(conv, list) or not conv:
+    if type(conv) is not list or not conv:
         what = "no 'conversations' key" if conv is None else "an empty or non-list 'conversations'"
         raise _BadRecord("no_conversations", f"it has {what}; every record needs a list of "
                          "{'from': 'human'|'gpt', 'value': text} turns", rid)  # fmt: skip
-    turns = []
+    turns: list | None = [] if want_turns else None
+    first_human = None
     rounds = chars = words = 0
+    roles = ROLE_ALIASES
     for t, turn in enumerate(conv):
-        if not isinstance(turn, dict):
+        if type(turn) is not dict:
             raise _BadRecord("bad_turn", f"its turn {t} is not an object", rid)
         role = turn.get("from")
-        norm = ROLE_ALIASES.get(role) if isinstance(role, str) else None
+        norm = roles.get(role) if type(role) is str else None
         if norm is None:
             raise _BadRecord("unknown_role", f"its turn {t} has unknown role 'from': {role!r} (accepted: "
-                             + ", ".join(ROLE_ALIASES) + ")", rid)  # fmt: skip
+                             + ", ".join(roles) + ")", rid)  # fmt: skip
         value = turn.get("value")
-        if not isinstance(value, str):
+        if type(value) is not str:
             raise _BadRecord("bad_value", f"its turn {t} has no text 'value'", rid)
         if norm == "gpt":
             rounds += 1
-        n_img = value.count("<image>")
-        chars += len(value) - 7 * n_img
-        words += len(value.split()) - n_img
-        turns.append({"from": norm, "value": value})
-    try:
-        images = _images_of(rec)
-    except _BadRecord as exc:
-        exc.record_id = rid
-        raise
-    return images, turns, rounds, chars, words
+        elif first_human is None and norm == "human":
+            first_human = value
+        if "<image>" in value:
+            n_img = value.count("<image>")
+            chars += len(value) - 7 * n_img
+            words += len(value.split()) - n_img
+        else:
+            chars += len(value)
+            words += len(value.split())
+        if turns is not None:
+            turns.append({"from": norm, "value": value})
+    img = rec.get("image")
+    if type(img) is str:
+        images = [img]
+    else:
+        try:
+            images = _images_of(rec)
+        except _BadRecord as exc:
+            exc.record_id = rid
+            raise
+    return rid, images, turns, first_human or "", rounds, chars, words
 
 
 def _first_human(turns: list[dict]) -> str:
@@ -184,6 +205,11 @@ def _where_line(path: Path, line: int) -> str:
 
 def _where_json(path: Path, k: int, offset: int) -> str:
     return f"{path}: record {k} (0-based, at byte {offset})"
+
+
+def _where(loc: tuple) -> str:
+    """A location tuple (path, line) or (path, record index, byte offset) as text."""
+    return _where_line(*loc) if len(loc) == 2 else _where_json(*loc)
 
 
 class Pool:
@@ -444,6 +470,7 @@ class _Builder:
         self.skipped: Counter = Counter()
         self.examples = _Examples()
         self.content_hash = hashlib.sha256()
+        self.ids_hash = hashlib.sha256()
 
     def skip_or_raise(self, reason: str, where: str, message: str, fix: str) -> None:
         if not self.skip_invalid:
@@ -451,34 +478,34 @@ class _Builder:
         self.skipped[reason] += 1
         self.examples.add(reason, f"{where}: {message}")
 
-    def add(self, raw: bytes, file_no: int, start: int, end: int, where: str, file_task: str | None) -> None:
+    def add(self, raw: bytes, file_no: int, start: int, end: int, loc: tuple, file_task: str | None) -> None:
         try:
             rec = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
-            self.skip_or_raise("malformed_json", where, f"malformed JSON ({exc})",
+            self.skip_or_raise("malformed_json", _where(loc), f"malformed JSON ({exc})",
                                "Fix the record, or pass --skip-invalid (skip_invalid=True) to skip and count bad "
                                "records.")  # fmt: skip
             return
         try:
-            images, turns, rounds, chars, words = check_record(rec)
+            rid, images, _, first_human, rounds, chars, words = _inspect(rec, False)
         except _BadRecord as exc:
             ident = f" id {exc.record_id!r}" if exc.record_id is not None else ""
-            self.skip_or_raise(exc.reason, where + ident, exc.message,
+            self.skip_or_raise(exc.reason, _where(loc) + ident, exc.message,
                                "Fix the record, or pass --skip-invalid (skip_invalid=True) to skip and count bad "
                                "records.")  # fmt: skip
             return
         row = len(self.start)
-        rid = _record_id(rec)
-        task = self._task(rec, rid, images, turns, file_task, where)
+        task = self._task(rec, rid, images, first_human, file_task, loc)
         if task is None:
             return
         if rid is None:
             if not self.unique_ids:
-                raise PoolError(f"{where}: the record has no 'id'. Give every record an id, or pass --unique-ids "
+                raise PoolError(f"{_where(loc)}: the record has no 'id'. Give every record an id, or pass --unique-ids "
                                 "(unique_ids=True) to name id-less records by position ('#<row>').")  # fmt: skip
             self.missing_id_rows.append(row)
             rid = ""
         rid_b = rid.encode("utf-8")
+        self.ids_hash.update(rid_b + b"\n")
         self.id_blob += rid_b
         self.id_off.append(len(self.id_blob))
         self.id_hash.append(_hash_id(rid))
@@ -497,12 +524,13 @@ class _Builder:
         self.content_hash.update(orjson.dumps(rec, option=orjson.OPT_SORT_KEYS))
         self.content_hash.update(b"\n")
 
-    def _task(self, rec: dict, rid: str | None, images, turns, file_task: str | None, where: str) -> str | None:
+    def _task(self, rec: dict, rid: str | None, images, first_human: str, file_task: str | None, loc: tuple
+              ) -> str | None:  # fmt: skip
         if self.task_field is not None:
             val = rec.get(self.task_field)
             if val is None or isinstance(val, (dict, list)):
                 ident = f" id {rid!r}" if rid is not None else ""
-                self.skip_or_raise("no_task_field", where + ident, f"the record has no {self.task_field!r} field "
+                self.skip_or_raise("no_task_field", _where(loc) + ident, f"the record has no {self.task_field!r} field "
                                    "(asked for with --task-field)",
                                    f"Add {self.task_field!r} to every record, or leave --task-field out to infer "
                                    "tasks.")  # fmt: skip
@@ -526,7 +554,7 @@ class _Builder:
                 self.task_source["dataoptim_id"] += 1
                 return t
         self.task_source["llava665k"] += 1
-        return infer_llava665k_task(images, _first_human(turns))
+        return infer_llava665k_task(images, first_human)
 
 
 def _progress(enabled: bool, total: int, label: str):
@@ -560,7 +588,7 @@ def _scan_jsonl(path: Path, file_no: int, b: _Builder, file_task: str | None, pr
                 b.examples.add("blank_line", f"{path}: line {lineno}: blank line")
                 continue
             lead = len(body) - len(body.lstrip())
-            b.add(body[lead:], file_no, start + lead, start + len(body), _where_line(path, lineno), file_task)
+            b.add(body[lead:], file_no, start + lead, start + len(body), (path, lineno), file_task)
             if progress is not None and pos - last_report > (8 << 20):
                 progress[0].update(progress[1], advance=pos - last_report)
                 last_report = pos
@@ -660,7 +688,7 @@ def _scan_json_array(path: Path, file_no: int, b: _Builder, file_task: str | Non
                 ch = buf[m.end() - 1]
                 depth += 1 if ch in (0x7B, 0x5B) else -1
                 p = m.end()
-            b.add(buf[rstart:p], file_no, base + rstart, base + p, _where_json(path, k, base + rstart), file_task)
+            b.add(buf[rstart:p], file_no, base + rstart, base + p, (path, k, base + rstart), file_task)
             k += 1
             pos = prev_end = p
             if p > (_CHUNK >> 1):  # drop consumed bytes now and then
@@ -822,17 +850,21 @@ def open_pool(
 
 def _finish(pool: Pool, b: _Builder, layout, unique_ids: bool) -> None:
     n = len(b.start)
-    pool._file_idx = np.frombuffer(b.file_idx, np.int32).copy() if len(pool.files) > 1 else None
-    pool._start = np.frombuffer(b.start, np.int64).copy() if n else np.zeros(0, np.int64)
-    pool._end = np.frombuffer(b.end, np.int64).copy() if n else np.zeros(0, np.int64)
-    pool._id_blob = bytes(b.id_blob)
-    pool._id_off = np.frombuffer(b.id_off, np.int64).copy()
-    pool._id_hash = np.frombuffer(b.id_hash, np.int64).copy() if n else np.zeros(0, np.int64)
-    pool._task_codes = np.frombuffer(b.codes, np.int32).copy() if n else np.zeros(0, np.int32)
-    pool.rounds = np.frombuffer(b.rounds, np.int32).copy() if n else np.zeros(0, np.int32)
-    pool.chars = np.frombuffer(b.chars, np.int64).copy() if n else np.zeros(0, np.int64)
-    pool.words = np.frombuffer(b.words, np.int64).copy() if n else np.zeros(0, np.int64)
-    pool.n_images = np.frombuffer(b.n_images, np.int16).copy() if n else np.zeros(0, np.int16)
+
+    def arr(a: array, dtype) -> np.ndarray:  # a view on the array's buffer: no copy at the peak
+        return np.frombuffer(a, dtype) if len(a) else np.zeros(0, dtype)
+
+    pool._file_idx = arr(b.file_idx, np.int32) if len(pool.files) > 1 else None
+    pool._start = arr(b.start, np.int64)
+    pool._end = arr(b.end, np.int64)
+    pool._id_blob = b.id_blob
+    pool._id_off = arr(b.id_off, np.int64)
+    pool._id_hash = arr(b.id_hash, np.int64)
+    pool._task_codes = arr(b.codes, np.int32)
+    pool.rounds = arr(b.rounds, np.int32)
+    pool.chars = arr(b.chars, np.int64)
+    pool.words = arr(b.words, np.int64)
+    pool.n_images = arr(b.n_images, np.int16)
     pool.task_names = list(b.task_names)
     pool.task_source = dict(b.task_source)
     pool.skipped = dict(b.skipped)
@@ -843,10 +875,12 @@ def _finish(pool: Pool, b: _Builder, layout, unique_ids: bool) -> None:
         pool._renamed_rows[r] = f"#{r}"
     _check_duplicates(pool, unique_ids)
     pool.renamed = len(pool._renamed_rows)
-    ids_hash = hashlib.sha256()
-    for i in range(n):  # cheap: ids only
-        ids_hash.update(pool.id(i).encode("utf-8"))
-        ids_hash.update(b"\n")
+    if pool._renamed_rows:  # the final ids differ from the ones hashed during the scan
+        ids_hash = hashlib.sha256()
+        for i in range(n):
+            ids_hash.update(pool.id(i).encode("utf-8") + b"\n")
+    else:
+        ids_hash = b.ids_hash
     fp = hashlib.sha256(_FP_VERSION)
     fp.update(str(n).encode() + b"\n")
     fp.update(ids_hash.digest())

@@ -44,6 +44,7 @@ __all__ = [
     "cluster_density",
     "cluster_transferability",
     "coincide",
+    "coincide_select",
     "coincide_stages",
     "gaussian_kernel",
     "GreedyMMD",
@@ -390,43 +391,69 @@ def allocate_budget(
 # ------------------------------------------------------------------------------------------- greedy MMD
 
 
+#: Candidates whose MMD values lie within this relative distance of the minimum are treated as tied (rounding
+#: noise is ~1e-16; mathematically distinct values that close do not occur in practice).
+TIE_RTOL = 1e-12
+#: Largest gathered tensor (bytes) the official tie evaluation builds over all candidates at once.
+OFFICIAL_GATHER_BYTES = 256 * 2**20
+
+
 class GreedyMMD:
     """Greedy MMD prototype selection inside one cluster (spec §4), incremental O(n) per step (§4.3).
 
     At step ``t`` every unselected local index ``c`` gets
     ``value(c) = d + (A + r_c + K_cc) / (t+1)^2 - 2 (B + colsum_c) / (n (t+1))`` (the official MMD² of
-    ``S + [c]``), and the first index with the minimum value is appended (``torch.argmin`` ties go to the lowest
-    local index, i.e. the lowest row index). The sequence for ``m`` picks is a prefix of the one for ``m' > m``,
-    so :meth:`extend` can be called again with a larger ``m`` (several budgets, the shortfall fix).
+    ``S + [c]``), and the index with the minimum value is appended. The sequence for ``m`` picks is a prefix of
+    the one for ``m' > m``, so :meth:`extend` can be called again with a larger ``m`` (several budgets, the
+    shortfall fix).
+
+    Ties. Candidates that are mathematically tied (a 2-member cluster asked for 1, exact duplicate rows) differ
+    only by rounding noise, which decides the official winner (spec §4.3, §8). ``ties="lowest"`` (the default
+    mode) picks the lowest row index among candidates within :data:`TIE_RTOL` of the minimum: deterministic on
+    every machine. ``ties="official"`` (strict mode) re-evaluates such a step exactly as the official code does
+    (float64 torch kernel by the norm expansion, gathered ``K[:, S']`` / ``K[S', S']`` means, ``torch.argmin``),
+    which reproduces the official CPU run on the same PyTorch build; torch is imported only when a tie occurs.
 
     Parameters
     ----------
-    x64 : (n, D) float64 member rows in ascending row order.
+    rows : callable returning the (n, D) float64 member rows in ascending row order (called lazily).
     stats : column sums and diagonal of the kernel (and the kernel itself when cached).
     density : the kernel mean ``d``.
     sigma : kernel width.
+    ties : ``"lowest"`` or ``"official"``.
     """
 
-    def __init__(self, x64: np.ndarray | None, stats: _ClusterKernel, density: float, sigma: float) -> None:
-        self.x64 = x64
+    def __init__(self, rows, stats: _ClusterKernel, density: float, sigma: float, ties: str = "lowest") -> None:
+        self._rows = rows
+        self._x64: np.ndarray | None = None
+        self._sq: np.ndarray | None = None
+        self._official_kernel = None
         self.kernel = stats.kernel
         self.colsum = stats.colsum
         self.diag = stats.diag
         self.n = int(stats.colsum.shape[0])
         self.density = density
         self.sigma = sigma
-        self.sq = None if x64 is None else (x64 * x64).sum(1)
+        self.ties = ties
         self.picked: list[int] = []
+        self.tie_steps = 0
         self.a = 0.0
         self.b = 0.0
         self.r = np.zeros(self.n, dtype=np.float64)
         self.taken = np.zeros(self.n, dtype=bool)
 
+    @property
+    def x64(self) -> np.ndarray:
+        if self._x64 is None:
+            self._x64 = np.asarray(self._rows(), dtype=np.float64)
+            self._sq = (self._x64 * self._x64).sum(1)
+        return self._x64
+
     def _row_and_col(self, c: int) -> tuple[np.ndarray, np.ndarray]:
         if self.kernel is not None:
             return self.kernel[c], self.kernel[:, c]
         x = self.x64
-        row = np.exp(-(self.sq[c] + self.sq - 2.0 * (x @ x[c])) / (2 * self.sigma**2))
+        row = np.exp(-(self._sq[c] + self._sq - 2.0 * (x @ x[c])) / (2 * self.sigma**2))
         return row, row
 
     def extend(self, m: int) -> list[int]:
@@ -445,6 +472,11 @@ class GreedyMMD:
             value = self.density + yy - 2 * xy
             value[self.taken] = np.inf
             c = int(np.argmin(value))
+            vmin = value[c]
+            tied = np.flatnonzero(value <= vmin + TIE_RTOL * max(1.0, abs(vmin)))
+            if tied.size > 1:
+                self.tie_steps += 1
+                c = self._official_pick(tied) if self.ties == "official" else int(tied[0])
             row, col = self._row_and_col(c)
             self.a += self.r[c] + self.diag[c]
             self.b += self.colsum[c]
@@ -452,6 +484,36 @@ class GreedyMMD:
             self.r += col
             self.taken[c] = True
             self.picked.append(c)
+
+    def _official_pick(self, tied: np.ndarray) -> int:
+        """The official step (spec §4.2) evaluated with torch, as ``cluster_wise_prune.py`` does."""
+        import torch
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # tiny tensors; keeps torch's OpenMP pool from competing with faiss / OpenBLAS
+        try:
+            return self._official_pick_torch(torch, tied)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _official_pick_torch(self, torch, tied: np.ndarray) -> int:
+        if self._official_kernel is None:
+            x = torch.from_numpy(np.ascontiguousarray(self.x64))
+            x_norm = x.pow(2).sum(1).view(-1, 1)
+            y_norm = x.pow(2).sum(1).view(1, -1)
+            dist = x_norm + y_norm - 2.0 * torch.mm(x, torch.transpose(x, 0, 1))
+            self._official_kernel = torch.exp(-dist / (2 * self.sigma**2))
+        kmat = self._official_kernel
+        n, t = self.n, len(self.picked)
+        chosen = np.asarray(self.picked, dtype=np.int64)
+        cand = np.setdiff1d(np.arange(n), chosen)
+        if n * cand.size * (t + 1) * 8 > OFFICIAL_GATHER_BYTES:
+            cand = np.asarray(tied, dtype=np.int64)  # too big to gather all: the tied ones, same arithmetic per column
+        trial = torch.from_numpy(np.concatenate([np.tile(chosen, (cand.size, 1)), cand[:, None]], axis=1))
+        kxy = kmat[:, trial].mean(dim=(0, 2))
+        kyy = kmat[trial[:, :, None], trial[:, None, :]].mean(dim=(1, 2))
+        mmd = kmat.mean() + kyy - 2 * kxy
+        return int(cand[int(torch.argmin(mmd))])
 
 
 # --------------------------------------------------------------------------------------------- stages
@@ -695,9 +757,10 @@ def _select_budget(
             elif m > 0:
                 g = greedy.get(c)
                 if g is None:
-                    stats = st.kernels[c]
-                    x64 = None if stats.kernel is not None else np.asarray(features[idx], dtype=np.float64)
-                    g = greedy[c] = GreedyMMD(x64, stats, float(st.cluster_density[c]), sigma)
+                    g = greedy[c] = GreedyMMD(
+                        lambda idx=idx: features[idx], st.kernels[c], float(st.cluster_density[c]), sigma,
+                        ties="official" if strict_official else "lowest",
+                    )
                 picks.append(idx[np.asarray(g.extend(m), dtype=np.int64)])
             progress.advance(task)
     indices = np.concatenate(picks) if picks else np.zeros(0, dtype=np.int64)
@@ -709,6 +772,8 @@ def _select_budget(
         "shortfall_fill_rounds": extra_rounds,
         "clusters_taken_whole": int(len(whole)),
         "clusters_zero_budget": int(np.sum(alloc.asked == 0)),
+        "greedy_tie_steps": int(sum(g.tie_steps for g in greedy.values())),
+        "greedy_ties": "official torch evaluation" if strict_official else "lowest row index among tied candidates",
         "budget_table_columns": ["cluster", "size", "remaining", "asked", "taken"],
         "budget_table": table.tolist(),
         "step_ratio": alloc.step_ratio.tolist(),
@@ -812,16 +877,43 @@ def coincide(
         hidden_size=hidden_size,
         strict_official=strict_official,
     )
-    scores = np.where(st.sizes[st.assignment] > 0, st.initial_ratio[st.assignment], np.nan).astype(np.float64)
     resolved = {
         "n_clusters": n_clusters, "niter": niter, "kmeans_seed": k_seed, "knn_k": knn_k,
         "near_duplicate_cosine_cut": near_duplicate_cosine_cut, "temp": temp, "sigma": sigma,
         "num_layers": num_layers, "hidden_size": hidden_size,
     }
+    return coincide_select(
+        features, st, budgets, temp=temp, sigma=sigma, strict_official=strict_official, params=resolved, seed=seed
+    )
+
+
+def coincide_select(
+    features: np.ndarray,
+    stages: CoincideStages,
+    budgets: Sequence[Budget],
+    *,
+    temp: float = 0.1,
+    sigma: float = 1.0,
+    strict_official: bool = False,
+    params: dict[str, Any] | None = None,
+    seed: int = 0,
+) -> list[Selection]:
+    """The per-budget part of COINCIDE (spec §3.4, §4, §5) on precomputed :class:`CoincideStages`.
+
+    Use it to select from stored k-means results (``coincide_stages(..., assignment=, centroids=)``) or to add
+    budgets without re-clustering. ``temp`` and ``sigma`` must be the values the stages were computed with.
+
+    Returns
+    -------
+    list of Selection, one per budget (see :func:`coincide`).
+    """
+    st = stages
+    scores = np.where(st.sizes[st.assignment] > 0, st.initial_ratio[st.assignment], np.nan).astype(np.float64)
+    objective = st.kmeans_objective if math.isfinite(st.kmeans_objective) else None
     common = {
-        "kmeans_objective": st.kmeans_objective,
+        "kmeans_objective": objective,
         "kmeans_iterations": st.kmeans_iterations,
-        "kmeans_seed": k_seed,
+        "kmeans_seed": st.kmeans_seed,
         "n_clusters": int(st.sizes.size),
         "empty_clusters": np.flatnonzero(st.sizes == 0).tolist(),
         "cluster_size_min": int(st.sizes[st.sizes > 0].min()),
@@ -840,7 +932,7 @@ def coincide(
                 scores=scores,
                 method="coincide",
                 budget=b,
-                params=dict(resolved),
+                params=dict(params or {"temp": temp, "sigma": sigma}),
                 seed=seed,
                 strict_official=strict_official,
                 info={**common, **info},

@@ -54,6 +54,16 @@ def get_method(name: str) -> MethodInfo:
         ) from None
 
 
+def _release_pages(arr: np.ndarray, a: int, b: int) -> None:
+    """Drop a memmap's pages for rows [a, b) from the resident set (the one helper lives in icons.py)."""
+    try:
+        from vlselect.select.icons import _release
+    except ImportError:  # pragma: no cover
+        return
+    if isinstance(arr, np.memmap):
+        _release(arr, a, b)
+
+
 def find_nonfinite_rows(arr: np.ndarray, *, block_rows: int | None = None) -> np.ndarray:
     """Row numbers of ``arr`` that hold a NaN or an inf, found block by block (a memmap is never copied whole).
 
@@ -80,6 +90,8 @@ def find_nonfinite_rows(arr: np.ndarray, *, block_rows: int | None = None) -> np
             rows = cand[~np.isfinite(flat[cand]).all(axis=1)] if cand.size else cand
         if rows.size:
             bad.append(rows.astype(np.int64) + start)
+        del block, flat
+        _release_pages(a, start, min(n, start + block_rows))
     return np.concatenate(bad) if bad else np.zeros(0, dtype=np.int64)
 
 

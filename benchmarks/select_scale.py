@@ -1,0 +1,168 @@
+"""Selection at LLaVA-665K scale on synthetic float16 memmaps: wall time and peak RSS (issue 5, item 7).
+
+    .venv/bin/python benchmarks/select_scale.py                      # 665,298 rows (writes ~7.5 GB to a temp dir)
+    .venv/bin/python benchmarks/select_scale.py --rows 100000        # a reduced run
+    .venv/bin/python benchmarks/select_scale.py --methods tive,icons --dir /big/tmp --strict
+
+Inputs, written block by block (never whole in RAM) to a temporary folder that is deleted afterwards:
+ICONS and TIVE read one ``rows x 5120`` float16 memmap of projected gradients (6.8 GB at 665,298 rows), TIVE also
+per-row gradient norms and 10 task labels, ICONS four target tasks of 200 validation rows; COINCIDE reads a
+``rows x 512`` float16 memmap (4 layers x [64 | 64]) with K=1000. Budget 0.2 (TIVE p=0.15 as in its paper).
+Each method runs in its own child process through ``run_method`` (default mode unless ``--strict``): the time
+includes the dispatcher's NaN scan and the method, not writing the inputs; peak RSS is the child's
+``ru_maxrss`` (file-backed memmap pages the process keeps mapped count too).
+
+Targets (issue 5, item 7): ICONS and TIVE within 10 minutes and 8 GB each; COINCIDE within 15 minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+FULL_ROWS = 665_298
+TARGETS = {"icons": (600.0, 8192.0), "tive": (600.0, 8192.0), "coincide": (900.0, None)}
+
+
+def _write_memmap(path: Path, rows: int, width: int, fill, block: int = 16384) -> None:
+    mm = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(rows, width))
+    for s in range(0, rows, block):
+        e = min(rows, s + block)
+        mm[s:e] = fill(s, e)
+        mm.flush()
+    del mm
+
+
+def make_inputs(d: Path, rows: int, width: int, methods: list[str], seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    n_tasks = 10
+    labels = rng.integers(0, n_tasks, size=rows)
+    if "tive" in methods or "icons" in methods:
+        dirs = rng.normal(size=(16, width)).astype(np.float32)
+        mix = rng.integers(0, 16, size=rows)
+
+        def grads(s: int, e: int) -> np.ndarray:
+            r = np.random.default_rng(seed * 1000003 + s)
+            b = r.standard_normal((e - s, width), dtype=np.float32)
+            b += 0.5 * dirs[mix[s:e]]
+            return b * 0.05
+
+        _write_memmap(d / "grads.npy", rows, width, grads)
+        np.save(d / "norms.npy", np.exp(rng.normal(size=rows) * 0.5))
+        (d / "tasks.json").write_text(json.dumps([f"task{t}" for t in labels]))
+        for t in range(4):
+            v = rng.normal(size=(200, width)).astype(np.float32) * 0.05
+            v += 0.5 * 0.05 * dirs[rng.integers(0, 16)]
+            np.save(d / f"val_task{t}.npy", v.astype(np.float16))
+    if "coincide" in methods:
+        centers = rng.normal(size=(2000, 512)).astype(np.float32)
+        topic = rng.integers(0, 2000, size=rows)
+
+        def feats(s: int, e: int) -> np.ndarray:
+            r = np.random.default_rng(seed * 7919 + s)
+            x = np.tanh(centers[topic[s:e]] + r.standard_normal((e - s, 512), dtype=np.float32)).reshape(e - s, 8, 64)
+            x /= np.linalg.norm(x, axis=2, keepdims=True)
+            return (x / np.sqrt(8)).reshape(e - s, 512)
+
+        _write_memmap(d / "feats.npy", rows, 512, feats)
+
+
+def child(method: str, d: Path, out: Path, strict: bool) -> None:
+    from vlselect.select import run_method
+
+    t0 = time.perf_counter()
+    if method == "tive":
+        x = np.load(d / "grads.npy", mmap_mode="r")
+        labels = json.loads((d / "tasks.json").read_text())
+        (sel,) = run_method("tive", {"train": x, "norms": np.load(d / "norms.npy")}, "0.15", tasks=labels,
+                            strict_official=strict)
+    elif method == "icons":
+        x = np.load(d / "grads.npy", mmap_mode="r")
+        vals = {f"val/{p.stem[4:]}": np.load(p) for p in sorted(d.glob("val_task*.npy"))}
+        k = int(0.2 * x.shape[0])
+        (sel,) = run_method("icons", {"train": x, **vals}, str(k), strict_official=strict,
+                            params={"top_percent": 20})
+    elif method == "coincide":
+        x = np.load(d / "feats.npy", mmap_mode="r")
+        (sel,) = run_method("coincide", {"features": x}, "0.2", strict_official=strict,
+                            params={"n_clusters": 1000, "num_layers": 4, "hidden_size": 64})
+    else:
+        raise SystemExit(f"unknown method {method}")
+    wall = time.perf_counter() - t0
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    out.write_text(json.dumps({"wall_s": wall, "peak_rss_mb": rss, "selected": sel.count,
+                               "shortfall": sel.shortfall}))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rows", type=int, default=FULL_ROWS, help=f"pool rows (default {FULL_ROWS})")
+    ap.add_argument("--width", type=int, default=5120, help="gradient width for ICONS/TIVE (default 5120)")
+    ap.add_argument("--methods", default="tive,icons,coincide")
+    ap.add_argument("--dir", type=Path, default=None, help="where to write the temporary memmaps")
+    ap.add_argument("--strict", action="store_true", help="run strict_official mode instead of the default")
+    ap.add_argument("--timeout", type=float, default=3600.0, help="per-method limit in seconds")
+    ap.add_argument("--child", nargs=3, metavar=("METHOD", "DIR", "OUT"), help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        m, d, out = args.child
+        child(m, Path(d), Path(out), args.strict)
+        return 0
+
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    base = Path(tempfile.mkdtemp(prefix="vlselect_scale_", dir=args.dir))
+    try:
+        t0 = time.perf_counter()
+        with console.status(f"writing {args.rows:,}-row float16 memmaps to {base}"):
+            make_inputs(base, args.rows, args.width, methods)
+        console.print(f"inputs written in {time.perf_counter() - t0:.0f} s "
+                      f"({sum(p.stat().st_size for p in base.iterdir()) / 1e9:.2f} GB)")
+        table = Table(title=f"selection at scale: {args.rows:,} rows, float16 memmaps, "
+                            f"{'strict' if args.strict else 'default'} mode")
+        for col in ("method", "input", "wall s", "peak RSS MB", "selected", "target", "met"):
+            table.add_column(col, justify="left" if col in ("method", "input", "target") else "right")
+        results = []
+        for m in methods:
+            out = base / f"{m}.json"
+            cmd = [sys.executable, __file__, "--child", m, str(base), str(out)] + (["--strict"] if args.strict else [])
+            with console.status(f"{m}"):
+                try:
+                    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+                    err = None if proc.returncode == 0 else (proc.stderr.strip().splitlines() or ["failed"])[-1]
+                except subprocess.TimeoutExpired:
+                    err = f"timed out after {args.timeout:.0f} s"
+            width = args.width if m in ("tive", "icons") else 512
+            t_lim, m_lim = TARGETS.get(m, (None, None))
+            target = f"<= {t_lim / 60:.0f} min" + (f", <= {m_lim / 1024:.0f} GB" if m_lim else "")
+            if err:
+                table.add_row(m, f"{args.rows:,} x {width}", "error", "-", "-", target, err[:60])
+                results.append({"method": m, "error": err})
+                continue
+            r = json.loads(out.read_text())
+            met = r["wall_s"] <= t_lim and (m_lim is None or r["peak_rss_mb"] <= m_lim)
+            scale_note = "" if args.rows == FULL_ROWS else " (reduced rows)"
+            table.add_row(m, f"{args.rows:,} x {width}", f"{r['wall_s']:.1f}", f"{r['peak_rss_mb']:.0f}",
+                          str(r["selected"]), target, ("yes" if met else "NO") + scale_note)
+            results.append({"method": m, "rows": args.rows, "width": width, **r})
+        console.print(table)
+        print(json.dumps(results))
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,9 +1,138 @@
-"""CLI commands for the 'evaluate' stage (filled in by its implementation)."""
+"""``vlselect eval``: generation-based evaluation with relative performance (thin over
+:func:`vlselect.evaluate.evaluate`); ``vlselect eval summarize`` (mean and 95% interval over seeds) and
+``vlselect eval lmms`` (the lmms-eval command line for real benchmarks)."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import List, Optional
+
 import typer
+from rich.console import Console
+from rich.table import Table
+
+from vlselect.errors import ConfigError
+
+console = Console()
+
+eval_app = typer.Typer(
+    name="eval",
+    help="Evaluate a model on evaluation sets; relative performance against a reference; intervals over seeds.",
+    invoke_without_command=True,
+    no_args_is_help=False,
+)
+
+
+def _fmt_interval(iv: dict) -> str:
+    if iv.get("half_width") is None:
+        return f"{iv['mean']:.2f}"
+    return f"{iv['mean']:.2f} ± {iv['half_width']:.2f}"
+
+
+@eval_app.callback(invoke_without_command=True)
+def eval_command(
+    ctx: typer.Context,
+    model: Optional[Path] = typer.Option(None, "--model", help="Model directory, merged LoRA model or MMA final/ folder."),
+    eval_files: Optional[List[Path]] = typer.Option(None, "--eval", help="Evaluation-set file (repeat for several)."),
+    images: Optional[Path] = typer.Option(None, "--images", help="Image folder of the evaluation sets."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (results.json, predictions/)."),
+    reference: Optional[Path] = typer.Option(None, "--reference", help="Reference results.json (e.g. full-pool run)."),
+    adapter: Optional[Path] = typer.Option(None, "--adapter", help="LoRA adapter/ or MMA final/ folder to apply."),
+    batch_size: int = typer.Option(8, "--batch-size"),
+    max_new_tokens: int = typer.Option(32, "--max-new-tokens"),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Evaluate --model on --eval sets; without a subcommand this runs the evaluation.
+
+    Example: vlselect eval --model runs/lora/final --eval world/eval/colors.json --images world/images --out ev
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    missing = [n for n, v in (("--model", model), ("--eval", eval_files), ("--images", images), ("--out", out)) if not v]
+    if missing:
+        raise ConfigError(f"vlselect eval needs {', '.join(missing)}; e.g. vlselect eval --model DIR --eval SET.json "
+                          "--images DIR --out DIR")
+    from vlselect.evaluate import evaluate
+
+    res = evaluate(model, eval_files, images, out, adapter=adapter, reference=reference, batch_size=batch_size,
+                   max_new_tokens=max_new_tokens, progress=progress)
+    t = Table(title=f"evaluation of {model}")
+    t.add_column("set")
+    t.add_column("metric")
+    t.add_column("n", justify="right")
+    t.add_column("score", justify="right")
+    if "relative" in res:
+        t.add_column("relative", justify="right")
+    for name, s in res["sets"].items():
+        row = [name, s["metric"], str(s["n"]), f"{s['score']:.2f}"]
+        if "relative" in res:
+            row.append(f"{s['relative']:.1f}")
+        t.add_row(*row)
+    console.print(t)
+    line = f"mean score {res['mean_score']:.2f}"
+    if "relative" in res:
+        line += f" · relative performance {res['relative']:.1f} (reference {reference})"
+    console.print(line + f"\n  written: {out / 'results.json'}", highlight=False)
+
+
+@eval_app.command("summarize")
+def summarize_command(
+    results: List[Path] = typer.Argument(..., help="results.json files, e.g. one per training seed."),
+    reference: Optional[Path] = typer.Option(None, "--reference", help="Reference results.json for relative performance."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write the summary JSON here."),
+    confidence: float = typer.Option(0.95, "--confidence"),
+) -> None:
+    """Mean and t-distribution interval over several result files (seeds)."""
+    from vlselect.evaluate import summarize
+
+    s = summarize(results, reference=reference, confidence=confidence)
+    t = Table(title=f"{s['n']} runs, mean ± {confidence:.0%} interval")
+    t.add_column("set")
+    t.add_column("score", justify="right")
+    for name, iv in s["sets"].items():
+        t.add_row(name, _fmt_interval(iv))
+    t.add_row("[bold]mean[/]", _fmt_interval(s["mean_score"]))
+    if "relative" in s:
+        t.add_row("[bold]relative[/]", _fmt_interval(s["relative"]))
+    console.print(t)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(json.dumps(s, indent=2) + "\n")
+        tmp.replace(out)
+
+
+@eval_app.command("lmms")
+def lmms_command(
+    model: Path = typer.Option(..., "--model", help="Merged model directory (LoRA final/)."),
+    tasks: str = typer.Option(..., "--tasks", help="Comma list of lmms-eval tasks, e.g. mme,pope,gqa."),
+    out: Path = typer.Option(..., "--out", help="lmms-eval --output_path."),
+    batch_size: int = typer.Option(1, "--batch-size"),
+    seed: int = typer.Option(0, "--seed"),
+    limit: Optional[int] = typer.Option(None, "--limit"),
+    num_processes: int = typer.Option(1, "--num-processes"),
+    lmms_model: Optional[str] = typer.Option(None, "--lmms-model", help="lmms-eval model wrapper (default by family)."),
+    run: bool = typer.Option(False, "--run", help="Run it (needs pip install 'vlselect[lmms]'); default: print it."),
+) -> None:
+    """Build (and optionally run) the lmms-eval command for a vlselect-trained model."""
+    from vlselect.evaluate.lmms import format_command, lmms_eval_command
+
+    cmd = lmms_eval_command(model, tasks, out, batch_size=batch_size, seed=seed, limit=limit,
+                            num_processes=num_processes, lmms_model=lmms_model)
+    if not run:
+        typer.echo(format_command(cmd))
+        return
+    import importlib.util
+    import subprocess
+
+    from vlselect.errors import missing_dependency
+
+    if importlib.util.find_spec("lmms_eval") is None:
+        raise missing_dependency("lmms-eval", "lmms", "running real benchmarks")
+    raise typer.Exit(subprocess.call(cmd))
 
 
 def register(app: typer.Typer) -> None:
-    """Add this stage's commands to the main app."""
+    """Add the ``eval`` group to the main app."""
+    app.add_typer(eval_app, name="eval")

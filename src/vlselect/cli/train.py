@@ -1,9 +1,112 @@
-"""CLI commands for the 'train' stage (filled in by its implementation)."""
+"""``vlselect train``: fine-tune a model on a pool or subset with LoRA or MMA adapters (thin over
+:func:`vlselect.train.train_lora`); ``vlselect train warmup`` (the warm-up reference model) joins this group.
+
+Multi-GPU: ``torchrun --nproc_per_node N --no-python vlselect train --model ... --pool ...`` (same options).
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Optional
+
 import typer
+from rich.console import Console
+
+from vlselect.errors import ConfigError
+
+console = Console()
+
+train_app = typer.Typer(
+    name="train",
+    help="Fine-tune a VLM on a pool or subset (LoRA with the LLaVA-1.5 recipe, or --adapter mma), resumable.",
+    invoke_without_command=True,
+    no_args_is_help=False,
+)
+
+
+def _read_indices(path: Path) -> list[int]:
+    import json
+
+    if not path.is_file():
+        raise ConfigError(f"indices file '{path}' does not exist; pass a .json list, .npy array or one index a line")
+    try:
+        if path.suffix == ".npy":
+            import numpy as np
+
+            return [int(i) for i in np.load(path).ravel()]
+        text = path.read_text()
+        if text.lstrip().startswith("["):
+            return [int(i) for i in json.loads(text)]
+        return [int(line) for line in text.split() if line.strip()]
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"indices file '{path}': {exc}; write integers only (a JSON list or one a line)") from None
+
+
+@train_app.callback(invoke_without_command=True)
+def train_command(
+    ctx: typer.Context,
+    model: Optional[Path] = typer.Option(None, "--model", help="Hugging Face model directory (e.g. `vlselect models tiny`)."),
+    pool: Optional[Path] = typer.Option(None, "--pool", help="Training pool or subset (LLaVA JSON/JSONL)."),
+    images: Optional[Path] = typer.Option(None, "--images", help="Image folder the pool's paths are relative to."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (checkpoints, final/, train_result.json)."),
+    adapter: str = typer.Option("lora", "--adapter", help="lora (PEFT, LLaVA-1.5 recipe) or mma (LaVIN adapters)."),
+    indices: Optional[Path] = typer.Option(None, "--indices", help="Train on these pool positions only (.json/.npy/.txt)."),
+    epochs: int = typer.Option(1, "--epochs"),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Default 2e-4 (lora) or 9e-3 x batch/256 (mma)."),
+    projector_lr: float = typer.Option(2e-5, "--projector-lr", help="mm_projector_lr (lora)."),
+    r: int = typer.Option(128, "--r", help="LoRA rank."),
+    lora_alpha: int = typer.Option(256, "--lora-alpha"),
+    lora_dropout: float = typer.Option(0.05, "--lora-dropout"),
+    batch_size: int = typer.Option(16, "--batch-size", help="Per-device batch."),
+    grad_accum: int = typer.Option(1, "--grad-accum"),
+    warmup_ratio: float = typer.Option(0.03, "--warmup-ratio"),
+    schedule: str = typer.Option("cosine", "--schedule"),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps"),
+    save_steps: str = typer.Option("", "--save-steps", help="Comma list of steps to checkpoint at (the end always is)."),
+    seed: int = typer.Option(0, "--seed"),
+    temperature: float = typer.Option(10.0, "--temperature", help="MMA router temperature (10 for 7B, 5 for 13B)."),
+    gradient_checkpointing: bool = typer.Option(True, "--gradient-checkpointing/--no-gradient-checkpointing"),
+    bf16: str = typer.Option("auto", "--bf16", help="auto, yes or no."),
+    resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue from the last checkpoint in --out."),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Fine-tune --model on --pool; without a subcommand this runs training.
+
+    Example: vlselect train --model tiny --pool subset.json --images world/images --out runs/lora --epochs 1
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    missing = [n for n, v in (("--model", model), ("--pool", pool), ("--images", images), ("--out", out)) if v is None]
+    if missing:
+        raise ConfigError(f"vlselect train needs {', '.join(missing)}; e.g. vlselect train --model DIR --pool "
+                          "SUBSET.json --images DIR --out DIR")
+    if bf16 not in ("auto", "yes", "no"):
+        raise ConfigError(f"--bf16 must be auto, yes or no (got {bf16!r})")
+    try:
+        steps = [int(s) for s in save_steps.split(",") if s.strip()]
+    except ValueError:
+        raise ConfigError(f"--save-steps must be a comma list of integers (got {save_steps!r})") from None
+    from vlselect.train import train_lora
+
+    res = train_lora(
+        model, pool, images, out, indices=_read_indices(indices) if indices else None, adapter=adapter, r=r,
+        lora_alpha=lora_alpha, lora_dropout=lora_dropout, lr=lr, projector_lr=projector_lr, epochs=epochs,
+        batch_size=batch_size, grad_accum=grad_accum, warmup_ratio=warmup_ratio, schedule=schedule,
+        max_steps=max_steps, save_steps=steps, seed=seed, gradient_checkpointing=gradient_checkpointing,
+        bf16={"auto": "auto", "yes": True, "no": False}[bf16], resume=resume,
+        mma_kwargs={"temperature": temperature} if adapter == "mma" else None, progress=progress,
+    )
+    first, last = (res.losses[0], res.losses[-1]) if res.losses else (float("nan"), float("nan"))
+    console.print(
+        f"[bold green]trained[/] {res.adapter} · {res.steps}/{res.total_steps} steps · loss {first:.4f} → {last:.4f} · "
+        f"{res.trainable_parameters:,} trainable parameters · {res.samples_per_second:.1f} samples/s · "
+        f"peak memory {res.peak_memory_bytes / 2**20:.0f} MiB\n  model: {res.final_dir}", highlight=False,
+    )
 
 
 def register(app: typer.Typer) -> None:
-    """Add this stage's commands to the main app."""
+    """Add the ``train`` group (and its ``warmup`` subcommand) to the main app."""
+    app.add_typer(train_app, name="train")
+    from vlselect.cli import train_warmup
+
+    train_warmup.register(train_app)

@@ -22,8 +22,8 @@ Output folder
 ``train_result.json``
     The :class:`TrainResult` of the finished run.
 
-Multi-GPU: launch the same command with ``torchrun --nproc_per_node N -m vlselect.cli train ...`` (or ``accelerate
-launch``). Each rank takes every N-th micro-batch of a step, gradients are all-reduced (averaged) before the
+Multi-GPU: launch the same command with ``torchrun --nproc_per_node N --no-python vlselect train ...``
+(or ``accelerate launch`` of a script calling :func:`train_lora`). Each rank takes every N-th micro-batch of a step, gradients are all-reduced (averaged) before the
 optimiser step, and rank 0 writes. The per-step sample count is ``batch_size × grad_accum × N``.
 """
 

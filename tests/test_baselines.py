@@ -193,3 +193,14 @@ def test_less_mean_per_subtask_max_over_subtasks_by_hand():
 
 def test_budget_helper_used_by_methods():
     assert resolve_budget("0.5", 4).count == 2
+
+
+def test_d2pruning_strict_uses_the_official_ivfpq_graph():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(300, 16)).astype(np.float32)
+    s = rng.random(300)
+    (sel,) = run_method("d2pruning", {"features": x, "scores": s}, 30, strict_official=True,
+                        params={"nlist": 4})
+    assert sel.info["graph"] == "ivfpq" and sel.count == 30 and len(set(sel.indices.tolist())) == 30
+    with pytest.raises(SelectionError, match="IVFPQ"):
+        run_method("d2pruning", {"features": x[:50], "scores": s[:50]}, 5, strict_official=True)

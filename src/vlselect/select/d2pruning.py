@@ -43,6 +43,12 @@ def knn_graph(
     if graph == "ivfpq":
         if d % m:
             raise SelectionError(f"d2pruning: graph=ivfpq needs the feature width ({d}) divisible by m={m}; pass --param m=...")
+        if n < max(2**nbits, nlist):
+            raise SelectionError(
+                f"d2pruning: the official IVFPQ graph needs at least {max(2**nbits, nlist)} rows to train "
+                f"(nlist={nlist}, nbits={nbits}), the input has {n}; use the default mode (exact graph) or lower "
+                "--param nlist / nbits"
+            )
         quantizer = faiss.IndexFlatL2(d)
         index = faiss.IndexIVFPQ(quantizer, d, min(nlist, n), m, nbits)
         index.train(xf)

@@ -278,6 +278,22 @@ def test_sample_fields_and_roles(tmp_path):
         pool[1]
 
 
+def test_pickle_and_stale_file(tmp_path):
+    import pickle
+
+    records = [r for r, _ in MIX665K]
+    src = write_json(tmp_path / "mix.json", records)
+    pool = open_pool(src)
+    assert pool[2].id == "000000000009"  # opens a file descriptor
+    clone = pickle.loads(pickle.dumps(pool))
+    assert clone.ids == pool.ids and clone.fingerprint == pool.fingerprint and clone[5].record == records[5]
+    assert clone.indices_of(["2327515"]).tolist() == [3]
+    src.write_text(json.dumps(records[:3]))
+    with pytest.raises(PoolError, match=r"mix\.json: changed on disk since the pool was read"):
+        write_llava_subset(pool, [0], tmp_path / "out.json")
+    assert not (tmp_path / "out.json").exists()
+
+
 # ----------------------------------------------------------------------------------------- errors (API level)
 
 

@@ -264,7 +264,8 @@ class Pool:
         self.words = np.zeros(0, np.int64)
         self.n_images = np.zeros(0, np.int16)
         self._layout: tuple[bytes, bytes, bytes, bytes] = (b"\n", b",\n", b"\n", b"\n")
-        self._handles: dict[int, Any] = {}
+        self._handles: dict[int, int] = {}
+        self._stats: list[tuple[int, int]] = []
         self._ids_cache: list[str] | None = None
         self._sorted: tuple[np.ndarray, np.ndarray] | None = None
 
@@ -282,15 +283,25 @@ class Pool:
         for i in range(len(self)):
             yield self.sample(i)
 
+    def __getstate__(self) -> dict:  # file descriptors do not travel to another process
+        state = self.__dict__.copy()
+        state["_handles"] = {}
+        state["_ids_cache"] = None
+        state["_sorted"] = None
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+
     def __del__(self) -> None:  # pragma: no cover
         self.close()
 
     def close(self) -> None:
         """Close the file handles used for on-demand reads (re-opened when needed)."""
-        for h in getattr(self, "_handles", {}).values():
+        for fd in getattr(self, "_handles", {}).values():
             try:
-                h.close()
-            except Exception:
+                os.close(fd)
+            except OSError:
                 pass
         self._handles = {}
 
@@ -352,20 +363,33 @@ class Pool:
         return self.files[f], int(self._start[i]), int(self._end[i])
 
     def raw_record(self, i: int) -> bytes:
-        """The record's exact bytes in its file (for a JSON array: from ``{`` to ``}``, inner formatting kept)."""
+        """The record's exact bytes in its file (for a JSON array: from ``{`` to ``}``, inner formatting kept).
+
+        Reads with ``os.pread`` (no shared file offset), so it is safe in forked DataLoader workers."""
         i = self._row(i)
         f = 0 if self._file_idx is None else int(self._file_idx[i])
-        h = self._handles.get(f)
-        if h is None:
-            h = open(self.files[f], "rb", buffering=1 << 20)
-            self._handles[f] = h
+        fd = self._handles.get(f)
+        if fd is None:
+            fd = os.open(self.files[f], os.O_RDONLY | getattr(os, "O_BINARY", 0))
+            self._handles[f] = fd
         start, end = int(self._start[i]), int(self._end[i])
-        h.seek(start)
-        data = h.read(end - start)
+        if hasattr(os, "pread"):
+            data = os.pread(fd, end - start, start)
+        else:  # pragma: no cover - Windows
+            os.lseek(fd, start, os.SEEK_SET)
+            data = os.read(fd, end - start)
         if len(data) != end - start:
             raise PoolError(f"{self.files[f]}: changed on disk since it was read (record {i} at byte {start} is "
                             "cut short); open the pool again")  # fmt: skip
         return data
+
+    def check_unchanged(self) -> None:
+        """Raise :class:`PoolError` if a pool file changed (size or modification time) since it was read."""
+        for q, (size, mtime) in zip(self.files, self._stats):
+            st = q.stat() if q.exists() else None
+            if st is None or st.st_size != size or st.st_mtime_ns != mtime:
+                raise PoolError(f"{q}: changed on disk since the pool was read; the byte offsets no longer match. "
+                                "Open the pool again.")  # fmt: skip
 
     def record(self, i: int) -> dict:
         """The parsed record of row ``i`` (key order kept)."""
@@ -814,6 +838,7 @@ def open_pool(
     pool = Pool()
     pool.path = p
     pool.files = files
+    pool._stats = [(q.stat().st_size, q.stat().st_mtime_ns) for q in files]
     pool.image_root = image_root_p
     syntaxes = []
     for q in files:

@@ -89,6 +89,7 @@ def write_llava_subset(pool: Pool, indices: Sequence[int] | np.ndarray, out_path
     if fmt not in ("json", "jsonl"):
         raise PoolError(f"unknown subset format {fmt!r}: use 'json' (LLaVA) or 'jsonl'")
     idx = _check_indices(pool, indices, f"writing {out_path}")
+    pool.check_unchanged()
     lead, sep, trail, tail = pool._layout
     with atomic_writer(out_path) as f:
         if fmt == "jsonl":

@@ -17,13 +17,17 @@ class Sample:
     images:
         Image paths relative to the pool's image folder; empty for a text-only record.
     conversations:
-        The turns, LLaVA style: ``[{"from": "human" | "gpt", "value": str}, ...]``. ``<image>`` marks where the
-        image goes in the first human turn.
+        The turns, LLaVA style: ``[{"from": "human" | "gpt" | "system", "value": str}, ...]``; the aliases
+        ``user``/``assistant`` are normalised to ``human``/``gpt`` here (the record keeps what the file says).
+        ``<image>`` marks where the image goes in the first human turn.
     task:
-        The task / source label (e.g. ``"coco"``, ``"gqa"``, ``"ocr_vqa"``, ``"text"``), or ``None`` if unknown.
+        The task / source label, or ``None`` if unknown. :func:`vlselect.pool.open_pool` always sets it, by the
+        rules of :mod:`vlselect.pool.tasks`: a ``--task-field``, a ``task`` or ``task_name`` field, the DataOptim
+        file, or LLaVA-665K inference (``llava``, ``sharegpt`` for text-only, ``vqav2``, ``gqa``, ``ocrvqa``,
+        ``aokvqa``, ``textcaps``, ``refcoco``, ``vg``).
     record:
-        The original record, exactly as read (parsed, key order kept), so that a subset can be written back
-        without losing or changing a field.
+        The original record, exactly as read (parsed, key order kept). Subsets are written from the file's bytes
+        (:func:`vlselect.pool.write_llava_subset`), so no field is lost or changed.
     """
 
     id: str

@@ -177,6 +177,10 @@ def test_check_images(tmp_path, capsys):
     assert code == 0 and "missing 0 · unreadable 0" in " ".join(out.split())
     code, _, err = run(["pool", "check", str(good), "--images", str(tmp_path / "none")], capsys)
     assert code == 2 and f"image folder not found: {tmp_path / 'none'}" in err
+    # without --images: the pool's folder, or its images/ subfolder when the paths resolve only there
+    (tmp_path / "images").symlink_to(img, target_is_directory=True)
+    code, out, _ = run(["pool", "check", str(good), "--json"], capsys)
+    assert code == 0 and json.loads(out)["image_root"] == str(tmp_path / "images")
 
 
 # ----------------------------------------------------------------------------------------- subset and help

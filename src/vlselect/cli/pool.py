@@ -107,7 +107,8 @@ def stats_cmd(
 def check_cmd(
     file: Path = typer.Argument(..., help="Pool file (LLaVA JSON/JSONL, Vision-Flan JSON) or DataOptim data/ dir."),
     images: Optional[Path] = typer.Option(None, "--images", help="Image folder the paths are relative to "
-                                          "(LLaVA's --image_folder). Default: the pool file's folder."),  # fmt: skip
+                                          "(LLaVA's --image_folder). Default: the pool file's folder, or its images/ subfolder "
+                                          "when the paths resolve only there."),  # fmt: skip
     fmt: Optional[str] = typer.Option(None, "--format", help=_FMT_HELP),
     unique_ids: bool = typer.Option(False, "--unique-ids", help=_UNIQUE_HELP),
     skip_invalid: bool = typer.Option(False, "--skip-invalid", help=_SKIP_HELP),

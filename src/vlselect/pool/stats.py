@@ -64,6 +64,18 @@ def pool_stats(pool: Pool) -> dict[str, Any]:
     }
 
 
+def _default_root(pool: Pool) -> Path:
+    """The pool file's folder, or its ``images/`` subfolder when the first image path resolves only there (the
+    layout ``vlselect world make`` writes)."""
+    base = pool.files[0].parent
+    rows = np.flatnonzero(pool.n_images > 0)
+    if rows.size and (base / "images").is_dir():
+        first = pool.sample(int(rows[0])).images[0]
+        if not (base / first).exists() and (base / "images" / first).exists():
+            return base / "images"
+    return base
+
+
 def check_images(pool: Pool, image_root: str | os.PathLike | None = None, *, max_examples: int = 10,
                  progress: bool = False) -> dict[str, Any]:  # fmt: skip
     """Check that every image a record names exists under ``image_root`` and can be decoded (Pillow ``verify``).
@@ -75,8 +87,8 @@ def check_images(pool: Pool, image_root: str | os.PathLike | None = None, *, max
     pool:
         The pool.
     image_root:
-        Folder the image paths are relative to (LLaVA's ``--image_folder``); default the pool's ``image_root`` or
-        the pool file's folder.
+        Folder the image paths are relative to (LLaVA's ``--image_folder``); default the pool's ``image_root``,
+        else the pool file's folder (or its ``images/`` subfolder if the first image path resolves only there).
     max_examples:
         How many examples of each problem to keep.
     progress:
@@ -91,7 +103,7 @@ def check_images(pool: Pool, image_root: str | os.PathLike | None = None, *, max
     """
     from PIL import Image
 
-    root = Path(image_root) if image_root is not None else (pool.image_root or pool.files[0].parent)
+    root = Path(image_root) if image_root is not None else (pool.image_root or _default_root(pool))
     status: dict[str, str | None] = {}
     missing = unreadable = refs = bad_records = with_image = 0
     ex_missing: list[dict] = []

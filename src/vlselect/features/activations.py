@@ -382,7 +382,7 @@ def extract_activations(model, pool, out, *, images=None, layers=None, batch_siz
     if tr_world > 1:
         _barrier()
     if rank == 0 or world == 1 or not tr_world > 1:
-        done = store.finalise(extra=_extra_stats(store))
+        done = store.finalise()
         if not done and progress:
             from rich.console import Console
 
@@ -392,18 +392,6 @@ def extract_activations(model, pool, out, *, images=None, layers=None, batch_siz
     if tr_world > 1:
         _barrier()
     return Path(out)
-
-
-def _extra_stats(store) -> dict:
-    if len(store.done_shards()) != store.n_shards:
-        return {}
-    import json
-
-    n_img = n_missing = 0
-    for s in store.shards():
-        n_img += int(np.load(store._shard_file(s.index, "has_image")).sum())
-        n_missing += len(json.loads(store._done_file(s.index).read_text())["missing"])
-    return {"n_text_only": store.n_rows - n_img - n_missing, "n_with_image": n_img}
 
 
 def _barrier():

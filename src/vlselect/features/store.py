@@ -311,6 +311,9 @@ class FeatureStore:
             os.replace(tmp, final)
             arrays_info[name] = {"file": final.name, "shape": list(shape), "dtype": np.dtype(dtype).str}
         _atomic_save_npy(self.path / "missing.npy", missing)
+        if "has_image" in self.plan["arrays"]:  # activation stores: count text-only rows (coincide.md §1.5)
+            n_img = int(np.load(self.path / "has_image.npy", mmap_mode="r").astype(bool).sum())
+            extra = {"n_with_image": n_img, "n_text_only": self.n_rows - n_img - int(missing.sum()), **(extra or {})}
         manifest = {
             "format": FORMAT,
             "n_rows": self.n_rows,

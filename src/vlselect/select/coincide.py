@@ -489,14 +489,8 @@ class GreedyMMD:
         """The official step (spec §4.2) evaluated with torch, as ``cluster_wise_prune.py`` does."""
         import torch
 
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # tiny tensors; keeps torch's OpenMP pool from competing with faiss / OpenBLAS
-        try:
-            return self._official_pick_torch(torch, tied)
-        finally:
-            torch.set_num_threads(threads)
-
-    def _official_pick_torch(self, torch, tied: np.ndarray) -> int:
+        # torch's own thread count is left alone: the kernel's last bits (which decide ties) depend on it, as they
+        # do in the official run.
         if self._official_kernel is None:
             x = torch.from_numpy(np.ascontiguousarray(self.x64))
             x_norm = x.pow(2).sum(1).view(-1, 1)

@@ -142,8 +142,17 @@ def test_icons_warmup_end_to_end_then_gradients(tmp_path):
     meta = json.loads((tmp_path / "warm" / "warmup.json").read_text())
     assert meta["rule"] == "icons" and meta["step"] == 2 and meta["params"]["lr"] == 2e-4
     # the gradient extractor takes the adapter, and the Adam state for LESS
-    plain = extract_gradients(mdir, res.lora_dir, pool, tmp_path / "g", image_root=images, dim=32, progress=False,
-                              device="cpu", batch_size=4)
+    from typer.testing import CliRunner
+
+    from vlselect.cli import app
+    from vlselect.features.store import FeatureStore
+
+    run = CliRunner().invoke(app, ["features", "gradients", "--model", str(mdir), "--lora", str(res.lora_dir),
+                                   "--pool", str(pool), "--images", str(images), "--out", str(tmp_path / "g"),
+                                   "--dim", "32", "--norms", "--batch-size", "4", "--device", "cpu", "--quiet"])
+    assert run.exit_code == 0, run.output
+    assert "finished" in run.output
+    plain = FeatureStore.open(tmp_path / "g")
     less = extract_gradients(mdir, res.lora_dir, pool, tmp_path / "gl", image_root=images, dim=32, progress=False,
                              device="cpu", batch_size=4, adam_state=res.adam_state)
     g, gl = plain.array("gradients"), less.array("gradients")

@@ -1,9 +1,60 @@
-"""CLI commands 'features_gradients' (filled in by its implementation); registered onto its group's Typer app."""
+"""``vlselect features gradients``: per-sample projected LoRA gradients (and their norms) into a feature store, thin
+over :func:`vlselect.features.gradients.extract_gradients` (issue 4; icons.md §2-3, tive.md §4).
+
+Multi-GPU: ``torchrun --nproc_per_node N --no-python vlselect features gradients ...`` (ranks write their own
+shards); SLURM arrays: ``--shard i/N`` into one ``--out`` (or separate ones joined by ``vlselect features merge``).
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
 
 import typer
 
 
+def gradients(
+    model: Path = typer.Option(..., "--model", help="Base model directory (save_pretrained layout)."),
+    lora: Optional[Path] = typer.Option(None, "--lora", help="PEFT LoRA adapter of the warm-up reference model "
+                                        "(e.g. the lora/ folder of 'vlselect train warmup')."),
+    pool: Path = typer.Option(..., "--pool", help="Pool file, or a validation set for ICONS's target tasks."),
+    images: Optional[Path] = typer.Option(None, "--images", help="Image folder the pool's paths are relative to."),
+    out: Path = typer.Option(..., "--out", help="Feature store directory (an unfinished one is resumed)."),
+    dim: int = typer.Option(8192, "--dim", help="Projection dimension: 8192 (TIVE, LESS) or 5120 (ICONS)."),
+    projection: str = typer.Option("rademacher", "--projection",
+                                   help="rademacher (official), gaussian, or factored (LoGra: faster, a different "
+                                        "sketch)."),
+    seed: int = typer.Option(0, "--seed", help="Projection seed (official: 0); use the same for train and val."),
+    params: str = typer.Option("lora", "--params", help="lora: every LoRA A/B (ICONS, LESS); self_attn: attention "
+                               "LoRA only (TIVE)."),
+    adam_state: Optional[Path] = typer.Option(None, "--adam-state", help="Warm-up Adam state for LESS "
+                                              "preconditioning (adam_state.pt of 'vlselect train warmup')."),
+    norms: bool = typer.Option(False, "--norms", help="Also store grad_norms, the full gradient L2 norm (TIVE)."),
+    factor_dim: int = typer.Option(64, "--factor-dim", help="Per-side dimension of the factored projection."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Samples per forward/backward pass."),
+    shard: Optional[str] = typer.Option(None, "--shard", help="i/N: compute only this part (SLURM arrays)."),
+    shard_size: int = typer.Option(256, "--shard-size", help="Rows per store shard (unit of resumption)."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Record rows with a bad image as missing."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="float32, float16 or bfloat16 (default: as saved)."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: cuda if present)."),
+    max_length: Optional[int] = typer.Option(None, "--max-length", help="Fail on longer samples (never truncates)."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+) -> None:
+    """Per-sample LoRA gradients of the mean answer-token loss, a batch per backward pass, exact, projected with a
+    seeded JL matrix (identical on any device, shard or batch size)."""
+    from vlselect.errors import ConfigError
+    from vlselect.features.gradients import PROJECTIONS, extract_gradients
+
+    if projection not in PROJECTIONS or projection == "none":
+        raise ConfigError(f"--projection {projection!r} is unknown; use rademacher, gaussian or factored")
+    store = extract_gradients(model, lora, pool, out, image_root=images, dim=dim, projection=projection, seed=seed,
+                              params=params, adam_state=adam_state, norms=norms, batch_size=batch_size,
+                              shard=shard, shard_size=shard_size, factor_dim=factor_dim, skip_bad=skip_bad,
+                              device=device, dtype=dtype, max_length=max_length, progress=not quiet)
+    state = "finished" if store.finished else f"{len(store.done_shards())}/{store.n_shards} shards done"
+    typer.echo(f"gradients in {out} ({state})")
+
+
 def register(group: typer.Typer) -> None:
-    """Add these commands to the group app (called by the group's own module)."""
+    """Add ``gradients`` to the ``features`` group."""
+    group.command("gradients")(gradients)

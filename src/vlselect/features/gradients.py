@@ -642,6 +642,14 @@ def extract_gradients(
 
     if batch_size < 1:
         raise ConfigError(f"--batch-size {batch_size} must be at least 1")
+    if projection not in PROJECTIONS:
+        raise ConfigError(f"--projection {projection!r} is unknown; use one of {', '.join(PROJECTIONS)}")
+    if params not in PARAM_SELECTORS:
+        raise ConfigError(f"--params {params!r} is unknown; use one of {', '.join(PARAM_SELECTORS)}")
+    if projection == "factored" and adam_state is not None:
+        raise ConfigError("Adam preconditioning (--adam-state) needs the full gradient and cannot be combined with "
+                          "--projection factored; fix: use rademacher or gaussian")
+    _rank_slot(shard, rank, world_size)  # validates --shard before the model is loaded
     if isinstance(pool, (str, Path)):
         from vlselect.pool import open_pool
 

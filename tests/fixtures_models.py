@@ -53,18 +53,28 @@ def write_pool(root: Path, n: int = 6, text_only_every: int = 3) -> tuple[Path, 
     return pool, images
 
 
-@pytest.fixture(scope="session")
-def tiny_llava(tmp_path_factory) -> Path:
+_BUILT: dict[str, Path] = {}
+
+
+def _tiny(tmp_path_factory, family: str) -> Path:
+    """Build each tiny model once per test session, even when several modules import these fixtures."""
     from vlselect.models.tiny import build_tiny
 
-    return build_tiny(tmp_path_factory.mktemp("tiny-llava"), family="llava", seed=0)
+    if family not in _BUILT:
+        _BUILT[family] = build_tiny(tmp_path_factory.mktemp(f"tiny-{family}"), family=family, seed=0)
+    return _BUILT[family]
+
+
+@pytest.fixture(scope="session")
+def tiny_llava(tmp_path_factory) -> Path:
+    """A tiny LLaVA (CLIP 2 layers + Llama 4 layers, hidden 32, 16 image tokens) saved with save_pretrained."""
+    return _tiny(tmp_path_factory, "llava")
 
 
 @pytest.fixture(scope="session")
 def tiny_qwen2vl(tmp_path_factory) -> Path:
-    from vlselect.models.tiny import build_tiny
-
-    return build_tiny(tmp_path_factory.mktemp("tiny-qwen2vl"), family="qwen2-vl", seed=0)
+    """A tiny Qwen2-VL (vision 2 blocks, Qwen2 4 layers, hidden 32, 4 image tokens per 32x32 image)."""
+    return _tiny(tmp_path_factory, "qwen2-vl")
 
 
 @pytest.fixture(scope="session")

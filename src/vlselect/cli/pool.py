@@ -84,8 +84,9 @@ def stats_cmd(
 ) -> None:
     """Count and share per task, text-only share, turns and text length (min/median/p90/max) of a pool.
 
-    Reads the file in one streaming pass (a 1 M-record JSONL needs well under 2 GB). Skipped records and renamed
-    ids are always reported. Exit code 2 on a bad file (the message names the file and the record).
+    One streaming pass: a 1 M-record JSONL needs well under 2 GB.
+
+    Skipped records and renamed ids are always reported. Exit code 2 on a bad file (the message names the record).
 
     Example: vlselect pool stats llava_v1_5_mix665k.json --json
     """
@@ -117,8 +118,9 @@ def check_cmd(
 ) -> None:
     """Find missing or unreadable images: counts and first examples; the scan goes on past problems.
 
-    Exit code: 0 when every image exists and decodes, 1 when problems were found, 2 when the pool file itself is
-    bad (or the image folder does not exist).
+    Exit code: 0 when every image exists and decodes, 1 when problems were found.
+
+    Exit code 2 when the pool file itself is bad or the image folder does not exist.
 
     Example: vlselect pool check llava_v1_5_mix665k.json --images ./playground/data
     """
@@ -164,8 +166,9 @@ def subset_cmd(
 ) -> None:
     """Write the records named by an id list as LLaVA JSON (DataOptim's ids → training JSON step).
 
-    Ids are looked up in a global index over all files (not by id prefix); repeats are written again; an unknown
-    id is an error that names it and its line.
+    Ids are looked up in a global index over all files (not by id prefix); repeats are written again.
+
+    An unknown id is an error that names it and its line.
 
     Example: vlselect pool subset DataOptim/data --ids submission.txt --out train.json
     """

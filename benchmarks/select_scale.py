@@ -112,7 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--strict", action="store_true", help="run strict_official mode instead of the default")
     ap.add_argument("--timeout", type=float, default=3600.0, help="per-method limit in seconds")
     ap.add_argument("--child", nargs=3, metavar=("METHOD", "DIR", "OUT"), help=argparse.SUPPRESS)
+    ap.add_argument("--make", type=Path, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.make is not None:
+        make_inputs(args.make, args.rows, args.width, [m.strip() for m in args.methods.split(",")])
+        return 0
     if args.child:
         m, d, out = args.child
         child(m, Path(d), Path(out), args.strict)
@@ -121,13 +125,15 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = Console(width=max(Console().width, 120))
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     base = Path(tempfile.mkdtemp(prefix="vlselect_scale_", dir=args.dir))
     try:
         t0 = time.perf_counter()
         with console.status(f"writing {args.rows:,}-row float16 memmaps to {base}"):
-            make_inputs(base, args.rows, args.width, methods)
+            # in a child: Linux keeps ru_maxrss across fork + exec, so the writer's pages must not be ours
+            subprocess.run([sys.executable, __file__, "--make", str(base), "--rows", str(args.rows),
+                            "--width", str(args.width), "--methods", ",".join(methods)], check=True)
         console.print(f"inputs written in {time.perf_counter() - t0:.0f} s "
                       f"({sum(p.stat().st_size for p in base.iterdir()) / 1e9:.2f} GB)")
         table = Table(title=f"selection at scale: {args.rows:,} rows, float16 memmaps, "

@@ -255,3 +255,23 @@ def test_reference_and_strict_agree(vectors_dir):
     assert np.array_equal(ref["votes"], out["votes"])
     # same votes, same NumPy argsort on this machine: the same ordered list
     assert np.array_equal(ref["selected"], ours.indices)
+
+
+def test_strict_hybrid_equals_full_official_gemm(vectors_dir):
+    """The strict default recomputes only the rows near each threshold officially; thresholds, votes and the
+    ordered list equal the all-rows GEMM at every budget, also with a split task."""
+    P, E, inputs, out = load_pack(vectors_dir, PACKS[0])
+    hyb = run_method("icons", inputs, "0.05,0.2,0.5", strict_official=True)
+    full = run_method("icons", inputs, "0.05,0.2,0.5", strict_official=True, params={"score_form": "gemm"})
+    for h, f in zip(hyb, full):
+        assert h.info["score_form"] == "hybrid" and not h.info["full_gemm"]
+        assert 0 < h.info["rows_recomputed"] < 600
+        assert h.info["thresholds"] == f.info["thresholds"]
+        assert np.array_equal(h.scores, f.scores) and np.array_equal(h.indices, f.indices)
+    rng = np.random.default_rng(8)
+    train = (rng.standard_normal((4000, 64)) * rng.lognormal(0, 0.7, (4000, 1))).astype(np.float16)
+    vals = {"val/a": rng.standard_normal((30, 64)), "val/s/x": 3 * rng.standard_normal((20, 64)),
+            "val/s/y": rng.standard_normal((10, 64))}
+    h = run_method("icons", {"train": train, **vals}, 0.3, strict_official=True)[0]
+    f = run_method("icons", {"train": train, **vals}, 0.3, strict_official=True, params={"score_form": "gemm"})[0]
+    assert h.info["thresholds"] == f.info["thresholds"] and np.array_equal(h.scores, f.scores)

@@ -222,13 +222,18 @@ def icons_task_scores(
             for j, v in enumerate(tv):
                 cols[a:b, j] = torch.mean(g @ v.T, dim=1).numpy()
     elif form == "matvec":
-        means = np.stack([m.astype(np.float64).mean(axis=0) for m in mats], axis=1)  # (d, columns)
+        import warnings
+
+        import torch
+
+        means = torch.from_numpy(np.stack([m.astype(np.float64).mean(axis=0) for m in mats], axis=1))  # (d, cols)
         cols = np.empty((n, len(mats)), dtype=np.float64)
-        for a, b, block in iter_row_blocks(train, block_rows, np.float32, desc="ICONS: influence"):
-            x = block.astype(np.float64)
-            with np.errstate(invalid="ignore", over="ignore"):
-                nrm = np.sqrt(np.einsum("ij,ij->i", x, x))
-                cols[a:b] = (x @ means) / np.maximum(nrm, NORMALIZE_EPS)[:, None]
+        with warnings.catch_warnings():  # read-only memmap blocks: torch only reads them
+            warnings.simplefilter("ignore", UserWarning)
+            for a, b, block in iter_row_blocks(train, block_rows, np.float32, desc="ICONS: influence"):
+                x = torch.from_numpy(block).to(torch.float64)  # multithreaded cast; float64 from here on
+                nrm = torch.linalg.vector_norm(x, 2, dim=1, keepdim=True).clamp_min(NORMALIZE_EPS)
+                cols[a:b] = ((x @ means) / nrm).numpy()
     else:
         raise SelectionError(f"icons: score_form={form!r}; choose matvec or gemm")
     scores = np.empty((n, len(targets)), dtype=cols.dtype)
@@ -243,6 +248,76 @@ def icons_task_scores(
         else:
             scores[:, ti] = cols[:, js[0]]
     return scores, subs
+
+
+HYBRID_DELTA = 1e-5  # margin (× the task's largest validation row norm) around each threshold; see icons_strict_votes
+_MIN_GEMM_ROWS = 256  # MKL takes another (differently rounded) path for very short GEMMs: pad to at least this
+
+
+def _gemm_rows(train: np.ndarray, rows: np.ndarray, targets: Sequence[IconsTarget]) -> np.ndarray:
+    """The official float32 scores (GEMM + mean, then max over sub-tasks) of the given rows only."""
+    x = np.asarray(train[np.sort(rows)], dtype=np.float32)
+    order = np.argsort(np.argsort(rows))  # rows may come unsorted
+    pad = max(0, _MIN_GEMM_ROWS - x.shape[0])
+    if pad:
+        x = np.concatenate([x, np.zeros((pad, x.shape[1]), dtype=np.float32)])
+    sc, _ = icons_task_scores(x, targets, form="gemm", block_rows=max(_MIN_GEMM_ROWS, x.shape[0]))
+    return sc[: rows.size][order]
+
+
+def icons_strict_votes(
+    train: np.ndarray,
+    targets: Sequence[IconsTarget],
+    approx: np.ndarray,
+    percentile: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+    """The official votes at ``percentile`` without the official O(n·m·d) work (spec §10 steps 2–3).
+
+    ``approx`` are the float64 mean-vector scores (:func:`icons_task_scores`, ``form="matvec"``), within
+    ``δ_t = HYBRID_DELTA × max(1, largest validation row norm)`` of the official float32 scores (they differ by
+    float32 rounding, ~1e-7). Let ``a_lo ≤ a_hi`` be the approximate order statistics that ``numpy.percentile``
+    interpolates. Every row with an approximate score in ``[a_lo - 2δ, a_hi + 2δ]`` is recomputed with the
+    official op sequence (float32 GEMM with every validation row, float32 mean, max over sub-tasks); every other
+    row is at least δ away from both the approximate and the official threshold, so its mark cannot differ,
+    and the rows the official percentile interpolates are among the recomputed ones. Hence the thresholds, marks
+    and votes equal the official ones bit for bit, at the cost of a mat-vec plus a GEMM on ~0.1–1 % of the rows.
+    The recomputed rows also check the margin: if any differs from its approximation by more than δ/4, or a
+    score is not finite (the official NaN behaviour, Q15), every row is recomputed officially instead.
+
+    Returns
+    -------
+    thresholds (T,) float32, mark (n, T), votes (n,) int64, scores (n, T) float32 (official values on the
+    recomputed rows, rounded approximations elsewhere), info (rows recomputed, fallback used).
+    """
+    n, T = approx.shape
+    deltas = np.asarray(
+        [HYBRID_DELTA * max(1.0, max(float(np.sqrt((np.asarray(v, np.float64) ** 2).sum(1)).max()) for v in t.vals))
+         for t in targets]
+    )
+    fallback = not np.isfinite(approx).all() or n < 2
+    near = np.zeros(n, dtype=bool)
+    if not fallback:
+        pos = (n - 1) * percentile / 100.0
+        lo, hi = int(np.floor(pos)), min(n - 1, int(np.floor(pos)) + 1)
+        for t in range(T):
+            part = np.partition(approx[:, t], [lo, hi])
+            near |= (approx[:, t] >= part[lo] - 2 * deltas[t]) & (approx[:, t] <= part[hi] + 2 * deltas[t])
+        rows = np.flatnonzero(near)
+        if rows.size > n // 4:
+            fallback = True
+    if fallback:
+        scores, _ = icons_task_scores(train, targets, form="gemm")
+        rows = np.arange(n)
+    else:
+        exact = _gemm_rows(train, rows, targets)
+        if np.any(np.abs(exact.astype(np.float64) - approx[rows]) > deltas[None, :] / 4):
+            scores, _ = icons_task_scores(train, targets, form="gemm")
+            rows, fallback = np.arange(n), True
+        else:
+            scores = approx.astype(np.float32)
+            scores[rows] = exact
+    thr, mark, votes = icons_votes(scores, percentile)
+    return thr, mark, votes, scores, {"rows_recomputed": int(rows.size), "full_gemm": bool(fallback)}
 
 
 def icons_votes(scores: np.ndarray, percentile: float, *, valid: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -333,8 +408,10 @@ def _vote_summary(votes: np.ndarray, sel: np.ndarray, n_tasks: int) -> dict[str,
             "score_form",
             None,
             str,
-            "matvec (O(n·d), float64; the default) or gemm (the official float32 op order; the strict default)",
-            choices=(None, "matvec", "gemm"),
+            "matvec (O(n·d), float64; the default), gemm (the official float32 GEMM + mean for every row) or hybrid "
+            "(matvec, plus the official GEMM for the rows near each threshold: official votes at matvec cost; the "
+            "strict default)",
+            choices=(None, "matvec", "gemm", "hybrid"),
         ),
     ],
     summary="ICONS: per-task influence (specialist), then a consensus vote over tasks' top percentiles (generalist)",
@@ -408,8 +485,8 @@ def select_icons(
             "give only one"
         )
     targets = icons_targets(inputs)
-    form = score_form or ("gemm" if strict_official else "matvec")
-    scores, subs = icons_task_scores(train, targets, form=form)
+    form = score_form or ("hybrid" if strict_official else "matvec")
+    scores, subs = icons_task_scores(train, targets, form="matvec" if form == "hybrid" else form)
     names = [t.name for t in targets]
     valid = None if strict_official else np.isfinite(scores).all(axis=1)
     mean_rank = None if strict_official else icons_mean_rank(scores, valid)
@@ -422,7 +499,12 @@ def select_icons(
         else:
             pct = 100 - round(100 * budget.fraction, 10)
         k = int(budget.count)
-        if strict_official:
+        extra: dict[str, Any] = {}
+        if strict_official and form == "hybrid":
+            thr, mark, votes, _, extra = icons_strict_votes(train, targets, scores, pct)
+            sel = np.argsort(votes)[-k:] if k > 0 else np.zeros(0, dtype=np.int64)
+            sel_scores = votes.astype(np.float64)
+        elif strict_official:
             thr, mark, votes = icons_votes(scores, pct)
             sel = np.argsort(votes)[-k:] if k > 0 else np.zeros(0, dtype=np.int64)
             sel_scores = votes.astype(np.float64)
@@ -446,6 +528,7 @@ def select_icons(
             "tie_break": "numpy argsort (unstable, official)" if strict_official else "votes, then mean percentile rank, then lower index",
         }
         info.update(_vote_summary(votes, np.asarray(sel, dtype=np.int64), len(names)))
+        info.update(extra)
         if not strict_official:
             info["invalid_rows"] = {"count": int((~valid).sum()), "first": np.flatnonzero(~valid)[:20].tolist()}
         if abs((100 - pct) / 100 - budget.fraction) > 1e-9:

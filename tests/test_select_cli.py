@@ -169,3 +169,13 @@ def test_nan_rows_reported_on_the_console_and_in_the_manifest(work: Path, capsys
     m = json.loads((work / "o" / "manifest.json").read_text())
     assert m["extra"]["excluded_rows"]["rows"] == [4, 9]
     assert np.load(work / "o" / "indices.npy").tolist() == [0, 1, 2, 3, 5]
+
+
+def test_json_list_input_and_strict_flag_recorded(work: Path, capsys):
+    (work / "lengths.json").write_text(json.dumps([i % 7 for i in range(N)]))
+    code, text = _run(["select", "length", "--input", f"lengths={work / 'lengths.json'}", "--budget", "3",
+                       "--strict-official", "--out", str(work / "o")], capsys)
+    assert code == 0, text
+    assert np.load(work / "o" / "indices.npy").tolist() == [6, 13, 20]  # length 6, ties by row
+    m = json.loads((work / "o" / "manifest.json").read_text())
+    assert m["extra"]["strict_official"] is True and m["extra"]["inputs"]["lengths"]["kind"] == "json"

@@ -116,6 +116,12 @@ def test_bad_format_option_and_not_a_pool(tmp_path, capsys):
     p = jsonl(tmp_path / "p.jsonl", [rec(0)])
     code, _, err = run(["pool", "stats", str(p), "--format", "parquet"], capsys)
     assert code == 2 and "unknown pool format 'parquet'" in err
+    arr = tmp_path / "arr.json"
+    arr.write_text(json.dumps([rec(0), rec(1)], indent=2))
+    code, _, err = run(["pool", "stats", str(arr), "--format", "jsonl"], capsys)
+    assert code == 2 and f"{arr}: line 1 starts a JSON array" in err
+    code, _, err = run(["pool", "stats", str(p), "--format", "json"], capsys)
+    assert code == 2 and f"{p}: byte 0: expected '[' (a JSON array of records)" in err and "--format jsonl" in err
     q = tmp_path / "notes.json"
     q.write_text("hello")
     code, _, err = run(["pool", "stats", str(q)], capsys)

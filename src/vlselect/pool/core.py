@@ -612,6 +612,9 @@ def _scan_jsonl(path: Path, file_no: int, b: _Builder, file_task: str | None, pr
                 b.examples.add("blank_line", f"{path}: line {lineno}: blank line")
                 continue
             lead = len(body) - len(body.lstrip())
+            if lineno == 1 and body[lead:lead + 1] == b"[" and not body.rstrip().endswith(b"]"):
+                raise PoolError(f"{path}: line 1 starts a JSON array, not a JSONL record; read it as a JSON array "
+                                "(leave out --format jsonl, or use --format json)")  # fmt: skip
             b.add(body[lead:], file_no, start + lead, start + len(body), (path, lineno), file_task)
             if progress is not None and pos - last_report > (8 << 20):
                 progress[0].update(progress[1], advance=pos - last_report)

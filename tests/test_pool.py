@@ -230,6 +230,24 @@ def test_round_trip_json_byte_exact(tmp_path, indent):
     assert again.renamed == 1 and again.ids[3] == "2327515#3"
 
 
+@pytest.mark.parametrize("chunk", [7, 64, 1000])
+def test_json_scanner_across_chunk_boundaries(tmp_path, monkeypatch, chunk):
+    """Records split across read chunks, strings with braces, brackets, escaped quotes and backslashes, non-ASCII."""
+    import vlselect.pool.core as core
+
+    tricky = {"id": "t\u00e9", "image": "sam/x.jpg", "meta": {"list": [1, [2, {"a": "]}"}]], "s": "\\"},
+              "conversations": conv('He said "}]{[" and C:\\path\\', "日本語 ✓ \\\"quoted\\\"")}  # fmt: skip
+    records = [r for r, _ in MIX665K] + [tricky]
+    src = write_json(tmp_path / "t.json", records, indent=2)
+    ref = open_pool(src)
+    monkeypatch.setattr(core, "_CHUNK", chunk)
+    pool = open_pool(src)
+    assert [pool.location(i) for i in range(len(pool))] == [ref.location(i) for i in range(len(ref))]
+    assert [pool.record(i) for i in range(len(pool))] == records
+    assert pool.ids[-1] == "té" and pool.fingerprint == ref.fingerprint
+    assert write_llava_subset(pool, range(len(pool)), tmp_path / "o.json").read_bytes() == src.read_bytes()
+
+
 def test_round_trip_jsonl_and_fingerprint(tmp_path):
     records = [r for r, _ in MIX665K]
     pj = open_pool(write_json(tmp_path / "a.json", records))

@@ -1,0 +1,184 @@
+"""Training and evaluation on a tiny LLaVA and a tiny colour task (answer the image's colour), end to end:
+LoRA lowers the loss and beats the untrained model; a fixed seed gives identical weights; resume equals an
+uninterrupted run; MMA trains only adapters, saves and reloads; CLI train / eval / summarize with relative
+performance; user errors exit 2."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from vlselect.cli import main
+
+COLOURS = {"red": (230, 20, 20), "green": (20, 200, 20), "blue": (20, 20, 230)}
+QUESTION = "What color is the image?"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny matrices on a shared 2-core machine: one intra-op thread is 3-5x faster than two (no spin contention)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, _one_thread):
+    from PIL import Image
+
+    from vlselect.models.tiny import build_tiny
+
+    root = tmp_path_factory.mktemp("trainworld")
+    build_tiny(root / "model", family="llava", seed=0)
+    (root / "images").mkdir()
+    names = list(COLOURS)
+    recs = []
+    for i in range(12):
+        c = names[i % 3]
+        Image.new("RGB", (32, 32), COLOURS[c]).save(root / "images" / f"{i}.png")
+        recs.append({"id": f"s{i}", "image": f"{i}.png",
+                     "conversations": [{"from": "human", "value": f"<image>\n{QUESTION}"}, {"from": "gpt", "value": c}]})
+    (root / "pool.json").write_text(json.dumps(recs))
+    es = {"name": "colours", "metric": "vqa_accuracy", "description": "colour of a plain image",
+          "samples": [{"id": f"e{i}", "image": f"{i}.png", "question": QUESTION, "answers": [names[i % 3]]}
+                      for i in range(6)]}
+    (root / "colours.json").write_text(json.dumps(es))
+    return root
+
+
+LORA = dict(r=8, lora_alpha=16, lr=1e-2, batch_size=6, epochs=5, gradient_checkpointing=False, seed=0,
+            progress=False, warmup_ratio=0.0)
+
+
+@pytest.fixture(scope="module")
+def lora_run(world):
+    from vlselect.train import train_lora
+
+    return train_lora(world / "model", world / "pool.json", world / "images", world / "lora", save_steps=(5,), **LORA)
+
+
+def _trainable(cp):
+    return torch.load(cp / "trainable.pt")
+
+
+def test_lora_lowers_loss_and_beats_untrained(world, lora_run):
+    from vlselect.evaluate import evaluate
+
+    assert lora_run.total_steps == lora_run.steps == 10  # 12 samples / 6 per step x 5 epochs
+    assert lora_run.losses[-1] < lora_run.losses[0] - 0.4
+    assert lora_run.final_dir == world / "lora" / "final"
+    assert (lora_run.adapter_dir / "adapter_config.json").is_file()
+    assert lora_run.samples == 60 and lora_run.samples_per_second > 0 and lora_run.peak_memory_bytes > 0
+    base = evaluate(world / "model", [world / "colours.json"], world / "images", world / "ev_base",
+                    max_new_tokens=4, progress=False)
+    trained = evaluate(lora_run.final_dir, [world / "colours.json"], world / "images", world / "ev_lora",
+                       max_new_tokens=4, progress=False)
+    assert trained["sets"]["colours"]["score"] > base["sets"]["colours"]["score"]
+    assert trained["sets"]["colours"]["score"] >= 50.0
+    lines = [json.loads(x) for x in (world / "ev_lora" / "predictions" / "colours.jsonl").read_text().splitlines()]
+    assert [x["id"] for x in lines] == [f"e{i}" for i in range(6)]
+    assert 100 * sum(x["score"] for x in lines) / 6 == pytest.approx(trained["sets"]["colours"]["score"])
+    # the base adapter folder gives the same answers as the merged model
+    via_adapter = evaluate(world / "model", [world / "colours.json"], world / "images", world / "ev_ad",
+                           adapter=lora_run.adapter_dir, max_new_tokens=4, progress=False)
+    assert via_adapter["sets"] == trained["sets"]
+
+
+def test_seed_determinism_and_resume(world, lora_run):
+    from vlselect.train import train_lora
+
+    out = world / "lora_resumed"
+    part = train_lora(world / "model", world / "pool.json", world / "images", out, stop_after_steps=5, **LORA)
+    assert part.final_dir is None and part.steps == 5
+    first, ref5 = _trainable(out / "checkpoint-5"), _trainable(world / "lora" / "checkpoint-5")
+    assert first.keys() == ref5.keys() and any("lora_A" in k for k in first)
+    assert all(torch.equal(first[k], ref5[k]) for k in first)  # same seed -> identical weights
+    full = train_lora(world / "model", world / "pool.json", world / "images", out, **LORA)  # resumes at step 5
+    assert full.samples == 30 and full.losses == lora_run.losses
+    a, b = _trainable(out / "checkpoint-10"), _trainable(world / "lora" / "checkpoint-10")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    other = train_lora(world / "model", world / "pool.json", world / "images", world / "lora_seed1",
+                       stop_after_steps=1, **{**LORA, "seed": 1})
+    assert other.steps == 1
+    c = _trainable(world / "lora_seed1" / "checkpoint-1")
+    assert not all(torch.equal(c[k], ref5[k]) for k in c)
+    # a finished run is returned as is
+    again = train_lora(world / "model", world / "pool.json", world / "images", world / "lora", **LORA)
+    assert again.losses == lora_run.losses and again.final_dir == lora_run.final_dir
+
+
+def test_cli_mma_train_eval_relative_and_summary(world, lora_run, capsys):
+    from vlselect.train import load_trained
+    from vlselect.train.mma import mma_param_count
+
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--model", str(world / "model"), "--pool", str(world / "pool.json"), "--images",
+              str(world / "images"), "--out", str(world / "mma"), "--adapter", "mma", "--epochs", "2",
+              "--batch-size", "6", "--lr", "0.05", "--no-gradient-checkpointing", "--no-progress",
+              "--warmup-ratio", "0"])
+    assert exc.value.code in (0, None)
+    res = json.loads((world / "mma" / "train_result.json").read_text())
+    assert res["adapter"] == "mma" and res["steps"] == 4
+    assert res["losses"][-1] < res["losses"][0]
+    # LLM: 4 layers x width 32; ViT: 2 CLIP layers of width 32; modality embedding; nothing else trains
+    assert res["trainable_parameters"] == mma_param_count(32, 4, 32, 2, include_proj=False)
+    loaded = load_trained(world / "mma" / "final")
+    assert loaded.extra["mma"] is True
+    saved = _trainable(world / "mma" / "checkpoint-4")
+    params = dict(loaded.model.named_parameters())
+    assert all(torch.equal(params[k], v) for k, v in saved.items())
+
+    ev = ["eval", "--eval", str(world / "colours.json"), "--images", str(world / "images"), "--max-new-tokens", "4",
+          "--no-progress"]
+    with pytest.raises(SystemExit) as exc:
+        main(ev + ["--model", str(lora_run.final_dir), "--out", str(world / "cli_lora")])
+    assert exc.value.code in (0, None)
+    with pytest.raises(SystemExit) as exc:
+        main(ev + ["--model", str(world / "mma" / "final"), "--out", str(world / "cli_mma"),
+                   "--reference", str(world / "cli_lora" / "results.json")])
+    assert exc.value.code in (0, None)
+    ref = json.loads((world / "cli_lora" / "results.json").read_text())
+    got = json.loads((world / "cli_mma" / "results.json").read_text())
+    expect = 100 * got["sets"]["colours"]["score"] / ref["sets"]["colours"]["score"]
+    assert got["relative"] == pytest.approx(expect)
+    assert "relative performance" in capsys.readouterr().out
+
+    # two "seeds" -> mean and t-interval
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", "summarize", str(world / "cli_lora" / "results.json"), str(world / "cli_mma" / "results.json"),
+              "--reference", str(world / "cli_lora" / "results.json"), "--out", str(world / "summary.json")])
+    assert exc.value.code in (0, None)
+    s = json.loads((world / "summary.json").read_text())
+    assert s["n"] == 2 and s["relative"]["mean"] == pytest.approx((100 + expect) / 2)
+    assert s["relative"]["half_width"] == pytest.approx(12.7062047 * abs(100 - expect) / 2, rel=1e-6)
+
+
+def test_cli_user_errors_exit_2(world, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--model", str(world / "model")])
+    assert exc.value.code == 2 and "needs --pool, --images, --out" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--model", str(world / "model"), "--pool", str(world / "pool.json"), "--images",
+              str(world / "images"), "--out", str(world / "bad"), "--adapter", "prefix"])
+    assert exc.value.code == 2 and "unknown adapter 'prefix'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--model", str(world / "model"), "--pool", str(world / "missing.json"), "--images",
+              str(world / "images"), "--out", str(world / "bad")])
+    assert exc.value.code == 2 and "missing.json" in capsys.readouterr().err
+    bad = world / "bad_set.json"
+    bad.write_text(json.dumps({"name": "x", "metric": "bleu", "samples": []}))
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", "--model", str(world / "model"), "--eval", str(bad), "--images", str(world / "images"),
+              "--out", str(world / "bad_ev")])
+    assert exc.value.code == 2 and "unknown metric 'bleu'" in capsys.readouterr().err
+
+
+def test_lmms_cli_prints_command(world, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", "lmms", "--model", str(world / "model"), "--tasks", "mme,pope", "--out", "o"])
+    assert exc.value.code in (0, None)
+    out = capsys.readouterr().out
+    assert "lmms_eval --model llava_hf" in out and f"pretrained={world / 'model'}" in out and "--tasks mme,pope" in out

@@ -275,3 +275,39 @@ def test_strict_hybrid_equals_full_official_gemm(vectors_dir):
     h = run_method("icons", {"train": train, **vals}, 0.3, strict_official=True)[0]
     f = run_method("icons", {"train": train, **vals}, 0.3, strict_official=True, params={"score_form": "gemm"})[0]
     assert h.info["thresholds"] == f.info["thresholds"] and np.array_equal(h.scores, f.scores)
+
+
+# ------------------------------------------------------------------------------------------- CLI
+
+
+def _cli(args):
+    from vlselect.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    return exc.value.code
+
+
+def test_cli_strict_pack_as_the_vectors_readme_says(vectors_dir, tmp_path):
+    P, E, inputs, out = load_pack(vectors_dir, PACKS[0])
+    d = vectors_dir / "icons" / PACKS[0]
+    args = ["select", "icons", "--input", f"train={d}/inputs/train_grads.npy"]
+    for t in P["regular_tasks"]:
+        args += ["--input", f"val/{t['name']}={d}/{t['val_file']}"]
+    for t in P["mme_subtasks"]:
+        args += ["--input", f"val/mme/{t['name']}={d}/{t['val_file']}"]
+    args += ["--budget", str(E["k"]), "--param", f"top_percent={P['top_percent']}", "--strict-official",
+             "--out", str(tmp_path / "o")]
+    assert _cli(args) in (0, None)
+    got = np.load(tmp_path / "o" / "indices.npy")
+    tie = out["selected_tie_decided"]
+    assert got.size == E["k"] and set(out["selected_indices"][~tie].tolist()) <= set(got.tolist())
+    assert np.isin(got, np.flatnonzero(out["votes"] == E["boundary_vote"])).sum() == int(tie.sum())
+
+
+def test_cli_conflicting_percentiles_exit_2(vectors_dir, tmp_path, capsys):
+    d = vectors_dir / "icons" / PACKS[1]
+    code = _cli(["select", "icons", "--input", f"train={d}/inputs/train_grads.npy", "--input",
+                 f"val/gqa={d}/inputs/val_gqa.npy", "--budget", "0.15", "--param", "top_percent=15",
+                 "--param", "percentile=80", "--out", str(tmp_path / "o")])
+    assert code == 2 and "disagree" in capsys.readouterr().err

@@ -310,3 +310,37 @@ def test_reference_and_strict_agree_on_a_small_case(q):
     assert ref["per_task"]["okvqa"]["copies"] >= 1
     assert ours.indices.tolist() == ref["selected_idx"]
     assert ours.info["task_order"] == ref["task_order"]
+
+
+# ------------------------------------------------------------------------------------------- CLI
+
+
+def _cli(args):
+    from vlselect.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    return exc.value.code
+
+
+@pytest.mark.parametrize("seed_name", ["seed", "numpy_seed"])
+def test_cli_strict_pack_as_the_vectors_readme_says(vectors_dir, tmp_path, seed_name):
+    d, P, E, inputs, labels, out = load_pack(vectors_dir, PACKS[1])
+    code = _cli([
+        "select", "tive", "--input", f"train={d}/inputs/features.npy", "--input", f"norms={d}/inputs/grad_norms.npy",
+        "--tasks", f"{d}/inputs/task_labels.json", "--budget", str(P["p"]), "--param", f"q={P['q']}",
+        "--param", f"{seed_name}={P['numpy_seed']}", "--param", f"excluded_task={P['excluded_task']}",
+        "--strict-official", "--out", str(tmp_path / "o"),
+    ])
+    assert code in (0, None)
+    assert np.array_equal(np.load(tmp_path / "o" / "indices.npy"), out["selected_indices"])
+
+
+def test_cli_bad_parameter_exits_2(vectors_dir, tmp_path, capsys):
+    d = vectors_dir / "tive" / PACKS[0]
+    code = _cli([
+        "select", "tive", "--input", f"train={d}/inputs/features.npy", "--input", f"norms={d}/inputs/grad_norms.npy",
+        "--tasks", f"{d}/inputs/task_labels.json", "--budget", "0.15", "--param", "score_form=dense",
+        "--out", str(tmp_path / "o"),
+    ])
+    assert code == 2 and "score_form" in capsys.readouterr().err

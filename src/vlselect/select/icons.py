@@ -276,7 +276,8 @@ def icons_strict_votes(
     ``approx`` are the float64 mean-vector scores (:func:`icons_task_scores`, ``form="matvec"``), within
     ``δ_t = HYBRID_DELTA × max(1, largest validation row norm)`` of the official float32 scores (they differ by
     float32 rounding, ~1e-7). Let ``a_lo ≤ a_hi`` be the approximate order statistics that ``numpy.percentile``
-    interpolates. Every row with an approximate score in ``[a_lo - 2δ, a_hi + 2δ]`` is recomputed with the
+    interpolates (widened by one position either side). Every row with an approximate score in
+    ``[a_lo - 2δ, a_hi + 2δ]`` is recomputed with the
     official op sequence (float32 GEMM with every validation row, float32 mean, max over sub-tasks); every other
     row is at least δ away from both the approximate and the official threshold, so its mark cannot differ,
     and the rows the official percentile interpolates are among the recomputed ones. Hence the thresholds, marks
@@ -298,7 +299,8 @@ def icons_strict_votes(
     near = np.zeros(n, dtype=bool)
     if not fallback:
         pos = (n - 1) * percentile / 100.0
-        lo, hi = int(np.floor(pos)), min(n - 1, int(np.floor(pos)) + 1)
+        # one position of slack either side, in case NumPy rounds the interpolation position the other way
+        lo, hi = max(0, int(np.floor(pos)) - 1), min(n - 1, int(np.floor(pos)) + 2)
         for t in range(T):
             part = np.partition(approx[:, t], [lo, hi])
             near |= (approx[:, t] >= part[lo] - 2 * deltas[t]) & (approx[:, t] <= part[hi] + 2 * deltas[t])

@@ -6,7 +6,7 @@ import json
 import os
 import shutil
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +60,6 @@ class WorldInfo:
     eval_sets: dict[str, int]
     n_images: int
     n_eval_images: int
-    files: dict[str, str] = field(default_factory=dict)
 
     @property
     def pool_path(self) -> Path:

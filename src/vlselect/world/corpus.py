@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from vlselect.world.build import WorldConfig, eval_answers, plan_eval, plan_pool
 from vlselect.world.tasks import LETTERS, number_strings
 from vlselect.world.vocab import (
@@ -49,11 +51,17 @@ def corpus(seed: int = 0, n: int = 5000) -> list[str]:
     >>> any("triangle" in t for t in texts)
     True
     """
+    return list(_corpus(int(seed), int(n)))
+
+
+@lru_cache(maxsize=8)
+def _corpus(seed: int, n: int) -> tuple[str, ...]:
+    """The texts of :func:`corpus`, cached (tiny-model builds ask for them often)."""
     texts: list[str] = []
     texts += [" ".join(SHAPES), " ".join(PLURALS[s] for s in SHAPES), " ".join(COLOR_NAMES), " ".join(SIZES)]
     texts += list(POSITIONS) + [" ".join(NUMBER_WORDS), " ".join(WORDS), " ".join(w.upper() for w in WORDS)]
-    texts += [" ".join(LETTERS), " ".join(sorted({c.upper() for w in WORDS for c in w})), " ".join(number_strings()), " ".join(sorted(set(MIX.values()))),
-              " ".join(sorted(set(SIDES.values())))]
+    texts += [" ".join(LETTERS), " ".join(sorted({c.upper() for w in WORDS for c in w})),
+              " ".join(number_strings()), " ".join(sorted(set(MIX.values()))), " ".join(sorted(set(SIDES.values())))]
     texts += list(CAPTION_PROMPTS) + [SHORT_SUFFIX, OPTION_SUFFIX]
     for templates in QUESTIONS.values():
         for t in templates:
@@ -73,4 +81,4 @@ def corpus(seed: int = 0, n: int = 5000) -> list[str]:
         for s in samples:
             texts.append(s["qa"].prompt)
             texts += eval_answers(s["metric"], s["qa"])
-    return texts
+    return tuple(texts)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -461,6 +462,8 @@ class GreedyMMD:
         m = min(int(m), self.n)
         with _threads_for(self.n):
             self._extend(m)
+        # the gathered rows and the official kernel are rebuilt (same bits) if a later budget extends this cluster
+        self._x64 = self._sq = self._official_kernel = None
         return self.picked[:m]
 
     def _extend(self, m: int) -> None:
@@ -533,6 +536,7 @@ class CoincideStages:
     kmeans_objective: float = float("nan")
     kmeans_iterations: int = 0
     kmeans_seed: int = 1234
+    timings_s: dict[str, float] = field(default_factory=dict)
     kernels: dict[int, _ClusterKernel] = field(default_factory=dict, repr=False)
     members_order: np.ndarray | None = field(default=None, repr=False)
     members_offsets: np.ndarray | None = field(default=None, repr=False)
@@ -607,6 +611,8 @@ def coincide_stages(
     if temp <= 0 or not math.isfinite(temp):
         raise SelectionError(f"coincide: temp={temp} must be a positive number (official --temp, default 0.1)")
     objective, iters, ip = float("nan"), 0, None
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
     if (assignment is None) != (centroids is None):
         raise SelectionError("coincide: give both a stored assignment and stored centroids, or neither")
     if assignment is None:
@@ -622,6 +628,7 @@ def coincide_stages(
                 f"({n} rows)"
             )
     k = int(centroids.shape[0])
+    timings["kmeans"] = time.perf_counter() - t0
     sizes = np.bincount(assignment, minlength=k).astype(np.int64)
     empty = np.flatnonzero(sizes == 0)
     if empty.size and strict_official:
@@ -645,6 +652,8 @@ def coincide_stages(
         if transfer.shape != (k,):
             raise SelectionError(f"coincide: the stored transferability must hold one value per cluster ({k})")
 
+    t1 = time.perf_counter()
+    timings["transferability"] = t1 - t0 - timings["kmeans"]
     order, offsets = _members(assignment, k)
     density = np.full(k, np.nan)
     kernels: dict[int, _ClusterKernel] = {}
@@ -662,6 +671,7 @@ def coincide_stages(
                 if keep:
                     cached += nbytes
             progress.advance(task)
+    timings["density"] = time.perf_counter() - t1
     present = sizes > 0
     score = np.full(k, np.nan)
     with np.errstate(divide="ignore"):
@@ -683,6 +693,7 @@ def coincide_stages(
         kmeans_iterations=iters,
         kmeans_seed=kmeans_seed,
         kernels=kernels,
+        timings_s=timings,
         members_order=order,
         members_offsets=offsets,
     )
@@ -785,7 +796,7 @@ PARAMS = [
     Param("kmeans_seed", None, int, "k-means seed; unset: 1234 + the global --seed (so --seed 0 gives the official "
           "1234); when given it wins over --seed", aliases=("seed",)),
     Param("knn_k", 4, int, "neighbours in the official transferability script's side output (unused by the "
-          "selection; accepted for compatibility)", aliases=("k",)),
+          "selection; accepted for compatibility)"),
     Param("near_duplicate_cosine_cut", 0.9, float, "centroid pairs with text-half cosine above this are left out "
           "of the transferability mean (official, hard-coded)"),
     Param("temp", 0.1, float, "softmax temperature over cluster scores (official --temp)", aliases=("temperature",)),
@@ -912,14 +923,17 @@ def coincide_select(
         "empty_clusters": np.flatnonzero(st.sizes == 0).tolist(),
         "cluster_size_min": int(st.sizes[st.sizes > 0].min()),
         "cluster_size_max": int(st.sizes.max()),
+        "timings_s": {k: round(v, 4) for k, v in st.timings_s.items()},
         "scores": "softmax probability P_c = exp(T_c/(temp*d_c)) / sum_j exp(T_j/(temp*d_j)) of the row's cluster",
     }
     greedy: dict[int, GreedyMMD] = {}
     out = []
     for b in budgets:
+        t0 = time.perf_counter()
         indices, info = _select_budget(
             features, st, b, temp=temp, sigma=sigma, strict_official=strict_official, greedy=greedy
         )
+        info["select_s"] = round(time.perf_counter() - t0, 4)
         out.append(
             Selection(
                 indices=indices,

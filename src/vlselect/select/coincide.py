@@ -23,6 +23,15 @@ The default differs only where specs/coincide.md §8 documents an official bug:
   gets ``0/0``; the default sets its transferability to 0. Strict mode raises.
 * **§3.3 overflow**: the softmax has no max-subtraction; with un-normalised features ``exp`` overflows to inf
   and the budgets become NaN. The default then (and only then) uses the max-subtracted softmax. Strict raises.
+* **§4.3 / §8 ties**: greedy-MMD candidates that are mathematically tied (a 2-member cluster asked for one row,
+  exact duplicate rows) are decided in the official code by last-bit rounding of its torch kernel, which depends
+  on the machine and thread count. The default picks the lowest row index among candidates within
+  :data:`TIE_RTOL` of the minimum (deterministic everywhere); strict mode re-evaluates exactly those steps the
+  official way with torch (imported only then), which matches the official CPU run on the same PyTorch build.
+
+Seeds: the k-means seed is the ``kmeans_seed`` parameter (``--param seed=S``, the official script's name) when
+given; otherwise ``1234 + seed`` with the global ``--seed`` (default 0 → the official 1234). Nothing else is
+random.
 """
 
 from __future__ import annotations

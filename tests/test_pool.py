@@ -237,7 +237,9 @@ def test_json_scanner_across_chunk_boundaries(tmp_path, monkeypatch, chunk):
 
     tricky = {"id": "t\u00e9", "image": "sam/x.jpg", "meta": {"list": [1, [2, {"a": "]}"}]], "s": "\\"},
               "conversations": conv('He said "}]{[" and C:\\path\\', "日本語 ✓ \\\"quoted\\\"")}  # fmt: skip
-    records = [r for r, _ in MIX665K] + [tricky]
+    deep = {"id": "deep", "x": [[[[[[["}"]]]]]]], "conversations": conv("q", "a")}  # deeper than the fast regex
+    records = [r for r, _ in MIX665K] + [deep, tricky]
+    assert core._RECORD is None or core._RECORD.match(json.dumps(deep).encode()) is None
     src = write_json(tmp_path / "t.json", records, indent=2)
     ref = open_pool(src)
     monkeypatch.setattr(core, "_CHUNK", chunk)

@@ -61,6 +61,22 @@ else:  # pragma: no cover - Python 3.10 has no possessive quantifiers; one byte 
     _STRUCT = re.compile(rb'(?:[^"{}\[\]]|"(?:[^"\\]|\\.)*")*([{}\[\]])', re.S)
 
 
+def _bounded_object_regex(depth: int) -> re.Pattern | None:
+    """One regex for a whole JSON object nested at most ``depth`` levels (a LLaVA record is 3: record →
+    conversations → turn), so the common record is found with a single C-level match; deeper records fall back to
+    the structural-byte loop. Possessive quantifiers keep it linear (Python ≥ 3.11)."""
+    if sys.version_info < (3, 11):  # pragma: no cover
+        return None
+    atom = rb'(?:[^"{}\[\]]++|"(?:[^"\\]++|\\.)*+")'
+    content = atom + rb"*+"
+    for _ in range(depth - 1):
+        content = rb"(?:" + atom + rb"|\{" + content + rb"\}|\[" + content + rb"\])*+"
+    return re.compile(rb"\{" + content + rb"\}", re.S)
+
+
+_RECORD = _bounded_object_regex(5)
+
+
 class _BadRecord(Exception):
     def __init__(self, reason: str, message: str, record_id: str | None = None):
         super().__init__(message)
@@ -700,8 +716,9 @@ def _scan_json_array(path: Path, file_no: int, b: _Builder, file_task: str | Non
             elif k == 1:
                 layout[1] = gap
             rstart = m.end() - 1
-            depth = 1
-            p = m.end()
+            whole = _RECORD.match(buf, rstart) if _RECORD is not None else None
+            depth = 0 if whole is not None else 1
+            p = whole.end() if whole is not None else m.end()
             while depth:
                 m = match(buf, p)
                 if m is None:

@@ -305,6 +305,18 @@ def test_eval_sets_contract_disjoint_and_correct(world, pool):
                 assert 0 <= x1 < x2 <= 1 and 0 <= y1 < y2 <= 1
             if plan["kind"].startswith("count"):
                 assert s["answers"] == [s["answers"][0], NUMBER_WORDS[int(s["answers"][0])]]
+    # the evaluation engineer's reader accepts every set, and the canonical answer scores full marks
+    from vlselect.evaluate.metrics import score_sample
+    from vlselect.evaluate.sets import read_eval_set
+
+    for name, (metric, _kinds, _desc) in EVAL_SETS.items():
+        es = read_eval_set(world / "eval" / f"{name}.json")
+        assert es.name == name and es.metric == metric and len(es.samples) == EVAL
+        for s in es.samples:
+            assert score_sample(metric, s["answers"][0], s) == 1.0, (name, s)
+        if metric != "iou":
+            wrong = next(t["answers"][0] for t in es.samples if t["answers"][0] != es.samples[0]["answers"][0])
+            assert score_sample(metric, wrong, es.samples[0]) == 0.0
     ex = [s["answers"][0] for s in json.loads((world / "eval" / "exist.json").read_text())["samples"]]
     assert 0.25 <= ex.count("yes") / len(ex) <= 0.75
 

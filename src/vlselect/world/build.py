@@ -58,7 +58,7 @@ EVAL_SETS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "count": ("exact_match", ("count_all", "count_shape"), "Number of objects, or of objects of a shape."),
     "position": ("exact_match", ("pos_of", "shape_at_pos"),
                  "Grid position (3x3 names) of a named object, or the shape at a named position."),
-    "exist": ("yes_no", ("exist",), "Is there a <colour> <shape>? Half yes; the no's share a colour or shape."),
+    "exist": ("yes_no", ("exist",), "Is there a [colour] [shape]? Half yes; a no shares the colour or the shape with an object."),
     "ocr": ("exact_match", ("ocr",), "The three-letter word on the sign in the bottom row."),
     "mc": ("option_letter", ("mc_color", "mc_shape"),
            "Four-option multiple choice (colour of a shape, shape at a position); answer the letter."),

@@ -77,7 +77,7 @@ def _save_png(arr: np.ndarray, path: Path) -> None:
     from PIL import Image
 
     # PIL writes no timestamp or text chunk unless asked: same pixels -> same bytes.
-    Image.fromarray(arr, mode="RGB").save(path, format="PNG", compress_level=6)
+    Image.fromarray(arr).save(path, format="PNG", compress_level=6)
 
 
 def _render_all(jobs: list[tuple[Picture, Path]], image_size: int, label: str) -> None:
@@ -208,8 +208,10 @@ def _card(cfg: WorldConfig, stats: dict[str, dict[str, int]], eval_sizes: dict[s
           "| set | metric | samples | what it asks |", "|---|---|---|---|"]
     for name, (metric, _kinds, desc) in EVAL_SETS.items():
         L.append(f"| {name} | {metric} | {eval_sizes[name]} | {desc} |")
-    L += ["", "Answers: the first is canonical; counts accept the digit and the word; `exact_match` compares "
-          "normalised text (lower case, no punctuation); `iou` scores the predicted box against `box`.", ""]
+    L += ["", "Answers: the first is canonical; counts accept the digit and the word. As `vlselect.evaluate` scores "
+          "them: `exact_match` compares text after trimming, lower-casing and dropping a final period; `yes_no` "
+          "reports F1 (and accuracy); `option_letter` parses the letter; `iou` counts a hit when the predicted "
+          "box overlaps `box` with IoU >= 0.5.", ""]
     L += ["## Learnability (what a tiny model can be expected to learn)", "",
           "From `notes/world-feasibility.md` (S model, 24 px, 8 px patches): counting is learned within ~5k samples; "
           "colour of a *named* shape stalls near the 'colour of a random object' level (binding); position and "

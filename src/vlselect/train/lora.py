@@ -473,6 +473,17 @@ def _barrier(world: int) -> None:
         dist.barrier()
 
 
+def _copy_processor_files(src: Path, dst: Path) -> None:
+    """Copy the base model's processor / tokenizer / template files (everything but weights and the model config)
+    next to the merged weights: byte-identical, and works for processors whose optional parts are missing."""
+    skip_suffix = (".safetensors", ".bin", ".pt", ".pth", ".msgpack", ".h5")
+    for f in src.iterdir():
+        if (f.is_file() and not f.name.startswith(".") and not f.name.endswith(skip_suffix)
+                and f.name not in ("config.json", "generation_config.json", "model.safetensors.index.json")
+                and not (dst / f.name).exists()):
+            shutil.copy2(f, dst / f.name)
+
+
 def _save_final(out: Path, model, loaded, adapter: str, model_dir, mma_cfg: dict, result: TrainResult) -> None:
     from safetensors.torch import save_file
 
@@ -492,7 +503,7 @@ def _save_final(out: Path, model, loaded, adapter: str, model_dir, mma_cfg: dict
         os.replace(tmp_ad, ad)
         merged = model.merge_and_unload()
         merged.save_pretrained(str(tmp))
-        loaded.processor.save_pretrained(str(tmp))
+        _copy_processor_files(Path(model_dir), tmp)
         meta["merged"] = True
         result.adapter_dir = ad
     else:

@@ -14,7 +14,7 @@ def tiny(
     out_dir: Path = typer.Argument(..., help="Directory to write the model to."),
     family: str = typer.Option("llava", "--family", help="llava or qwen2-vl."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random weights."),
-    size: str = typer.Option("xs", "--size", help="xs (hidden 32, 4 layers) or s (hidden 64, 8 layers)."),
+    size: str = typer.Option("xs", "--size", help="xs (hidden 32, 4 layers), s (hidden 64, 8 layers) or m (hidden 128, 24 layers)."),
 ) -> None:
     """Build a tiny randomly initialised VLM (+ processor, locally trained tokenizer) with save_pretrained."""
     from vlselect.models.tiny import build_tiny

@@ -15,7 +15,8 @@ Families
     ``Qwen2VLForConditionalGeneration``: the Qwen2-VL vision transformer (2 blocks, 8 px patches, 2×2 merge; a
     32×32 image → 4 image tokens) and a Qwen2 language model with M-RoPE. ChatML template as in Qwen2-VL-Instruct.
 
-Sizes: ``"xs"`` (hidden 32, 4 LLM layers, the default for tests) and ``"s"`` (hidden 64, 8 layers, for demos).
+Sizes: ``"xs"`` (hidden 32, 4 LLM layers, 32 px images; the default, for tests), ``"s"`` (hidden 64, 8 layers, for
+demos) and ``"m"`` (hidden 128, 24 layers = the paper's depth, 64 px images → 64 LLaVA image tokens; benchmarks).
 """
 
 from __future__ import annotations
@@ -28,9 +29,10 @@ from pathlib import Path
 FAMILIES = ("llava", "qwen2-vl")
 
 _SIZES = {
-    # size: (llm hidden, llm layers, heads, intermediate, vision hidden, vision layers)
-    "xs": (32, 4, 2, 64, 32, 2),
-    "s": (64, 8, 4, 128, 48, 2),
+    # size: (llm hidden, llm layers, heads, intermediate, vision hidden, vision layers, image side in px)
+    "xs": (32, 4, 2, 64, 32, 2, 32),
+    "s": (64, 8, 4, 128, 48, 2, 32),
+    "m": (128, 24, 4, 344, 64, 2, 64),  # the paper's depth (24 layers) for benchmarks; 64 image tokens (LLaVA)
 }
 
 IMAGE_SIZE = 32
@@ -153,7 +155,7 @@ def build_tiny(out_dir, family: str = "llava", *, seed: int = 0, corpus=None, si
         Seed of the weight initialisation; the same seed gives the same weight bytes.
     corpus : iterable of str, optional
         Texts to train the tokenizer on. Default: ``vlselect.world.corpus()`` if available, else built-in texts.
-    size : {"xs", "s"}
+    size : {"xs", "s", "m"}
         Model size (see module docstring).
 
     Returns
@@ -180,7 +182,7 @@ def build_tiny(out_dir, family: str = "llava", *, seed: int = 0, corpus=None, si
     transformers.utils.logging.disable_progress_bar()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    hidden, layers, heads, inter, vhidden, vlayers = _SIZES[size]
+    hidden, layers, heads, inter, vhidden, vlayers, image_size = _SIZES[size]
 
     tok = _fast_tokenizer(family, _train_tokenizer(family, _corpus(corpus), vocab_size=512))
     vocab = len(tok)
@@ -194,7 +196,7 @@ def build_tiny(out_dir, family: str = "llava", *, seed: int = 0, corpus=None, si
 
         vcfg = CLIPVisionConfig(
             hidden_size=vhidden, intermediate_size=2 * vhidden, num_hidden_layers=vlayers, num_attention_heads=2,
-            image_size=IMAGE_SIZE, patch_size=PATCH_SIZE, projection_dim=vhidden,
+            image_size=image_size, patch_size=PATCH_SIZE, projection_dim=vhidden,
         )
         tcfg = LlamaConfig(
             vocab_size=vocab, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
@@ -208,7 +210,7 @@ def build_tiny(out_dir, family: str = "llava", *, seed: int = 0, corpus=None, si
         torch.manual_seed(seed)
         model = LlavaForConditionalGeneration(cfg)
         image_processor = CLIPImageProcessor(
-            size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+            size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
         )
         processor = LlavaProcessor(
             image_processor=image_processor, tokenizer=tok, patch_size=PATCH_SIZE, num_additional_image_tokens=1,
@@ -240,7 +242,7 @@ def build_tiny(out_dir, family: str = "llava", *, seed: int = 0, corpus=None, si
         torch.manual_seed(seed)
         model = Qwen2VLForConditionalGeneration(cfg)
         image_processor = Qwen2VLImageProcessorPil(
-            size={"shortest_edge": IMAGE_SIZE * IMAGE_SIZE, "longest_edge": IMAGE_SIZE * IMAGE_SIZE},
+            size={"shortest_edge": image_size * image_size, "longest_edge": image_size * image_size},
             patch_size=PATCH_SIZE, merge_size=2, temporal_patch_size=2,
         )
         from vlselect.models.load import make_processor

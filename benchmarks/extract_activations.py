@@ -1,0 +1,160 @@
+"""Benchmark: COINCIDE activation extraction, vlselect vs the official approach, same model, same pool, one run.
+
+The official approach (coincide.md §1.3-1.4, as the issue describes it): the pool permuted with seed 42 (§1.3)
+and cut into batches of 8, a normal
+forward pass of the whole model (with the output head) and a forward hook on each probed ``o_proj``, then
+fixed-window pooling done per sample in Python (vision window [prompt_len, prompt_len + n_image_tokens), text window
+after it for the sample's language length), tanh / normalise / scale per part.
+
+vlselect (:func:`vlselect.features.activations.compute_shard`): samples sorted by length inside a shard, the
+forward stops after the last probed layer (no later layers, no output head), mask-based pooling as one batched
+matmul per layer.
+
+Both sides use the same encoding (:func:`vlselect.models.encode_sample`, timed separately and included in both
+throughputs) and run in separate child processes so peak memory (max RSS) is measured per approach. The model is
+``build_tiny(size="m")``: LLaVA, 24 decoder layers (the paper's depth, so the paper's layers 3, 7, 11, 15, 19 are
+probed), hidden 128, 64 image tokens. The pool is the synthetic world (``vlselect.world.make_world``).
+
+Usage::
+
+    .venv/bin/python benchmarks/extract_activations.py [--n 240] [--threads 1] [--batch-size 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing as mp
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def _setup(work: Path, n: int):
+    from vlselect.models.tiny import build_tiny
+    from vlselect.world import make_world
+
+    model = build_tiny(work / "model", family="llava", size="m", seed=0)
+    make_world(work / "world", size=n, eval_size=10, seed=0)
+    return model, work / "world" / "pool.json", work / "world" / "images"
+
+
+def _official(loaded, encoded, layers, batch_size=8):
+    """Batches in pool order, full forward with hooks, fixed windows pooled per sample in Python."""
+    import torch
+    import torch.nn.functional as F
+
+    from vlselect.models import collate
+
+    # the official constants, derived once for this model: tokens before the image, image tokens per image
+    first_img = next(e for e in encoded if e["image_mask"].any())
+    pos = torch.nonzero(first_img["image_mask"])[:, 0]
+    prompt_len, n_img = int(pos[0]), int(pos.numel())
+    dec = loaded.decoder_layers
+    out = []
+    for b in range(0, len(encoded), batch_size):
+        chunk = encoded[b:b + batch_size]
+        batch = collate(chunk, loaded.pad_token_id)
+        captured = {}
+        hooks = [dec[i].self_attn.o_proj.register_forward_hook(
+            lambda m, a, o, i=i: captured.__setitem__(i, o)) for i in layers]
+        inputs = {k: v for k, v in batch.items() if k not in ("labels", "image_mask", "text_mask")}
+        with torch.no_grad():
+            loaded.model(**inputs)
+        for h in hooks:
+            h.remove()
+        T = batch["input_ids"].shape[1]
+        for r, e in enumerate(chunk):
+            has_img = bool(e["image_mask"].any())
+            n_tok = int(e["input_ids"].shape[0])
+            lang = n_tok - prompt_len - (n_img if has_img else 0)
+            parts = []
+            for i in layers:
+                a = captured[i][r]
+                v = a[prompt_len:min(prompt_len + n_img, T)].mean(0)
+                u = a[prompt_len + n_img:prompt_len + n_img + lang].mean(0) if lang else torch.zeros(a.shape[1])
+                v = F.normalize(torch.tanh(v), dim=0) / math.sqrt(2 * len(layers))
+                u = F.normalize(torch.tanh(u), dim=0) / math.sqrt(2 * len(layers))
+                parts += [v, u]
+            out.append(torch.nan_to_num(torch.cat(parts)).to(torch.float16))
+    return torch.stack(out)
+
+
+def _child(which, model_dir, pool_path, images, threads, batch_size, queue):
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(threads)
+    from vlselect.features.activations import _open_pool, compute_shard, default_layers
+    from vlselect.models import encode_sample, load_vlm
+
+    loaded = load_vlm(model_dir, device="cpu")
+    pool = _open_pool(pool_path, images)
+    layers = default_layers(loaded.num_layers)
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    if which == "official":
+        # the official order: the whole list permuted with np.random.seed(42) (spec §1.3), batches of 8
+        rng = np.random.RandomState(42)
+        order = rng.permutation(len(pool))
+        encoded = [encode_sample(loaded, pool[int(i)], images) for i in order]
+        t_enc = time.perf_counter() - t0
+        feats = np.empty((len(pool), 2 * len(layers) * loaded.model.config.get_text_config().hidden_size), np.float16)
+        feats[order] = _official(loaded, encoded, layers).numpy()  # back to pool order
+    else:
+        hidden = loaded.model.config.get_text_config().hidden_size
+        arrays, _ = compute_shard(loaded, pool, range(len(pool)), image_root=images, layers=layers,
+                                  batch_size=batch_size, losses=False, skip_bad=False, hidden_size=hidden)
+        feats = arrays["activations"]
+        t_enc = float("nan")
+    wall = time.perf_counter() - t0
+    rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    queue.put({"which": which, "n": len(pool), "wall_s": wall, "encode_s": t_enc, "samples_per_s": len(pool) / wall,
+               "peak_rss_mb": rss1 / 1024, "extra_rss_mb": (rss1 - rss0) / 1024, "layers": layers,
+               "feats": np.asarray(feats, dtype=np.float16).tolist()})
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--n", type=int, default=240, help="pool size (world records)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads in each child")
+    ap.add_argument("--batch-size", type=int, default=8, help="vlselect batch size (the official one is 8)")
+    ap.add_argument("--work", default=None, help="working folder (default: a temporary one)")
+    args = ap.parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import numpy as np
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(args.work or tmp)
+        model, pool, images = _setup(work, args.n)
+        ctx = mp.get_context("spawn")
+        results = {}
+        for which in ("official", "vlselect"):
+            q = ctx.Queue()
+            p = ctx.Process(target=_child, args=(which, str(model), str(pool), str(images), args.threads,
+                                                 args.batch_size, q))
+            p.start()
+            results[which] = q.get()
+            p.join()
+    off, ours = results["official"], results["vlselect"]
+    a = np.array(off.pop("feats"), dtype=np.float32)
+    b = np.array(ours.pop("feats"), dtype=np.float32)
+    has_img = np.linalg.norm(b, axis=1) > 0.9  # image rows: both definitions coincide there (spec §1.4)
+    diff = float(np.abs(a[has_img] - b[has_img]).max())
+    print(f"pool: {off['n']} world samples ({int((~has_img).sum())} text-only); model: tiny LLaVA size m "
+          f"(24 layers, hidden 128); layers {ours['layers']}; torch threads {args.threads}")
+    for r in (off, ours):
+        print(f"{r['which']:>9}: {r['samples_per_s']:8.1f} samples/s  wall {r['wall_s']:6.2f} s  "
+              f"peak RSS {r['peak_rss_mb']:7.1f} MB (+{r['extra_rss_mb']:.1f} MB during extraction)")
+    print(f"max |official - vlselect| on image rows: {diff:.2e} (float16)")
+    print(f"speed-up vlselect / official: {ours['samples_per_s'] / off['samples_per_s']:.2f}x")
+    print(json.dumps({"official": off, "vlselect": ours, "ratio": ours["samples_per_s"] / off["samples_per_s"]}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

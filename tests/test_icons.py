@@ -61,6 +61,7 @@ def test_strict_reproduces_pack(vectors_dir, pack):
     assert info["n_rows_vote_above_boundary"] == E["n_rows_vote_above_boundary"]
     assert info["n_selected_from_boundary_group"] == E["n_selected_from_boundary_group"] == int(tie.sum())
     assert info["vote_histogram"] == E["vote_histogram"]
+    json.dumps(info)  # manifest-ready
     assert [info["marks_per_task"][t] for t in P["voting_tasks"]] == [E["marks_per_task"][t] for t in P["voting_tasks"]]
     cols = pack_columns(sel, P)
     got_thr = np.asarray(info["thresholds"], dtype=np.float32)[cols]

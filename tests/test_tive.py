@@ -70,6 +70,7 @@ def test_strict_reproduces_pack_selection_and_task_table(vectors_dir, pack):
     np.testing.assert_allclose([r["quota"] for r in per], out["task_quota"], rtol=1e-12)
     assert info["total_task_value"] == pytest.approx(E["total_task_value"], rel=1e-12)
     assert info["n_unique"] == E["n_unique"]
+    json.dumps(info)  # manifest-ready
     # instance values: the O(n·d) form is within the pack's tolerance of the official Gram row means
     ref = out["instance_scores"]
     ours = sel.scores

@@ -345,3 +345,20 @@ def test_cli_bad_parameter_exits_2(vectors_dir, tmp_path, capsys):
         "--out", str(tmp_path / "o"),
     ])
     assert code == 2 and "score_form" in capsys.readouterr().err
+
+
+def test_underflowing_weights_strict_error_default_fills_by_score():
+    """q so large that softmax(q·s) underflows to 0 for all but the top rows: the official choice call raises."""
+    rng = np.random.default_rng(11)
+    X = rng.standard_normal((20, 6)).astype(np.float32)
+    labels = ["a"] * 10 + ["b"] * 10
+    norms = np.ones(20)
+    with pytest.raises(SelectionError, match="non-zero weight"):
+        run_method("tive", {"train": X, "norms": norms}, 18, tasks=labels, strict_official=True, params={"q": 5000})
+    sel = run_method("tive", {"train": X, "norms": norms}, 18, tasks=labels, params={"q": 5000})[0]
+    assert sel.count == 18 and np.unique(sel.indices).size == 18
+    a = sel.indices[:9]
+    s = sel.scores[a]
+    w = tive_instance_weights(sel.scores[:10].astype(np.float32), 5000)
+    nnz = int((w > 0).sum())
+    assert nnz < 9 and np.all(np.diff(s[nnz:]) <= 0)  # the zero-weight rows come last, by instance value

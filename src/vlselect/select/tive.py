@@ -365,8 +365,14 @@ def tive_fixed_counts(values: np.ndarray, sizes: np.ndarray, total: int) -> np.n
 def _choice(rng: np.random.RandomState, rows: np.ndarray, k: int, w: np.ndarray, scores: np.ndarray, strict: bool):
     """One legacy ``RandomState.choice(rows, size=k, replace=False, p=w)`` call (always made, also for k = 0)."""
     nnz = int(np.count_nonzero(w > 0))
-    if strict or nnz >= k:
+    if nnz >= k:
         return rng.choice(rows, size=k, replace=False, p=w)
+    if strict:
+        raise SelectionError(
+            f"tive: only {nnz} of the {rows.size} rows of a task keep a non-zero weight at this q, fewer than the "
+            f"{k} to draw; the official np.random.choice raises here. Lower q, or drop --strict-official (rows "
+            "whose weight underflows are then taken last, by instance value)"
+        )
     first = rng.choice(rows, size=nnz, replace=False, p=w)
     zero = np.flatnonzero(w <= 0)
     zero = zero[np.lexsort((zero, -scores[zero].astype(np.float64)))][: k - nnz]

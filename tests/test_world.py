@@ -318,12 +318,18 @@ def test_eval_sets_contract_disjoint_and_correct(world, pool):
             wrong = next(t["answers"][0] for t in es.samples if t["answers"][0] != es.samples[0]["answers"][0])
             assert score_sample(metric, wrong, es.samples[0]) == 0.0
     ex = [s["answers"][0] for s in json.loads((world / "eval" / "exist.json").read_text())["samples"]]
-    assert 0.25 <= ex.count("yes") / len(ex) <= 0.75
+    assert ex.count("yes") == ex.count("no")
+    card = (world / "README.md").read_text().split("## Evaluation sets")[1]
+    for name in EVAL_SETS:  # balanced answers: the card's majority share is right and low
+        answers = [s["answers"][0] for s in json.loads((world / "eval" / f"{name}.json").read_text())["samples"]]
+        share = max(answers.count(a) for a in answers) / len(answers)
+        assert f"| {name} | {EVAL_SETS[name][0]} | {EVAL} | {share:.0%} |" in card
+        assert share <= (0.5 if name == "exist" else 0.34), name
 
 
 def test_corpus_covers_vocabulary(pool, world):
-    texts = corpus(seed=0, n=300)
-    assert texts == corpus(seed=0, n=300) and texts != corpus(seed=1, n=300)
+    texts = corpus(seed=0, n=20)  # small n: the vocabulary lines alone must cover every word
+    assert texts == corpus(seed=0, n=20) and texts != corpus(seed=1, n=20)
     vocab = {w for t in texts for w in re.findall(r"[A-Za-z]+|\d\.\d\d|\d", t)}
     used = set()
     for r in pool:

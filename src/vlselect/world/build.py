@@ -8,6 +8,7 @@ depend on the order in which pictures are rendered.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +17,7 @@ import numpy as np
 from vlselect.errors import ConfigError
 from vlselect.world.scene import Scene, easy_scene, is_easy, layout, normalise_box, sample_scene
 from vlselect.world.tasks import ASK, LETTERS, QA, text_turn
-from vlselect.world.vocab import NUMBER_WORDS
+from vlselect.world.vocab import COLOR_NAMES, NUMBER_WORDS, POSITIONS, SHAPES
 
 #: The pool's tasks, in the order of the card.
 TASKS: tuple[str, ...] = (
@@ -171,7 +172,7 @@ class PlannedRecord:
 
 def _stream(seed: int, *names: int | str) -> np.random.Generator:
     """A generator for one named stream of randomness (independent of every other stream)."""
-    key = [seed] + [n if isinstance(n, int) else int.from_bytes(n.encode()[:8].ljust(8, b"\0"), "little")
+    key = [seed] + [n if isinstance(n, int) else int.from_bytes(hashlib.sha256(n.encode()).digest()[:8], "little")
                     for n in names]
     return np.random.default_rng(key)
 
@@ -185,16 +186,31 @@ def _variant(rng: np.random.Generator) -> int:
     return int(rng.integers(0, 2**62))
 
 
+#: Answer values the evaluation sets cycle through, so that no answer dominates a set (majority guessing stays
+#: near chance). Kinds not listed keep their natural distribution (grounding boxes; OCR words are uniform already).
+BALANCED_ANSWERS: dict[str, tuple[str, ...]] = {
+    "color_of_shape": COLOR_NAMES, "color_at_pos": COLOR_NAMES,
+    "count_all": ("1", "2", "3", "4"), "count_shape": ("0", "1", "2", "3"), "count_color": ("0", "1", "2", "3"),
+    "pos_of": POSITIONS, "shape_at_pos": SHAPES, "exist": ("yes", "no"),
+    "mc_color": LETTERS, "mc_shape": LETTERS,
+}
+
+
 def plan_eval(cfg: WorldConfig) -> tuple[dict[str, list[dict]], list[Picture]]:
     """Plan the evaluation sets: per set, samples with a picture index. Depends only on (seed, eval_size,
-    image_size), never on the pool, so a benchmark can compare worlds of different sizes on the same sets."""
+    image_size), never on the pool, so a benchmark can compare worlds of different sizes on the same sets.
+    Answers are balanced over :data:`BALANCED_ANSWERS` (rejection sampling from the set's own stream)."""
     pictures: list[Picture] = []
     sets: dict[str, list[dict]] = {}
     for name, (metric, kinds, _desc) in EVAL_SETS.items():
         rng = _stream(cfg.seed, "eval", name)
         samples = []
+        tries = 0
         while len(samples) < cfg.eval_size:
-            kind = kinds[len(samples) % len(kinds)]
+            i = len(samples)
+            kind = kinds[i % len(kinds)]
+            values = BALANCED_ANSWERS.get(kind)
+            target = values[(i // len(kinds)) % len(values)] if values else None
             scene = sample_scene(rng, word=(kind == "ocr"), n_objects=(None if kind != "ocr" else
                                                                         int(rng.integers(0, 4))))
             if is_easy(scene):
@@ -204,6 +220,10 @@ def plan_eval(cfg: WorldConfig) -> tuple[dict[str, list[dict]], list[Picture]]:
             qa = ASK[kind](scene, rng, canonical=True, boxes=boxes)
             if qa is None:
                 continue
+            tries += 1
+            if target is not None and qa.answer != target and tries < 2000:
+                continue
+            tries = 0
             pictures.append(pic)
             samples.append({"kind": kind, "qa": qa, "picture": len(pictures) - 1, "metric": metric})
         sets[name] = samples

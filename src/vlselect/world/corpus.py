@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+import numpy as np
+
 from vlselect.world.build import WorldConfig, eval_answers, plan_eval, plan_pool
-from vlselect.world.tasks import LETTERS, number_strings
+from vlselect.world.scene import Obj, Scene
+from vlselect.world.tasks import LETTERS, caption_text, number_strings, text_turn
 from vlselect.world.vocab import (
     CAPTION_PROMPTS,
     COLOR_NAMES,
@@ -67,6 +70,14 @@ def _corpus(seed: int, n: int) -> tuple[str, ...]:
         for t in templates:
             texts += [t.format(shape=SHAPES[i % 4], shapes=PLURALS[SHAPES[i % 4]], color=COLOR_NAMES[i % 5],
                                pos=POSITIONS[i]) for i in range(len(POSITIONS))]
+    objs = tuple(Obj(SHAPES[i], COLOR_NAMES[i], SIZES[i % 2], cell) for i, cell in enumerate((0, 2, 4, 5)))
+    texts += [caption_text(Scene(objs, WORDS[0])), caption_text(Scene((), WORDS[1]))]
+    rng, kinds = np.random.default_rng(0), set()
+    while len(kinds) < 5:  # one exchange of every text-only kind
+        kind, q, a = text_turn(rng)
+        if kind not in kinds:
+            kinds.add(kind)
+            texts += [q, a]
     for q, a in GREETINGS:
         texts += [q, a]
     cfg = WorldConfig(size=max(1, n), seed=seed, eval_size=20)

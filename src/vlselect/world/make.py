@@ -152,7 +152,8 @@ def task_stats(records: list[dict]) -> dict[str, dict[str, int]]:
     return {t: stats[t] for t in TASKS if t in stats}
 
 
-def _card(cfg: WorldConfig, stats: dict[str, dict[str, int]], eval_sizes: dict[str, int], n_images: int) -> str:
+def _card(cfg: WorldConfig, stats: dict[str, dict[str, int]], eval_sizes: dict[str, int], n_images: int,
+          majority: dict[str, float]) -> str:
     N = sum(s["records"] for s in stats.values())
     tot = {k: sum(s[k] for s in stats.values()) for k in ("records", "groups", "redundant", "noisy", "wrong",
                                                           "easy", "text_only")}
@@ -205,9 +206,11 @@ def _card(cfg: WorldConfig, stats: dict[str, dict[str, int]], eval_sizes: dict[s
     L += ["## Evaluation sets (`eval/<set>.json`)", "",
           "Held out: separate pictures, and no evaluation scene occurs in the pool. Questions use the canonical "
           "phrasing (the first template) and the same response-format prompts as the pool.", "",
-          "| set | metric | samples | what it asks |", "|---|---|---|---|"]
+          "Answers are balanced (each colour, count, position, shape, yes/no and option letter equally often), so "
+          "'majority' (the share of the most common answer: what always guessing it scores) stays low.", "",
+          "| set | metric | samples | majority | what it asks |", "|---|---|---|---|---|"]
     for name, (metric, _kinds, desc) in EVAL_SETS.items():
-        L.append(f"| {name} | {metric} | {eval_sizes[name]} | {desc} |")
+        L.append(f"| {name} | {metric} | {eval_sizes[name]} | {majority[name]:.0%} | {desc} |")
     L += ["", "Answers: the first is canonical; counts accept the digit and the word. As `vlselect.evaluate` scores "
           "them: `exact_match` compares text after trimming, lower-casing and dropping a final period; `yes_no` "
           "reports F1 (and accuracy); `option_letter` parses the letter; `iou` counts a hit when the predicted "
@@ -330,7 +333,9 @@ def make_world(out_dir: str | os.PathLike, *, size: int = 20000, seed: int = 0, 
                                                           for n in eval_sizes},
                       "n_images": len(used), "n_eval_images": n_eval}
         _write_text(tmp / "world.json", json.dumps(world_json, indent=1) + "\n")
-        _write_text(tmp / "README.md", _card(cfg, stats, eval_sizes, len(used)))
+        majority = {n: Counter(str(x["answers"][0]) for x in p["samples"]).most_common(1)[0][1] / len(p["samples"])
+                    for n, p in eval_files.items()}
+        _write_text(tmp / "README.md", _card(cfg, stats, eval_sizes, len(used), majority))
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)

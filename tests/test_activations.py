@@ -101,3 +101,19 @@ def test_oom_halving_and_batch_size_give_same_features(tiny_llava, tiny_pool, mo
         # padding changes only float rounding: equal after the float16 store up to 1 ulp
         np.testing.assert_allclose(big[name].astype(np.float32), ref[name].astype(np.float32), rtol=2e-3, atol=1e-3)
     assert ref["activations"].dtype == np.float16
+
+
+def test_encoding_workers_give_identical_arrays(tiny_llava, tiny_pool):  # noqa: F811
+    import json
+
+    from vlselect.pool import Sample
+
+    loaded = load_vlm(tiny_llava, device="cpu")
+    pool_file, images = tiny_pool
+    recs = json.loads(pool_file.read_text())
+    pool = [Sample(r["id"], [r["image"]] if "image" in r else [], r["conversations"]) for r in recs]
+    kw = dict(image_root=images, layers=[1], losses=False, skip_bad=False, hidden_size=32, batch_size=3)
+    a, _ = compute_shard(loaded, pool, range(1, 6), **kw)
+    b, _ = compute_shard(loaded, pool, range(1, 6), workers=2, **kw)
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name])

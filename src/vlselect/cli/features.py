@@ -30,6 +30,8 @@ def activations(
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 … (default: cuda if present)."),
     max_length: Optional[int] = typer.Option(None, "--max-length",
                                              help="Fail on longer samples (never truncates)."),
+    workers: int = typer.Option(0, "--workers", help="Processes encoding samples (template, tokenizer, images) "
+                                                     "while the model runs; 0 = none."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """COINCIDE activations (o_proj output, image/text means, tanh, L2, /sqrt(2L)) into a sharded store."""
@@ -37,7 +39,7 @@ def activations(
 
     path = extract_activations(model, pool, out, images=images, layers=layers, batch_size=batch_size, losses=losses,
                                shard=shard, skip_bad=skip_bad, shard_size=shard_size, dtype=dtype, device=device,
-                               max_length=max_length, progress=not quiet)
+                               max_length=max_length, progress=not quiet, workers=workers)
     typer.echo(f"features in {path}")
 
 

@@ -239,20 +239,59 @@ def array_specs(hidden_size: int, n_layers: int, losses: bool) -> dict:
     return specs
 
 
+class _EncodeRows:
+    """A map-style dataset: position j → (j, row, encoding or the PoolError it raised). Holds a model-less copy of
+    the LoadedVLM so DataLoader workers never touch the model."""
+
+    def __init__(self, loaded, pool, rows, image_root, max_length):
+        import dataclasses
+
+        from vlselect.models.encode import _wants_mm_token_type_ids
+
+        _wants_mm_token_type_ids(loaded)  # resolved once, from the model, before the copy drops it
+        self.lite = dataclasses.replace(loaded, model=None, extra=dict(loaded.extra))
+        self.pool, self.rows, self.image_root, self.max_length = pool, list(rows), image_root, max_length
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, j):
+        from vlselect.models import encode_sample
+
+        row = self.rows[j]
+        try:
+            return j, row, encode_sample(self.lite, self.pool[row], self.image_root, max_length=self.max_length)
+        except PoolError as exc:
+            return j, row, exc
+
+
+def _encode_rows(loaded, pool, rows, image_root, max_length, workers: int):
+    """Encode ``rows`` in order, in this process (``workers=0``) or in ``workers`` DataLoader processes."""
+    ds = _EncodeRows(loaded, pool, rows, image_root, max_length)
+    if workers <= 0:
+        for j in range(len(ds)):
+            yield ds[j]
+        return
+    import torch
+
+    loader = torch.utils.data.DataLoader(ds, batch_size=None, shuffle=False, num_workers=workers,
+                                         collate_fn=lambda x: x, prefetch_factor=8)
+    yield from loader
+
+
 def compute_shard(loaded, pool, rows: range, *, image_root, layers, batch_size: int, losses: bool,
-                  skip_bad: bool, hidden_size: int, max_length: int | None = None, on_rows=None):
+                  skip_bad: bool, hidden_size: int, max_length: int | None = None, on_rows=None, workers: int = 0):
     """Compute the extractor's arrays for ``rows`` of ``pool`` (whoever chose the rows: datatrove habit).
 
-    Samples are encoded, sorted by (length, row) and run in batches of ``batch_size``; a row whose image is missing
-    or unreadable raises, or with ``skip_bad`` is returned in ``missing`` with zero features and NaN losses.
+    Samples are encoded (in ``workers`` DataLoader processes when > 0; the result does not depend on it), sorted by
+    (length, row) and run in batches of ``batch_size``; a row whose image is missing or unreadable raises, or with
+    ``skip_bad`` is returned in ``missing`` with zero features and NaN losses.
 
     Returns
     -------
     (dict of str to numpy.ndarray, list of int)
         The arrays for the rows in order, and the absolute indices of the missing rows.
     """
-    from vlselect.models import encode_sample
-
     n = len(rows)
     specs = array_specs(hidden_size, len(layers), losses)
     arrays = {}
@@ -262,13 +301,10 @@ def compute_shard(loaded, pool, rows: range, *, image_root, layers, batch_size: 
         arrays[name] = np.full(shape, fill, dtype=np.float32 if name != "has_image" else np.uint8)
     missing = []
     encoded = []
-    for j, row in enumerate(rows):
-        sample = pool[row]
-        try:
-            enc = encode_sample(loaded, sample, image_root, max_length=max_length)
-        except PoolError:
+    for j, row, enc in _encode_rows(loaded, pool, rows, image_root, max_length, workers):
+        if isinstance(enc, PoolError):
             if not skip_bad:
-                raise
+                raise enc
             missing.append(row)
             if on_rows:
                 on_rows(1)
@@ -306,7 +342,7 @@ def _rank_world(shard: str | None) -> tuple[int, int, int, int]:
 
 def extract_activations(model, pool, out, *, images=None, layers=None, batch_size: int = 8, losses: bool = False,
                         shard: str | None = None, skip_bad: bool = False, shard_size: int = 256, dtype=None,
-                        device=None, max_length: int | None = None, progress: bool = True) -> Path:
+                        device=None, max_length: int | None = None, progress: bool = True, workers: int = 0) -> Path:
     """Extract COINCIDE activations (and, with ``losses``, loss / perplexity / EL2N) for a pool into a store.
 
     Parameters
@@ -331,6 +367,9 @@ def extract_activations(model, pool, out, *, images=None, layers=None, batch_siz
         Record rows with a missing / unreadable image as missing instead of failing.
     shard_size : int
         Rows per store shard (the unit of resumption).
+    workers : int
+        Processes that encode samples (chat template, tokenizer, images) while the model runs; 0 = in this
+        process. The official extraction uses 4 DataLoader workers.
 
     Returns
     -------
@@ -378,7 +417,7 @@ def extract_activations(model, pool, out, *, images=None, layers=None, batch_siz
     kill_after = int(os.environ.get("VLSELECT_TEST_KILL_AFTER_SHARDS", "0") or 0)
     if todo:
         _run_shards(store, todo, loaded, the_pool, images, layer_list, batch_size, losses, skip_bad, hidden,
-                    max_length, progress and (tr_world == 1 or local_rank == 0), kill_after)
+                    max_length, progress and (tr_world == 1 or local_rank == 0), kill_after, workers)
     if tr_world > 1:
         _barrier()
     if rank == 0 or world == 1 or not tr_world > 1:
@@ -405,7 +444,7 @@ def _barrier():
 
 
 def _run_shards(store, todo, loaded, pool, images, layers, batch_size, losses, skip_bad, hidden, max_length,
-                show, kill_after):
+                show, kill_after, workers=0):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     total = sum(len(s) for s in todo)
@@ -423,7 +462,8 @@ def _run_shards(store, todo, loaded, pool, images, layers, batch_size, losses, s
         for written, shard in enumerate(todo, start=1):
             arrays, missing = compute_shard(loaded, pool, range(shard.start, shard.stop), image_root=images,
                                             layers=layers, batch_size=batch_size, losses=losses, skip_bad=skip_bad,
-                                            hidden_size=hidden, max_length=max_length, on_rows=advance)
+                                            hidden_size=hidden, max_length=max_length, on_rows=advance,
+                                            workers=workers)
             store.write_shard(shard.index, arrays, missing)
             if kill_after and written >= kill_after:
                 os.kill(os.getpid(), signal.SIGKILL)

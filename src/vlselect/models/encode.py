@@ -141,14 +141,8 @@ def encode_sample(loaded, sample, image_root=None, *, max_length: int | None = N
                              "model whose template renders each turn after the previous ones")
         spans.append((len(prefix), len(upto.rstrip())))
 
-    if sample.images:
-        sent = _render(processor, _messages(sample, with_sentinel=True))
-        text_start = sent.find(_SENTINEL)
-    else:
-        sent = _render(processor, _messages(sample, with_sentinel=True))
-        text_start = sent.find(_SENTINEL)
-    if text_start < 0:
-        text_start = 0
+    # where the first user message's text starts (the text window of a text-only row begins there)
+    text_start = max(_render(processor, _messages(sample, with_sentinel=True)).find(_SENTINEL), 0)
 
     images = None
     if sample.images:

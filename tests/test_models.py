@@ -112,3 +112,18 @@ def test_cli_models_tiny(tmp_path):
     assert load_vlm(tmp_path / "q").family == "qwen2-vl"
     res = CliRunner().invoke(app, ["models", "tiny", str(tmp_path / "x"), "--family", "nope"])
     assert res.exit_code != 0
+
+
+def test_leading_answer_turn_and_stray_image_tags_are_dropped(tiny_llava):  # noqa: F811
+    from vlselect.pool import Sample
+
+    loaded = load_vlm(tiny_llava, device="cpu")
+    s = Sample("t", [], [{"from": "gpt", "value": "Ignored."}, {"from": "human", "value": "Hi <image>there"},
+                         {"from": "gpt", "value": "Hello."}])
+    e = encode_sample(loaded, s, None)
+    tok = loaded.processor.tokenizer
+    assert tok.decode(e["input_ids"]) == "USER: Hi there ASSISTANT: Hello.</s>"
+    assert tok.decode(e["input_ids"][e["labels"] != -100]) == " Hello.</s>"
+    assert not e["image_mask"].any()
+    with pytest.raises(PoolError, match="no answer"):
+        encode_sample(loaded, Sample("u", [], [{"from": "human", "value": "Hi"}]), None)

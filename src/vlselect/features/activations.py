@@ -420,7 +420,7 @@ def extract_activations(model, pool, out, *, images=None, layers=None, batch_siz
                     max_length, progress and (tr_world == 1 or local_rank == 0), kill_after, workers)
     if tr_world > 1:
         _barrier()
-    if rank == 0 or world == 1 or not tr_world > 1:
+    if local_rank == 0:  # one process per job (torchrun: its rank 0) tries; finalise needs every shard done
         done = store.finalise()
         if not done and progress:
             from rich.console import Console

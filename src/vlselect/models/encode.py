@@ -49,15 +49,17 @@ def _messages(sample, with_sentinel: bool = False) -> list[dict[str, Any]]:
         if who is None:
             raise PoolError(f"sample '{sample.id}': turn {i} has an unknown speaker {turn.get('from')!r}; fix: use "
                             "'human' or 'gpt' (or 'system') in the 'from' field")
+        if who == "assistant" and not first_user_done:
+            continue  # a leading answer turn is dropped, as in LLaVA's preprocessing (spec §1.2)
+        # the <image> tag only marks where the image goes; it is never text (also not in text-only rows)
         text = str(turn.get("value", ""))
         if who == "user" and not first_user_done:
-            text = text.replace("<image>\n", "").replace("\n<image>", "").replace("<image>", "").strip() \
-                if sample.images else text
+            text = text.replace("<image>\n", "").replace("\n<image>", "").replace("<image>", "").strip()
             content = [{"type": "image"} for _ in sample.images]
             content.append({"type": "text", "text": (_SENTINEL + text) if with_sentinel else text})
             first_user_done = True
         else:
-            content = [{"type": "text", "text": text.replace("<image>", "") if sample.images else text}]
+            content = [{"type": "text", "text": text.replace("<image>", "")}]
         messages.append({"role": who, "content": content})
     if not any(m["role"] == "assistant" for m in messages):
         raise PoolError(f"sample '{sample.id}' has no answer ('gpt') turn; fix: every record needs at least one "
@@ -66,7 +68,12 @@ def _messages(sample, with_sentinel: bool = False) -> list[dict[str, Any]]:
 
 
 def _render(processor, messages, add_generation_prompt=False) -> str:
-    out = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    try:
+        out = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    except Exception as exc:  # noqa: BLE001 - no template, or a template that rejects the conversation
+        raise ModelError(f"the processor's chat template cannot render this conversation ({type(exc).__name__}: "
+                         f"{exc}); fix: give the model directory a chat_template.jinja (or a processor with "
+                         "chat_template) that accepts user/assistant/system messages") from exc
     return out if isinstance(out, str) else out[0]
 
 

@@ -368,3 +368,27 @@ def test_cli_make_and_errors(tmp_path, capsys):
     with pytest.raises(SystemExit) as rate:
         main(["world", "make", str(tmp_path / "w3"), "--noise-rate", "1.5"])
     assert rate.value.code == 2 and "noise_rate" in capsys.readouterr().err
+
+
+def test_pretrain_pool_clean_captions_avoiding_eval_scenes(tmp_path):
+    from vlselect.cli import main
+    from vlselect.world import make_pretrain_pool
+
+    info = make_pretrain_pool(tmp_path / "pre", size=150, seed=0, eval_size=EVAL)
+    assert info.task_counts == {"caption": 150} and info.n_images == 150
+    with pytest.raises(SystemExit) as ok:
+        main(["world", "pretrain", str(tmp_path / "pre2"), "--size", "150", "--eval-size", str(EVAL)])
+    assert ok.value.code in (0, None)
+    assert _files(tmp_path / "pre") == _files(tmp_path / "pre2")
+    recs = json.loads((tmp_path / "pre" / "pool.json").read_text())
+    assert len({r["id"] for r in recs}) == 150 and len({r["image"] for r in recs}) == 150
+    _planned, pictures = plan_eval(WorldConfig(seed=0, eval_size=EVAL))
+    eval_sigs = {p.scene.signature() for p in pictures}
+    for r in recs:
+        sc, answer = r["meta"]["scene"], r["conversations"][1]["value"]
+        assert r["task"] == "caption" and r["meta"]["correct"] and _first_human(r).startswith("<image>\n")
+        assert all(f"a {o['size']} {o['color']} {o['shape']} at the {o['pos']}" in answer.lower()
+                   for o in sc["objects"])
+        sig = (tuple(sorted((o["shape"], o["color"], o["size"], POSITIONS.index(o["pos"])) for o in sc["objects"])),
+               sc["word"])
+        assert sig not in {(tuple((o.shape, o.color, o.size, o.cell) for o in s[0]), s[1]) for s in eval_sigs}

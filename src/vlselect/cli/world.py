@@ -43,6 +43,27 @@ def make(
                   f"({info.n_eval_images} samples). Card: {info.out_dir / 'README.md'}", highlight=False)
 
 
+@world_app.command("pretrain")
+def pretrain(
+    out_dir: Path = typer.Argument(..., help="Folder for the caption pool (new, empty, or an earlier one)."),
+    size: int = typer.Option(50000, "--size", help="Caption records (one picture each)."),
+    seed: int = typer.Option(0, "--seed", help="The world's seed; its evaluation scenes are avoided."),
+    image_size: int = typer.Option(64, "--image-size", help="Picture side in pixels."),
+    eval_size: int = typer.Option(200, "--eval-size", help="The world's evaluation set size (to avoid its scenes)."),
+) -> None:
+    """Make a separate clean caption pool for pre-training the base model (DIR/images, DIR/pool.json).
+
+    Example: vlselect world pretrain pretrain --size 50000 --seed 0
+    """
+    from rich.console import Console
+
+    from vlselect.world import make_pretrain_pool
+
+    info = make_pretrain_pool(out_dir, size=size, seed=seed, image_size=image_size, eval_size=eval_size)
+    Console().print(f"[bold]pre-training pool[/] → {info.out_dir}: {info.task_counts['caption']} captions, "
+                    f"{info.n_images} pictures", highlight=False)
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``world`` group to the main app."""
     app.add_typer(world_app, name="world")

@@ -239,6 +239,20 @@ def _write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _check_out_dir(out_dir: str | os.PathLike, overwrite: bool) -> Path:
+    out = Path(out_dir)
+    if out.exists():
+        if not out.is_dir():
+            raise ConfigError(f"{out}: exists and is not a folder; choose another output folder")
+        is_world = (out / "world.json").exists()
+        if any(out.iterdir()) and not is_world:
+            raise ConfigError(f"{out}: folder exists, is not empty and holds no world (no world.json); "
+                              "choose an empty or new folder")
+        if is_world and not overwrite:
+            raise ConfigError(f"{out}: a world is already there; pass overwrite=True (CLI: --force) to replace it")
+    return out
+
+
 def make_world(out_dir: str | os.PathLike, *, size: int = 20000, seed: int = 0, image_size: int = 64,
                eval_size: int = 200, overwrite: bool = True, **config: Any) -> WorldInfo:
     """Make the synthetic VIT world in ``out_dir``.
@@ -282,16 +296,7 @@ def make_world(out_dir: str | os.PathLike, *, size: int = 20000, seed: int = 0, 
                           f"{sorted(WorldConfig.__dataclass_fields__)}")
     cfg = WorldConfig(size=size, seed=seed, image_size=image_size, eval_size=eval_size, **config)
     cfg.validate()
-    out = Path(out_dir)
-    if out.exists():
-        if not out.is_dir():
-            raise ConfigError(f"{out}: exists and is not a folder; choose another output folder")
-        is_world = (out / "world.json").exists()
-        if any(out.iterdir()) and not is_world:
-            raise ConfigError(f"{out}: folder exists, is not empty and holds no world (no world.json); "
-                              "choose an empty or new folder")
-        if is_world and not overwrite:
-            raise ConfigError(f"{out}: a world is already there; pass overwrite=True (CLI: --force) to replace it")
+    out = _check_out_dir(out_dir, overwrite)
 
     eval_plan, eval_pictures = plan_eval(cfg)
     avoid = {eval_pictures[s["picture"]].scene.signature() for samples in eval_plan.values() for s in samples}
@@ -343,3 +348,88 @@ def make_world(out_dir: str | os.PathLike, *, size: int = 20000, seed: int = 0, 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return WorldInfo(out, cfg, cfg.task_counts(), stats, eval_sizes, len(used), n_eval)
+
+
+def make_pretrain_pool(out_dir: str | os.PathLike, *, size: int = 50000, seed: int = 0, image_size: int = 64,
+                       eval_size: int = 200, word_share: float = 0.15, overwrite: bool = True) -> WorldInfo:
+    """A separate caption pool for pre-training the tiny base model (the analogue of LLaVA's stage-1 data).
+
+    Every record is a clean caption of its own scene (no redundancy, noise or easy share): the caption names
+    each object's size, colour, shape and position, and the word on the sign, which teaches the vocabulary and
+    the binding of attributes to places before instruction tuning. Scenes avoid the evaluation scenes of the
+    world with the same ``seed`` and ``eval_size``, so pre-training never sees a test picture's content. Written
+    as a world folder (``images/``, ``pool.json``, ``world.json``, ``README.md``; no ``eval/``).
+
+    Parameters
+    ----------
+    out_dir : path
+        Target folder (new, empty, or an earlier world / pre-training pool, replaced when ``overwrite``).
+    size : int
+        Records (one picture each).
+    seed : int
+        The world's seed (the pool's own randomness is a separate stream of it).
+    image_size, eval_size : int
+        As in :func:`make_world`; ``eval_size`` must match the world's so that its evaluation scenes are avoided.
+    word_share : float
+        Share of pictures with a sign.
+
+    Returns
+    -------
+    WorldInfo
+        With ``task_counts == {"caption": size}`` and no evaluation sets.
+
+    Examples
+    --------
+    >>> info = make_pretrain_pool("pretrain", size=50000, seed=0)   # doctest: +SKIP
+    """
+    from vlselect.world.build import _stream, _variant
+    from vlselect.world.scene import sample_scene
+    from vlselect.world.tasks import ask_caption
+
+    cfg = WorldConfig(size=size, seed=seed, image_size=image_size, eval_size=eval_size, word_share=word_share,
+                      composition={"caption": 1.0})
+    cfg.validate()
+    out = _check_out_dir(out_dir, overwrite)
+    eval_plan, eval_pictures = plan_eval(cfg)
+    avoid = {eval_pictures[s["picture"]].scene.signature() for samples in eval_plan.values() for s in samples}
+    rng = _stream(seed, "pretrain")
+    plan: list[PlannedRecord] = []
+    pictures: list[Picture] = []
+    while len(plan) < size:
+        scene = sample_scene(rng, word=bool(rng.random() < word_share))
+        if scene.signature() in avoid:
+            continue
+        pictures.append(Picture(scene, _variant(rng), "clean"))
+        qa = ask_caption(scene, rng)
+        plan.append(PlannedRecord("caption", f"pretrain-{len(plan):06d}", "clean", False, "caption",
+                                  [(qa.prompt, qa.answer)], True, None, len(pictures) - 1))
+    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    (tmp / "images").mkdir(parents=True)
+    try:
+        records, used = _pool_records(plan, pictures, cfg)
+        for r in records:
+            r["id"] = "pretrain" + r["id"].removeprefix("caption")
+        _render_all([(pic, tmp / "images" / name) for pic, name in used], image_size,
+                    f"pre-training pool: {len(used)} pictures")
+        _write_text(tmp / "pool.json", _dumps_records(records))
+        stats = task_stats(records)
+        _write_text(tmp / "world.json", json.dumps({"format": "vlselect-world/1", "kind": "pretrain",
+                                                     "config": cfg.__dict__, "task_counts": {"caption": size},
+                                                     "task_stats": stats, "eval_sets": {},
+                                                     "n_images": len(used), "n_eval_images": 0}, indent=1) + "\n")
+        _write_text(tmp / "README.md", "\n".join([
+            CARD_MARKER, f"# Pre-training caption pool (seed {seed}, {size} records)", "",
+            f"Made with `vlselect world pretrain DIR --size {size} --seed {seed}` (image size {image_size} px).", "",
+            "One clean caption per picture, each picture its own scene (the pictures of the world, see its card); "
+            "no near-duplicates, no noise, no easy share. Scenes of the world's evaluation sets (same seed, "
+            f"eval size {eval_size}) never occur. Prompts: the six caption instructions of the world's pool. "
+            "Use it to pre-train the base model before instruction tuning on `pool.json` of a world.", ""]))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return WorldInfo(out, cfg, {"caption": size}, stats, {}, len(used), 0)

@@ -196,3 +196,24 @@ def test_llava_mma_trains_only_adapters(tiny_llava):
     opt.step()
     for n, p in model.named_parameters():
         assert torch.equal(before[n], p.detach()) != ("adapter" in n), n
+
+
+def test_generate_with_cache_equals_no_cache_loop():
+    model = _tiny_llama()
+    attach_mma(model, dropout=0.0, seed=1)
+    _perturb_experts(model, 2.0)
+    model.eval()
+    model.generation_config.eos_token_id = None
+    ids = torch.randint(3, 64, (2, 5))
+    with torch.no_grad(), mma_routing(model, [1, 0]):
+        gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False,
+                             pad_token_id=0)
+        cur = ids
+        for _ in range(6):
+            nxt = model(input_ids=cur, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)
+            cur = torch.cat([cur, nxt], 1)
+    assert torch.equal(gen, cur)
+    with torch.no_grad(), mma_routing(model, [0, 1]):  # the routing matters for what is generated
+        other = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=6,
+                               do_sample=False, pad_token_id=0)
+    assert not torch.equal(gen, other)

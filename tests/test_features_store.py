@@ -81,3 +81,19 @@ def test_errors(tmp_path):
     assert parse_shard("1/4") == (1, 4) and parse_shard(None) == (0, 1)
     with pytest.raises(ConfigError, match="--shard"):
         parse_shard("4/4")
+
+
+def test_corrupt_or_incomplete_store_names_the_directory(tmp_path):
+    st = _create(tmp_path / "c")
+    _fill(st, st.pending())
+    st.finalise()
+    (tmp_path / "c" / "manifest.json").write_text("{not json")
+    with pytest.raises(FeatureError, match=r"'.*c' is corrupt"):
+        FeatureStore.open(tmp_path / "c")
+    st = _create(tmp_path / "d")
+    _fill(st, st.pending()[:2])
+    with pytest.raises(FeatureError, match=r"unfinished \(2/3 shards done\)"):
+        FeatureStore.open(tmp_path / "d")
+    (tmp_path / "e").mkdir()
+    with pytest.raises(FeatureError, match="not a feature store"):
+        FeatureStore.open(tmp_path / "e")

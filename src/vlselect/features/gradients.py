@@ -256,7 +256,7 @@ class GradientEngine:
         adam_betas: tuple[float, float] = ADAM_BETAS,
         adam_eps: float = ADAM_EPS,
         buffer_bytes: int = 512 * 2**20,
-        block_bytes: int = 256 * 2**20,
+        block_bytes: int = 64 * 2**20,
     ) -> None:
         if projection not in PROJECTIONS:
             raise ConfigError(f"projection {projection!r} is unknown; use one of {', '.join(PROJECTIONS)}")

@@ -70,7 +70,7 @@ def _seed_key(seed: int) -> int:
     return seed
 
 
-def generate_tile(seed: int, tile: int, dim: int, kind: Kind = "rademacher") -> np.ndarray:
+def generate_tile(seed: int, tile: int, dim: int, kind: Kind = "rademacher", out: np.ndarray | None = None) -> np.ndarray:
     """Rows ``[tile*TILE_ROWS, (tile+1)*TILE_ROWS)`` of the unscaled matrix, transposed: shape ``(dim, TILE_ROWS)``.
 
     Parameters
@@ -83,6 +83,8 @@ def generate_tile(seed: int, tile: int, dim: int, kind: Kind = "rademacher") -> 
         Number of columns ``k`` of the matrix. Column ``c`` of a tile is the same for every ``dim > c``.
     kind:
         ``"rademacher"`` (entries +-1, what TRAK's ``proj_type=rademacher`` draws) or ``"gaussian"`` (N(0, 1)).
+    out:
+        Optional C-contiguous float32 ``(dim, TILE_ROWS)`` array to fill (avoids a fresh allocation per tile).
 
     Returns
     -------
@@ -90,10 +92,14 @@ def generate_tile(seed: int, tile: int, dim: int, kind: Kind = "rademacher") -> 
         float32 array ``(dim, TILE_ROWS)``; entry ``[c, i]`` is ``R[tile*TILE_ROWS + i, c]``.
     """
     rng = np.random.Generator(np.random.Philox(key=[_seed_key(seed), int(tile) + (0 if kind == "rademacher" else 2**62)]))
+    if out is None:
+        out = np.empty((dim, TILE_ROWS), dtype=np.float32)
     if kind == "rademacher":
         raw = np.frombuffer(rng.bytes(dim * TILE_ROWS // 8), dtype=np.uint8)
-        return np.take(_SIGN_LUT, raw, axis=0).reshape(dim, TILE_ROWS)
-    return rng.standard_normal((dim, TILE_ROWS), dtype=np.float32)
+        np.take(_SIGN_LUT, raw, axis=0, out=out.reshape(-1, 8))
+    else:
+        rng.standard_normal(out=out, dtype=np.float32)
+    return out
 
 
 class Projection:
@@ -111,7 +117,8 @@ class Projection:
     seed:
         The seed; the matrix depends on nothing else (not on the device, the batch or the block size).
     block_bytes:
-        Memory for one generated block of rows (float32), default 256 MiB. Changes speed and memory only.
+        Memory for the generated tiles kept at once (float32), default 64 MiB (at least one tile). Changes speed
+        and memory only, never the result's matrix.
     device:
         Where the multiplication runs; blocks are generated on the CPU and moved there.
     scale:
@@ -133,7 +140,7 @@ class Projection:
         *,
         kind: Kind = "rademacher",
         seed: int = 0,
-        block_bytes: int = 256 * 2**20,
+        block_bytes: int = 64 * 2**20,
         device: str | torch.device = "cpu",
         scale: bool = True,
     ) -> None:
@@ -156,11 +163,16 @@ class Projection:
     def num_tiles(self) -> int:
         return -(-self.dim_in // TILE_ROWS)
 
-    def _block_t(self, first_tile: int, n_tiles: int) -> torch.Tensor:
-        """Transposed unscaled rows of ``n_tiles`` tiles from ``first_tile``: ``(k, n_tiles*TILE_ROWS)`` on device."""
-        parts = [generate_tile(self.seed, t, self.dim, self.kind) for t in range(first_tile, first_tile + n_tiles)]
-        block = torch.from_numpy(parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1))
-        return block.to(self.device)
+    def _tiles(self, first_tile: int, n_tiles: int) -> torch.Tensor:
+        """Unscaled transposed tiles ``first_tile ..`` as a ``(n_tiles, k, TILE_ROWS)`` tensor on the device.
+
+        Generated into a buffer kept between calls (fresh memory per tile costs more than generating it)."""
+        buf = getattr(self, "_buf", None)
+        if buf is None or buf.shape[0] < n_tiles:
+            buf = self._buf = np.empty((max(n_tiles, self.tiles_per_block), self.dim, TILE_ROWS), dtype=np.float32)
+        for j in range(n_tiles):
+            generate_tile(self.seed, first_tile + j, self.dim, self.kind, out=buf[j])
+        return torch.from_numpy(buf[:n_tiles]).to(self.device)
 
     def matrix(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
         """Rows ``[start, stop)`` of the unscaled matrix ``R`` as a ``(stop-start, k)`` float32 tensor (for tests and
@@ -171,7 +183,8 @@ class Projection:
         if start == stop:
             return torch.zeros(0, self.dim)
         t0, t1 = start // TILE_ROWS, (stop - 1) // TILE_ROWS + 1
-        blk = self._block_t(t0, t1 - t0).cpu()
+        tiles = [generate_tile(self.seed, t, self.dim, self.kind) for t in range(t0, t1)]
+        blk = torch.from_numpy(np.concatenate(tiles, axis=1))
         return blk[:, start - t0 * TILE_ROWS : stop - t0 * TILE_ROWS].T.contiguous()
 
     def project_into(self, out: torch.Tensor, x: torch.Tensor, offset: int = 0) -> torch.Tensor:
@@ -192,10 +205,11 @@ class Projection:
         t_end = (stop - 1) // TILE_ROWS + 1
         while t < t_end:
             nt = min(self.tiles_per_block, t_end - t)
-            blk = self._block_t(t, nt)  # (k, nt*TILE_ROWS)
-            lo = max(offset, t * TILE_ROWS)
-            hi = min(stop, (t + nt) * TILE_ROWS)
-            out.addmm_(x[:, lo - offset : hi - offset], blk[:, lo - t * TILE_ROWS : hi - t * TILE_ROWS].T, alpha=self.scale)
+            tiles = self._tiles(t, nt)  # (nt, k, TILE_ROWS)
+            for j in range(nt):
+                base = (t + j) * TILE_ROWS
+                lo, hi = max(offset, base), min(stop, base + TILE_ROWS)
+                out.addmm_(x[:, lo - offset : hi - offset], tiles[j, :, lo - base : hi - base].T, alpha=self.scale)
             t += nt
         return out
 
@@ -263,7 +277,7 @@ class FactoredProjection:
         factor_dim: int = 64,
         kind: Kind = "rademacher",
         seed: int = 0,
-        block_bytes: int = 256 * 2**20,
+        block_bytes: int = 64 * 2**20,
         device: str | torch.device = "cpu",
     ) -> None:
         if int(factor_dim) < 1:

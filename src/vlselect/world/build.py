@@ -237,8 +237,28 @@ def eval_answers(metric: str, qa: QA) -> list[str]:
 
 
 def plan_pool(cfg: WorldConfig, avoid: set | None = None) -> tuple[list[PlannedRecord], list[Picture]]:
-    """Plan the pool (records in final order, pictures in order of first use). ``avoid``: scene signatures
-    that must not occur (the evaluation scenes)."""
+    """Plan the pool: every record and picture, decided from the seed without drawing a pixel.
+
+    Per task (``cfg.task_counts()``), groups are drawn until the task is full: a group is one scene asked one
+    question kind, ``k`` times (near-duplicate pictures with rephrased prompts; for ``mc`` one picture with the
+    options shuffled, as the LLaVA-1.5 mix duplicates A-OKVQA, ``specs/dataoptim.md`` §11.3); it is easy with
+    probability ``easy_share`` (tasks of :data:`EASY_KIND`) and otherwise from the noisy source with probability
+    ``noisy_share``. Then exactly ``round(noise_rate * n_noisy)`` of the task's noisy records get their wrong
+    answer. Finally all records are shuffled with the ``order`` stream.
+
+    Parameters
+    ----------
+    cfg : WorldConfig
+    avoid : set, optional
+        Scene signatures that must not occur (the evaluation scenes).
+
+    Returns
+    -------
+    records : list of PlannedRecord
+        In pool order.
+    pictures : list of Picture
+        Indexed by ``PlannedRecord.picture``.
+    """
     avoid = avoid or set()
     counts = cfg.task_counts()
     records: list[PlannedRecord] = []
@@ -318,10 +338,6 @@ def plan_pool(cfg: WorldConfig, avoid: set | None = None) -> tuple[list[PlannedR
         records.extend(task_records)
     order = _stream(cfg.seed, "order").permutation(len(records))
     return [records[int(i)] for i in order], pictures
-
-
-def answers_of(record: PlannedRecord) -> list[str]:  # pragma: no cover - convenience
-    return [a for _, a in record.turns]
 
 
 __all__ = [

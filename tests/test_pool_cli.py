@@ -208,14 +208,22 @@ def test_subset_from_id_list(tmp_path, capsys):
     assert code == 2 and f"{ids}: 1 id(s) are not in the pool" in err and "'llava_0' (line 2)" in err
 
 
-@pytest.mark.parametrize("cmd", [["pool"], ["pool", "stats"], ["pool", "check"], ["pool", "subset"]])
+def test_tasks_file(tmp_path, capsys):
+    from vlselect.pool import read_task_labels
+
+    recs = [rec(0, image="gqa/images/0.jpg"), {"id": "1", "conversations": conv("hi", "ho")}, rec(2, task="count")]
+    p = jsonl(tmp_path / "p.jsonl", recs)
+    out = tmp_path / "tasks.json"
+    code, stdout, _ = run(["pool", "tasks", str(p), "-o", str(out)], capsys)
+    assert code == 0 and "wrote 3 task labels (3 tasks)" in stdout
+    assert read_task_labels(out, 3).tolist() == ["gqa", "sharegpt", "count"]
+
+
+@pytest.mark.parametrize("cmd", [["pool"], ["pool", "stats"], ["pool", "check"], ["pool", "subset"], ["pool", "tasks"]])
 def test_help_ends_with_example(cmd, capsys):
     code, out, _ = run([*cmd, "--help"], capsys)
-    text = [line.strip(" │") for line in out.splitlines() if line.strip(" │")]
-    helptext = " ".join(out.split())
-    assert code == 0 and "Example: vlselect pool" in helptext
-    # the example is the last line of the description, before the options box
-    before_options = [t for t in text if not t.startswith(("╭", "╰", "Usage"))]
-    desc = before_options[: next(k for k, t in enumerate(before_options) if t.startswith("--") or t.startswith("*"))
-                          ] if any(t.startswith(("--", "*")) for t in before_options) else before_options  # fmt: skip
-    assert any(t.startswith("Example: vlselect pool") for t in desc[-2:])
+    lines = out.splitlines()
+    first_box = next(k for k, line in enumerate(lines) if line.lstrip().startswith("╭"))
+    description = [line.strip() for line in lines[:first_box] if line.strip()]
+    # the example is the last paragraph of the description, right before the arguments/options boxes
+    assert code == 0 and any(line.startswith("Example: vlselect pool") for line in description[-2:])

@@ -178,3 +178,24 @@ def subset_cmd(
     rows = pool.indices_of(read_dataoptim_ids(ids), source=ids)
     write_llava_subset(pool, rows, out)
     typer.echo(f"wrote {len(rows):,} records to {out}")
+
+
+@pool_app.command("tasks")
+def tasks_cmd(
+    file: Path = typer.Argument(..., help="Pool file (LLaVA JSON/JSONL, Vision-Flan JSON) or DataOptim data/ dir."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output JSON list: one task label per pool row."),
+    task_field: Optional[str] = typer.Option(None, "--task-field", help=_TASK_HELP),
+    fmt: Optional[str] = typer.Option(None, "--format", help=_FMT_HELP),
+    unique_ids: bool = typer.Option(False, "--unique-ids", help=_UNIQUE_HELP),
+) -> None:
+    """Write every row's task label (as inferred or taken from --task-field) to a --tasks TASKS.json file.
+
+    Selection commands that take --tasks read this file (one label per row, in pool order).
+
+    Example: vlselect pool tasks llava_v1_5_mix665k.json -o tasks.json
+    """
+    from vlselect.pool import write_task_labels
+
+    pool = _open(file, fmt, task_field, unique_ids, False)
+    write_task_labels(pool, out)
+    typer.echo(f"wrote {len(pool):,} task labels ({len(pool.task_names)} tasks) to {out}")

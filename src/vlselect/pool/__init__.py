@@ -15,6 +15,7 @@ from vlselect.pool.io import (
     write_dataoptim_ids,
     write_llava_subset,
     write_manifest,
+    write_task_labels,
 )
 from vlselect.pool.sample import Sample
 from vlselect.pool.stats import check_images, pool_stats
@@ -38,4 +39,5 @@ __all__ = [
     "write_dataoptim_ids",
     "write_llava_subset",
     "write_manifest",
+    "write_task_labels",
 ]

@@ -210,6 +210,20 @@ def read_task_labels(path: str | os.PathLike, n: int | None = None) -> np.ndarra
     return np.array([str(v) for v in data], dtype=str) if data else np.zeros(0, dtype=str)
 
 
+def write_task_labels(pool: Pool, out_path: str | os.PathLike) -> Path:
+    """Write the pool's task label of every row as a JSON list (the ``--tasks TASKS.json`` format read by
+    :func:`read_task_labels`), atomically.
+
+    Examples
+    --------
+    >>> write_task_labels(open_pool("llava_v1_5_mix665k.json"), "tasks.json")  # doctest: +SKIP
+    """
+    with atomic_writer(out_path) as f:
+        f.write(orjson.dumps(pool.tasks.tolist()))
+        f.write(b"\n")
+    return Path(out_path)
+
+
 def package_versions() -> dict[str, str | None]:
     """Installed versions of vlselect, numpy, torch, transformers, peft and faiss (``None`` if missing).
 

@@ -138,8 +138,13 @@ def _blas_threads(n: int):
         lib[1](old)
 
 
-#: Clusters below this size run their BLAS products on one thread (see :func:`_blas_threads`).
-SINGLE_THREAD_BELOW = 1024
+#: Clusters below this size run their kernel GEMMs on one thread (see :func:`_blas_threads`); the greedy pass
+#: (matrix-vector products) always runs on one thread.
+SINGLE_THREAD_BELOW = 4096
+#: In the greedy pass, a cluster whose kernel was not kept from the density pass rebuilds it whole (one GEMM,
+#: dropped afterwards) when it needs more than n / 10 picks and the kernel fits in this many bytes; otherwise it
+#: computes one kernel row per pick.
+GREEDY_KERNEL_BYTES = 1024 * 2**20
 
 
 def _threads_for(n: int):
@@ -460,8 +465,8 @@ class GreedyMMD:
         return self._x64
 
     def _row_and_col(self, c: int) -> tuple[np.ndarray, np.ndarray]:
-        if self.kernel is not None:
-            return self.kernel[c], self.kernel[:, c]
+        if self.kernel is not None:  # x @ x.T is computed by syrk, so the kernel is exactly symmetric
+            return self.kernel[c], self.kernel[c]
         x = self.x64
         row = np.exp(-(self._sq[c] + self._sq - 2.0 * (x @ x[c])) / (2 * self.sigma**2))
         return row, row
@@ -469,9 +474,18 @@ class GreedyMMD:
     def extend(self, m: int) -> list[int]:
         """Pick until ``m`` members are selected; returns all picks so far (local indices, pick order)."""
         m = min(int(m), self.n)
-        with _threads_for(self.n):
+        todo = m - len(self.picked)
+        if todo <= 0:
+            return self.picked[:m]
+        kept = self.kernel
+        if kept is None and todo * 10 > self.n and self.n * self.n * 8 <= GREEDY_KERNEL_BYTES:
+            x = self.x64
+            with _threads_for(self.n):
+                self.kernel = np.exp(-(self._sq[:, None] + self._sq[None, :] - 2.0 * (x @ x.T)) / (2 * self.sigma**2))
+        with _blas_threads(1):
             self._extend(m)
-        # the gathered rows and the official kernel are rebuilt (same bits) if a later budget extends this cluster
+        # the gathered rows and kernels are rebuilt (same bits) if a later budget extends this cluster
+        self.kernel = kept
         self._x64 = self._sq = self._official_kernel = None
         return self.picked[:m]
 

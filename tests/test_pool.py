@@ -397,6 +397,8 @@ def test_read_task_labels(tmp_path):
     p.write_text('["a", null]')
     with pytest.raises(PoolError, match=r"tasks\.json: label 1 is None"):
         read_task_labels(p)
+    p.write_text('{"tasks": ["x", "y"]}')
+    assert read_task_labels(p, 2).tolist() == ["x", "y"]
     p.write_text('{"a": 1}')
     with pytest.raises(PoolError, match="expected a JSON list"):
         read_task_labels(p)

@@ -172,7 +172,7 @@ def read_dataoptim_ids(path: str | os.PathLike) -> list[str]:
 
 
 def read_task_labels(path: str | os.PathLike, n: int | None = None) -> np.ndarray:
-    """Read a ``--tasks TASKS.json`` file: a JSON list of labels, one per pool row.
+    """Read a ``--tasks TASKS.json`` file: a JSON list of labels, one per pool row (or ``{"tasks": [...]}``).
 
     Parameters
     ----------
@@ -198,6 +198,8 @@ def read_task_labels(path: str | os.PathLike, n: int | None = None) -> np.ndarra
         data = orjson.loads(p.read_bytes())
     except orjson.JSONDecodeError as exc:
         raise PoolError(f"{p}: malformed JSON ({exc}); expected a JSON list of labels, one per pool row") from None
+    if isinstance(data, dict) and isinstance(data.get("tasks"), list):  # {"tasks": [...]} is accepted too
+        data = data["tasks"]
     if not isinstance(data, list):
         raise PoolError(f"{p}: expected a JSON list of labels (one per pool row), found a JSON "
                         f"{type(data).__name__}")  # fmt: skip

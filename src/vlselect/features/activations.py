@@ -251,6 +251,7 @@ class _EncodeRows:
         _wants_mm_token_type_ids(loaded)  # resolved once, from the model, before the copy drops it
         self.lite = dataclasses.replace(loaded, model=None, extra=dict(loaded.extra))
         self.pool, self.rows, self.image_root, self.max_length = pool, list(rows), image_root, max_length
+        self.as_numpy = False
 
     def __len__(self):
         return len(self.rows)
@@ -260,9 +261,12 @@ class _EncodeRows:
 
         row = self.rows[j]
         try:
-            return j, row, encode_sample(self.lite, self.pool[row], self.image_root, max_length=self.max_length)
+            enc = encode_sample(self.lite, self.pool[row], self.image_root, max_length=self.max_length)
         except PoolError as exc:
             return j, row, exc
+        if self.as_numpy:  # pickled through the pipe: no shared-memory file descriptor per tensor
+            enc = {k: v.numpy() for k, v in enc.items()}
+        return j, row, enc
 
 
 def _encode_rows(loaded, pool, rows, image_root, max_length, workers: int):
@@ -274,9 +278,17 @@ def _encode_rows(loaded, pool, rows, image_root, max_length, workers: int):
         return
     import torch
 
+    ds.as_numpy = True
     loader = torch.utils.data.DataLoader(ds, batch_size=None, shuffle=False, num_workers=workers,
-                                         collate_fn=lambda x: x, prefetch_factor=8)
-    yield from loader
+                                         collate_fn=_identity, prefetch_factor=8)
+    for j, row, enc in loader:
+        if isinstance(enc, dict):
+            enc = {k: torch.from_numpy(v) for k, v in enc.items()}
+        yield j, row, enc
+
+
+def _identity(x):
+    return x
 
 
 def compute_shard(loaded, pool, rows: range, *, image_root, layers, batch_size: int, losses: bool,

@@ -50,6 +50,9 @@ def test_malformed_jsonl_names_line(tmp_path, capsys):
     st = json.loads(out)
     assert code == 0 and st["records"] == 2 and st["skipped"] == {"malformed_json": 1}
     assert st["skipped_examples"]["malformed_json"][0].startswith(f"{p}: line 3: malformed JSON")
+    code, out, _ = run(["pool", "stats", str(p), "--skip-invalid"], capsys)
+    assert code == 0 and "skipped records: 1 {'malformed_json': 1}" in out
+    assert f"skipped (malformed_json): {p}: line 3: malformed JSON" in out
 
 
 def test_malformed_json_array_names_record_and_byte(tmp_path, capsys):

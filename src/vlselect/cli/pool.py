@@ -66,6 +66,9 @@ def print_stats(stats: dict[str, Any], console=None) -> None:
     extra = f"skipped records: {skipped:,}" + (f" {stats['skipped']}" if skipped else "")
     extra += f" · ids made unique: {stats['renamed_ids']:,} · task labels from: {stats['task_source']}"
     console.print(extra, highlight=False)
+    for reason, examples in stats.get("skipped_examples", {}).items():
+        for ex in examples:
+            console.print(f"  skipped ({reason}): {ex}", highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

@@ -125,6 +125,10 @@ def test_bad_format_option_and_not_a_pool(tmp_path, capsys):
     assert code == 2 and f"{arr}: line 1 starts a JSON array" in err
     code, _, err = run(["pool", "stats", str(p), "--format", "json"], capsys)
     assert code == 2 and f"{p}: byte 0: expected '[' (a JSON array of records)" in err and "--format jsonl" in err
+    obj = tmp_path / "obj.json"
+    obj.write_text(json.dumps(rec(0), indent=2))
+    code, _, err = run(["pool", "stats", str(obj)], capsys)
+    assert code == 2 and f"{obj}: line 1 opens a JSON object that spans several lines" in err
     q = tmp_path / "notes.json"
     q.write_text("hello")
     code, _, err = run(["pool", "stats", str(q)], capsys)

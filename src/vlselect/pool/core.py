@@ -628,6 +628,9 @@ def _scan_jsonl(path: Path, file_no: int, b: _Builder, file_task: str | None, pr
                 b.examples.add("blank_line", f"{path}: line {lineno}: blank line")
                 continue
             lead = len(body) - len(body.lstrip())
+            if lineno == 1 and body[lead:] == b"{":
+                raise PoolError(f"{path}: line 1 opens a JSON object that spans several lines; a pool is a JSON "
+                                "array of records or JSONL (one complete record per line)")  # fmt: skip
             if lineno == 1 and body[lead:lead + 1] == b"[" and not body.rstrip().endswith(b"]"):
                 raise PoolError(f"{path}: line 1 starts a JSON array, not a JSONL record; read it as a JSON array "
                                 "(leave out --format jsonl, or use --format json)")  # fmt: skip

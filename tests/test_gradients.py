@@ -197,3 +197,12 @@ def test_adam_preconditioning_matches_less_formula(model, samples, reference):
     expected = (0.9 * m + 0.1 * ref) / torch.sqrt(0.999 * v + 0.001 * ref**2 + 1e-8)
     torch.testing.assert_close(full, expected, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(norms, ref.norm(dim=1), rtol=1e-5, atol=1e-7)  # norms stay those of plain grads
+
+
+def test_factored_features_do_not_depend_on_batch_size(model, samples):
+    eng = GradientEngine(model, projection="factored", dim=256, factor_dim=8, seed=2)
+    assert eng.factored.dim_factored > 256  # the final dense step is used
+    one = torch.cat([f for _, f, _ in eng.run([collate(samples)])])
+    pairs = torch.cat([f for _, f, _ in eng.run([collate(samples[i : i + 2]) for i in range(0, 6, 2)])])
+    assert one.shape == (6, 256)
+    torch.testing.assert_close(pairs, one, rtol=1e-4, atol=1e-6)

@@ -424,7 +424,7 @@ class GradientEngine:
                 gg = torch.einsum("bso,bto->bst", g.double(), g.double())
                 xx = torch.einsum("bsi,bti->bst", x.double(), x.double())
                 sq += (gg * xx).sum(dim=(1, 2))
-            return self.factored.finish(torch.cat(parts, dim=1)), sq.sqrt().float()
+            return torch.cat(parts, dim=1), sq.sqrt().float()  # un-finished: run() applies the final projection
         out = torch.zeros(b, self.dense.dim, dtype=torch.float32, device=self.device)
         for p in self.params:
             xg = res[p.module_name]
@@ -448,14 +448,20 @@ class GradientEngine:
         start = 0
         pending: list[tuple[torch.Tensor, torch.Tensor]] = []
         pending_rows = 0
-        row_bytes = 4 * self.num_params
-        bufferable = self.dense is not None or self.projection == "none"
+        if self.projection == "none":
+            for batch in batches:
+                full, norms = self.full_gradients(batch)
+                yield start, full.cpu(), norms.cpu()
+                start += full.shape[0]
+            return
+        # rows buffered before the (final) projection: full gradients (dense) or layer sketches (factored)
+        row_bytes = 4 * (self.factored.dim_factored if self.factored is not None else self.num_params)
 
         def flush():
             nonlocal pending, pending_rows, start
-            full = torch.cat([f for f, _ in pending]) if len(pending) > 1 else pending[0][0]
+            rows = torch.cat([f for f, _ in pending]) if len(pending) > 1 else pending[0][0]
             norms = torch.cat([n for _, n in pending])
-            feats = full if self.dense is None else self.dense.project(full)
+            feats = self.factored.finish(rows) if self.factored is not None else self.dense.project(rows)
             item = (start, feats.cpu(), norms.cpu())
             start += pending_rows
             pending, pending_rows = [], 0
@@ -463,22 +469,19 @@ class GradientEngine:
 
         for batch in batches:
             n = int(batch["input_ids"].shape[0])
-            if bufferable and (self.projection == "none" or n * row_bytes <= self.buffer_bytes):
-                if pending and (pending_rows + n) * row_bytes > self.buffer_bytes and self.projection != "none":
+            if self.factored is not None or n * row_bytes <= self.buffer_bytes:
+                if pending and (pending_rows + n) * row_bytes > self.buffer_bytes:
                     yield flush()
-                pending.append(self.full_gradients(batch))
+                pending.append(self._project_streaming(batch) if self.factored is not None else self.full_gradients(batch))
                 pending_rows += n
-                if self.projection == "none":
-                    yield flush()
                 continue
             if pending:
                 yield flush()
-            feats, norms = self._project_streaming(batch)
+            feats, norms = self._project_streaming(batch)  # dense, too large to buffer: layer by layer
             yield start, feats.cpu(), norms.cpu()
             start += n
         if pending:
             yield flush()
-
 
 def per_sample_autograd_gradients(
     model: torch.nn.Module, single_batches: Iterable[Mapping[str, Any]], names: Sequence[str]

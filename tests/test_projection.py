@@ -16,6 +16,7 @@ from vlselect.features.projection import (
     Projection,
     generate_tile,
     project_rows,
+    splitmix64,
 )
 
 
@@ -33,13 +34,21 @@ def test_defaults_per_method():
 
 
 def test_matrix_is_pinned_by_the_seed():
-    """The definition (Philox keyed by (seed, tile), sign bits, column-major tiles) must never drift silently."""
+    """The definition (SplitMix64 of (tile, column, word) xor the mixed seed; bit i -> row 64w+i; bit set -> -1)
+    must never drift silently: checked against a pure-Python reference."""
     r = Projection(3000, 16, seed=0).matrix()
     assert set(np.unique(r.numpy()).tolist()) == {-1.0, 1.0}
-    assert r[:4, :6].tolist() == Projection(3000, 16, seed=0).matrix(0, 4)[:, :6].tolist()
-    bits = np.frombuffer(np.random.Generator(np.random.Philox(key=[0, 0])).bytes(16 * TILE_ROWS // 8), np.uint8)
-    col0 = 1.0 - 2.0 * np.unpackbits(bits, bitorder="little").reshape(16, TILE_ROWS)[0]
-    assert np.array_equal(r[:TILE_ROWS, 0].numpy(), col0.astype(np.float32))
+    for seed, tile, col, word in [(0, 0, 0, 0), (0, 2, 7, 5), (12345, 1, 15, 15)]:
+        h = splitmix64((((tile << 24) + col) << 4 | word) ^ splitmix64(seed))
+        expected = [1.0 - 2.0 * ((h >> i) & 1) for i in range(64)]
+        t = generate_tile(seed, tile, 16)
+        assert t[col, 64 * word : 64 * word + 64].tolist() == expected
+    assert torch.equal(r[TILE_ROWS * 2 : TILE_ROWS * 2 + 64, 7], generate_tile(0, 2, 16)[7, :64])
+    # Gaussian entry (tile 1, column 3, position 9): Box-Muller on the two halves of its hash, float64
+    h = splitmix64((((1 << 24) + 3) << 10 | 9) ^ splitmix64(splitmix64(0) ^ 0x6761757373))
+    u1, u2 = ((h >> 32) + 0.5) / 2**32, ((h & 0xFFFFFFFF) + 0.5) / 2**32
+    z = math.sqrt(-2 * math.log(u1)) * math.cos(2 * math.pi * u2)
+    assert float(generate_tile(0, 1, 8, "gaussian")[3, 9]) == float(np.float32(z))
     assert not torch.equal(Projection(3000, 16, seed=1).matrix(), r)
 
 
@@ -107,10 +116,12 @@ def test_inner_products_preserved_within_jl_bound(kind):
 
 def test_gaussian_tile_statistics_and_kind_streams_differ():
     t = generate_tile(0, 0, 256, "gaussian")
-    assert t.shape == (256, TILE_ROWS) and t.dtype == np.float32
+    assert t.shape == (256, TILE_ROWS) and t.dtype == torch.float32
     assert abs(float(t.mean())) < 0.01 and abs(float(t.std()) - 1) < 0.01
+    kurt = float((t.double() ** 4).mean())
+    assert abs(kurt - 3) < 0.1
     r = generate_tile(0, 0, 256, "rademacher")
-    assert abs(float(r.mean())) < 0.01 and not np.array_equal(np.sign(t), r)
+    assert abs(float(r.mean())) < 0.01 and not torch.equal(torch.sign(t), r)
 
 
 def test_factored_sketch_shapes_and_inner_products():

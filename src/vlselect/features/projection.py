@@ -5,12 +5,17 @@ thousand dimensions with a random sign matrix (icons.md §2.4, tive.md §4.5, su
 TRAK's CUDA kernel ``fast_jl``, which does not run on CPU and whose matrix depends on the GPU's SM count. Here the
 matrix is defined by the seed alone:
 
-* ``R`` has shape ``(D, k)``. Its rows are cut into canonical tiles of :data:`TILE_ROWS` rows. Tile ``j`` is
-  generated on the CPU by NumPy's counter-based Philox generator keyed by ``(seed, j)`` (Rademacher: one random bit
-  per entry; Gaussian: standard normals), laid out column by column, so column ``c`` of a tile does not depend on
-  ``k``. Hence ``R`` is identical across ranks, shards, batch sizes, block sizes and devices (it is always built on
-  the CPU and then moved), and the projection to ``k' < k`` dimensions is the first ``k'`` columns of the one to
-  ``k``.
+* ``R`` has shape ``(D, k)``. Its rows are cut into canonical tiles of :data:`TILE_ROWS` rows, laid out column by
+  column. Every entry comes from a counter-based generator: the SplitMix64 finaliser of a 64-bit counter built
+  from ``(tile, column, position)``, mixed with the seed. Rademacher: each 64-bit output gives the signs of 64
+  consecutive entries of a column (bit ``i`` set -> -1). Gaussian: one output per entry, Box-Muller on its two
+  32-bit halves in float64. Column ``c`` does not depend on ``k``, so the projection to ``k' < k`` dimensions is
+  the first ``k'`` columns of the one to ``k``.
+* Rademacher tiles are generated with integer tensor operations on the device that multiplies (CPU or GPU): the
+  integer arithmetic (wrapping 64-bit multiply, masked shifts) and a table lookup give bit-identical matrices on
+  every device, so a GPU run does not wait for the CPU. Gaussian tiles are generated on the CPU (float64
+  ``log``/``cos`` are not guaranteed bit-identical across devices) and moved. Either way ``R`` is identical across
+  ranks, shards, batch sizes, block sizes and devices for one seed.
 * The output is scaled by ``1/sqrt(k)``, so that ``E <Rx, Ry> = <x, y>`` (TRAK does not scale; every consumer
   L2-normalises rows, so the scale does not change any selection).
 * The full ``D x k`` matrix never exists: :meth:`Projection.project` walks the rows it needs in chunks of at most
@@ -70,7 +75,50 @@ def _seed_key(seed: int) -> int:
     return seed
 
 
-def generate_tile(seed: int, tile: int, dim: int, kind: Kind = "rademacher", out: np.ndarray | None = None) -> np.ndarray:
+_M64 = (1 << 64) - 1
+
+
+def _s64(x: int) -> int:
+    """An unsigned 64-bit constant as the signed int64 torch stores."""
+    x &= _M64
+    return x - (1 << 64) if x >= (1 << 63) else x
+
+
+_GOLDEN, _MIX1, _MIX2 = _s64(0x9E3779B97F4A7C15), _s64(0xBF58476D1CE4E5B9), _s64(0x94D049BB133111EB)
+_GAUSS_STREAM = 0x6761757373  # "gauss": a separate stream for Gaussian entries
+
+
+def _lsr(z: torch.Tensor, s: int) -> torch.Tensor:
+    """Logical right shift of int64 (torch's ``>>`` is arithmetic)."""
+    return (z >> s) & ((1 << (64 - s)) - 1)
+
+
+def _splitmix(z: torch.Tensor) -> torch.Tensor:
+    z = z + _GOLDEN
+    z = (z ^ _lsr(z, 30)) * _MIX1
+    z = (z ^ _lsr(z, 27)) * _MIX2
+    return z ^ _lsr(z, 31)
+
+
+def splitmix64(x: int) -> int:
+    """Pure-Python SplitMix64 finaliser (the reference the tensor version is tested against)."""
+    z = (x + 0x9E3779B97F4A7C15) & _M64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
+    return z ^ (z >> 31)
+
+
+_LUTS: dict[torch.device, torch.Tensor] = {}
+
+
+def _sign_lut(device: torch.device) -> torch.Tensor:
+    if device not in _LUTS:
+        _LUTS[device] = torch.from_numpy(_SIGN_LUT).to(device)
+    return _LUTS[device]
+
+
+def generate_tile(seed: int, tile: int, dim: int, kind: Kind = "rademacher", *, device: str | torch.device = "cpu",
+                  out: torch.Tensor | None = None) -> torch.Tensor:
     """Rows ``[tile*TILE_ROWS, (tile+1)*TILE_ROWS)`` of the unscaled matrix, transposed: shape ``(dim, TILE_ROWS)``.
 
     Parameters
@@ -78,28 +126,42 @@ def generate_tile(seed: int, tile: int, dim: int, kind: Kind = "rademacher", out
     seed:
         The projection seed (ICONS and TIVE use 0).
     tile:
-        Tile index.
+        Tile index (``< 2**35``).
     dim:
-        Number of columns ``k`` of the matrix. Column ``c`` of a tile is the same for every ``dim > c``.
+        Number of columns ``k`` of the matrix (``< 2**24``). Column ``c`` of a tile is the same for every
+        ``dim > c``.
     kind:
         ``"rademacher"`` (entries +-1, what TRAK's ``proj_type=rademacher`` draws) or ``"gaussian"`` (N(0, 1)).
+    device:
+        Where to generate (Rademacher; bit-identical everywhere). Gaussian tiles are generated on the CPU and moved.
     out:
-        Optional C-contiguous float32 ``(dim, TILE_ROWS)`` array to fill (avoids a fresh allocation per tile).
+        Optional contiguous float32 ``(dim, TILE_ROWS)`` tensor on ``device`` to fill.
 
     Returns
     -------
-    numpy.ndarray
-        float32 array ``(dim, TILE_ROWS)``; entry ``[c, i]`` is ``R[tile*TILE_ROWS + i, c]``.
+    torch.Tensor
+        float32 ``(dim, TILE_ROWS)`` on ``device``; entry ``[c, i]`` is ``R[tile*TILE_ROWS + i, c]``.
     """
-    rng = np.random.Generator(np.random.Philox(key=[_seed_key(seed), int(tile) + (0 if kind == "rademacher" else 2**62)]))
-    if out is None:
-        out = np.empty((dim, TILE_ROWS), dtype=np.float32)
+    device = torch.device(device)
+    seed_mix = splitmix64(_seed_key(seed))
     if kind == "rademacher":
-        raw = np.frombuffer(rng.bytes(dim * TILE_ROWS // 8), dtype=np.uint8)
-        np.take(_SIGN_LUT, raw, axis=0, out=out.reshape(-1, 8))
+        words = TILE_ROWS // 64
+        col = torch.arange(dim, dtype=torch.int64, device=device)
+        ctr = (((int(tile) << 24) + col)[:, None] << 4) | torch.arange(words, dtype=torch.int64, device=device)
+        h = _splitmix(ctr ^ _s64(seed_mix))  # (dim, 16): bit i of word w -> row 64*w + i
+        idx = h.view(torch.uint8).reshape(-1).long()  # little-endian bytes, on CPU and CUDA alike
+        res = torch.index_select(_sign_lut(device), 0, idx).reshape(dim, TILE_ROWS)
     else:
-        rng.standard_normal(out=out, dtype=np.float32)
-    return out
+        col = torch.arange(dim, dtype=torch.int64)
+        ctr = (((int(tile) << 24) + col)[:, None] << 10) | torch.arange(TILE_ROWS, dtype=torch.int64)
+        h = _splitmix(ctr ^ _s64(splitmix64(seed_mix ^ _GAUSS_STREAM)))
+        u1 = (_lsr(h, 32).double() + 0.5) / 2.0**32
+        u2 = ((h & 0xFFFFFFFF).double() + 0.5) / 2.0**32
+        res = (torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2.0 * math.pi * u2)).float().to(device)
+    if out is not None:
+        out.copy_(res)
+        return out
+    return res
 
 
 class Projection:
@@ -120,7 +182,8 @@ class Projection:
         Memory for the generated tiles kept at once (float32), default 64 MiB (at least one tile). Changes speed
         and memory only, never the result's matrix.
     device:
-        Where the multiplication runs; blocks are generated on the CPU and moved there.
+        Where the multiplication runs; Rademacher tiles are generated there (bit-identical on every device),
+        Gaussian ones on the CPU and moved.
     scale:
         Multiply outputs by ``1/sqrt(k)`` (default) so inner products are preserved in expectation.
 
@@ -146,8 +209,10 @@ class Projection:
     ) -> None:
         if int(dim_in) < 1:
             raise ConfigError(f"projection input dimension {dim_in} must be at least 1")
-        if int(dim) < 1:
-            raise ConfigError(f"projection dimension {dim} must be at least 1 (e.g. 5120 or 8192)")
+        if not 1 <= int(dim) < 2**24:
+            raise ConfigError(f"projection dimension {dim} must be at least 1 and below 2**24 (e.g. 5120 or 8192)")
+        if int(dim_in) >= 2**35 * TILE_ROWS:
+            raise ConfigError(f"projection input dimension {dim_in} is too large (at most 2**45)")
         self.dim_in = int(dim_in)
         self.dim = int(dim)
         self.kind = _check_kind(kind)
@@ -163,16 +228,10 @@ class Projection:
     def num_tiles(self) -> int:
         return -(-self.dim_in // TILE_ROWS)
 
-    def _tiles(self, first_tile: int, n_tiles: int) -> torch.Tensor:
-        """Unscaled transposed tiles ``first_tile ..`` as a ``(n_tiles, k, TILE_ROWS)`` tensor on the device.
-
-        Generated into a buffer kept between calls (fresh memory per tile costs more than generating it)."""
-        buf = getattr(self, "_buf", None)
-        if buf is None or buf.shape[0] < n_tiles:
-            buf = self._buf = np.empty((max(n_tiles, self.tiles_per_block), self.dim, TILE_ROWS), dtype=np.float32)
-        for j in range(n_tiles):
-            generate_tile(self.seed, first_tile + j, self.dim, self.kind, out=buf[j])
-        return torch.from_numpy(buf[:n_tiles]).to(self.device)
+    def _tiles(self, first_tile: int, n_tiles: int) -> list[torch.Tensor]:
+        """Unscaled transposed tiles ``first_tile ..``, each ``(k, TILE_ROWS)`` on the device."""
+        return [generate_tile(self.seed, first_tile + j, self.dim, self.kind, device=self.device)
+                for j in range(n_tiles)]
 
     def matrix(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
         """Rows ``[start, stop)`` of the unscaled matrix ``R`` as a ``(stop-start, k)`` float32 tensor (for tests and
@@ -183,8 +242,7 @@ class Projection:
         if start == stop:
             return torch.zeros(0, self.dim)
         t0, t1 = start // TILE_ROWS, (stop - 1) // TILE_ROWS + 1
-        tiles = [generate_tile(self.seed, t, self.dim, self.kind) for t in range(t0, t1)]
-        blk = torch.from_numpy(np.concatenate(tiles, axis=1))
+        blk = torch.cat([generate_tile(self.seed, t, self.dim, self.kind) for t in range(t0, t1)], dim=1)
         return blk[:, start - t0 * TILE_ROWS : stop - t0 * TILE_ROWS].T.contiguous()
 
     def project_into(self, out: torch.Tensor, x: torch.Tensor, offset: int = 0) -> torch.Tensor:
@@ -205,11 +263,11 @@ class Projection:
         t_end = (stop - 1) // TILE_ROWS + 1
         while t < t_end:
             nt = min(self.tiles_per_block, t_end - t)
-            tiles = self._tiles(t, nt)  # (nt, k, TILE_ROWS)
+            tiles = self._tiles(t, nt)  # nt x (k, TILE_ROWS)
             for j in range(nt):
                 base = (t + j) * TILE_ROWS
                 lo, hi = max(offset, base), min(stop, base + TILE_ROWS)
-                out.addmm_(x[:, lo - offset : hi - offset], tiles[j, :, lo - base : hi - base].T, alpha=self.scale)
+                out.addmm_(x[:, lo - offset : hi - offset], tiles[j][:, lo - base : hi - base].T, alpha=self.scale)
             t += nt
         return out
 

@@ -95,8 +95,10 @@ def test_relative_performance():
     assert r["per_set"] == {"a": pytest.approx(50.0), "b": pytest.approx(100.0)}
     with pytest.raises(Exception, match="no reference score for the evaluation set 'c'"):
         M.relative_performance({"c": 1.0}, {"a": 1.0}, source="ref.json")
-    with pytest.raises(Exception, match="is 0"):
+    with pytest.raises(Exception, match="no evaluation set with a non-zero reference score"):
         M.relative_performance({"a": 1.0}, {"a": 0.0})
+    r = M.relative_performance({"a": 30.0, "b": 5.0}, {"a": 60.0, "b": 0.0})
+    assert r["relative"] == pytest.approx(50.0) and r["skipped"] == ["b"] and list(r["per_set"]) == ["a"]
 
 
 def test_mean_interval():

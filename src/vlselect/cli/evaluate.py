@@ -67,12 +67,14 @@ def eval_command(
     for name, s in res["sets"].items():
         row = [name, s["metric"], str(s["n"]), f"{s['score']:.2f}"]
         if "relative" in res:
-            row.append(f"{s['relative']:.1f}")
+            row.append(f"{s['relative']:.1f}" if "relative" in s else "n/a (reference 0)")
         t.add_row(*row)
     console.print(t)
     line = f"mean score {res['mean_score']:.2f}"
     if "relative" in res:
         line += f" · relative performance {res['relative']:.1f} (reference {reference})"
+        if res.get("relative_skipped"):
+            line += f"\n  [yellow]left out of the relative mean[/] (reference score 0): {', '.join(res['relative_skipped'])}"
     console.print(line + f"\n  written: {out / 'results.json'}", highlight=False)
 
 

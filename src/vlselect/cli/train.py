@@ -64,6 +64,7 @@ def train_command(
     max_steps: Optional[int] = typer.Option(None, "--max-steps"),
     save_steps: str = typer.Option("", "--save-steps", help="Comma list of steps to checkpoint at (the end always is)."),
     seed: int = typer.Option(0, "--seed"),
+    modules_to_save: str = typer.Option("", "--modules-to-save", help="LoRA: comma list of modules trained in full (e.g. lm_head; not in the recipe)."),
     temperature: float = typer.Option(10.0, "--temperature", help="MMA router temperature (10 for 7B, 5 for 13B)."),
     gradient_checkpointing: bool = typer.Option(True, "--gradient-checkpointing/--no-gradient-checkpointing"),
     bf16: str = typer.Option("auto", "--bf16", help="auto, yes or no."),
@@ -94,6 +95,7 @@ def train_command(
         batch_size=batch_size, grad_accum=grad_accum, warmup_ratio=warmup_ratio, schedule=schedule,
         max_steps=max_steps, save_steps=steps, seed=seed, gradient_checkpointing=gradient_checkpointing,
         bf16={"auto": "auto", "yes": True, "no": False}[bf16], resume=resume,
+        modules_to_save=[m.strip() for m in modules_to_save.split(",") if m.strip()] or None,
         mma_kwargs={"temperature": temperature} if adapter == "mma" else None, progress=progress,
     )
     first, last = (res.losses[0], res.losses[-1]) if res.losses else (float("nan"), float("nan"))

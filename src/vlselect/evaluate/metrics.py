@@ -278,6 +278,9 @@ def score_set(metric: str, predictions: Sequence[str], samples: Sequence[dict]) 
 def relative_performance(scores: dict[str, float], reference: dict[str, float], *, source: str = "reference") -> dict:
     """Relative performance: mean over sets of ``score / reference score × 100`` (survey §1.2, §1.6).
 
+    Sets whose reference score is 0 have no ratio: they are left out of the mean and listed in ``skipped`` (never
+    silently: the CLI prints them and ``results.json`` records them).
+
     Parameters
     ----------
     scores, reference : dict
@@ -288,19 +291,19 @@ def relative_performance(scores: dict[str, float], reference: dict[str, float], 
     Returns
     -------
     dict
-        ``{"relative": float, "per_set": {name: float}}``.
+        ``{"relative": float, "per_set": {name: float}, "skipped": [names with a zero reference]}``.
 
     Raises
     ------
     ConfigError
-        If a set has no reference score, or the reference score is 0.
+        If a set has no reference score, or no set has a non-zero reference score.
 
     Examples
     --------
     >>> relative_performance({"a": 50.0, "b": 90.0}, {"a": 100.0, "b": 90.0})["relative"]
     75.0
     """
-    per = {}
+    per, skipped = {}, []
     for name, value in scores.items():
         if name not in reference:
             raise ConfigError(
@@ -309,11 +312,14 @@ def relative_performance(scores: dict[str, float], reference: dict[str, float], 
             )
         ref = float(reference[name])
         if ref == 0:
-            raise ConfigError(f"{source}: the reference score of {name!r} is 0, so a ratio is undefined; use another reference")
+            skipped.append(name)
+            continue
         per[name] = 100.0 * float(value) / ref
     if not per:
-        raise ConfigError(f"{source}: no evaluation sets to compare")
-    return {"relative": sum(per.values()) / len(per), "per_set": per}
+        what = f" (reference scores 0 on {', '.join(skipped)})" if skipped else ""
+        raise ConfigError(f"{source}: no evaluation set with a non-zero reference score{what}; relative performance "
+                          "is undefined: use a better-trained reference or other sets")
+    return {"relative": sum(per.values()) / len(per), "per_set": per, "skipped": skipped}
 
 
 def mean_interval(values: Sequence[float], confidence: float = 0.95) -> dict:

@@ -172,6 +172,7 @@ def evaluate(model_dir, eval_files: Sequence, image_root, out_dir, *, adapter=No
         rel = relative_performance(scores, scores_of(ref), source=str(reference))
         results["reference"] = str(reference)
         results["relative"] = rel["relative"]
+        results["relative_skipped"] = rel["skipped"]  # sets with a zero reference score (no ratio)
         for name, v in rel["per_set"].items():
             results["sets"][name]["relative"] = v
     _atomic_write(out / "results.json", json.dumps(results, indent=2) + "\n")

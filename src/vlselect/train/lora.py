@@ -224,6 +224,7 @@ def train_lora(
     bf16: bool | str = "auto",
     resume: bool = True,
     target_modules=None,
+    modules_to_save: Sequence[str] | None = None,
     mma_kwargs: dict | None = None,
     max_length: int | None = None,
     stop_after_steps: int | None = None,
@@ -272,6 +273,10 @@ def train_lora(
         Continue from the last ``checkpoint-*`` in ``out_dir``; a finished run is returned as is.
     target_modules : list of str or regex, optional
         LoRA targets (default: all linear layers of the language model).
+    modules_to_save : list of str, optional
+        LoRA only: further modules trained in full at ``lr`` (PEFT ``modules_to_save``), e.g. ``["lm_head"]``. Not
+        in the LLaVA recipe; useful for tiny random models whose frozen ``lm_head`` (init std 0.02) caps the logit
+        range so that the loss cannot fall far below log(vocab).
     mma_kwargs : dict, optional
         Passed to :func:`vlselect.train.mma.attach_mma` (``temperature``, ``adapter_dim``, ``vit_routing``...).
     max_length : int, optional
@@ -346,11 +351,13 @@ def train_lora(
     if adapter == "lora":
         from peft import LoraConfig, get_peft_model
 
-        modules_to_save = None
+        extra_modules, modules_to_save = list(modules_to_save or []), None
         if train_projector:
             names = {n for n, _ in model.named_modules()}
             modules_to_save = [p.split(".")[-1] for p in PROJECTOR_NAMES
                                if any(n.endswith(p) for n in names)] or None
+        if extra_modules:
+            modules_to_save = (modules_to_save or []) + [m for m in extra_modules if m not in (modules_to_save or [])]
         cfg = LoraConfig(r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, bias="none",
                          target_modules=_lora_target_regex(target_modules), modules_to_save=modules_to_save)
         torch.manual_seed(seed)

@@ -54,6 +54,21 @@ def _release(arr: np.ndarray, a: int, b: int) -> None:
         pass
 
 
+def _convert(view: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """A converted copy of a block; float → float casts go through torch (multithreaded, exact for widening)."""
+    floats = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+    if view.dtype in floats and dtype in floats:
+        import warnings
+
+        import torch
+
+        with warnings.catch_warnings():  # read-only memmap blocks: torch only reads them
+            warnings.simplefilter("ignore", UserWarning)
+            src = torch.from_numpy(np.asarray(view))
+            return src.to(getattr(torch, dtype.name)).numpy()
+    return np.array(view, dtype=dtype, copy=True)
+
+
 def iter_row_blocks(
     arr: np.ndarray, block_rows: int, dtype: np.dtype | type = np.float32, *, desc: str | None = None
 ) -> Iterator[tuple[int, int, np.ndarray]]:
@@ -85,7 +100,7 @@ def iter_row_blocks(
                 yield a, b, block
                 del block
             else:
-                block = np.array(view, dtype=dtype, copy=True)
+                block = _convert(view, np.dtype(dtype))
                 yield a, b, block
             _release(arr, a, b)
             if progress is not None:
@@ -211,7 +226,7 @@ def icons_task_scores(
     # one column per validation matrix: regular tasks normalised, sub-tasks raw
     mats = [(_torch_normalize(t.vals[0]) if not t.is_split else np.asarray(v, dtype=np.float32)) for t in targets for v in t.vals]
     owners = [ti for ti, t in enumerate(targets) for _ in t.vals]
-    block_rows = block_rows or block_rows_for(d)
+    block_rows = block_rows or block_rows_for(d, 8 if form == "matvec" else 4)
     if form == "gemm":
         import torch
 
@@ -230,8 +245,8 @@ def icons_task_scores(
         cols = np.empty((n, len(mats)), dtype=np.float64)
         with warnings.catch_warnings():  # read-only memmap blocks: torch only reads them
             warnings.simplefilter("ignore", UserWarning)
-            for a, b, block in iter_row_blocks(train, block_rows, np.float32, desc="ICONS: influence"):
-                x = torch.from_numpy(block).to(torch.float64)  # multithreaded cast; float64 from here on
+            for a, b, block in iter_row_blocks(train, block_rows, np.float64, desc="ICONS: influence"):
+                x = torch.from_numpy(block)  # one (torch, multithreaded) cast from the stored dtype to float64
                 nrm = torch.linalg.vector_norm(x, 2, dim=1, keepdim=True).clamp_min(NORMALIZE_EPS)
                 cols[a:b] = ((x @ means) / nrm).numpy()
     else:

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from vlselect.cli import main
+from vlselect.errors import ConfigError
 
 COLOURS = {"red": (230, 20, 20), "green": (20, 200, 20), "blue": (20, 20, 230)}
 QUESTION = "What color is the image?"
@@ -105,6 +106,9 @@ def test_seed_determinism_and_resume(world, lora_run):
     assert other.steps == 1
     c = _trainable(world / "lora_seed1" / "checkpoint-1")
     assert not all(torch.equal(c[k], ref5[k]) for k in c)
+    # other options on the same folder: told to use the same options, --no-resume or a new --out
+    with pytest.raises(ConfigError, match=r"used other options \(lr: 0.01 there, 0.02 now\).*--no-resume"):
+        train_lora(world / "model", world / "pool.json", world / "images", world / "lora", **{**LORA, "lr": 2e-2})
     # a finished run is returned as is
     again = train_lora(world / "model", world / "pool.json", world / "images", world / "lora", **LORA)
     assert again.losses == lora_run.losses and again.final_dir == lora_run.final_dir

@@ -130,6 +130,16 @@ def _lora_target_regex(target_modules) -> str | list[str]:
     return r"^(?!.*(vision_tower|visual|multi_modal_projector)).*\.(" + "|".join(LORA_TARGETS) + r")$"
 
 
+def _check_config(where: Path, saved: dict | None, now: dict) -> None:
+    if saved is None:
+        return
+    diff = [k for k in now if k in saved and saved[k] != now[k]]
+    if diff:
+        what = ", ".join(f"{k}: {saved[k]!r} there, {now[k]!r} now" for k in diff)
+        raise ConfigError(f"{where}: the run in this folder used other options ({what}); resume with the same options, "
+                          "or pass --no-resume (start over) or a new --out")
+
+
 def _checkpoints(out: Path) -> list[Path]:
     cps = [p for p in out.glob("checkpoint-*") if (p / "state.json").exists() and p.name.split("-")[-1].isdigit()]
     return sorted(cps, key=lambda p: int(p.name.split("-")[-1]))
@@ -321,11 +331,6 @@ def train_lora(
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
     done = out / "train_result.json"
-    if resume and done.exists():
-        data = json.loads(done.read_text())
-        return TrainResult(**{**data, "out_dir": out, "final_dir": Path(data["final_dir"]),
-                              "adapter_dir": Path(data["adapter_dir"]) if data.get("adapter_dir") else None,
-                              "checkpoints": [Path(p) for p in data["checkpoints"]]})
 
     data_pool = open_training_pool(pool)
     n_pool = len(data_pool)
@@ -335,6 +340,20 @@ def train_lora(
         raise ConfigError(f"index {bad[0]} is outside the pool of {n_pool} records; fix the subset indices")
     if not idx:
         raise ConfigError("nothing to train on: the pool / subset is empty")
+    run_config = {"adapter": adapter, "seed": seed, "epochs": epochs, "batch_size": batch_size, "grad_accum": grad_accum,
+                  "world_size": world, "lr": lr, "r": r, "lora_alpha": lora_alpha, "max_steps": max_steps,
+                  "warmup_ratio": warmup_ratio, "schedule": schedule, "n_train": len(idx),
+                  "modules_to_save": list(modules_to_save or []), "mma_kwargs": dict(mma_kwargs or {})}
+    if not resume and rank == 0:  # start over: remove this trainer's own outputs, nothing else
+        for old in [*_checkpoints(out), out / "final", out / "adapter"]:
+            shutil.rmtree(old, ignore_errors=True)
+        done.unlink(missing_ok=True)
+    if resume and done.exists():
+        data = json.loads(done.read_text())
+        _check_config(done, data.pop("config", None), run_config)
+        return TrainResult(**{**data, "out_dir": out, "final_dir": Path(data["final_dir"]),
+                              "adapter_dir": Path(data["adapter_dir"]) if data.get("adapter_dir") else None,
+                              "checkpoints": [Path(p) for p in data["checkpoints"]]})
 
     if device is None:
         device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
@@ -397,6 +416,7 @@ def train_lora(
     if resume:
         cps = _checkpoints(out)
         if cps:
+            _check_config(cps[-1], json.loads((cps[-1] / "state.json").read_text()).get("config"), run_config)
             st = _load_checkpoint(cps[-1], model, optimizer, scheduler)
             if st.get("total_steps") != total:
                 raise ConfigError(f"{cps[-1]}: checkpoint of a run with {st.get('total_steps')} steps, this run has "
@@ -448,7 +468,7 @@ def train_lora(
             if done_steps in save_at or done_steps == stop:
                 state = {"step": done_steps, "total_steps": total, "losses": losses,
                          "checkpoints": [str(c) for c in checkpoints] + [str(out / f"checkpoint-{done_steps}")],
-                         "adapter": adapter, "seed": seed}
+                         "adapter": adapter, "seed": seed, "config": run_config}
                 if rank == 0:
                     checkpoints.append(_save_checkpoint(out, done_steps, model, optimizer, scheduler, state))
                 _barrier(world)
@@ -460,7 +480,7 @@ def train_lora(
         return result
     if rank == 0:
         _save_final(out, model, loaded, adapter, model_dir, mma_cfg, result)
-        _atomic_json(done, result.to_json())
+        _atomic_json(done, {**result.to_json(), "config": run_config})
     _barrier(world)
     return result
 

@@ -17,7 +17,10 @@ probed), hidden 128, 64 image tokens. The pool is the synthetic world (``vlselec
 
 Usage::
 
-    .venv/bin/python benchmarks/extract_activations.py [--n 240] [--threads 1] [--batch-size 8]
+    .venv/bin/python benchmarks/extract_activations.py [--n 240] [--threads 1] [--batch-size 8] [--repeat 2]
+
+Each approach runs ``--repeat`` times, alternating, and the fastest run of each is reported (the machine this was
+written on is shared, so single runs vary by 2x).
 """
 
 from __future__ import annotations
@@ -123,6 +126,7 @@ def main(argv=None):
     ap.add_argument("--n", type=int, default=240, help="pool size (world records)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads in each child")
     ap.add_argument("--batch-size", type=int, default=8, help="vlselect batch size (the official one is 8)")
+    ap.add_argument("--repeat", type=int, default=2, help="runs of each approach, alternated; the best is kept")
     ap.add_argument("--work", default=None, help="working folder (default: a temporary one)")
     args = ap.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -132,15 +136,19 @@ def main(argv=None):
         work = Path(args.work or tmp)
         model, pool, images = _setup(work, args.n)
         ctx = mp.get_context("spawn")
-        results = {}
-        for which in ("official", "vlselect"):
-            q = ctx.Queue()
-            p = ctx.Process(target=_child, args=(which, str(model), str(pool), str(images), args.threads,
-                                                 args.batch_size, q))
-            p.start()
-            results[which] = q.get()
-            p.join()
-    off, ours = results["official"], results["vlselect"]
+        results: dict[str, list] = {"official": [], "vlselect": []}
+        for _ in range(args.repeat):  # alternate, keep the best run of each: robust to load from other jobs
+            for which in ("official", "vlselect"):
+                q = ctx.Queue()
+                p = ctx.Process(target=_child, args=(which, str(model), str(pool), str(images), args.threads,
+                                                     args.batch_size, q))
+                p.start()
+                results[which].append(q.get())
+                p.join()
+    for which, runs in results.items():
+        print(f"{which:>9} runs (samples/s): " + ", ".join(f"{r['samples_per_s']:.1f}" for r in runs))
+    off = max(results["official"], key=lambda r: r["samples_per_s"])
+    ours = max(results["vlselect"], key=lambda r: r["samples_per_s"])
     a = np.array(off.pop("feats"), dtype=np.float32)
     b = np.array(ours.pop("feats"), dtype=np.float32)
     has_img = np.linalg.norm(b, axis=1) > 0.9  # image rows: both definitions coincide there (spec §1.4)
@@ -151,7 +159,8 @@ def main(argv=None):
         print(f"{r['which']:>9}: {r['samples_per_s']:8.1f} samples/s  wall {r['wall_s']:6.2f} s  "
               f"peak RSS {r['peak_rss_mb']:7.1f} MB (+{r['extra_rss_mb']:.1f} MB during extraction)")
     print(f"max |official - vlselect| on image rows: {diff:.2e} (float16)")
-    print(f"speed-up vlselect / official: {ours['samples_per_s'] / off['samples_per_s']:.2f}x")
+    print(f"speed-up vlselect (batch {args.batch_size}) / official (batch 8): "
+          f"{ours['samples_per_s'] / off['samples_per_s']:.2f}x")
     print(json.dumps({"official": off, "vlselect": ours, "ratio": ours["samples_per_s"] / off["samples_per_s"]}))
     return 0
 

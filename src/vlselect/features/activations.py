@@ -343,7 +343,7 @@ def _open_pool(pool_path, image_root):
 
 
 def _rank_world(shard: str | None) -> tuple[int, int, int, int]:
-    """(rank, world, local_rank, torchrun_world): ``--shard i/N`` times torchrun's RANK / WORLD_SIZE."""
+    """(rank, world, torchrun_rank, torchrun_world): ``--shard i/N`` times torchrun's RANK / WORLD_SIZE."""
     from vlselect.features.store import parse_shard
 
     i, n = parse_shard(shard)
@@ -397,12 +397,12 @@ def extract_activations(model, pool, out, *, images=None, layers=None, batch_siz
 
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
-    rank, world, local_rank, tr_world = _rank_world(shard)
+    rank, world, tr_rank, tr_world = _rank_world(shard)
     if device is None and tr_world > 1:
         import torch
 
         if torch.cuda.is_available():
-            device = f"cuda:{int(os.environ.get('LOCAL_RANK', local_rank)) % torch.cuda.device_count()}"
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', tr_rank)) % torch.cuda.device_count()}"
     loaded = load_vlm(model, dtype=dtype, device=device)
     layer_list = parse_layers(layers, loaded.num_layers)
     text_cfg = loaded.model.config.get_text_config()
@@ -429,10 +429,10 @@ def extract_activations(model, pool, out, *, images=None, layers=None, batch_siz
     kill_after = int(os.environ.get("VLSELECT_TEST_KILL_AFTER_SHARDS", "0") or 0)
     if todo:
         _run_shards(store, todo, loaded, the_pool, images, layer_list, batch_size, losses, skip_bad, hidden,
-                    max_length, progress and (tr_world == 1 or local_rank == 0), kill_after, workers)
+                    max_length, progress and tr_rank == 0, kill_after, workers)
     if tr_world > 1:
         _barrier()
-    if local_rank == 0:  # one process per job (torchrun: its rank 0) tries; finalise needs every shard done
+    if tr_rank == 0:  # one process per job (torchrun: its rank 0) tries; finalise needs every shard done
         done = store.finalise()
         if not done and progress:
             from rich.console import Console

@@ -430,7 +430,7 @@ def train_lora(
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     seen, t0 = 0, time.perf_counter()
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 and device.type == "cuda" else None
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else None
     model.train()
     with _progress(progress and rank == 0) as bar:
         task = bar.add_task("", total=total, completed=start)

@@ -293,19 +293,6 @@ def task_counts(tasks: Sequence[str] | np.ndarray, indices: np.ndarray) -> list[
     return [(str(n), int(p), int(s)) for n, p, s in zip(names, pool_c, sub_c)]
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _atomic_save_npy(path: Path, arr: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".npy")
@@ -349,6 +336,11 @@ def write_selection(
     ``indices.npy`` (int64, priority order), ``scores.npy`` (float64, one per pool row; NaN where the method
     gives no score), ``manifest.json``, and with a ``pool``: ``subset.json`` (``write_llava_subset``) and
     ``ids.txt`` (``write_dataoptim_ids``).
+
+    The manifest is the project's one format (:func:`vlselect.pool.write_manifest`): ``pool`` (path,
+    fingerprint, rows), ``method``, ``params`` (defaults included), ``budget``, ``seed``, ``versions``, and under
+    ``extra``: ``strict_official``, ``selected``, ``shortfall``, ``excluded_rows``, ``inputs`` (path, kind,
+    array, shape, dtype, md5 or the store's pool fingerprint), ``info``, ``task_counts``, ``tasks`` and ``files``.
     """
     d = Path(out_dir)
     d.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ import numpy as np
 
 from vlselect.cluster import kmeans
 from vlselect.errors import SelectionError
-from vlselect.select.base import Budget, Param, Role, Selection, register_method, stable_order
+from vlselect.select.base import Budget, Param, Role, Selection, register_method
 
 __all__ = ["max_earlier_similarity", "select_semdedup"]
 

@@ -72,7 +72,8 @@ def test_prune_subset_rules_by_hand():
     assert prune_subset_order(s, 2, "bottom").tolist() == [1, 5]
     assert prune_subset_order(s, 2, "top").tolist() == [2, 4]
     assert prune_subset_order(s, 2, "top", strict_official=True).tolist() == [4, 2]  # file order (ascending)
-    assert prune_subset_order(s, 2, "middle").tolist() == [3, 0]  # window starts at (6 - 2) // 2 = 2
+    assert prune_subset_order(s, 2, "middle").tolist() == [3, 0]  # window starts at 6 // 2 - 2 // 2 = 2
+    assert prune_subset_order(s, 3, "middle").tolist() == [3, 0, 4]  # 6 // 2 - 3 // 2 = 2, not (6 - 3) // 2 = 1
     assert prune_subset_order(s, 2, "low").tolist() == [1, 5]
 
 

@@ -206,7 +206,7 @@ def prune_subset_order(scores: np.ndarray, count: int, prune_subset: str, *, str
 
     The COINCIDE scripts save the ascending argsort of a score and the training script keeps ``bottom`` (the
     first ``count``: lowest scores), ``top`` (the last ``count``: highest) or ``middle`` (a centred window
-    starting at ``(n - count) // 2``). ``low``/``high`` are accepted for ``bottom``/``top``.
+    starting at ``n // 2 - count // 2``, as ``LazySupervisedDataset`` in the repository's ``train.py`` does). ``low``/``high`` are accepted for ``bottom``/``top``.
 
     Default mode sorts stably (ties by row index) and lists ``top`` highest first; ``strict_official`` uses
     NumPy's default ``argsort`` and keeps the file order (ascending) for every rule.
@@ -221,7 +221,7 @@ def prune_subset_order(scores: np.ndarray, count: int, prune_subset: str, *, str
         sel = asc[n - count:] if count else asc[:0]
         return sel.copy() if strict_official else stable_order(s, descending=True)[:count].copy()
     if rule == "middle":
-        start = (n - count) // 2
+        start = n // 2 - count // 2  # train.py: total_num // 2 - prune_num // 2
         return asc[start:start + count].copy()
     raise SelectionError(f"prune_subset={prune_subset!r}: choose one of {', '.join(_SUBSET_CHOICES)}")
 
@@ -286,7 +286,10 @@ def select_length(
     """Select by text length: the ``count`` longest rows (``order="longest"``), ties by row index.
 
     The COINCIDE repository has no length baseline, so there is no official behaviour to copy; the order is
-    fully deterministic (``seed`` is unused).
+    fully deterministic (``seed`` is unused). The repository's own notion of a sample's length (the
+    ``lengths`` property of ``LazySupervisedDataset`` in ``train.py``, used to group batches) is the number of
+    whitespace-separated words over all turns plus 128 when the sample has an image; compute ``lengths`` that
+    way to match it.
 
     Parameters
     ----------

@@ -86,6 +86,12 @@ def test_lora_lowers_loss_and_beats_untrained(world, lora_run):
     via_adapter = evaluate(world / "model", [world / "colours.json"], world / "images", world / "ev_ad",
                            adapter=lora_run.adapter_dir, max_new_tokens=4, progress=False)
     assert via_adapter["sets"] == trained["sets"]
+    # finished sets are reused by a second call (predictions file kept), not regenerated
+    pf = world / "ev_lora" / "predictions" / "colours.jsonl"
+    stamp = pf.stat().st_mtime_ns
+    again = evaluate(lora_run.final_dir, [world / "colours.json"], world / "images", world / "ev_lora",
+                     max_new_tokens=4, progress=False)
+    assert again["sets"] == trained["sets"] and pf.stat().st_mtime_ns == stamp
 
 
 def test_seed_determinism_and_resume(world, lora_run):

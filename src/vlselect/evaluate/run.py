@@ -107,8 +107,20 @@ def generate_answers(loaded, questions: Sequence[str], images: Sequence[str | No
     return [o or "" for o in out]
 
 
+def _reuse(out: Path, es: EvalSet, state: dict) -> list[str] | None:
+    """Predictions of a set finished by an earlier call with the same model and options, else None."""
+    pf, sf = out / "predictions" / f"{es.name}.jsonl", out / "eval_state.json"
+    if not (pf.is_file() and sf.is_file()) or json.loads(sf.read_text()) != state:
+        return None
+    rows = [json.loads(x) for x in pf.read_text().splitlines() if x.strip()]
+    if [r.get("id") for r in rows] != [s["id"] for s in es.samples]:
+        return None
+    return [r["prediction"] for r in rows]
+
+
 def evaluate(model_dir, eval_files: Sequence, image_root, out_dir, *, adapter=None, reference=None,
-             batch_size: int = 8, max_new_tokens: int = 32, progress: bool = True, device=None) -> dict:
+             batch_size: int = 8, max_new_tokens: int = 32, resume: bool = True, progress: bool = True,
+             device=None) -> dict:
     """Evaluate a model on evaluation sets and write ``results.json`` and per-sample predictions.
 
     Parameters
@@ -126,6 +138,9 @@ def evaluate(model_dir, eval_files: Sequence, image_root, out_dir, *, adapter=No
         A reference ``results.json`` (e.g. the full-pool run); adds ``relative`` (survey §1.2, §1.6).
     batch_size, max_new_tokens : int
         Generation batch (8) and length (32).
+    resume : bool
+        Reuse the predictions of sets already finished in ``out_dir`` by a call with the same model, adapter and
+        ``max_new_tokens`` (sets are saved one by one as they finish).
 
     Returns
     -------
@@ -144,8 +159,16 @@ def evaluate(model_dir, eval_files: Sequence, image_root, out_dir, *, adapter=No
         dup = next(n for n in names if names.count(n) > 1)
         raise ConfigError(f"two evaluation sets are named {dup!r}; each --eval file needs its own 'name'")
     ref = read_results(reference) if reference is not None else None
-    loaded = load_trained(model_dir, adapter=adapter, device=device)
     out = Path(out_dir)
+    state = {"model": str(Path(model_dir).resolve()), "adapter": None if adapter is None else str(Path(adapter).resolve()),
+             "max_new_tokens": max_new_tokens}
+    reused = {es.name: _reuse(out, es, state) for es in sets} if resume else {}
+    for es in sets:  # predictions of another model / options must never be picked up by a later resume
+        if reused.get(es.name) is None:
+            (out / "predictions" / f"{es.name}.jsonl").unlink(missing_ok=True)
+    loaded = None if all(v is not None for v in reused.values()) and reused else \
+        load_trained(model_dir, adapter=adapter, device=device)
+    _atomic_write(out / "eval_state.json", json.dumps(state) + "\n")
     results = {"model": str(model_dir), "adapter": None if adapter is None else str(adapter), "sets": {}}
     total = sum(len(s.samples) for s in sets)
     with Progress(TextColumn("[bold]eval[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -153,9 +176,13 @@ def evaluate(model_dir, eval_files: Sequence, image_root, out_dir, *, adapter=No
         task = bar.add_task("", total=total)
         for es in sets:
             bar.update(task, description=es.name)
-            preds = generate_answers(
-                loaded, [s["question"] for s in es.samples], [s.get("image") for s in es.samples], image_root,
-                batch_size=batch_size, max_new_tokens=max_new_tokens, progress=lambda k: bar.advance(task, k))
+            preds = reused.get(es.name)
+            if preds is None:
+                preds = generate_answers(
+                    loaded, [s["question"] for s in es.samples], [s.get("image") for s in es.samples], image_root,
+                    batch_size=batch_size, max_new_tokens=max_new_tokens, progress=lambda k: bar.advance(task, k))
+            else:
+                bar.advance(task, len(es.samples))
             scored = score_set(es.metric, preds, es.samples)
             results["sets"][es.name] = {"metric": es.metric, "n": len(es.samples), **scored}
             lines = []
@@ -165,7 +192,8 @@ def evaluate(model_dir, eval_files: Sequence, image_root, out_dir, *, adapter=No
                 if es.metric == "iou":
                     rec["box"] = s["box"]
                 lines.append(json.dumps(rec, ensure_ascii=False))
-            _atomic_write(out / "predictions" / f"{es.name}.jsonl", "\n".join(lines) + "\n")
+            if reused.get(es.name) is None:
+                _atomic_write(out / "predictions" / f"{es.name}.jsonl", "\n".join(lines) + "\n")
     scores = scores_of(results)
     results["mean_score"] = sum(scores.values()) / len(scores)
     if ref is not None:

@@ -66,6 +66,8 @@ def train_command(
     seed: int = typer.Option(0, "--seed"),
     modules_to_save: str = typer.Option("", "--modules-to-save", help="LoRA: comma list of modules trained in full (e.g. lm_head; not in the recipe)."),
     temperature: float = typer.Option(10.0, "--temperature", help="MMA router temperature (10 for 7B, 5 for 13B)."),
+    adapter_dim: int = typer.Option(8, "--adapter-dim", help="MMA bottleneck."),
+    vit_routing: str = typer.Option("per_token", "--vit-routing", help="MMA ViT routing: per_token or official_batch0."),
     gradient_checkpointing: bool = typer.Option(True, "--gradient-checkpointing/--no-gradient-checkpointing"),
     bf16: str = typer.Option("auto", "--bf16", help="auto, yes or no."),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue from the last checkpoint in --out."),
@@ -96,7 +98,8 @@ def train_command(
         max_steps=max_steps, save_steps=steps, seed=seed, gradient_checkpointing=gradient_checkpointing,
         bf16={"auto": "auto", "yes": True, "no": False}[bf16], resume=resume,
         modules_to_save=[m.strip() for m in modules_to_save.split(",") if m.strip()] or None,
-        mma_kwargs={"temperature": temperature} if adapter == "mma" else None, progress=progress,
+        mma_kwargs={"temperature": temperature, "adapter_dim": adapter_dim, "vit_routing": vit_routing}
+        if adapter == "mma" else None, progress=progress,
     )
     first, last = (res.losses[0], res.losses[-1]) if res.losses else (float("nan"), float("nan"))
     console.print(

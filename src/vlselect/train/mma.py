@@ -20,6 +20,12 @@ equals LaVIN's in-sequence computation; ``tests/test_mma.py`` checks it against 
 Deviation (documented): LaVIN feeds 6 ViT [CLS] features through ``adapter_proj`` (spec §2.3-2.4). On an HF
 LLaVA/Qwen2-VL we keep the model's own image-feature path and projector (frozen unless ``train_projector=True``),
 so the count of :func:`mma_param_count` with ``include_proj=False`` is what :func:`attach_mma` adds.
+
+Other deviations when training through :func:`vlselect.train.train_lora` (``adapter="mma"``): prompts come from the
+model's chat template (not LaVIN's ``Image: …`` prefix and ``Instruction:/Response:`` strings, spec §3.1, §6.2), a
+multi-turn record is trained as one dialogue with loss on every answer (LaVIN splits turns, spec §9.5), and the
+warm-up is ``warmup_ratio`` of the steps with HF's cosine schedule (LaVIN: 2 warm-up epochs then half-cosine per
+iteration, spec §5.2). Optimiser, weight-decay groups, learning-rate rule, adapter math and routing are LaVIN's.
 """
 
 from __future__ import annotations

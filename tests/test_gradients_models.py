@@ -131,6 +131,14 @@ def test_store_matches_reference_and_is_independent_of_batch_size(family_setup, 
     m = FeatureStore.open(tmp_path / "a").manifest
     assert m["kind"] == "gradients" and m["projection"] == "rademacher" and m["dim"] == 64 and m["seed"] == 5
     assert m["num_params"] == ref.shape[1]
+    # validation-set gradients (ICONS's target tasks, icons.md §3): the same engine and projection on another file
+    val = tmp_path / "val.json"
+    recs = json.loads(Path(pool[0]).read_text())
+    val.write_text(json.dumps([recs[3], recs[0]]))
+    v = extract_gradients(mdir, lora_dir, val, tmp_path / "v", batch_size=2, **kw)
+    np.testing.assert_allclose(v.array("gradients"), fa[[3, 0]], rtol=1e-4, atol=1e-6)
+    vm = FeatureStore.open(tmp_path / "v").manifest
+    assert (vm["lora_hash"], vm["seed"], vm["dim"]) == (m["lora_hash"], m["seed"], m["dim"])
 
 
 def test_resumed_and_sharded_runs_are_byte_identical(family_setup, pool, tmp_path):
@@ -152,3 +160,10 @@ def test_resumed_and_sharded_runs_are_byte_identical(family_setup, pool, tmp_pat
     merged = merge([tmp_path / "s0", tmp_path / "s1"], tmp_path / "merged")
     for name in ("gradients", "grad_norms"):
         assert full.array(name).tobytes() == merged.array(name).tobytes()
+    # torchrun-style ranks writing their own shards of one store; the last rank to finish finalises it
+    first = extract_gradients(mdir, lora_dir, pool[0], tmp_path / "ranks", rank=0, world_size=2, **kw)
+    assert not first.finished
+    last = extract_gradients(mdir, lora_dir, pool[0], tmp_path / "ranks", rank=1, world_size=2, **kw)
+    assert last.finished
+    for name in ("gradients", "grad_norms"):
+        assert full.array(name).tobytes() == last.array(name).tobytes()

@@ -30,6 +30,7 @@ ICONS and TIVE use plain gradients (the default).
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Literal, Mapping, Sequence
@@ -657,6 +658,8 @@ def extract_gradients(
         from vlselect.pool import open_pool
 
         pool = open_pool(pool, image_root=image_root)
+    if device is None and int(os.environ.get("WORLD_SIZE", "1")) > 1 and torch.cuda.is_available():
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"  # torchrun: one GPU per rank
     loaded = model if hasattr(model, "model") and hasattr(model, "processor") else load_vlm(model, device=device, dtype=dtype)
     net = loaded.model
     lora_hash = None

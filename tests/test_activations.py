@@ -21,8 +21,9 @@ def _reference(loaded, sample, images, layers):
     ids = enc["input_ids"].tolist()
     tok = loaded.processor.tokenizer
     img_pos = [t for t, i in enumerate(ids) if i == loaded.image_token_id]
-    if img_pos:
-        text_pos = list(range(img_pos[-1] + 1, len(ids)))
+    if img_pos:  # after the image; Qwen2-VL's <|vision_end|> marker is not text
+        end_marker = tok.convert_tokens_to_ids("<|vision_end|>") if loaded.family == "qwen2-vl" else None
+        text_pos = [t for t in range(img_pos[-1] + 1, len(ids)) if ids[t] != end_marker]
     else:
         k = tok.decode(ids).index(sample.conversations[0]["value"])  # where the question's characters start
         start = next(p for p in range(len(ids)) if len(tok.decode(ids[: p + 1])) > k)

@@ -23,7 +23,8 @@ Masks
 ``text_mask``
     the *text window*: for a row with an image, every non-padding, non-image position **after the row's last image
     token** (the "\\n", the question, later role markers, answers, end-of-turn tokens); for a text-only row,
-    every position from the start of the first user message's text onward. The system prompt and the first role
+    every position from the start of the first user message's text onward. Image boundary markers
+    (``LoadedVLM.image_boundary_ids``, e.g. Qwen2-VL's ``<|vision_end|>``) are in neither mask. The system prompt and the first role
     header are not text, as in the official window (positions ≥ 760 = after the 31-token prefix and 729 image
     tokens, spec §1.4), but the window is located per sample from the tokens instead of at fixed offsets.
 """
@@ -200,12 +201,15 @@ def encode_sample(loaded, sample, image_root=None, *, max_length: int | None = N
     text_mask = torch.zeros(n, dtype=torch.bool)
     image_mask = ids == img_id if img_id is not None else torch.zeros(n, dtype=torch.bool)
     last_img = int(torch.nonzero(image_mask).max()) if bool(image_mask.any()) else -1
+    boundary = set(getattr(loaded, "image_boundary_ids", ()) or ())
     for pos, jj in enumerate(src):
         if jj < 0:
             continue
         start, end = offsets[jj]
         if end > start and any(a <= start < b for a, b in spans):
             labels[pos] = ids_list[pos]
+        if ids_list[pos] in boundary:
+            continue  # image boundary markers (<|vision_start|>, <|vision_end|>) are neither image nor text
         if last_img >= 0:
             text_mask[pos] = pos > last_img
         else:

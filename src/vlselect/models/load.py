@@ -144,6 +144,11 @@ class LoadedVLM:
         Decoder layers of the language model.
     device : torch.device
     model_dir : Path
+    image_token_id : int or None
+        The id the processor expands into the image's tokens (replaced by vision features).
+    pad_token_id : int
+    image_boundary_ids : tuple of int
+        Marker tokens around an image (Qwen2-VL's ``<|vision_start|>`` / ``<|vision_end|>``); neither image nor text.
     """
 
     model: Any
@@ -155,6 +160,7 @@ class LoadedVLM:
     model_dir: Path
     image_token_id: int | None = None
     pad_token_id: int = 0
+    image_boundary_ids: tuple = ()
     extra: dict = field(default_factory=dict)
 
     @property
@@ -239,4 +245,7 @@ def load_vlm(model_dir, *, dtype=None, device=None) -> LoadedVLM:
         model=model, processor=processor, family=family_of(config), model_hash=model_hash(path),
         num_layers=int(text_cfg.num_hidden_layers), device=device, model_dir=path,
         image_token_id=image_token_id, pad_token_id=int(pad),
+        image_boundary_ids=tuple(int(getattr(config, k)) for k in ("vision_start_token_id", "vision_end_token_id",
+                                                                  "boi_token_index", "eoi_token_index")
+                                 if getattr(config, k, None) is not None),
     )

@@ -15,7 +15,7 @@ from vlselect.select.semdedup import max_earlier_similarity
 def test_every_baseline_is_registered_with_roles_and_params():
     for name in ("random", "random_stratified", "length", "el2n", "perplexity", "semdedup", "d2pruning", "less"):
         assert name in REGISTRY
-    assert [p.name for p in REGISTRY["d2pruning"].params][:2] == ["n_neighbor", "gamma"]
+    assert [p.name for p in REGISTRY["d2pruning"].params][:2] == ["n_neighbors", "gamma"]
     assert REGISTRY["d2pruning"].resolve_params({})["gamma"] == 0.4
     assert {r.name for r in REGISTRY["less"].roles} == {"train", "val/*"}
 
@@ -205,3 +205,39 @@ def test_d2pruning_strict_uses_the_official_ivfpq_graph():
     assert sel.info["graph"] == "ivfpq" and sel.count == 30 and len(set(sel.indices.tolist())) == 30
     with pytest.raises(SelectionError, match="IVFPQ"):
         run_method("d2pruning", {"features": x[:50], "scores": s[:50]}, 5, strict_official=True)
+
+
+def _d2_reference(g, nbr, dist, count, gamma):
+    """The official iterative selection, restated plainly (list standby, argmax in list order, argsort[::-1])."""
+    g = g.copy()
+    order = np.argsort(g)[::-1]
+    picked, standby, c = [], [], 0
+    w = np.exp(-dist * gamma)
+    while len(picked) < count:
+        if standby and np.max(g[standby]) >= g[order[c]]:
+            j = standby.pop(int(np.argmax(g[standby])))
+        else:
+            node = order[c]
+            c += 1
+            if g[node] < g[order[c]]:
+                standby.append(node)
+                continue
+            j = node
+        picked.append(j)
+        g[nbr[j]] = g[nbr[j]] - g[j] * w[j]
+    return picked
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_d2_strict_message_passing_matches_a_plain_restatement_of_the_official_loop(seed):
+    rng = np.random.default_rng(seed)
+    n = 400
+    nbr = np.stack([rng.choice(n, 5, replace=False) for _ in range(n)])
+    dist = rng.random((n, 5)).astype(np.float32) * 0.5
+    aum = (rng.random(n) * 1.2 - 0.2).astype(np.float16)  # some negative margins, float16 as the AUM file
+    g = forward_message_passing(aum, nbr, dist, 1.0, strict_official=True)
+    want_g = np.sum(np.exp(-dist * 1.0) * np.maximum(aum[nbr], np.ones_like(nbr) * 1e-7), axis=-1) + np.maximum(
+        aum, np.ones_like(aum) * 1e-7)
+    np.testing.assert_array_equal(g, want_g)
+    got = reverse_message_passing(g, nbr, dist, 150, 0.4, strict_official=True)
+    assert got.tolist() == _d2_reference(g, nbr, dist, 150, 0.4)

@@ -28,7 +28,7 @@ def knn_graph(
     nbits: int = 8,
     block_rows: int = 50000,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Directed kNN graph: ``(neighbours, D)``, each ``N x n_neighbor``; ``D`` are squared L2 distances.
+    """Directed kNN graph: ``(neighbours, D)``, each ``N x n_neighbor``; ``D`` are float32 squared L2 distances.
 
     As the official code: search ``n_neighbor + 1`` neighbours per row (in blocks of 50,000), subtract the first
     returned distance from the row (assumed to be the row itself) and drop the first column.
@@ -64,37 +64,67 @@ def knn_graph(
         dd, ii = index.search(xf[s:s + block_rows], k)
         dist[s:s + dd.shape[0]] = dd
         nbr[s:s + dd.shape[0]] = ii
-    dist = dist - dist[:, :1]
-    return nbr[:, 1:], dist[:, 1:].astype(np.float64)
+    dist = dist - dist[:, :1]  # float32, as the official subtraction
+    return nbr[:, 1:].copy(), dist[:, 1:].copy()
 
 
-def forward_message_passing(scores: np.ndarray, nbr: np.ndarray, dist: np.ndarray, gamma_forward: float = 1.0) -> np.ndarray:
+def forward_message_passing(
+    scores: np.ndarray, nbr: np.ndarray, dist: np.ndarray, gamma_forward: float = 1.0, *, strict_official: bool = False
+) -> np.ndarray:
     """``g_i = max(s_i, eps) + sum_j exp(-gamma_f D_ij) max(s_j, eps)`` over the out-neighbours j (eps = 1e-7).
 
-    Neighbour ids of -1 (faiss found fewer neighbours) contribute nothing.
+    Default: float64 throughout; neighbour ids of -1 (faiss found fewer neighbours) contribute nothing.
+    ``strict_official`` repeats ``initialize_graph``'s arithmetic: ``exp`` in float32 (``D`` is float32), the
+    neighbour floor ``1e-7`` in float64, the row's own floor ``1e-7`` in the score's dtype (``float16(1e-7)``
+    for the float16 AUM file), and an id of -1 indexing the last row, as NumPy does.
     """
+    if strict_official:
+        s = np.asarray(scores)
+        nb = np.asarray(nbr)
+        contrib = np.exp(-np.asarray(dist, dtype=np.float32) * gamma_forward) * np.maximum(
+            s[nb], np.ones_like(nb) * _EPS
+        )
+        if contrib.ndim == 1:
+            contrib = contrib[:, None]
+        return np.asarray(np.sum(contrib, axis=-1) + np.maximum(s, np.ones_like(s) * _EPS), dtype=np.float64)
     s = np.maximum(np.asarray(scores, dtype=np.float64), _EPS)
     valid = nbr >= 0
-    contrib = np.where(valid, np.exp(-gamma_forward * dist) * s[np.where(valid, nbr, 0)], 0.0)
+    d64 = np.asarray(dist, dtype=np.float64)
+    contrib = np.where(valid, np.exp(-gamma_forward * d64) * s[np.where(valid, nbr, 0)], 0.0)
     return s + contrib.sum(axis=1)
 
 
 def reverse_message_passing(
-    g0: np.ndarray, nbr: np.ndarray, dist: np.ndarray, count: int, gamma: float = 0.4
+    g0: np.ndarray,
+    nbr: np.ndarray,
+    dist: np.ndarray,
+    count: int,
+    gamma: float = 0.4,
+    *,
+    strict_official: bool = False,
 ) -> np.ndarray:
-    """Select ``count`` nodes in order (spec §7.4): walk the static descending order of the initial ``g`` with a
-    standby list; selecting node k lowers each out-neighbour j by ``g_k exp(-gamma D_kj)``.
+    """Select ``count`` nodes in order (spec §7.4, ``iterative_selection``): walk the static descending order of
+    the initial ``g`` with a standby list; selecting node k lowers each out-neighbour j by ``g_k exp(-gamma D_kj)``.
 
     At each step: if the standby list is non-empty and its best current g is >= the current g of the next node
-    in the static order, the best standby node is selected (ties: the one put on standby first); otherwise the
-    next node is selected, or put on standby when its current g is below that of the node after it; then the
-    walk advances. The static order sorts by initial g descending, ties by row index.
+    in the static order, the best standby node is selected (ties: the one put on standby first, as
+    ``np.argmax`` over the list); otherwise the next node is selected, or put on standby when its current g is
+    below that of the node after it; then the walk advances. Default mode sorts by initial g descending with
+    ties by row index, computes ``exp`` in float64 and skips neighbour ids of -1; ``strict_official`` uses
+    ``np.argsort(g)[::-1]``, float32 ``exp`` and lets -1 index the last row, as the official code does. When
+    the walk reaches the end of the order (where the official code raises IndexError) the standby list is
+    drained best first.
     """
     n = g0.shape[0]
     g = np.asarray(g0, dtype=np.float64).copy()
-    order = np.lexsort((np.arange(n), -g)).astype(np.int64)
-    w = np.exp(-gamma * dist)
-    valid = nbr >= 0
+    if strict_official:
+        order = np.argsort(g)[::-1].astype(np.int64)
+        w = np.exp(-np.asarray(dist, dtype=np.float32) * gamma)
+        valid = np.ones(nbr.shape, dtype=bool)
+    else:
+        order = np.lexsort((np.arange(n), -g)).astype(np.int64)
+        w = np.exp(-gamma * np.asarray(dist, dtype=np.float64))
+        valid = nbr >= 0
     selected = np.zeros(n, dtype=bool)
     out = np.empty(min(count, n), dtype=np.int64)
     heap: list[tuple[float, int, int]] = []  # (-g at push, standby sequence, node)
@@ -102,7 +132,6 @@ def reverse_message_passing(
     p = 0
     got = 0
     glist = g  # local alias
-
     in_standby = np.zeros(n, dtype=bool)
     standby_seq = np.zeros(n, dtype=np.int64)
 
@@ -127,8 +156,7 @@ def reverse_message_passing(
         gk = glist[node]
         row_valid = valid[node]
         js = nbr[node][row_valid]
-        delta = gk * w[node][row_valid]
-        glist[js] -= delta
+        glist[js] = glist[js] - gk * w[node][row_valid]
         if gk < 0:  # a negative g raises its neighbours: re-rank those on standby
             for j in js[in_standby[js]]:
                 heapq.heappush(heap, (-glist[j], int(standby_seq[j]), int(j)))
@@ -167,7 +195,8 @@ def reverse_message_passing(
         Role("scores", "per-row importance score (AUM or EL2N), 1-D"),
     ),
     params=(
-        Param("n_neighbor", 5, int, "out-neighbours per node (the official search asks k+1 = 6)", aliases=("k", "knn")),
+        Param("n_neighbors", 5, int, "out-neighbours per node (--n-neighbors; the scripts pass 5, the search asks k+1)",
+              aliases=("n_neighbor", "k", "knn")),
         Param("gamma", 0.4, float, "reverse message passing gamma_r"),
         Param("gamma_forward", 1.0, float, "forward message passing gamma_f (hard-coded 1 in the official code)"),
         Param("graph", "exact", str, "kNN index: exact (IndexFlatL2) or ivfpq (official; strict mode forces it)",
@@ -186,7 +215,7 @@ def select_d2pruning(
     *,
     seed: int = 0,
     strict_official: bool = False,
-    n_neighbor: int = 5,
+    n_neighbors: int = 5,
     gamma: float = 0.4,
     gamma_forward: float = 1.0,
     graph: str = "exact",
@@ -199,9 +228,10 @@ def select_d2pruning(
     Parameters
     ----------
     arrays : ``features`` (N x d) and ``scores`` (N, e.g. AUM: higher = easier).
-    n_neighbor : 5 out-neighbours; gamma : 0.4 (reverse); gamma_forward : 1.0.
+    n_neighbors : 5 out-neighbours; gamma : 0.4 (reverse); gamma_forward : 1.0.
     graph : ``exact`` by default (the official IVFPQ graph is approximate and varies with faiss's training);
-        ``strict_official`` uses ``ivfpq`` with ``nlist``/``m``/``nbits`` (faiss seeds its own training).
+        ``strict_official`` uses ``ivfpq`` with ``nlist``/``m``/``nbits`` (faiss seeds its own training) and the
+        official arithmetic and sort (see :func:`forward_message_passing`, :func:`reverse_message_passing`).
 
     Returns
     -------
@@ -213,16 +243,18 @@ def select_d2pruning(
     specs/coincide.md §7.4.
     """
     x = arrays["features"]
-    s = np.asarray(arrays["scores"], dtype=np.float64).reshape(-1)
+    s = np.asarray(arrays["scores"]).reshape(-1)
+    if not strict_official:
+        s = s.astype(np.float64)
     n = int(x.shape[0])
     if s.shape[0] != n:
         raise SelectionError(f"d2pruning: {s.shape[0]} scores for {n} feature rows; give one score per row")
     kind = "ivfpq" if strict_official else graph
-    nbr, dist = knn_graph(x, n_neighbor, graph=kind, nlist=nlist, m=m, nbits=nbits)
-    g0 = forward_message_passing(s, nbr, dist, gamma_forward)
+    nbr, dist = knn_graph(x, n_neighbors, graph=kind, nlist=nlist, m=m, nbits=nbits)
+    g0 = forward_message_passing(s, nbr, dist, gamma_forward, strict_official=strict_official)
     count = max(b.count for b in budgets)
-    order = reverse_message_passing(g0, nbr, dist, count, gamma)
-    params = dict(n_neighbor=n_neighbor, gamma=gamma, gamma_forward=gamma_forward, graph=kind, nlist=nlist, m=m, nbits=nbits)
+    order = reverse_message_passing(g0, nbr, dist, count, gamma, strict_official=strict_official)
+    params = dict(n_neighbors=n_neighbors, gamma=gamma, gamma_forward=gamma_forward, graph=kind, nlist=nlist, m=m, nbits=nbits)
     return [
         Selection(order[: b.count].copy(), g0, "d2pruning", b, params, seed, strict_official, {"graph": kind})
         for b in budgets

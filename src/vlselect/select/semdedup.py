@@ -115,7 +115,8 @@ def select_semdedup(
         )
     xn = _normalise_rows(x)
     km = kmeans(xn, n_clusters, niter=niter, seed=kmeans_seed, spherical=True)
-    dist = 1.0 - km.score.astype(np.float64)
+    # cosine distance in float32, as sort_clusters.py computes 1 - dist_to_cent on the float32 search output
+    dist = np.float32(1.0) - km.score.astype(np.float32)
     # processing order: cluster id, then distance to the centroid (descending if keep_hard), ties by row
     key_dist = -dist if keep_hard else dist
     order = np.lexsort((np.arange(n), key_dist, km.assignment)).astype(np.int64)
@@ -145,7 +146,9 @@ def select_semdedup(
         raise SelectionError(f"semdedup: eps_list={eps_list!r} is not a comma list of numbers, e.g. 0.266,0.267") from None
     if not eps_values:
         raise SelectionError("semdedup: eps_list is empty; give e.g. --param eps_list=0.266,0.26665,0.267")
-    kept_lists = [order[~(m_sim[order] > 1.0 - e)] for e in eps_values]
+    # execute_semdedup.py: M (float32 column max of the upper triangle, >= 0) > 1 - eps, compared in float32
+    m32 = np.maximum(m_sim, 0.0).astype(np.float32)
+    kept_lists = [order[~(m32[order] > np.float32(1.0 - e))] for e in eps_values]
     for bud in budgets:
         chosen = None
         for e, kept in sorted(zip(eps_values, kept_lists), key=lambda t: (t[1].size, t[0])):

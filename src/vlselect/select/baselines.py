@@ -212,9 +212,11 @@ def prune_subset_order(scores: np.ndarray, count: int, prune_subset: str, *, str
     NumPy's default ``argsort`` and keeps the file order (ascending) for every rule.
     """
     rule = _SUBSET_ALIASES.get(prune_subset, prune_subset)
-    s = np.asarray(scores, dtype=np.float64)
+    raw = np.asarray(scores)
+    s = raw.astype(np.float64)
     n = s.shape[0]
-    asc = np.argsort(s).astype(np.int64) if strict_official else stable_order(s, descending=False)
+    # strict: sort_values.py's np.argsort on the stored array itself (its dtype decides the unstable tie order)
+    asc = np.argsort(raw).astype(np.int64) if strict_official else stable_order(s, descending=False)
     if rule == "bottom":
         return asc[:count].copy()
     if rule == "top":
@@ -242,7 +244,7 @@ def _single_score(
     return [
         Selection(
             prune_subset_order(values, b.count, prune_subset, strict_official=strict_official),
-            values,
+            np.asarray(values, dtype=np.float64),
             name,
             b,
             dict(params),
@@ -355,10 +357,9 @@ def select_el2n(
 
 
 def _official_scores(v: np.ndarray) -> np.ndarray:
-    """float16 storage and NaN → 0, as the official scoring scripts save scores."""
+    """float16 storage and NaN → 0, as the official scoring scripts save scores (kept float16 for the sort)."""
     h = np.asarray(v, dtype=np.float16)
-    h = np.where(np.isnan(h), np.float16(0), h)
-    return h.astype(np.float64)
+    return np.where(np.isnan(h), np.float16(0), h).astype(np.float16)
 
 
 @register_method(
@@ -386,6 +387,8 @@ def select_perplexity(
     ----------
     arrays : ``perplexity`` or ``losses`` (mean loss; converted with ``exp``, which keeps the order).
     prune_subset : ``bottom``/``low`` (default), ``middle`` or ``top``/``high``.
+    strict_official : NumPy's default (unstable) ascending ``argsort``, as ``sort_values.py`` does; the
+        COINCIDE repository ships no perplexity scorer, so the values are used as given (no float16 storage).
 
     Returns
     -------
@@ -400,8 +403,6 @@ def select_perplexity(
     if role == "losses":
         with np.errstate(over="ignore"):
             values = np.exp(values)
-    if strict_official:
-        values = _official_scores(values)
     return _single_score(
         "perplexity", values, budgets, prune_subset, seed=seed, strict_official=strict_official,
         params={"prune_subset": prune_subset}, info={"score_role": role},

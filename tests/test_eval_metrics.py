@@ -140,3 +140,28 @@ def test_lmms_command(tmp_path):
     multi = lmms_eval_command(tmp_path, ["gqa"], "o", num_processes=4, lmms_model="qwen2_vl")
     assert multi[:6] == ["accelerate", "launch", "--num_processes", "4", "-m", "lmms_eval"]
     assert multi[multi.index("--model") + 1] == "qwen2_vl"
+
+
+def test_relative_performance_reproduces_published_rel(tmp_path):
+    """Survey §1.1: the Rel. column of the 20% table is mean(score / Full) x 100 over the 10 benchmarks."""
+    from vlselect.evaluate.references import BENCHMARKS, reference_scores
+    from vlselect.evaluate.run import summarize
+
+    ref, label = reference_scores("llava-1.5-7b-lora")
+    rows = {
+        "random": ((75.7, 58.9, 44.3, 68.5, 55.3, 84.7, 1483.0, 62.2, 54.8, 65.0), 95.8),
+        "coincide": ((76.5, 59.8, 46.8, 69.2, 55.6, 86.1, 1495.6, 63.1, 54.5, 67.3), 97.4),
+        "icons": ((76.3, 60.7, 50.1, 70.8, 55.6, 87.5, 1485.7, 63.1, 55.8, 66.1), 98.6),
+        "el2n": ((76.2, 58.7, 43.7, 65.5, 53.0, 84.3, 1439.5, 53.2, 47.4, 64.9), 92.0),
+    }
+    files = []
+    for name, (scores, published) in rows.items():
+        rel = M.relative_performance(dict(zip(BENCHMARKS, scores)), ref, source=label)
+        assert rel["relative"] == pytest.approx(published, abs=0.07), name  # EL2N: 91.93 printed as 92.0
+        f = tmp_path / f"{name}.json"
+        f.write_text(json.dumps({"sets": {b: {"score": s} for b, s in zip(BENCHMARKS, scores)}}))
+        files.append(f)
+    s = summarize(files, reference="llava-1.5-7b-lora")
+    assert s["n"] == 4 and s["relative"]["mean"] == pytest.approx((95.835 + 97.427 + 98.608 + 91.933) / 4, abs=1e-2)
+    with pytest.raises(Exception, match="neither a results.json file nor a pinned reference"):
+        reference_scores("llava-9b")

@@ -37,7 +37,7 @@ def eval_command(
     eval_files: Optional[List[Path]] = typer.Option(None, "--eval", help="Evaluation-set file (repeat for several)."),
     images: Optional[Path] = typer.Option(None, "--images", help="Image folder of the evaluation sets."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (results.json, predictions/)."),
-    reference: Optional[Path] = typer.Option(None, "--reference", help="Reference results.json (e.g. full-pool run)."),
+    reference: Optional[str] = typer.Option(None, "--reference", help="Reference results.json (e.g. full-pool run) or a pinned name (llava-1.5-7b-lora)."),
     adapter: Optional[Path] = typer.Option(None, "--adapter", help="LoRA adapter/ or MMA final/ folder to apply."),
     batch_size: int = typer.Option(8, "--batch-size"),
     max_new_tokens: int = typer.Option(32, "--max-new-tokens"),
@@ -82,7 +82,7 @@ def eval_command(
 @eval_app.command("summarize")
 def summarize_command(
     results: List[Path] = typer.Argument(..., help="results.json files, e.g. one per training seed."),
-    reference: Optional[Path] = typer.Option(None, "--reference", help="Reference results.json for relative performance."),
+    reference: Optional[str] = typer.Option(None, "--reference", help="Reference results.json or pinned name for relative performance."),
     out: Optional[Path] = typer.Option(None, "--out", help="Write the summary JSON here."),
     confidence: float = typer.Option(0.95, "--confidence"),
 ) -> None:

@@ -18,6 +18,7 @@ from typing import Sequence
 
 from vlselect.errors import ConfigError
 from vlselect.evaluate.metrics import mean_interval, relative_performance, score_sample, score_set
+from vlselect.evaluate.references import reference_scores
 from vlselect.evaluate.sets import EvalSet, read_eval_set, read_results, scores_of
 
 
@@ -134,8 +135,9 @@ def evaluate(model_dir, eval_files: Sequence, image_root, out_dir, *, adapter=No
     out_dir : path-like
     adapter : path-like, optional
         LoRA adapter or MMA folder to apply to ``model_dir``.
-    reference : path-like, optional
-        A reference ``results.json`` (e.g. the full-pool run); adds ``relative`` (survey §1.2, §1.6).
+    reference : path-like or str, optional
+        A reference ``results.json`` (e.g. the full-pool run) or a pinned name
+        (:data:`vlselect.evaluate.references.PINNED`); adds ``relative`` (survey §1.2, §1.6).
     batch_size, max_new_tokens : int
         Generation batch (8) and length (32).
     resume : bool
@@ -158,7 +160,7 @@ def evaluate(model_dir, eval_files: Sequence, image_root, out_dir, *, adapter=No
     if len(set(names)) != len(names):
         dup = next(n for n in names if names.count(n) > 1)
         raise ConfigError(f"two evaluation sets are named {dup!r}; each --eval file needs its own 'name'")
-    ref = read_results(reference) if reference is not None else None
+    ref = reference_scores(reference) if reference is not None else None
     out = Path(out_dir)
     state = {"model": str(Path(model_dir).resolve()), "adapter": None if adapter is None else str(Path(adapter).resolve()),
              "max_new_tokens": max_new_tokens}
@@ -197,7 +199,7 @@ def evaluate(model_dir, eval_files: Sequence, image_root, out_dir, *, adapter=No
     scores = scores_of(results)
     results["mean_score"] = sum(scores.values()) / len(scores)
     if ref is not None:
-        rel = relative_performance(scores, scores_of(ref), source=str(reference))
+        rel = relative_performance(scores, ref[0], source=ref[1])
         results["reference"] = str(reference)
         results["relative"] = rel["relative"]
         results["relative_skipped"] = rel["skipped"]  # sets with a zero reference score (no ratio)
@@ -221,7 +223,7 @@ def summarize(result_files: Sequence, *, reference=None, confidence: float = 0.9
         if sorted(r["sets"]) != sorted(names):
             raise ConfigError(f"{f}: evaluation sets {sorted(r['sets'])} differ from {sorted(names)} in "
                               f"{result_files[0]}; summarise runs evaluated on the same sets")
-    ref_scores = scores_of(read_results(reference)) if reference is not None else None
+    ref_scores = reference_scores(reference)[0] if reference is not None else None
     out = {"n": len(runs), "files": [str(f) for f in result_files], "sets": {}}
     for name in names:
         out["sets"][name] = mean_interval([r["sets"][name]["score"] for r in runs], confidence)

@@ -179,3 +179,17 @@ def test_json_list_input_and_strict_flag_recorded(work: Path, capsys):
     assert np.load(work / "o" / "indices.npy").tolist() == [6, 13, 20]  # length 6, ties by row
     m = json.loads((work / "o" / "manifest.json").read_text())
     assert m["extra"]["strict_official"] is True and m["extra"]["inputs"]["lengths"]["kind"] == "json"
+
+
+def test_length_from_the_pool_when_no_lengths_input(work: Path, capsys):
+    recs = json.loads((work / "pool.json").read_text())
+    recs[7]["conversations"][1]["value"] = "a much longer answer than the others here"
+    del recs[3]["image"]
+    recs[3]["conversations"][0]["value"] = "What is it?"
+    (work / "pool.json").write_text(json.dumps(recs))
+    code, text = _run(["select", "length", "--pool", str(work / "pool.json"), "--budget", "2",
+                       "--out", str(work / "o")], capsys)
+    assert code == 0, text
+    idx = np.load(work / "o" / "indices.npy").tolist()
+    scores = np.load(work / "o" / "scores.npy")
+    assert idx == [7, 0] and scores[7] == 4 + 8 + 128 and scores[3] == 3 + 2

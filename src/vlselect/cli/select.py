@@ -137,6 +137,9 @@ def select_command(
         pool_fingerprint=getattr(pool_obj, "fingerprint", None),
         pool_path=pool,
     )
+    if method == "length" and "lengths" not in loaded and pool_obj is not None:
+        loaded["lengths"] = sio.LoadedInput("lengths", sio.pool_lengths(pool_obj), str(pool), "pool", None,
+                                            None, {"measure": "words + 128 if image (COINCIDE train.py lengths)"})
     arrays = {r: li.array for r, li in loaded.items()}
     exclude = None
     for li in loaded.values():

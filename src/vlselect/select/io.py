@@ -32,6 +32,7 @@ __all__ = [
     "output_dirs",
     "parse_input_spec",
     "parse_param_specs",
+    "pool_lengths",
     "task_counts",
     "write_selection",
 ]
@@ -252,6 +253,20 @@ def load_inputs(
             )
         first = first or li
     return loaded
+
+
+def pool_lengths(pool: Any) -> np.ndarray:
+    """Per-row length as the COINCIDE repository measures it (``LazySupervisedDataset.lengths`` in
+    ``train.py``): whitespace-separated words over all turns, plus 128 when the record has an image.
+
+    Used by ``vlselect select length --pool FILE`` when no ``lengths`` input is given.
+    """
+    out = np.empty(len(pool), dtype=np.float64)
+    for i in range(len(pool)):
+        rec = pool.record(i)
+        words = sum(len(str(turn.get("value", "")).split()) for turn in rec.get("conversations", []) or [])
+        out[i] = words + (128 if rec.get("image") else 0)
+    return out
 
 
 def load_tasks(path: str | os.PathLike[str]) -> list[str]:

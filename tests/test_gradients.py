@@ -206,3 +206,16 @@ def test_factored_features_do_not_depend_on_batch_size(model, samples):
     pairs = torch.cat([f for _, f, _ in eng.run([collate(samples[i : i + 2]) for i in range(0, 6, 2)])])
     assert one.shape == (6, 256)
     torch.testing.assert_close(pairs, one, rtol=1e-4, atol=1e-6)
+
+
+def test_checkpointing_and_train_mode_are_switched_off(samples, reference):
+    """A model left in train mode with activation checkpointing (as after training) still gives the exact
+    gradients: the engine turns dropout and recomputation off."""
+    m = tiny_llava_lora()
+    m.base_model.model.activation_checkpointing_enable({"use_reentrant": False})
+    m.train()
+    eng = GradientEngine(m, projection="none")
+    assert not m.training
+    full, _ = eng.full_gradients(collate(samples))
+    ref = reference[1]
+    assert float((full - ref).abs().max() / ref.abs().max()) < 1e-5

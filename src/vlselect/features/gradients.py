@@ -265,7 +265,10 @@ class GradientEngine:
             raise ConfigError("Adam preconditioning needs the full gradient and cannot be combined with the factored "
                               "projection; fix: use --projection rademacher or gaussian with --adam-state")
         self.model = model
-        self.model.eval()
+        self.model.eval()  # LoRA dropout off, as PEFT's inference mode in the official code
+        for m in model.modules():  # recomputation would bypass the captured layer outputs
+            if getattr(m, "gradient_checkpointing", False):
+                m.gradient_checkpointing = False
         self.device = next(model.parameters()).device
         chosen = select_parameters(model, params)
         self.params: list[_Param] = []
@@ -347,6 +350,9 @@ class GradientEngine:
         outs = [self._captured[n][1] for n in names]
         grads = torch.autograd.grad(losses.sum(), outs, allow_unused=True) if outs else []
         gmap = dict(zip(names, grads))
+        if outs and int(counts.sum()) > 0 and all(g is None for g in grads):
+            raise ModelError("no gradient reached the LoRA layers although the batch has answer tokens; fix: load the "
+                             "model without activation checkpointing and with the adapter's layers in the forward path")
         mask = batch.get("attention_mask")
         res = {}
         for n, mod in self.modules.items():

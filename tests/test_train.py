@@ -197,3 +197,44 @@ def test_lmms_cli_prints_command(world, capsys):
     assert exc.value.code in (0, None)
     out = capsys.readouterr().out
     assert "lmms_eval --model llava_hf" in out and f"pretrained={world / 'model'}" in out and "--tasks mme,pope" in out
+
+
+_DDP_SCRIPT = """
+import sys, torch
+torch.set_num_threads(1)
+from vlselect.train import train_lora
+root = sys.argv[1]
+train_lora(root + "/model", root + "/pool.json", root + "/images", root + "/ddp", r=8, lora_alpha=16, lr=1e-2,
+           lora_dropout=0.0, batch_size=3, max_steps=2, gradient_checkpointing=False, progress=False, warmup_ratio=0.0)
+"""
+
+
+@pytest.mark.slow
+def test_two_process_training_equals_gradient_accumulation(world):
+    """torchrun with 2 CPU ranks (gloo): each rank takes every other micro-batch and gradients are averaged, which
+    equals one process with grad_accum=2 (dropout off: ranks draw their own masks)."""
+    import os
+    import subprocess
+    import sys
+
+    from vlselect.train import train_lora
+
+    script = world / "ddp_train.py"
+    script.write_text(_DDP_SCRIPT)
+    import socket
+
+    with socket.socket() as sock:  # a free port for the rendezvous
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+           str(script), str(world)]
+    run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    single = train_lora(world / "model", world / "pool.json", world / "images", world / "ddp_single", r=8,
+                        lora_alpha=16, lr=1e-2, lora_dropout=0.0, batch_size=3, grad_accum=2, max_steps=2,
+                        gradient_checkpointing=False, progress=False, warmup_ratio=0.0)
+    ddp = json.loads((world / "ddp" / "train_result.json").read_text())
+    assert ddp["steps"] == 2 and ddp["losses"] == pytest.approx(single.losses, abs=1e-5)
+    a, b = _trainable(world / "ddp" / "checkpoint-2"), _trainable(world / "ddp_single" / "checkpoint-2")
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)

@@ -193,3 +193,16 @@ def test_length_from_the_pool_when_no_lengths_input(work: Path, capsys):
     idx = np.load(work / "o" / "indices.npy").tolist()
     scores = np.load(work / "o" / "scores.npy")
     assert idx == [7, 0] and scores[7] == 4 + 8 + 128 and scores[3] == 3 + 2
+
+
+def test_validation_store_of_another_pool_is_fine_for_a_non_aligned_role(work: Path, capsys):
+    from vlselect.pool import open_pool
+
+    fp = open_pool(work / "pool.json").fingerprint
+    rng = np.random.default_rng(3)
+    train = _store(work / "train", fp, {"gradients": rng.normal(size=(N, 8)).astype(np.float32)})
+    val = _store(work / "val", "f" * 64, {"gradients": rng.normal(size=(N, 8)).astype(np.float32)})
+    code, text = _run(["select", "less", "--input", f"train={train}", "--input", f"val/gqa={val}",
+                       "--pool", str(work / "pool.json"), "--budget", "5", "--out", str(work / "o")], capsys)
+    assert code == 0, text
+    assert np.load(work / "o" / "indices.npy").shape == (5,)

@@ -231,7 +231,8 @@ def load_inputs(
             raise ConfigError(f"--input {role} given twice ({loaded[role].path} and {path}); give each role once")
         li = load_input(role, path, array)
         loaded[role] = li
-        if pool_fingerprint and li.pool_fingerprint and li.pool_fingerprint != pool_fingerprint:
+        if (aligned_roles.get(role, True) and pool_fingerprint and li.pool_fingerprint
+                and li.pool_fingerprint != pool_fingerprint):
             raise FeatureError(
                 f"input {role}={path} was extracted for a different pool (fingerprint {li.pool_fingerprint}) than "
                 f"{pool_path} (fingerprint {pool_fingerprint}); re-run feature extraction on this pool or pass the pool it was made for"

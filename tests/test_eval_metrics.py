@@ -165,3 +165,25 @@ def test_relative_performance_reproduces_published_rel(tmp_path):
     assert s["n"] == 4 and s["relative"]["mean"] == pytest.approx((95.835 + 97.427 + 98.608 + 91.933) / 4, abs=1e-2)
     with pytest.raises(Exception, match="neither a results.json file nor a pinned reference"):
         reference_scores("llava-9b")
+
+
+def test_lmms_import_and_relative(tmp_path):
+    from vlselect.cli import main
+
+    lm = {"results": {
+        "mme": {"alias": "mme", "mme_cognition_score,none": 300.0, "mme_percetion_score,none": 1476.9},
+        "pope": {"pope_accuracy,none": 0.87, "pope_f1_score,none": 0.864, "pope_f1_score_stderr,none": 0.01},
+        "gqa": {"exact_match,none": 0.63, "exact_match_stderr,none": 0.004},
+    }}
+    f = tmp_path / "results_lmms.json"
+    f.write_text(json.dumps(lm))
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", "lmms-import", str(f), "--out", str(tmp_path / "r.json"), "--reference", "llava-1.5-7b-lora"])
+    assert exc.value.code in (0, None)
+    r = json.loads((tmp_path / "r.json").read_text())
+    assert r["sets"]["mme"]["score"] == 1476.9 and r["sets"]["pope"]["score"] == pytest.approx(86.4)
+    assert r["sets"]["gqa"]["score"] == pytest.approx(63.0)
+    assert r["relative"] == pytest.approx(100.0)  # these are the pinned reference's own numbers
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", "lmms-import", str(f), "--out", str(tmp_path / "r2.json"), "--metric", "gqa=bleu"])
+    assert exc.value.code == 2

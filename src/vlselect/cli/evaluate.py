@@ -136,6 +136,42 @@ def lmms_command(
     raise typer.Exit(subprocess.call(cmd))
 
 
+@eval_app.command("lmms-import")
+def lmms_import_command(
+    results: Path = typer.Argument(..., help="lmms-eval results JSON."),
+    out: Path = typer.Option(..., "--out", help="vlselect results.json to write."),
+    metric: Optional[List[str]] = typer.Option(None, "--metric", help="TASK=METRIC to choose a task's score."),
+    reference: Optional[str] = typer.Option(None, "--reference", help="results.json or pinned name (llava-1.5-7b-lora)."),
+) -> None:
+    """Convert lmms-eval results into a vlselect results.json (optionally with relative performance)."""
+    from vlselect.evaluate.lmms import import_lmms_results
+
+    chosen = {}
+    for item in metric or []:
+        if "=" not in item:
+            raise ConfigError(f"--metric {item!r}: write TASK=METRIC, e.g. --metric mme=mme_percetion_score")
+        k, v = item.split("=", 1)
+        chosen[k.strip()] = v.strip()
+    res = import_lmms_results(results, None, metrics=chosen)
+    if reference is not None:
+        from vlselect.evaluate.metrics import relative_performance
+        from vlselect.evaluate.references import reference_scores
+
+        ref, label = reference_scores(reference)
+        rel = relative_performance({k: v["score"] for k, v in res["sets"].items()}, ref, source=label)
+        res.update(reference=label, relative=rel["relative"], relative_skipped=rel["skipped"])
+        for name, v in rel["per_set"].items():
+            res["sets"][name]["relative"] = v
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(res, indent=2) + "\n")
+    tmp.replace(out)
+    for name, v in res["sets"].items():
+        typer.echo(f"{name}: {v['score']:.2f} ({v['metric']})" + (f" · relative {v['relative']:.1f}" if "relative" in v else ""))
+    if "relative" in res:
+        typer.echo(f"relative performance {res['relative']:.1f} (reference {res['reference']})")
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``eval`` group to the main app."""
     app.add_typer(eval_app, name="eval")

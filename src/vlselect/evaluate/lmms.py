@@ -10,6 +10,9 @@ Example
 
     python -m lmms_eval --model llava_hf --model_args pretrained=runs/lora/final,device_map=auto
         --tasks mme,pope --batch_size 1 --output_path runs/lora/lmms --log_samples --seed 0
+
+and ``vlselect eval lmms-import runs/lora/lmms/.../results.json --out runs/lora/results.json --reference
+llava-1.5-7b-lora`` turns its output into a vlselect ``results.json`` with relative performance.
 """
 
 from __future__ import annotations
@@ -103,3 +106,65 @@ def lmms_eval_command(
 def format_command(cmd: list[str]) -> str:
     """Shell-quoted one-line form of a command."""
     return " ".join(shlex.quote(c) for c in cmd)
+
+
+def _pick_metric(task: str, metrics: dict, override: str | None) -> tuple[str, float]:
+    nums = {k: float(v) for k, v in metrics.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and "stderr" not in k}
+    if override is not None:
+        for k, v in nums.items():
+            if k == override or k.split(",")[0] == override:
+                return k, v
+        raise ConfigError(f"lmms-eval task {task!r} has no metric {override!r} (it has: {', '.join(nums) or 'none'})")
+    low = task.lower()
+    prefs = (["percetion", "perception"] if low.startswith("mme") else ["f1"] if low.startswith("pope") else []) + \
+        ["exact_match", "accuracy", "acc", "gpt_eval_score", "score"]
+    for pref in prefs:
+        for k, v in nums.items():
+            if pref in k.split(",")[0]:
+                return k, v
+    if len(nums) == 1:
+        return next(iter(nums.items()))
+    raise ConfigError(f"lmms-eval task {task!r}: cannot tell which metric is its score among {', '.join(nums)}; "
+                      f"pass --metric {task}=NAME")
+
+
+def import_lmms_results(path, out_path=None, *, metrics: dict[str, str] | None = None) -> dict:
+    """Turn an lmms-eval results JSON (``{"results": {task: {"metric,filter": value}}}``) into a vlselect
+    ``results.json`` (``{"sets": {task: {"metric", "score"}}}``), so that ``vlselect eval summarize`` and pinned
+    references (:mod:`vlselect.evaluate.references`) apply to real benchmarks.
+
+    The score of a task is ``metrics[task]`` if given, else the first of: MME perception score, POPE F1,
+    ``exact_match`` / ``accuracy`` / ``gpt_eval_score`` / ``score``, or the only numeric metric. Fractions of
+    accuracy-like metrics (≤ 1) are turned into percent; MME keeps its scale.
+    """
+    import orjson
+
+    path = Path(path)
+    try:
+        data = orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read an lmms-eval results file ({exc}); pass the results_*.json it wrote") from None
+    if not isinstance(data, dict) or not isinstance(data.get("results"), dict):
+        raise ConfigError(f"{path}: no 'results' object; pass the results JSON written by lmms-eval --output_path")
+    sets = {}
+    for task, m in data["results"].items():
+        if not isinstance(m, dict):
+            continue
+        key, value = _pick_metric(task, m, (metrics or {}).get(task))
+        name = key.split(",")[0]
+        if value <= 1.0 and not task.lower().startswith("mme") and any(
+                x in name for x in ("exact_match", "acc", "f1", "score")):
+            value *= 100.0
+        sets[task] = {"metric": f"lmms:{name}", "score": value}
+    if not sets:
+        raise ConfigError(f"{path}: no task results inside")
+    res = {"model": str(data.get("model_name") or data.get("config", {}).get("model_args", "")), "source": str(path),
+           "sets": sets, "mean_score": sum(v["score"] for v in sets.values()) / len(sets)}
+    if out_path is not None:
+        out_path = Path(out_path)
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out_path.with_name(out_path.name + ".tmp")
+        tmp.write_text(json.dumps(res, indent=2) + "\n")
+        tmp.replace(out_path)
+    return res

@@ -174,6 +174,7 @@ def test_lmms_import_and_relative(tmp_path):
         "mme": {"alias": "mme", "mme_cognition_score,none": 300.0, "mme_percetion_score,none": 1476.9},
         "pope": {"pope_accuracy,none": 0.87, "pope_f1_score,none": 0.864, "pope_f1_score_stderr,none": 0.01},
         "gqa": {"exact_match,none": 0.63, "exact_match_stderr,none": 0.004},
+        "textvqa_val": {"exact_match,none": 0.582},
     }}
     f = tmp_path / "results_lmms.json"
     f.write_text(json.dumps(lm))
@@ -183,6 +184,7 @@ def test_lmms_import_and_relative(tmp_path):
     r = json.loads((tmp_path / "r.json").read_text())
     assert r["sets"]["mme"]["score"] == 1476.9 and r["sets"]["pope"]["score"] == pytest.approx(86.4)
     assert r["sets"]["gqa"]["score"] == pytest.approx(63.0)
+    assert r["sets"]["textvqa"]["task"] == "textvqa_val" and r["sets"]["textvqa"]["score"] == pytest.approx(58.2)
     assert r["relative"] == pytest.approx(100.0)  # these are the pinned reference's own numbers
     with pytest.raises(SystemExit) as exc:
         main(["eval", "lmms-import", str(f), "--out", str(tmp_path / "r2.json"), "--metric", "gqa=bleu"])

@@ -158,6 +158,15 @@ def lmms_import_command(
         from vlselect.evaluate.references import reference_scores
 
         ref, label = reference_scores(reference)
+        # lmms-eval split suffixes (vqav2_val, mmbench_en_dev, textvqa_val) -> the reference's benchmark names
+        renamed = {}
+        for task, v in res["sets"].items():
+            match = task if task in ref else max((k for k in ref if task.startswith(k + "_")), key=len, default=task)
+            if match in renamed:
+                raise ConfigError(f"{results}: tasks {renamed[match]['task']!r} and {task!r} both map to the reference "
+                                  f"benchmark {match!r}; import them separately")
+            renamed[match] = {**v, "task": task}
+        res["sets"] = renamed
         rel = relative_performance({k: v["score"] for k, v in res["sets"].items()}, ref, source=label)
         res.update(reference=label, relative=rel["relative"], relative_skipped=rel["skipped"])
         for name, v in rel["per_set"].items():

@@ -114,3 +114,31 @@ def test_seed_param_sets_the_run_seed_and_unknown_params_list_the_valid_ones():
 def test_method_without_rows_or_tasks_is_an_error():
     with pytest.raises(SelectionError, match="pool size"):
         run_method("random", {}, 3)
+
+
+def test_large_memmap_with_bad_rows_is_filtered_through_a_temporary_memmap(tmp_path, monkeypatch):
+    import vlselect.select as sel_mod
+
+    monkeypatch.setattr(sel_mod, "_COPY_LIMIT_BYTES", 0)
+    x = np.arange(40, dtype=np.float32).reshape(10, 4)
+    x[2, 1] = np.nan
+    np.save(tmp_path / "x.npy", x)
+    m = np.load(tmp_path / "x.npy", mmap_mode="r")
+    seen = {}
+
+    from vlselect.select import base
+
+    def spy(arrays, tasks, budgets, *, seed, strict_official):
+        a = arrays["features"]
+        seen["type"], seen["rows"] = type(a), np.asarray(a)[:, 0].tolist()
+        return [base.Selection(np.arange(b.count), None, "spy", b) for b in budgets]
+
+    base.REGISTRY["_spy2"] = base.MethodInfo("_spy2", spy, (base.Role("features", "x"),), (), "test")
+    try:
+        with pytest.warns(RuntimeWarning):
+            (s,) = run_method("_spy2", {"features": m}, 3)
+    finally:
+        del base.REGISTRY["_spy2"]
+    assert seen["type"] is np.memmap
+    assert seen["rows"] == [0.0, 4.0, 12.0, 16.0, 20.0, 24.0, 28.0, 32.0, 36.0]
+    assert s.indices.tolist() == [0, 1, 3]  # positions 0, 1, 2 of the finite rows → pool rows 0, 1, 3

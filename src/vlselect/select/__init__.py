@@ -54,6 +54,25 @@ def get_method(name: str) -> MethodInfo:
         ) from None
 
 
+#: Above this size an aligned memmap with bad rows is filtered into a temporary memmap, block by block, instead of
+#: being copied into RAM (a 665K x 5120 float16 matrix is 6.8 GB).
+_COPY_LIMIT_BYTES = 512 << 20
+
+
+def _take_rows_to_memmap(arr: np.ndarray, rows: np.ndarray, path: str, block_rows: int = 8192) -> np.ndarray:
+    """``arr[rows]`` written block by block to a new ``.npy`` at ``path`` and returned as a read-only memmap."""
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=arr.dtype, shape=(rows.shape[0],) + tuple(arr.shape[1:]))
+    for s in range(0, rows.shape[0], block_rows):
+        r = rows[s:s + block_rows]
+        out[s:s + r.shape[0]] = arr[r]
+        out.flush()
+        _release_pages(out, s, s + r.shape[0])
+        if r.size:
+            _release_pages(arr, int(r[0]), int(r[-1]) + 1)
+    del out
+    return np.load(path, mmap_mode="r")
+
+
 def _release_pages(arr: np.ndarray, a: int, b: int) -> None:
     """Drop a memmap's pages for rows [a, b) from the resident set (the one helper lives in icons.py)."""
     try:
@@ -138,6 +157,8 @@ def run_method(
     method runs on the finite rows, its indices are mapped back to pool rows, its scores are NaN on the
     excluded rows, and ``Selection.info["excluded_rows"]`` records the count and the first row numbers. The
     budget count stays the one resolved on the whole pool (a shortfall is reported if too few rows are left).
+    A large memmap input (over 512 MB) with bad rows is filtered into a temporary memmap block by block, so
+    its finite rows are never all in RAM at once; a clean input is passed through untouched.
     Validation (non-aligned) inputs lose their non-finite rows the same way. With ``strict_official=True`` the
     rows are passed through as the official code would see them, with a warning.
     """
@@ -234,14 +255,32 @@ def run_method(
             if excluded_info is not None:
                 s.info.setdefault("excluded_rows", excluded_info)
     else:
+        import shutil
+        import tempfile
+
         keep_idx = np.flatnonzero(~bad).astype(np.int64)
-        sub_arrays = {k: (np.asarray(v[keep_idx]) if k in lengths else v) for k, v in arrays.items()}
-        sub_tasks = task_arr[keep_idx] if task_arr is not None else None
         m = int(keep_idx.size)
         if m == 0:
             raise SelectionError(f"{name}: every row of the input holds NaN or inf; nothing to select from")
+        tmpdir: str | None = None
+        sub_arrays = {}
+        for k, v in arrays.items():
+            if k not in lengths:
+                sub_arrays[k] = v
+            elif isinstance(v, np.memmap) and v.nbytes > _COPY_LIMIT_BYTES:
+                tmpdir = tmpdir or tempfile.mkdtemp(prefix="vlselect_finite_")
+                sub_arrays[k] = _take_rows_to_memmap(v, keep_idx, f"{tmpdir}/{k.replace('/', '_')}.npy")
+            else:
+                sub_arrays[k] = np.asarray(v[keep_idx])
+        sub_tasks = task_arr[keep_idx] if task_arr is not None else None
         sub_budgets = [Budget(count=min(b.count, m), fraction=b.fraction, n=m, given=b.given) for b in budgets]
-        sels = method.fn(sub_arrays, sub_tasks, sub_budgets, seed=seed, strict_official=strict_official, **resolved)
+        try:
+            sels = method.fn(sub_arrays, sub_tasks, sub_budgets, seed=seed, strict_official=strict_official,
+                             **resolved)
+        finally:
+            sub_arrays.clear()
+            if tmpdir is not None:
+                shutil.rmtree(tmpdir, ignore_errors=True)
         for s, b in zip(sels, budgets):
             s.indices = keep_idx[s.indices]
             if s.scores is not None:

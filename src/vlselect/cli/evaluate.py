@@ -152,29 +152,7 @@ def lmms_import_command(
             raise ConfigError(f"--metric {item!r}: write TASK=METRIC, e.g. --metric mme=mme_percetion_score")
         k, v = item.split("=", 1)
         chosen[k.strip()] = v.strip()
-    res = import_lmms_results(results, None, metrics=chosen)
-    if reference is not None:
-        from vlselect.evaluate.metrics import relative_performance
-        from vlselect.evaluate.references import reference_scores
-
-        ref, label = reference_scores(reference)
-        # lmms-eval split suffixes (vqav2_val, mmbench_en_dev, textvqa_val) -> the reference's benchmark names
-        renamed = {}
-        for task, v in res["sets"].items():
-            match = task if task in ref else max((k for k in ref if task.startswith(k + "_")), key=len, default=task)
-            if match in renamed:
-                raise ConfigError(f"{results}: tasks {renamed[match]['task']!r} and {task!r} both map to the reference "
-                                  f"benchmark {match!r}; import them separately")
-            renamed[match] = {**v, "task": task}
-        res["sets"] = renamed
-        rel = relative_performance({k: v["score"] for k, v in res["sets"].items()}, ref, source=label)
-        res.update(reference=label, relative=rel["relative"], relative_skipped=rel["skipped"])
-        for name, v in rel["per_set"].items():
-            res["sets"][name]["relative"] = v
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(res, indent=2) + "\n")
-    tmp.replace(out)
+    res = import_lmms_results(results, out, metrics=chosen, reference=reference)
     for name, v in res["sets"].items():
         typer.echo(f"{name}: {v['score']:.2f} ({v['metric']})" + (f" · relative {v['relative']:.1f}" if "relative" in v else ""))
     if "relative" in res:

@@ -129,14 +129,41 @@ def _pick_metric(task: str, metrics: dict, override: str | None) -> tuple[str, f
                       f"pass --metric {task}=NAME")
 
 
-def import_lmms_results(path, out_path=None, *, metrics: dict[str, str] | None = None) -> dict:
+def add_relative(res: dict, reference, *, source: str = "") -> dict:
+    """Add relative performance to an imported results object against a ``results.json`` or pinned reference.
+
+    lmms-eval split suffixes (``vqav2_val``, ``mmbench_en_dev``, ``textvqa_val``) are mapped onto the reference's
+    benchmark names (the longest reference name the task starts with, followed by ``_``); ``task`` keeps the
+    original name.
+    """
+    from vlselect.evaluate.metrics import relative_performance
+    from vlselect.evaluate.references import reference_scores
+
+    ref, label = reference_scores(reference)
+    renamed: dict = {}
+    for task, v in res["sets"].items():
+        match = task if task in ref else max((k for k in ref if task.startswith(k + "_")), key=len, default=task)
+        if match in renamed:
+            raise ConfigError(f"{source}: tasks {renamed[match]['task']!r} and {task!r} both map to the reference "
+                              f"benchmark {match!r}; import them separately")
+        renamed[match] = {**v, "task": task}
+    res["sets"] = renamed
+    rel = relative_performance({k: v["score"] for k, v in renamed.items()}, ref, source=label)
+    res.update(reference=label, relative=rel["relative"], relative_skipped=rel["skipped"])
+    for name, v in rel["per_set"].items():
+        res["sets"][name]["relative"] = v
+    return res
+
+
+def import_lmms_results(path, out_path=None, *, metrics: dict[str, str] | None = None, reference=None) -> dict:
     """Turn an lmms-eval results JSON (``{"results": {task: {"metric,filter": value}}}``) into a vlselect
     ``results.json`` (``{"sets": {task: {"metric", "score"}}}``), so that ``vlselect eval summarize`` and pinned
     references (:mod:`vlselect.evaluate.references`) apply to real benchmarks.
 
     The score of a task is ``metrics[task]`` if given, else the first of: MME perception score, POPE F1,
     ``exact_match`` / ``accuracy`` / ``gpt_eval_score`` / ``score``, or the only numeric metric. Fractions of
-    accuracy-like metrics (≤ 1) are turned into percent; MME keeps its scale.
+    accuracy-like metrics (≤ 1) are turned into percent; MME keeps its scale. With ``reference`` (a results.json
+    or a pinned name) relative performance is added (:func:`add_relative`).
     """
     import orjson
 
@@ -161,6 +188,8 @@ def import_lmms_results(path, out_path=None, *, metrics: dict[str, str] | None =
         raise ConfigError(f"{path}: no task results inside")
     res = {"model": str(data.get("model_name") or data.get("config", {}).get("model_args", "")), "source": str(path),
            "sets": sets, "mean_score": sum(v["score"] for v in sets.values()) / len(sets)}
+    if reference is not None:
+        add_relative(res, reference, source=str(path))
     if out_path is not None:
         out_path = Path(out_path)
         out_path.parent.mkdir(parents=True, exist_ok=True)

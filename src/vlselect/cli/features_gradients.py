@@ -41,7 +41,11 @@ def gradients(
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Per-sample LoRA gradients of the mean answer-token loss, a batch per backward pass, exact, projected with a
-    seeded JL matrix (identical on any device, shard or batch size)."""
+    seeded JL matrix (identical on any device, shard or batch size).
+
+    Recipes: ICONS --dim 5120 (and the same command on each target task's validation file); TIVE --params
+    self_attn --norms; LESS --adam-state WARM/adam_state.pt.
+    """
     from vlselect.errors import ConfigError
     from vlselect.features.gradients import PROJECTIONS, extract_gradients
 

@@ -392,3 +392,14 @@ def test_pretrain_pool_clean_captions_avoiding_eval_scenes(tmp_path):
         sig = (tuple(sorted((o["shape"], o["color"], o["size"], POSITIONS.index(o["pos"])) for o in sc["objects"])),
                sc["word"])
         assert sig not in {(tuple((o.shape, o.color, o.size, o.cell) for o in s[0]), s[1]) for s in eval_sigs}
+
+
+def test_world_help_has_examples():
+    from typer.testing import CliRunner
+
+    from vlselect.cli import app
+
+    runner = CliRunner()
+    for args in (["world", "--help"], ["world", "make", "--help"], ["world", "pretrain", "--help"]):
+        res = runner.invoke(app, args)
+        assert res.exit_code == 0 and "Example: vlselect world" in res.output, args

@@ -271,11 +271,12 @@ def test_strict_hybrid_equals_full_official_gemm(vectors_dir):
         assert np.array_equal(h.scores, f.scores) and np.array_equal(h.indices, f.indices)
     rng = np.random.default_rng(8)
     train = (rng.standard_normal((4000, 64)) * rng.lognormal(0, 0.7, (4000, 1))).astype(np.float16)
-    vals = {"val/a": rng.standard_normal((30, 64)), "val/s/x": 3 * rng.standard_normal((20, 64)),
+    vals = {"val/a": 100 * rng.standard_normal((30, 64)), "val/s/x": 3 * rng.standard_normal((20, 64)),
             "val/s/y": rng.standard_normal((10, 64))}
     h = run_method("icons", {"train": train, **vals}, 0.3, strict_official=True)[0]
     f = run_method("icons", {"train": train, **vals}, 0.3, strict_official=True, params={"score_form": "gemm"})[0]
     assert h.info["thresholds"] == f.info["thresholds"] and np.array_equal(h.scores, f.scores)
+    assert not h.info["full_gemm"] and h.info["rows_recomputed"] < 400  # regular rows are unit: no norm-scaled δ
 
 
 # ------------------------------------------------------------------------------------------- CLI

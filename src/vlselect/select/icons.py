@@ -265,7 +265,7 @@ def icons_task_scores(
     return scores, subs
 
 
-HYBRID_DELTA = 1e-5  # margin (× the task's largest validation row norm) around each threshold; see icons_strict_votes
+HYBRID_DELTA = 2e-6  # margin (× the task's largest validation row norm) around each threshold; see icons_strict_votes
 _MIN_GEMM_ROWS = 256  # MKL takes another (differently rounded) path for very short GEMMs: pad to at least this
 
 
@@ -289,8 +289,8 @@ def icons_strict_votes(
     """The official votes at ``percentile`` without the official O(n·m·d) work (spec §10 steps 2–3).
 
     ``approx`` are the float64 mean-vector scores (:func:`icons_task_scores`, ``form="matvec"``), within
-    ``δ_t = HYBRID_DELTA × max(1, largest validation row norm)`` of the official float32 scores (they differ by
-    float32 rounding, ~1e-7). Let ``a_lo ≤ a_hi`` be the approximate order statistics that ``numpy.percentile``
+    ``δ_t = HYBRID_DELTA`` (× the largest raw row norm for a split task) of the official float32 scores (they
+    differ by float32 rounding: ~1e-9 relative on 665K × 5120 synthetic features, so δ/4 leaves a margin of ~100). Let ``a_lo ≤ a_hi`` be the approximate order statistics that ``numpy.percentile``
     interpolates (widened by one position either side). Every row with an approximate score in
     ``[a_lo - 2δ, a_hi + 2δ]`` is recomputed with the
     official op sequence (float32 GEMM with every validation row, float32 mean, max over sub-tasks); every other
@@ -306,9 +306,13 @@ def icons_strict_votes(
     recomputed rows, rounded approximations elsewhere), info (rows recomputed, fallback used).
     """
     n, T = approx.shape
+    # a regular task's validation rows are unit length; a split task's are raw: scale by its largest row norm
     deltas = np.asarray(
-        [HYBRID_DELTA * max(1.0, max(float(np.sqrt((np.asarray(v, np.float64) ** 2).sum(1)).max()) for v in t.vals))
-         for t in targets]
+        [
+            HYBRID_DELTA
+            * (max(1.0, max(float(np.sqrt((np.asarray(v, np.float64) ** 2).sum(1)).max()) for v in t.vals)) if t.is_split else 1.0)
+            for t in targets
+        ]
     )
     fallback = not np.isfinite(approx).all() or n < 2
     near = np.zeros(n, dtype=bool)

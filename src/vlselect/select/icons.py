@@ -271,13 +271,18 @@ _MIN_GEMM_ROWS = 256  # MKL takes another (differently rounded) path for very sh
 
 def _gemm_rows(train: np.ndarray, rows: np.ndarray, targets: Sequence[IconsTarget]) -> np.ndarray:
     """The official float32 scores (GEMM + mean, then max over sub-tasks) of the given rows only."""
-    x = np.asarray(train[np.sort(rows)], dtype=np.float32)
-    order = np.argsort(np.argsort(rows))  # rows may come unsorted
-    pad = max(0, _MIN_GEMM_ROWS - x.shape[0])
-    if pad:
-        x = np.concatenate([x, np.zeros((pad, x.shape[1]), dtype=np.float32)])
-    sc, _ = icons_task_scores(x, targets, form="gemm", block_rows=max(_MIN_GEMM_ROWS, x.shape[0]))
-    return sc[: rows.size][order]
+    rows = np.asarray(rows, dtype=np.int64)
+    srt = np.sort(rows)
+    out = np.empty((srt.size, len(targets)), dtype=np.float32)
+    step = max(_MIN_GEMM_ROWS, block_rows_for(int(train.shape[1])) // 4)
+    for a in range(0, srt.size, step):
+        x = np.asarray(train[srt[a : a + step]], dtype=np.float32)
+        m = x.shape[0]
+        if m < _MIN_GEMM_ROWS:
+            x = np.concatenate([x, np.zeros((_MIN_GEMM_ROWS - m, x.shape[1]), dtype=np.float32)])
+        sc, _ = icons_task_scores(x, targets, form="gemm", block_rows=x.shape[0])
+        out[a : a + m] = sc[:m]
+    return out[np.searchsorted(srt, rows)]
 
 
 def icons_strict_votes(

@@ -47,6 +47,7 @@ __all__ = [
     "tive_tasks",
     "tive_instance_scores",
     "tive_instance_weights",
+    "tive_quotas",
     "tive_official_counts",
     "tive_fixed_counts",
     "select_tive",

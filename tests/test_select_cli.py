@@ -206,3 +206,35 @@ def test_validation_store_of_another_pool_is_fine_for_a_non_aligned_role(work: P
                        "--pool", str(work / "pool.json"), "--budget", "5", "--out", str(work / "o")], capsys)
     assert code == 0, text
     assert np.load(work / "o" / "indices.npy").shape == (5,)
+
+
+def test_coincide_takes_layout_from_the_activation_store_manifest(tmp_path):
+    """num_layers / hidden_size default to the layout the extractor recorded; the selection equals the one with
+    the parameters given by hand (and differs from the paper defaults, which would not even fit the width)."""
+    import numpy as np
+
+    from vlselect.cli import main
+    from vlselect.features import FeatureStore
+
+    rng = np.random.default_rng(0)
+    n, layers, hidden = 60, 2, 4
+    feats = rng.normal(size=(n, 2 * layers * hidden)).astype("float16")
+    st = FeatureStore.create(tmp_path / "acts", arrays={"activations": (feats.shape[1], "float16")}, n_rows=n,
+                             shard_size=n, meta={"layers": [1, 3], "hidden_size": hidden})
+    st.write_shard(0, {"activations": feats})
+    assert st.finalise()
+    tasks = tmp_path / "tasks.json"
+    tasks.write_text(json.dumps(["a"] * 30 + ["b"] * 30))
+
+    def run(out, *extra):
+        with pytest.raises(SystemExit) as exc:
+            main(["select", "coincide", "--input", f"features={tmp_path / 'acts'}", "--tasks", str(tasks),
+                  "--budget", "0.2", "--param", "K=4", "--out", str(out), *extra])
+        assert exc.value.code in (0, None)
+        return np.load(out / "indices.npy")
+
+    auto = run(tmp_path / "auto")
+    manual = run(tmp_path / "manual", "--param", "num_layers=2", "--param", "hidden_size=4")
+    assert auto.tolist() == manual.tolist() and len(auto) == 12
+    man = json.loads((tmp_path / "auto" / "manifest.json").read_text())
+    assert "num_layers" in json.dumps(man)

@@ -15,11 +15,14 @@ def tiny(
     family: str = typer.Option("llava", "--family", help="llava or qwen2-vl."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random weights."),
     size: str = typer.Option("xs", "--size", help="xs (hidden 32, 4 layers), s (hidden 64, 8 layers) or m (hidden 128, 24 layers)."),
+    image_size: int = typer.Option(0, "--image-size", help="Image side in px (default: the size's own; 24 fits the world's grid)."),
+    initializer_range: float = typer.Option(0.0, "--init-std", help="Std of the language model's random init (default 0.02)."),
 ) -> None:
     """Build a tiny randomly initialised VLM (+ processor, locally trained tokenizer) with save_pretrained."""
     from vlselect.models.tiny import build_tiny
 
-    path = build_tiny(out_dir, family=family, seed=seed, size=size)
+    path = build_tiny(out_dir, family=family, seed=seed, size=size, image_size=image_size or None,
+                      initializer_range=initializer_range or None)
     typer.echo(f"wrote a tiny {family} model to {path}")
 
 

@@ -8,7 +8,7 @@ Output: with one budget, the files go straight into ``--out DIR``; with a comma 
 
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import Any, List, Optional
 
 import typer
 from rich.console import Console
@@ -54,6 +54,28 @@ def _task_table(rows: list[tuple[str, int, int]], title: str) -> Table:
         ts += s
     t.add_row("[bold]all[/]", str(tp), str(ts), f"{(ts / tp if tp else 0):.1%}")
     return t
+
+
+def _layout_from_store(info: Any, loaded: dict, given: dict) -> None:
+    """COINCIDE's ``num_layers`` / ``hidden_size`` default to the layout recorded by the activation extractor in the
+    feature store's manifest (the user gives them only for a plain ``.npy``)."""
+    wanted = [p.name for p in info.params if p.name in ("num_layers", "hidden_size")]
+    li = loaded.get("features")
+    if not wanted or li is None or li.kind != "feature_store":
+        return
+    names = {n for p in info.params if p.name in wanted for n in (p.name, *p.aliases)}
+    if names & set(given):
+        return
+    from pathlib import Path
+
+    from vlselect.select.io import _open_store
+
+    man = _open_store(Path(li.path)).manifest or {}
+    layers, hidden = man.get("layers"), man.get("hidden_size")
+    if layers and hidden:
+        given.setdefault("num_layers", str(len(layers)))
+        given.setdefault("hidden_size", str(hidden))
+        li.meta["layout_from_manifest"] = {"num_layers": len(layers), "hidden_size": int(hidden)}
 
 
 def select_command(
@@ -137,6 +159,7 @@ def select_command(
         pool_fingerprint=getattr(pool_obj, "fingerprint", None),
         pool_path=pool,
     )
+    _layout_from_store(info, loaded, given)
     if method == "length" and "lengths" not in loaded and pool_obj is not None:
         loaded["lengths"] = sio.LoadedInput("lengths", sio.pool_lengths(pool_obj), str(pool), "pool", None,
                                             None, {"measure": "words + 128 if image (COINCIDE train.py lengths)"})

@@ -142,7 +142,8 @@ def _fast_tokenizer(family: str, tok):
     )
 
 
-def build_tiny(out_dir, family: str = "llava", *, seed: int = 0, corpus=None, size: str = "xs") -> Path:
+def build_tiny(out_dir, family: str = "llava", *, seed: int = 0, corpus=None, size: str = "xs",
+               image_size: int | None = None, initializer_range: float | None = None) -> Path:
     """Build and save a tiny randomly initialised VLM with its processor.
 
     Parameters
@@ -157,6 +158,12 @@ def build_tiny(out_dir, family: str = "llava", *, seed: int = 0, corpus=None, si
         Texts to train the tokenizer on. Default: ``vlselect.world.corpus()`` if available, else built-in texts.
     size : {"xs", "s", "m"}
         Model size (see module docstring).
+    image_size : int, optional
+        Image side in pixels (default: the size's own, 32 or 64). A multiple of the 8 px patch (LLaVA) or of 16 px
+        (Qwen2-VL merges 2x2 patches). 24 px puts each cell of the world's 3x3 grid on exactly one patch.
+    initializer_range : float, optional
+        Standard deviation of the random weight initialisation of the language model (transformers' default 0.02).
+        A larger value (e.g. 0.1-0.2) lets a tiny model trained with LoRA move away from uniform outputs sooner.
 
     Returns
     -------
@@ -182,7 +189,12 @@ def build_tiny(out_dir, family: str = "llava", *, seed: int = 0, corpus=None, si
     transformers.utils.logging.disable_progress_bar()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    hidden, layers, heads, inter, vhidden, vlayers, image_size = _SIZES[size]
+    hidden, layers, heads, inter, vhidden, vlayers, default_side = _SIZES[size]
+    image_size = int(image_size or default_side)
+    step = PATCH_SIZE if family == "llava" else 2 * PATCH_SIZE
+    if image_size <= 0 or image_size % step:
+        raise ConfigError(f"image_size {image_size} px is not a positive multiple of {step} px ({family} patches)")
+    init = {} if initializer_range is None else {"initializer_range": float(initializer_range)}
 
     tok = _fast_tokenizer(family, _train_tokenizer(family, _corpus(corpus), vocab_size=512))
     vocab = len(tok)
@@ -201,7 +213,7 @@ def build_tiny(out_dir, family: str = "llava", *, seed: int = 0, corpus=None, si
         tcfg = LlamaConfig(
             vocab_size=vocab, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
             num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=4096,
-            bos_token_id=special["<s>"], eos_token_id=special["</s>"], pad_token_id=special["<pad>"],
+            bos_token_id=special["<s>"], eos_token_id=special["</s>"], pad_token_id=special["<pad>"], **init,
         )
         cfg = LlavaConfig(
             vision_config=vcfg, text_config=tcfg, image_token_index=special["<image>"],
@@ -232,7 +244,7 @@ def build_tiny(out_dir, family: str = "llava", *, seed: int = 0, corpus=None, si
             num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=4096,
             rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope},
             bos_token_id=special["<|endoftext|>"], eos_token_id=special["<|im_end|>"],
-            pad_token_id=special["<|endoftext|>"],
+            pad_token_id=special["<|endoftext|>"], **init,
         )
         cfg = Qwen2VLConfig(
             vision_config=vcfg, text_config=tcfg, image_token_id=special["<|image_pad|>"],

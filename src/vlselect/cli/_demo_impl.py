@@ -1,4 +1,8 @@
-"""The demo's steps; grows as stages land (world → pool stats → features → select → train → eval → report)."""
+"""The demo: the quick benchmark on the built-in world (what the README's first command runs).
+
+It makes the world, shows its pool statistics, then runs :func:`vlselect.bench.run_bench` in its quick form:
+features, every selection method, fine-tuning on each subset, evaluation, the results table and the HTML report.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,22 @@ from rich.console import Console
 console = Console()
 
 
-def run_demo(out: Path, size: int, seed: int) -> None:
-    console.print(f"[bold]vlselect demo[/] → {out}")
-    raise SystemExit("the demo is not wired up yet")
+def run_demo(out: Path, size: int, seed: int, jobs: int = 2) -> dict:
+    from vlselect.bench import BenchConfig, run_bench
+    from vlselect.bench.report_console import print_results
+    from vlselect.cli.pool import print_stats
+    from vlselect.pool import open_pool, pool_stats
+
+    console.print(f"[bold]vlselect demo[/] → {out}  (the quick benchmark: world → features → select → train → eval)")
+    cfg = BenchConfig.quick(size=size, seed=seed, jobs=jobs)
+    # the world first, so its statistics show before the long stages (the bench reuses it from the cache)
+    from vlselect.bench.run import make_worlds
+    from vlselect.bench.stages import StageCache
+
+    world = make_worlds(StageCache(out / "cache", log=console.print), cfg)["world"]
+    print_stats(pool_stats(open_pool(world / "pool.json")), console)
+    results = run_bench(out, cfg)
+    print_results(results, console)
+    console.print(f"\nreport: {out / 'report.html'}  ·  table: {out / 'results.csv'}  ·  "
+                  f"world card: {world / 'README.md'}")
+    return results

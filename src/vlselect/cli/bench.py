@@ -1,9 +1,46 @@
-"""CLI commands for the 'bench' stage (filled in by its implementation)."""
+"""``vlselect bench``: the whole loop on the world, with a results table and an HTML report."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import typer
 
 
 def register(app: typer.Typer) -> None:
-    """Add this stage's commands to the main app."""
+    @app.command("bench")
+    def bench(
+        out: Path = typer.Option(Path("bench-out"), "--out", help="Output folder (cache/, results.json/.csv, report.html)."),
+        quick: bool = typer.Option(False, "--quick", help="The quick form (a 3,000-record world, 2 budgets, 1 seed)."),
+        methods: str = typer.Option("", "--methods", help="Comma list of methods (default: every built-in one)."),
+        budgets: str = typer.Option("", "--budgets", help="Comma list of fractions (default 0.05,0.1,0.2,0.4; quick 0.1,0.2)."),
+        seeds: str = typer.Option("", "--seeds", help="Comma list of training seeds (default 0,1,2; quick 0)."),
+        size: int = typer.Option(0, "--size", help="World size (default 20000; quick 3000)."),
+        jobs: int = typer.Option(2, "--jobs", help="Training/evaluation workers side by side (one thread each)."),
+        seed: int = typer.Option(0, "--seed", help="Seed of the world, the model and the selections."),
+    ) -> None:
+        """Run every method on the synthetic world, train on each subset, evaluate, and write the table and report.
+
+        Stages are cached under OUT/cache by a hash of their inputs: a second run with a new method only pays for
+        that method.
+
+        Example: vlselect bench --quick --out bench-out
+        """
+        from rich.console import Console
+
+        from vlselect.bench import BenchConfig, run_bench
+        from vlselect.bench.report_console import print_results
+
+        over: dict = {"jobs": jobs, "seed": seed}
+        if methods:
+            over["methods"] = tuple(m.strip() for m in methods.split(",") if m.strip())
+        if budgets:
+            over["budgets"] = tuple(float(b) for b in budgets.split(",") if b.strip())
+        if seeds:
+            over["seeds"] = tuple(int(s) for s in seeds.split(",") if s.strip())
+        if size:
+            over["size"] = size
+        cfg = BenchConfig.quick(**over) if quick else BenchConfig(**over)
+        results = run_bench(out, cfg)
+        print_results(results, Console())
+        Console().print(f"\nreport: {out / 'report.html'}  ·  table: {out / 'results.csv'}")

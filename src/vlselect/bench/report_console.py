@@ -1,0 +1,43 @@
+"""The results table on the console (rich)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+
+def print_results(results: dict[str, Any], console: Console) -> None:
+    """Relative performance per method and budget (with intervals), then per-set scores."""
+    rows = results["rows"]
+    budgets = sorted({r["budget"] for r in rows})
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    t = Table(title="relative performance (% of the full-pool score)", title_justify="left")
+    t.add_column("method")
+    for b in budgets:
+        t.add_column(f"{b * 100:g}%", justify="right")
+    best = {b: max((r["relative_mean"] for r in rows if r["budget"] == b), default=None) for b in budgets}
+    for m in methods:
+        cells = []
+        for b in budgets:
+            r = next((r for r in rows if r["method"] == m and r["budget"] == b), None)
+            if r is None:
+                cells.append("–")
+                continue
+            txt = f"{r['relative_mean']:.1f}"
+            if r.get("relative_low") is not None:
+                txt += f" [{r['relative_low']:.1f}, {r['relative_high']:.1f}]"
+            cells.append(f"[bold green]{txt}[/]" if r["relative_mean"] == best[b] else txt)
+        t.add_row(m, *cells)
+    console.print(t)
+    sets = results["sets"]
+    s = Table(title="scores per evaluation set", title_justify="left")
+    s.add_column("method @ budget")
+    for name in sets:
+        s.add_column(name, justify="right")
+    ref = results["reference"]
+    s.add_row(f"[bold]{ref['label']}[/]", *[f"[bold]{ref['scores'].get(x, float('nan')):.3f}[/]" for x in sets])
+    for r in rows:
+        s.add_row(f"{r['method']} @ {r['budget'] * 100:g}%", *[f"{r['scores'].get(x, float('nan')):.3f}" for x in sets])
+    console.print(s)

@@ -1,0 +1,515 @@
+"""``vlselect bench``: the whole loop on the synthetic world, every method at every budget, with a report.
+
+Stages (each cached by a hash of its inputs, see :mod:`vlselect.bench.stages`):
+
+1. ``world``: the training pool and evaluation sets (:func:`vlselect.world.make_world`); ``valworld``: a small
+   world of another seed whose evaluation sets serve as the *validation* (target-task) sets of ICONS and LESS, so
+   the test sets are never looked at by a method; ``captions``: a caption-only pool for pre-training.
+2. ``base``: a tiny LLaVA (:func:`vlselect.models.tiny.build_tiny`) pre-trained on the caption pool, merged.
+3. ``activations``: COINCIDE activations plus loss / perplexity / EL2N from one pass of the base model.
+4. ``warmup`` and ``gradients``: TIVE's warm-up LoRA on 8% of the pool, then projected per-sample gradients (and
+   their norms) of the pool and of every validation set.
+5. ``select``: every method at every budget (one scoring pass per method).
+6. ``train`` and ``eval``: LoRA fine-tuning of the base model on each subset (and on the full pool, the
+   reference), evaluated on the world's evaluation sets; several seeds at the budgets in ``seed_budgets``.
+7. ``results.json``, ``results.csv`` and ``report.html``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from vlselect.bench.stages import StageCache, measure
+
+DEFAULT_METHODS = (
+    "random", "random_stratified", "length", "el2n", "perplexity", "semdedup", "d2pruning", "coincide", "icons",
+    "tive", "less",
+)
+
+
+@dataclass
+class BenchConfig:
+    """The recipe of a benchmark run. :meth:`quick` is what ``vlselect bench --quick`` (and the demo) runs."""
+
+    size: int = 20000
+    seed: int = 0
+    eval_size: int = 200
+    val_size: int = 40
+    pretrain_size: int = 20000
+    pretrain_epochs: int = 1
+    model_size: str = "s"
+    family: str = "llava"
+    image_size: int = 24
+    init_std: float | None = None
+    pretrain_lr: float = 2e-3
+    pretrain_modules_to_save: tuple[str, ...] = ("lm_head", "embed_tokens", "vision_tower")
+    modules_to_save: tuple[str, ...] = ("lm_head",)
+    methods: tuple[str, ...] = DEFAULT_METHODS
+    budgets: tuple[float, ...] = (0.05, 0.1, 0.2, 0.4)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    seed_budgets: tuple[float, ...] = (0.1, 0.2)
+    epochs: int = 3
+    lr: float = 1e-3
+    lora_r: int = 64
+    batch_size: int = 32
+    grad_dim: int = 1024
+    warmup_ratio: float = 0.08
+    n_clusters: int | None = None
+    jobs: int = 2
+    max_new_tokens: int = 16
+
+    @classmethod
+    def quick(cls, **overrides: Any) -> "BenchConfig":
+        base = dict(size=3000, eval_size=60, val_size=24, pretrain_size=6000, budgets=(0.1, 0.2), seeds=(0,),
+                    seed_budgets=(), epochs=3, grad_dim=512)
+        base.update(overrides)
+        return cls(**base)
+
+    def recipe(self, *fields: str) -> dict[str, Any]:
+        d = asdict(self)
+        return {f: d[f] for f in fields}
+
+
+def _log_default(msg: str) -> None:
+    from rich.console import Console
+
+    Console(stderr=True).print(msg)
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+
+def _eval_files(world: Path) -> list[Path]:
+    return sorted((world / "eval").glob("*.json"))
+
+
+def _eval_samples_as_pool(eval_file: Path) -> list:
+    """A validation set as training-style samples (question → canonical answer), for target-task gradients."""
+    from vlselect.evaluate import read_eval_set
+    from vlselect.pool import Sample
+
+    es = read_eval_set(eval_file)
+    out = []
+    for s in es.samples:
+        human = ("<image>\n" if s.get("image") else "") + s["question"]
+        conv = [{"from": "human", "value": human}, {"from": "gpt", "value": str(s["answers"][0])}]
+        out.append(Sample(id=str(s["id"]), images=[s["image"]] if s.get("image") else [], conversations=conv,
+                          task=es.name))
+    return out
+
+
+def _text_lengths(pool) -> np.ndarray:
+    return np.asarray([sum(len(t["value"]) for t in s.conversations) for s in pool], dtype=np.float64)
+
+
+def _set_threads() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _train_and_eval(job: dict[str, Any]) -> dict[str, Any]:
+    """One fine-tuning run and its evaluation (runs in a worker process, one thread)."""
+    _set_threads()
+    from vlselect.evaluate import evaluate
+    from vlselect.train import train_lora
+
+    out = Path(job["out"])
+    with measure() as cost:
+        indices = np.load(job["indices"]).tolist() if job.get("indices") else None
+        res = train_lora(job["base"], job["pool"], job["images"], out / "train", indices=indices, r=job["r"],
+                         lora_alpha=2 * job["r"], lr=job["lr"], epochs=job["epochs"], batch_size=job["batch_size"],
+                         seed=job["seed"], gradient_checkpointing=False, progress=False,
+                         modules_to_save=job["modules_to_save"] or None, projector_lr=job["lr"])
+        results = evaluate(res.final_dir, job["eval_files"], job["images"], out / "eval", progress=False,
+                           max_new_tokens=job["max_new_tokens"], batch_size=16)
+    shutil_rm(out / "train", keep=("train_result.json",))
+    return {"scores": {k: v for k, v in _scores(results).items()}, "train_loss": res.losses[-1] if res.losses else None,
+            "samples": res.samples, "seconds": cost.seconds, "peak_rss_mb": cost.peak_rss_mb}
+
+
+def shutil_rm(folder: Path, keep: Sequence[str] = ()) -> None:
+    """Delete a training folder's weights once evaluated (they are large and not needed for the table)."""
+    import shutil
+
+    if not folder.exists():
+        return
+    for p in folder.iterdir():
+        if p.name in keep:
+            continue
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+
+
+def _scores(results: dict) -> dict[str, float]:
+    from vlselect.evaluate.sets import scores_of
+
+    return scores_of(results)
+
+
+# -------------------------------------------------------------------------------------------- the bench
+
+
+def run_bench(out: str | os.PathLike, config: BenchConfig | None = None, *,
+              log: Callable[[str], None] = _log_default) -> dict[str, Any]:
+    """Run the benchmark into ``out`` and return the results dict (also saved as ``results.json``).
+
+    Parameters
+    ----------
+    out : path-like
+        Output folder: ``cache/`` (stages), ``results.json``, ``results.csv``, ``report.html``.
+    config : BenchConfig
+        The recipe (default: the full benchmark; :meth:`BenchConfig.quick` for the quick one).
+
+    Returns
+    -------
+    dict
+        The results in the format :func:`vlselect.report.render_html` reads.
+    """
+    from vlselect.pool import open_pool
+    from vlselect.report import jaccard_matrix, write_report
+    from vlselect.select import get_method, run_method
+
+    cfg = config or BenchConfig()
+    for m in cfg.methods:
+        get_method(m)  # unknown names fail before any work
+    out = Path(out)
+    cache = StageCache(out / "cache", log=log)
+    started = time.time()
+
+    # 1. worlds -------------------------------------------------------------------------------------------
+    worlds = make_worlds(cache, cfg)
+    world, valworld, captions = worlds["world"], worlds["valworld"], worlds["captions"]
+    world_recipe, val_recipe, cap_recipe = worlds["recipes"]
+    pool_path, images = world / "pool.json", world / "images"
+    pool = open_pool(pool_path)
+    tasks = np.asarray(pool.tasks)
+    n = len(pool)
+
+    # 2. the base model -------------------------------------------------------------------------------------
+    def build_base(d: Path) -> dict:
+        _set_threads_all()
+        from vlselect.models.tiny import build_tiny
+        from vlselect.train import train_lora
+
+        build_tiny(d / "init", cfg.family, seed=cfg.seed, size=cfg.model_size, image_size=cfg.image_size,
+                   initializer_range=cfg.init_std)
+        res = train_lora(d / "init", captions / "pool.json", captions / "images", d / "pretrain", r=cfg.lora_r,
+                         lora_alpha=2 * cfg.lora_r, lr=cfg.pretrain_lr, epochs=cfg.pretrain_epochs,
+                         batch_size=cfg.batch_size, seed=cfg.seed, gradient_checkpointing=False, progress=True,
+                         modules_to_save=list(cfg.pretrain_modules_to_save), warmup_ratio=0.03,
+                         projector_lr=cfg.pretrain_lr)
+        return {"final": str(res.final_dir), "loss_first": res.losses[0] if res.losses else None,
+                "loss_last": res.losses[-1] if res.losses else None}
+
+    base_recipe = {**cap_recipe, **cfg.recipe("model_size", "family", "pretrain_lr", "lora_r", "batch_size",
+                                              "pretrain_epochs", "init_std", "pretrain_modules_to_save")}
+    _, base_info = cache.run("base", base_recipe, build_base, label="pre-train the base model on captions")
+    base = Path(base_info["final"])
+
+    # 3. activations and losses -------------------------------------------------------------------------------
+    from vlselect.features import FeatureStore
+
+    act_recipe = {"world": world_recipe, "base": base_recipe}
+    acts_dir, _ = cache.run("activations", act_recipe, lambda d: _extract_activations(base, pool_path, images, d),
+                            label="activations and losses")
+    acts = FeatureStore.open(acts_dir / "store")
+
+    # 4. warm-up and gradients (only when a gradient method is asked for) -------------------------------------
+    grad_methods = {"icons", "tive", "less"} & set(cfg.methods)
+    grads = val_grads = None
+    if grad_methods:
+        warm_recipe = {**act_recipe, **cfg.recipe("warmup_ratio", "seed", "lr", "lora_r")}
+        _, warm = cache.run("warmup", warm_recipe, lambda d: _warmup(cfg, base, pool_path, images, d),
+                            label="warm-up reference model (TIVE rule)")
+        grad_recipe = {**warm_recipe, "dim": cfg.grad_dim}
+        gdir, _ = cache.run("gradients", grad_recipe,
+                            lambda d: _gradients(cfg, base, warm["lora_dir"], pool_path, images, d / "store"),
+                            label="per-sample gradients of the pool")
+        grads = FeatureStore.open(gdir / "store")
+        vdir, _ = cache.run("val_gradients", {**grad_recipe, **val_recipe},
+                            lambda d: _val_gradients(cfg, base, warm["lora_dir"], valworld, d),
+                            label="gradients of the validation sets")
+        val_grads = {p.name: FeatureStore.open(p) for p in sorted(vdir.iterdir()) if p.is_dir()}
+
+    # 5. selection ------------------------------------------------------------------------------------------------
+    man = acts.manifest
+    layout = {"num_layers": len(man["layers"]), "hidden_size": man["hidden_size"]}
+    inputs_for = _method_inputs(acts, grads, val_grads, pool, layout)
+    subsets: dict[tuple[str, float], Path] = {}
+    for m in cfg.methods:
+        sel_recipe = {"method": m, "budgets": list(cfg.budgets), "seed": cfg.seed, "act": act_recipe,
+                      "grad": cfg.grad_dim if m in grad_methods else None, "n_clusters": cfg.n_clusters}
+
+        def do_select(d: Path, m: str = m) -> dict:
+            inputs, params = inputs_for(m, cfg)
+            sels = run_method(m, inputs, list(cfg.budgets), tasks=tasks, seed=cfg.seed, params=params)
+            for b, s in zip(cfg.budgets, sels):
+                np.save(d / f"indices_{b}.npy", s.indices)
+            return {str(b): s.count for b, s in zip(cfg.budgets, sels)}
+
+        try:
+            sdir, _ = cache.run("select", sel_recipe, do_select, label=f"select: {m}", group=f"select {m}")
+        except Exception as exc:  # one broken method must not sink the table
+            log(f"[red]✗ select {m} failed:[/] {exc}")
+            continue
+        for b in cfg.budgets:
+            subsets[(m, b)] = sdir / f"indices_{b}.npy"
+
+    # 6. training and evaluation -------------------------------------------------------------------------------
+    eval_files = [str(p) for p in _eval_files(world)]
+    train_recipe = {**act_recipe, **cfg.recipe("epochs", "lr", "lora_r", "batch_size", "max_new_tokens",
+                                               "modules_to_save")}
+    jobs: list[tuple[str, float, int, dict]] = []
+    for s in cfg.seeds:
+        jobs.append(("full pool", 1.0, s, {"indices": None}))
+    for (m, b), idx in subsets.items():
+        for s in (cfg.seeds if b in cfg.seed_budgets else cfg.seeds[:1]):
+            jobs.append((m, b, s, {"indices": str(idx)}))
+    runs = _run_jobs(cache, cfg, jobs, base, pool_path, images, eval_files, train_recipe, log)
+
+    # 7. results -----------------------------------------------------------------------------------------------
+    results = _assemble(cfg, runs, subsets, tasks, n, cache, started)
+    results["notes"] = _notes(cfg, base_info)
+    names, mat = jaccard_matrix({m: np.load(p).tolist() for (m, b), p in subsets.items()
+                                 if b == _overlap_budget(cfg)})
+    results["overlap"] = {"budget": _overlap_budget(cfg), "methods": names, "jaccard": mat}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    _write_csv(out / "results.csv", results)
+    write_report(results, out / "report.html")
+    return results
+
+
+def make_worlds(cache: StageCache, cfg: BenchConfig) -> dict[str, Any]:
+    """The three worlds of a run (cached): ``world`` (pool + test sets), ``valworld`` (validation sets of another
+    seed, for ICONS and LESS) and ``captions`` (the pre-training pool); ``recipes`` are their cache recipes."""
+    from vlselect.world import make_pretrain_pool, make_world
+
+    world_recipe = cfg.recipe("size", "seed", "eval_size", "image_size")
+    world, _ = cache.run("world", world_recipe, lambda d: make_world(d / "w", size=cfg.size, seed=cfg.seed,
+                                                                     eval_size=cfg.eval_size,
+                                                                     image_size=cfg.image_size) and None)
+    world = world / "w"
+    val_recipe = {"seed": cfg.seed + 7919, "val_size": cfg.val_size, "image_size": cfg.image_size}
+    valworld, _ = cache.run("valworld", val_recipe, lambda d: make_world(
+        d / "w", size=50, seed=cfg.seed + 7919, eval_size=cfg.val_size, image_size=cfg.image_size) and None)
+    valworld = valworld / "w"
+    cap_recipe = {"seed": cfg.seed + 104729, "size": cfg.pretrain_size, "image_size": cfg.image_size}
+    captions, _ = cache.run("captions", cap_recipe, lambda d: make_pretrain_pool(
+        d / "w", size=cfg.pretrain_size, seed=cfg.seed + 104729, eval_size=1, image_size=cfg.image_size) and None)
+    captions = captions / "w"
+    return {"world": world, "valworld": valworld, "captions": captions,
+            "recipes": (world_recipe, val_recipe, cap_recipe)}
+
+
+def _set_threads_all() -> None:
+    import torch
+
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+
+
+def _overlap_budget(cfg: BenchConfig) -> float:
+    return 0.2 if 0.2 in cfg.budgets else cfg.budgets[0]
+
+
+def _extract_activations(base: Path, pool_path: Path, images: Path, d: Path) -> None:
+    from vlselect.features.activations import extract_activations
+
+    extract_activations(base, pool_path, d / "store", images=images, losses=True, batch_size=16, progress=True)
+
+
+def _warmup(cfg: BenchConfig, base: Path, pool_path: Path, images: Path, d: Path) -> dict:
+    from vlselect.train.warmup import train_warmup
+
+    res = train_warmup(base, pool_path, images, d / "warmup", rule="tive", seed=cfg.seed, ratio=cfg.warmup_ratio,
+                       r=cfg.lora_r, lora_alpha=2 * cfg.lora_r, lr=cfg.lr, batch_size=cfg.batch_size)
+    return res.to_json()
+
+
+def _gradients(cfg: BenchConfig, base: Path, lora: str, pool, images: Path | None, store: Path) -> None:
+    from vlselect.features.gradients import extract_gradients
+
+    extract_gradients(base, lora, pool, store, image_root=images, dim=cfg.grad_dim, seed=cfg.seed, norms=True,
+                      batch_size=16, progress=True)
+
+
+def _val_gradients(cfg: BenchConfig, base: Path, lora: str, valworld: Path, d: Path) -> None:
+    for f in _eval_files(valworld):
+        _gradients(cfg, base, lora, _eval_samples_as_pool(f), valworld / "images", d / f.stem)
+
+
+def _method_inputs(acts, grads, val_grads, pool, layout) -> Callable:
+    """Role arrays and parameters for each method, from the stores."""
+
+    def inputs_for(m: str, cfg: BenchConfig) -> tuple[dict, dict]:
+        params: dict[str, Any] = {}
+        if m in ("random", "random_stratified"):
+            return {}, params
+        if m == "length":
+            return {"lengths": _text_lengths(pool)}, params
+        if m == "el2n":
+            return {"el2n": acts.array("el2n")}, params
+        if m == "perplexity":
+            return {"perplexity": acts.array("perplexity")}, params
+        feats = acts.array("activations")
+        k = cfg.n_clusters or max(2, int(round(math.sqrt(feats.shape[0] / 2))))
+        if m == "coincide":
+            params.update(n_clusters=k, num_layers=layout.get("num_layers"), hidden_size=layout.get("hidden_size"))
+            return {"features": feats}, params
+        if m == "semdedup":
+            params.update(n_clusters=k)
+            return {"features": feats}, params
+        if m == "d2pruning":
+            return {"features": feats, "scores": acts.array("el2n")}, params
+        train = {"train": grads.array("gradients")}
+        if m == "tive":
+            return {**train, "norms": grads.array("grad_norms")}, params
+        if m in ("icons", "less"):
+            return {**train, **{f"val/{name}": st.array("gradients") for name, st in val_grads.items()}}, params
+        # a method added later: give it whatever it names that we have
+        return {}, params
+
+    return inputs_for
+
+
+def _run_jobs(cache: StageCache, cfg: BenchConfig, jobs, base, pool_path, images, eval_files, train_recipe,
+              log) -> list[dict]:
+    """Training + evaluation runs, two single-thread workers side by side; each run is its own cached stage."""
+    pending, runs = [], []
+    for method, budget, seed, extra in jobs:
+        idx = extra["indices"]
+        recipe = {**train_recipe, "method": method, "budget": budget, "seed": seed,
+                  "indices": _file_hash(idx) if idx else None}
+        folder = cache.folder("run", recipe)
+        job = {"out": str(folder), "base": str(base), "pool": str(pool_path), "images": str(images),
+               "eval_files": eval_files, "indices": idx, "r": cfg.lora_r, "lr": cfg.lr, "epochs": cfg.epochs,
+               "batch_size": cfg.batch_size, "seed": seed, "max_new_tokens": cfg.max_new_tokens,
+               "modules_to_save": list(cfg.modules_to_save)}
+        pending.append((method, budget, seed, recipe, job))
+
+    def finish(method, budget, seed, recipe, result, cached=False):
+        if cached:
+            cache.run("run", recipe, lambda d: result, group=f"train+eval {method}")
+        else:
+            cache.record("run", recipe, result, result["seconds"], result["peak_rss_mb"],
+                         group=f"train+eval {method}")
+        runs.append({"method": method, "budget": budget, "seed": seed, **result})
+
+    todo = []
+    for item in pending:
+        method, budget, seed, recipe, job = item
+        done = cache.folder("run", recipe) / "done.json"
+        if done.exists():
+            finish(method, budget, seed, recipe, json.loads(done.read_text())["result"], cached=True)
+        else:
+            todo.append(item)
+    if not todo:
+        return runs
+    log(f"training and evaluating {len(todo)} runs with {cfg.jobs} worker(s)…")
+    if cfg.jobs <= 1:
+        for method, budget, seed, recipe, job in todo:
+            finish(method, budget, seed, recipe, _train_and_eval(job))
+        return runs
+    import multiprocessing as mp
+
+    with ProcessPoolExecutor(max_workers=cfg.jobs, mp_context=mp.get_context("spawn")) as ex:
+        futs = [(item, ex.submit(_train_and_eval, item[4])) for item in todo]
+        for (method, budget, seed, recipe, job), fut in futs:
+            try:
+                res = fut.result()
+            except Exception as exc:
+                log(f"[red]✗ train+eval {method} @ {budget:g} seed {seed} failed:[/] {exc}")
+                continue
+            finish(method, budget, seed, recipe, res)
+            log(f"[green]✓[/] {method} @ {budget:g} seed {seed}: "
+                + ", ".join(f"{k} {v:.2f}" for k, v in res["scores"].items()))
+    return runs
+
+
+def _file_hash(path: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def _assemble(cfg: BenchConfig, runs: list[dict], subsets, tasks: np.ndarray, n: int, cache: StageCache,
+              started: float) -> dict[str, Any]:
+    from vlselect.evaluate.metrics import mean_interval
+
+    full = [r for r in runs if r["method"] == "full pool"]
+    sets = sorted({s for r in runs for s in r["scores"]})
+    ref = {s: float(np.mean([r["scores"][s] for r in full])) for s in sets} if full else {}
+
+    def rel(scores: dict) -> float:
+        vals = [scores[s] / ref[s] * 100 for s in sets if ref.get(s)]
+        return float(np.mean(vals)) if vals else float("nan")
+
+    rows = []
+    keys = sorted({(r["method"], r["budget"]) for r in runs if r["method"] != "full pool"},
+                  key=lambda k: (cfg.methods.index(k[0]) if k[0] in cfg.methods else 99, k[1]))
+    for m, b in keys:
+        rs = [r for r in runs if r["method"] == m and r["budget"] == b]
+        rels = [rel(r["scores"]) for r in rs]
+        iv = mean_interval(rels) if len(rels) > 1 else None
+        rows.append({"method": m, "budget": b, "n_seeds": len(rs), "relative_mean": float(np.mean(rels)),
+                     "relative_low": iv["low"] if iv else None, "relative_high": iv["high"] if iv else None,
+                     "relative_per_seed": rels,
+                     "scores": {s: float(np.mean([r["scores"][s] for r in rs])) for s in sets}})
+    pool_counts = {str(t): int(c) for t, c in zip(*np.unique(tasks, return_counts=True))}
+    comp = {}
+    b0 = _overlap_budget(cfg)
+    for (m, b), p in subsets.items():
+        if b == b0:
+            idx = np.load(p)
+            comp[f"{m}@{b:g}"] = {str(t): int(c) for t, c in zip(*np.unique(tasks[idx], return_counts=True))}
+    return {
+        "title": f"vlselect bench: {len(cfg.methods)} methods on the world ({n} records)",
+        "created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "command": "vlselect bench" + (" --quick" if cfg.size < 20000 else ""),
+        "config": asdict(cfg),
+        "sets": sets,
+        "reference": {"label": f"full pool, {len(full)} seed(s)", "scores": ref,
+                      "per_seed": [r["scores"] for r in full]},
+        "rows": rows,
+        "composition": {"pool": pool_counts, "subsets": comp},
+        "costs": cache.cost_table(),
+        "wall_seconds": round(time.time() - started, 1),
+    }
+
+
+def _notes(cfg: BenchConfig, base_info: dict) -> list[str]:
+    notes = [
+        "Relative performance = mean over evaluation sets of (score / full-pool score) x 100 (survey.md §1).",
+        f"Base model: tiny {cfg.family} ({cfg.model_size}), LoRA-pre-trained on {cfg.pretrain_size} caption records "
+        f"(loss {base_info.get('loss_first') or float('nan'):.2f} → {base_info.get('loss_last') or float('nan'):.2f}).",
+        f"Fine-tuning: LoRA r={cfg.lora_r}, lr {cfg.lr}, {cfg.epochs} epochs, batch {cfg.batch_size}; "
+        f"seeds {list(cfg.seeds)} at budgets {list(cfg.seed_budgets)}, one seed elsewhere.",
+        "ICONS and LESS target the evaluation skills through validation sets drawn from a world of another seed; "
+        "no method sees the test sets.",
+    ]
+    return notes
+
+
+def _write_csv(path: Path, results: dict) -> None:
+    sets = results["sets"]
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["method", "budget", "n_seeds", "relative_mean", "relative_low", "relative_high", *sets])
+        ref = results["reference"]["scores"]
+        w.writerow(["full pool", 1.0, len(results["reference"]["per_seed"]), 100.0, "", "",
+                    *[f"{ref.get(s, float('nan')):.4f}" for s in sets]])
+        for r in results["rows"]:
+            w.writerow([r["method"], r["budget"], r["n_seeds"], f"{r['relative_mean']:.2f}",
+                        "" if r["relative_low"] is None else f"{r['relative_low']:.2f}",
+                        "" if r["relative_high"] is None else f"{r['relative_high']:.2f}",
+                        *[f"{r['scores'].get(s, float('nan')):.4f}" for s in sets]])

@@ -1,0 +1,143 @@
+"""Cached, measured stages: the benchmark's unit of reuse.
+
+A stage is a function that writes into a folder. Its folder is named by a hash of everything that determines its
+output (its recipe and the keys of the stages it reads), so a second run with one new method only pays for that
+method, and a changed recipe never reuses a stale result. A stage is done when ``done.json`` exists in its folder
+(written last, atomically); an interrupted stage is started again from scratch, or resumed where the stage's own
+code resumes (feature extraction, training).
+
+Each stage's wall time and peak resident memory (sampled by a thread; of this process and its children) are
+recorded in ``done.json`` and gathered into the report's cost table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+
+def recipe_key(recipe: Any) -> str:
+    """A short stable hash of a JSON-serialisable recipe."""
+    blob = json.dumps(recipe, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+@dataclass
+class Cost:
+    seconds: float = 0.0
+    peak_rss_mb: float = 0.0
+
+
+@contextmanager
+def measure(interval: float = 0.05) -> Iterator[Cost]:
+    """Wall time and peak RSS (this process plus its children, in MB) of the ``with`` block."""
+    import psutil
+
+    proc = psutil.Process()
+    cost = Cost()
+    stop = threading.Event()
+
+    def rss() -> float:
+        total = 0
+        try:
+            total = proc.memory_info().rss
+            for ch in proc.children(recursive=True):
+                try:
+                    total += ch.memory_info().rss
+                except psutil.Error:
+                    pass
+        except psutil.Error:
+            pass
+        return total / 2**20
+
+    def sample() -> None:
+        while not stop.is_set():
+            cost.peak_rss_mb = max(cost.peak_rss_mb, rss())
+            stop.wait(interval)
+
+    t = threading.Thread(target=sample, daemon=True)
+    start = time.perf_counter()
+    t.start()
+    try:
+        yield cost
+    finally:
+        stop.set()
+        t.join()
+        cost.seconds = time.perf_counter() - start
+        cost.peak_rss_mb = max(cost.peak_rss_mb, rss())
+
+
+class StageCache:
+    """Runs stages into ``root/<name>-<key>/`` once, and remembers what each cost."""
+
+    def __init__(self, root: str | os.PathLike, log: Callable[[str], None] = print) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.log = log
+        self.costs: list[dict[str, Any]] = []
+
+    def folder(self, name: str, recipe: Any) -> Path:
+        return self.root / f"{name}-{recipe_key(recipe)}"
+
+    def run(self, name: str, recipe: Any, fn: Callable[[Path], Any], *, label: str | None = None,
+            group: str | None = None) -> tuple[Path, Any]:
+        """Run ``fn(folder)`` unless ``name`` with this ``recipe`` is done; return the folder and ``fn``'s
+        JSON-serialisable result (stored in ``done.json``, so a cached run returns the same value).
+
+        ``group`` names the cost row this stage adds to (e.g. all training runs of one method).
+        """
+        folder = self.folder(name, recipe)
+        done = folder / "done.json"
+        label = label or name
+        if done.exists():
+            data = json.loads(done.read_text())
+            self.costs.append({**data["cost"], "stage": group or name, "cached": True})
+            return folder, data.get("result")
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "recipe.json").write_text(json.dumps(recipe, sort_keys=True, indent=1, default=str))
+        self.log(f"[bold]{label}[/] …")
+        with measure() as cost:
+            result = fn(folder)
+        row = {"seconds": round(cost.seconds, 3), "peak_rss_mb": round(cost.peak_rss_mb, 1)}
+        tmp = folder / ".done.json.tmp"
+        tmp.write_text(json.dumps({"cost": row, "result": result}, default=str))
+        os.replace(tmp, done)
+        self.costs.append({**row, "stage": group or name, "cached": False})
+        self.log(f"[green]✓[/] {label} ({cost.seconds:.1f} s, peak {cost.peak_rss_mb:.0f} MB)")
+        return folder, result
+
+    def record(self, name: str, recipe: Any, result: Any, seconds: float, peak_rss_mb: float, *,
+               group: str | None = None) -> Path:
+        """Mark a stage that ran elsewhere (e.g. in a worker process) as done, with the cost it measured there."""
+        folder = self.folder(name, recipe)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "recipe.json").write_text(json.dumps(recipe, sort_keys=True, indent=1, default=str))
+        row = {"seconds": round(float(seconds), 3), "peak_rss_mb": round(float(peak_rss_mb), 1)}
+        tmp = folder / ".done.json.tmp"
+        tmp.write_text(json.dumps({"cost": row, "result": result}, default=str))
+        os.replace(tmp, folder / "done.json")
+        self.costs.append({**row, "stage": group or name, "cached": False})
+        return folder
+
+    def forget(self, name: str, recipe: Any) -> None:
+        shutil.rmtree(self.folder(name, recipe), ignore_errors=True)
+
+    def cost_table(self) -> list[dict[str, Any]]:
+        """Costs summed per stage group (time added; peak memory is the maximum)."""
+        out: dict[str, dict[str, Any]] = {}
+        for c in self.costs:
+            row = out.setdefault(c["stage"], {"stage": c["stage"], "seconds": 0.0, "peak_rss_mb": 0.0, "runs": 0,
+                                              "cached": 0})
+            row["seconds"] += c["seconds"]
+            row["peak_rss_mb"] = max(row["peak_rss_mb"], c["peak_rss_mb"])
+            row["runs"] += 1
+            row["cached"] += int(c.get("cached", False))
+        return list(out.values())

@@ -234,3 +234,19 @@ def test_help_ends_with_example(cmd, capsys):
     description = [line.strip() for line in lines[:first_box] if line.strip()]
     # the example is the last paragraph of the description, right before the arguments/options boxes
     assert code == 0 and any(line.startswith("Example: vlselect pool") for line in description[-2:])
+
+
+def test_every_command_help_carries_an_example():
+    """Issue 2: every command's --help has an example (groups included)."""
+    from typer.main import get_command
+
+    from vlselect.cli import app
+
+    def walk(cmd, path):
+        for name, sub in getattr(cmd, "commands", {}).items():
+            yield from walk(sub, path + [name])
+        if path:
+            yield " ".join(path), cmd
+
+    missing = [p for p, c in walk(get_command(app), []) if "Example: vlselect" not in (c.help or "")]
+    assert missing == []

@@ -18,7 +18,8 @@ console = Console()
 
 eval_app = typer.Typer(
     name="eval",
-    help="Evaluate a model on evaluation sets; relative performance against a reference; intervals over seeds.",
+    help="Evaluate a model on evaluation sets; relative performance against a reference; intervals over seeds.\n\n"
+    "Example: vlselect eval --model runs/lora/final --eval world/eval/color.json --images world/images --out ev",
     invoke_without_command=True,
     no_args_is_help=False,
 )
@@ -86,7 +87,10 @@ def summarize_command(
     out: Optional[Path] = typer.Option(None, "--out", help="Write the summary JSON here."),
     confidence: float = typer.Option(0.95, "--confidence"),
 ) -> None:
-    """Mean and t-distribution interval over several result files (seeds)."""
+    """Mean and t-distribution interval over several result files (seeds).
+
+    Example: vlselect eval summarize ev-seed0/results.json ev-seed1/results.json ev-seed2/results.json --reference full/results.json
+    """
     from vlselect.evaluate import summarize
 
     s = summarize(results, reference=reference, confidence=confidence)
@@ -118,7 +122,10 @@ def lmms_command(
     lmms_model: Optional[str] = typer.Option(None, "--lmms-model", help="lmms-eval model wrapper (default by family)."),
     run: bool = typer.Option(False, "--run", help="Run it (needs pip install 'vlselect[lmms]'); default: print it."),
 ) -> None:
-    """Build (and optionally run) the lmms-eval command for a vlselect-trained model."""
+    """Build (and optionally run) the lmms-eval command for a vlselect-trained model.
+
+    Example: vlselect eval lmms --model runs/lora/final --tasks textvqa_val,mmbench_en_dev --out lmms-out
+    """
     from vlselect.evaluate.lmms import format_command, lmms_eval_command
 
     cmd = lmms_eval_command(model, tasks, out, batch_size=batch_size, seed=seed, limit=limit,
@@ -143,7 +150,10 @@ def lmms_import_command(
     metric: Optional[List[str]] = typer.Option(None, "--metric", help="TASK=METRIC to choose a task's score."),
     reference: Optional[str] = typer.Option(None, "--reference", help="results.json or pinned name (llava-1.5-7b-lora)."),
 ) -> None:
-    """Convert lmms-eval results into a vlselect results.json (optionally with relative performance)."""
+    """Convert lmms-eval results into a vlselect results.json (optionally with relative performance).
+
+    Example: vlselect eval lmms-import lmms-out/results.json --reference llava-1.5-7b-lora --out ev/results.json
+    """
     from vlselect.evaluate.lmms import import_lmms_results
 
     chosen = {}

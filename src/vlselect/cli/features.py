@@ -8,7 +8,8 @@ from typing import List, Optional
 
 import typer
 
-features_app = typer.Typer(help="Per-sample features: activations, losses, gradients; store info and merge.",
+features_app = typer.Typer(help="Per-sample features: activations, losses, gradients; store info and merge.\n\n"
+                           "Example: vlselect features activations --model tiny-llava --pool world/pool.json --out feats/acts",
                            no_args_is_help=True)
 
 
@@ -34,7 +35,10 @@ def activations(
                                                      "while the model runs; 0 = none."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
-    """COINCIDE activations (o_proj output, image/text means, tanh, L2, /sqrt(2L)) into a sharded store."""
+    """COINCIDE activations (o_proj output, image/text means, tanh, L2, /sqrt(2L)) into a sharded store.
+
+    Example: vlselect features activations --model tiny-llava --pool world/pool.json --images world/images --losses --out feats/acts
+    """
     from vlselect.features.activations import extract_activations
 
     path = extract_activations(model, pool, out, images=images, layers=layers, batch_size=batch_size, losses=losses,
@@ -45,7 +49,10 @@ def activations(
 
 @features_app.command("info")
 def info(path: Path = typer.Argument(..., help="A feature store directory.")) -> None:
-    """Print a store's manifest summary: model, layers, pool fingerprint, arrays and shapes, missing rows."""
+    """Print a store's manifest summary: model, layers, pool fingerprint, arrays and shapes, missing rows.
+
+    Example: vlselect features info feats/acts
+    """
     from vlselect.features.store import FeatureStore
 
     st = FeatureStore.open(path)
@@ -64,7 +71,10 @@ def merge_cmd(
     dirs: List[Path] = typer.Argument(..., help="Partial stores of one run (e.g. the --shard i/N outputs)."),
     out: Path = typer.Option(..., "--out", help="Directory of the merged store."),
 ) -> None:
-    """Join partial stores (same settings) into one finished store, byte-identical to a single run."""
+    """Join partial stores (same settings) into one finished store, byte-identical to a single run.
+
+    Example: vlselect features merge feats/acts-part0 feats/acts-part1 --out feats/acts
+    """
     from vlselect.features.store import merge
 
     st = merge(dirs, out)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-models_app = typer.Typer(help="Model utilities: build tiny test models.", no_args_is_help=True)
+models_app = typer.Typer(help="Model utilities: build tiny test models.\n\nExample: vlselect models tiny tiny-llava --size s", no_args_is_help=True)
 
 
 @models_app.command("tiny")
@@ -18,7 +18,10 @@ def tiny(
     image_size: int = typer.Option(0, "--image-size", help="Image side in px (default: the size's own; 24 fits the world's grid)."),
     initializer_range: float = typer.Option(0.0, "--init-std", help="Std of the language model's random init (default 0.02)."),
 ) -> None:
-    """Build a tiny randomly initialised VLM (+ processor, locally trained tokenizer) with save_pretrained."""
+    """Build a tiny randomly initialised VLM (+ processor, locally trained tokenizer) with save_pretrained.
+
+    Example: vlselect models tiny tiny-llava --family llava --size s --image-size 24
+    """
     from vlselect.models.tiny import build_tiny
 
     path = build_tiny(out_dir, family=family, seed=seed, size=size, image_size=image_size or None,

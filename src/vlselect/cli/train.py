@@ -18,7 +18,8 @@ console = Console()
 
 train_app = typer.Typer(
     name="train",
-    help="Fine-tune a VLM on a pool or subset (LoRA with the LLaVA-1.5 recipe, or --adapter mma), resumable.",
+    help="Fine-tune a VLM on a pool or subset (LoRA with the LLaVA-1.5 recipe, or --adapter mma), resumable.\n\n"
+    "Example: vlselect train --model tiny-llava --pool sel/subset.json --images world/images --out runs/lora --epochs 1",
     invoke_without_command=True,
     no_args_is_help=False,
 )

@@ -31,7 +31,10 @@ def warmup(
     max_length: Optional[int] = typer.Option(None, "--max-length", help="Fail on longer samples (never truncates)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
-    """Train the warm-up reference model and export its LoRA adapter (for --lora) and Adam state (--adam-state)."""
+    """Train the warm-up reference model and export its LoRA adapter (for --lora) and Adam state (--adam-state).
+
+    Example: vlselect train warmup --model tiny-llava --pool world/pool.json --images world/images --rule tive --out warm
+    """
     from vlselect.train.warmup import train_warmup
 
     res = train_warmup(model, pool, images, out, rule=rule, seed=seed, ratio=ratio, step=step,

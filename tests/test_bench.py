@@ -1,0 +1,98 @@
+"""The benchmark's cache and cost accounting, and one miniature end-to-end run of ``vlselect bench``."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from vlselect.bench import BenchConfig, StageCache, recipe_key, run_bench
+
+
+def test_recipe_key_is_stable_and_order_free():
+    assert recipe_key({"a": 1, "b": [1, 2]}) == recipe_key({"b": [1, 2], "a": 1})
+    assert recipe_key({"a": 1}) != recipe_key({"a": 2})
+    assert len(recipe_key({})) == 12
+
+
+def test_stage_runs_once_and_a_new_recipe_runs_again(tmp_path):
+    calls = []
+
+    def stage(d):
+        calls.append(d)
+        (d / "x.txt").write_text("hi")
+        return {"value": len(calls)}
+
+    cache = StageCache(tmp_path, log=lambda m: None)
+    f1, r1 = cache.run("s", {"k": 1}, stage)
+    f2, r2 = cache.run("s", {"k": 1}, stage)
+    f3, r3 = cache.run("s", {"k": 2}, stage)
+    assert len(calls) == 2 and f1 == f2 != f3
+    assert r1 == r2 == {"value": 1} and r3 == {"value": 2}
+    # a fresh process (new cache object) sees the finished stage too
+    again = StageCache(tmp_path, log=lambda m: None)
+    assert again.run("s", {"k": 1}, stage)[1] == {"value": 1} and len(calls) == 2
+    assert json.loads((f1 / "recipe.json").read_text()) == {"k": 1}
+
+
+def test_an_interrupted_stage_is_run_again(tmp_path):
+    cache = StageCache(tmp_path, log=lambda m: None)
+
+    def boom(d):
+        (d / "partial").write_text("x")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        cache.run("s", {"k": 1}, boom)
+    assert not (cache.folder("s", {"k": 1}) / "done.json").exists()
+    assert cache.run("s", {"k": 1}, lambda d: 7)[1] == 7
+
+
+def test_cost_table_sums_time_and_keeps_peak_memory_per_group(tmp_path):
+    cache = StageCache(tmp_path, log=lambda m: None)
+    cache.record("run", {"i": 1}, {"r": 1}, seconds=2.0, peak_rss_mb=100.0, group="train random")
+    cache.record("run", {"i": 2}, {"r": 2}, seconds=3.0, peak_rss_mb=80.0, group="train random")
+    cache.record("run", {"i": 3}, {"r": 3}, seconds=1.0, peak_rss_mb=50.0, group="train coincide")
+    table = {r["stage"]: r for r in cache.cost_table()}
+    assert table["train random"]["seconds"] == 5.0 and table["train random"]["peak_rss_mb"] == 100.0
+    assert table["train random"]["runs"] == 2 and table["train coincide"]["seconds"] == 1.0
+    # recorded stages are cached for the next run, with the cost measured where they ran
+    nxt = StageCache(tmp_path, log=lambda m: None)
+    assert nxt.run("run", {"i": 2}, lambda d: 0)[1] == {"r": 2}
+    assert nxt.cost_table()[0]["seconds"] == 3.0 and nxt.cost_table()[0]["cached"] == 1
+
+
+@pytest.mark.slow
+def test_miniature_bench_end_to_end_and_a_second_run_reuses_every_stage(tmp_path):
+    cfg = BenchConfig.quick(size=120, eval_size=6, val_size=4, pretrain_size=64, methods=("random", "coincide", "tive"),
+                            budgets=(0.25,), epochs=1, grad_dim=32, batch_size=16, lora_r=4, jobs=1,
+                            max_new_tokens=4, model_size="xs")
+    logs: list[str] = []
+    res = run_bench(tmp_path / "b", cfg, log=logs.append)
+    out = tmp_path / "b"
+    assert {r["method"] for r in res["rows"]} == {"random", "coincide", "tive"}
+    assert all(r["budget"] == 0.25 for r in res["rows"])
+    # every subset has its budget's size and its indices come from the pool
+    files = sorted((out / "cache").glob("select-*/indices_0.25.npy"))
+    assert len(files) == 3
+    for f in files:
+        idx = np.load(f)
+        assert len(idx) == 30 and len(set(idx.tolist())) == 30 and idx.min() >= 0 and idx.max() < 120
+    comp = res["composition"]["subsets"]
+    assert set(comp) == {"random@0.25", "coincide@0.25", "tive@0.25"}
+    assert all(sum(c.values()) == 30 for c in comp.values()) and sum(res["composition"]["pool"].values()) == 120
+    assert res["reference"]["label"].startswith("full pool") and set(res["sets"]) == set(res["reference"]["scores"])
+    stages = {c["stage"] for c in res["costs"]}
+    assert {"world", "base", "activations", "gradients", "select coincide", "train+eval full pool"} <= stages
+    assert res["overlap"]["methods"] == sorted(res["overlap"]["methods"]) and len(res["overlap"]["jaccard"]) == 3
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["rows"] == json.loads(json.dumps(res["rows"]))
+    csv_lines = (out / "results.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("method,budget,n_seeds,relative_mean") and len(csv_lines) == 1 + 1 + 3
+    page = (out / "report.html").read_text()
+    assert "coincide" in page and "<svg" in page
+    # second run: nothing recomputed, same table
+    again = run_bench(out, cfg, log=logs.append)
+    assert all(c["cached"] == c["runs"] for c in again["costs"])
+    assert [r["relative_mean"] for r in again["rows"]] == [r["relative_mean"] for r in res["rows"]]

@@ -70,8 +70,8 @@ class BenchConfig:
 
     @classmethod
     def quick(cls, **overrides: Any) -> "BenchConfig":
-        base = dict(size=3000, eval_size=60, val_size=24, pretrain_size=6000, budgets=(0.1, 0.2), seeds=(0,),
-                    seed_budgets=(), epochs=3, grad_dim=512)
+        base = dict(size=3000, eval_size=60, val_size=24, pretrain_size=4000, budgets=(0.1, 0.2), seeds=(0,),
+                    seed_budgets=(), epochs=2, grad_dim=512)
         base.update(overrides)
         return cls(**base)
 
@@ -94,18 +94,9 @@ def _eval_files(world: Path) -> list[Path]:
 
 
 def _eval_samples_as_pool(eval_file: Path) -> list:
-    """A validation set as training-style samples (question → canonical answer), for target-task gradients."""
-    from vlselect.evaluate import read_eval_set
-    from vlselect.pool import Sample
+    from vlselect.evaluate.sets import eval_set_as_samples
 
-    es = read_eval_set(eval_file)
-    out = []
-    for s in es.samples:
-        human = ("<image>\n" if s.get("image") else "") + s["question"]
-        conv = [{"from": "human", "value": human}, {"from": "gpt", "value": str(s["answers"][0])}]
-        out.append(Sample(id=str(s["id"]), images=[s["image"]] if s.get("image") else [], conversations=conv,
-                          task=es.name))
-    return out
+    return eval_set_as_samples(eval_file)
 
 
 def _text_lengths(pool) -> np.ndarray:

@@ -53,7 +53,10 @@ def gradients(
 
     if projection not in PROJECTIONS or projection == "none":
         raise ConfigError(f"--projection {projection!r} is unknown; use rademacher, gaussian or factored")
-    store = extract_gradients(model, lora, pool, out, image_root=images, dim=dim, projection=projection, seed=seed,
+    from vlselect.evaluate.sets import eval_set_as_samples, looks_like_eval_set
+
+    source = eval_set_as_samples(pool) if looks_like_eval_set(pool) else pool  # a validation set (ICONS, LESS)
+    store = extract_gradients(model, lora, source, out, image_root=images, dim=dim, projection=projection, seed=seed,
                               params=params, adam_state=adam_state, norms=norms, batch_size=batch_size,
                               shard=shard, shard_size=shard_size, factor_dim=factor_dim, skip_bad=skip_bad,
                               device=device, dtype=dtype, max_length=max_length, progress=not quiet)

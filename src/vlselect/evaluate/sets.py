@@ -89,3 +89,32 @@ def read_results(path) -> dict:
 def scores_of(results: dict) -> dict[str, float]:
     """Set name → score of a results object."""
     return {name: float(v["score"]) for name, v in results["sets"].items()}
+
+
+def looks_like_eval_set(path) -> bool:
+    """True when ``path`` is a JSON object file (an evaluation set), not a pool (a JSON array or JSONL)."""
+    p = Path(path)
+    if not p.is_file() or p.suffix.lower() != ".json":
+        return False
+    with open(p, "rb") as f:
+        head = f.read(4096).lstrip()
+    return head.startswith(b"{") and b'"samples"' in p.read_bytes()[:1 << 20]
+
+
+def eval_set_as_samples(eval_set) -> list:
+    """An evaluation set as training-style samples (question → canonical answer), task = the set's name.
+
+    This is how a validation set becomes a target task for ICONS / LESS: its gradients are taken on the canonical
+    answer, as on a training record.
+    """
+    from vlselect.pool import Sample
+
+    es = eval_set if isinstance(eval_set, EvalSet) else read_eval_set(eval_set)
+    out = []
+    for s in es.samples:
+        human = ("<image>\n" if s.get("image") else "") + str(s["question"])
+        answer = s["answers"][0] if s.get("answers") else s.get("box")
+        conv = [{"from": "human", "value": human}, {"from": "gpt", "value": str(answer)}]
+        out.append(Sample(id=str(s["id"]), images=[s["image"]] if s.get("image") else [], conversations=conv,
+                          task=es.name))
+    return out

@@ -33,7 +33,7 @@ from vlselect.bench.stages import StageCache, measure
 
 DEFAULT_METHODS = (
     "random", "random_stratified", "length", "el2n", "perplexity", "semdedup", "d2pruning", "coincide", "icons",
-    "tive", "less",
+    "tive", "less", "coincide_icons",
 )
 
 
@@ -216,7 +216,7 @@ def run_bench(out: str | os.PathLike, config: BenchConfig | None = None, *,
     acts = FeatureStore.open(acts_dir / "store")
 
     # 4. warm-up and gradients (only when a gradient method is asked for) -------------------------------------
-    grad_methods = {"icons", "tive", "less"} & set(cfg.methods)
+    grad_methods = {"icons", "tive", "less", "coincide_icons"} & set(cfg.methods)
     grads = val_grads = None
     if grad_methods:
         warm_recipe = {**act_recipe, **cfg.recipe("warmup_ratio", "seed", "lr", "lora_r")}
@@ -365,8 +365,12 @@ def _method_inputs(acts, grads, val_grads, pool, layout) -> Callable:
         train = {"train": grads.array("gradients")}
         if m == "tive":
             return {**train, "norms": grads.array("grad_norms")}, params
+        vals = {f"val/{name}": st.array("gradients") for name, st in val_grads.items()}
         if m in ("icons", "less"):
-            return {**train, **{f"val/{name}": st.array("gradients") for name, st in val_grads.items()}}, params
+            return {**train, **vals}, params
+        if m == "coincide_icons":
+            params.update(n_clusters=k, num_layers=layout.get("num_layers"), hidden_size=layout.get("hidden_size"))
+            return {"features": feats, **train, **vals}, params
         # a method added later: give it whatever it names that we have
         return {}, params
 

@@ -25,7 +25,7 @@ from vlselect.select.base import (
 )
 
 # Importing a module registers its methods.
-from vlselect.select import baselines, coincide, d2pruning, icons, less, semdedup, tive  # noqa: E402,F401
+from vlselect.select import baselines, coincide, composite, d2pruning, icons, less, semdedup, tive  # noqa: E402,F401
 
 __all__ = [
     "REGISTRY",

@@ -10,6 +10,8 @@ from rich.table import Table
 
 def print_results(results: dict[str, Any], console: Console) -> None:
     """Relative performance per method and budget (with intervals), then per-set scores."""
+    if not console.is_terminal and console.width < 160:
+        console = Console(width=160)  # a log file or a pipe: no need to squeeze ten columns into 80
     rows = results["rows"]
     budgets = sorted({r["budget"] for r in rows})
     methods = list(dict.fromkeys(r["method"] for r in rows))
@@ -32,12 +34,12 @@ def print_results(results: dict[str, Any], console: Console) -> None:
         t.add_row(m, *cells)
     console.print(t)
     sets = results["sets"]
-    s = Table(title="scores per evaluation set", title_justify="left")
+    s = Table(title="scores per evaluation set (0-100)", title_justify="left")
     s.add_column("method @ budget")
     for name in sets:
         s.add_column(name, justify="right")
     ref = results["reference"]
-    s.add_row(f"[bold]{ref['label']}[/]", *[f"[bold]{ref['scores'].get(x, float('nan')):.3f}[/]" for x in sets])
+    s.add_row(f"[bold]{ref['label']}[/]", *[f"[bold]{ref['scores'].get(x, float('nan')):.1f}[/]" for x in sets])
     for r in rows:
-        s.add_row(f"{r['method']} @ {r['budget'] * 100:g}%", *[f"{r['scores'].get(x, float('nan')):.3f}" for x in sets])
+        s.add_row(f"{r['method']} @ {r['budget'] * 100:g}%", *[f"{r['scores'].get(x, float('nan')):.1f}" for x in sets])
     console.print(s)

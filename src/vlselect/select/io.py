@@ -271,22 +271,11 @@ def pool_lengths(pool: Any) -> np.ndarray:
 
 
 def load_tasks(path: str | os.PathLike[str]) -> list[str]:
-    """A ``--tasks`` file: a JSON list with one task label per row."""
-    p = Path(path)
-    if not p.exists():
-        raise PoolError(f"--tasks {path}: no such file; give a JSON list of task labels, one per row")
-    try:
-        data = json.loads(p.read_text())
-    except Exception as exc:  # noqa: BLE001
-        raise PoolError(f"--tasks {path}: not valid JSON ({exc}); give a JSON list of task labels, one per row") from None
-    if isinstance(data, dict) and "tasks" in data:
-        data = data["tasks"]
-    if not isinstance(data, list):
-        raise PoolError(f"--tasks {path}: expected a JSON list of task labels (one per row), got {type(data).__name__}")
-    for i, t in enumerate(data):
-        if not isinstance(t, (str, int)) or isinstance(t, bool):
-            raise PoolError(f"--tasks {path}: row {i} holds {t!r}; every entry must be a task label string")
-    return [str(t) for t in data]
+    """A ``--tasks`` file: a JSON list with one task label per row (read by
+    :func:`vlselect.pool.io.read_task_labels`, the one reader of task-label files)."""
+    from vlselect.pool.io import read_task_labels
+
+    return [str(t) for t in read_task_labels(path)]
 
 
 def output_dirs(out: str | os.PathLike[str], selections: Sequence[Selection]) -> list[Path]:

@@ -15,15 +15,6 @@ IMG_TOKEN = 119
 N_PATCH = 4  # (28 / 14) ** 2, CLS dropped
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One BLAS/OpenMP thread: on a loaded shared box, several threads spin against each other (4x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny_llava_lora(seed: int = 0, r: int = 4):
     """A tiny LLaVA (CLIP tower + Llama) with LoRA on every linear layer of the language model; B is random so
     that A gets gradients too."""

@@ -14,15 +14,6 @@ import torch
 from vlselect.features.gradients import GradientEngine, extract_gradients, per_sample_autograd_gradients
 from vlselect.features.projection import Projection
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One BLAS/OpenMP thread: on a loaded shared box, several threads spin against each other (4x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 LLM_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 
 

@@ -12,15 +12,6 @@ from vlselect.train.mma import (
 )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny matrices on a shared 2-core machine: one intra-op thread avoids spin contention."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _tiny_llama(layers=3):
     from transformers import LlamaConfig, LlamaForCausalLM
 

@@ -20,15 +20,6 @@ from vlselect.features.projection import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One BLAS/OpenMP thread: on a loaded shared box, several threads spin against each other (4x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_defaults_per_method():
     assert DEFAULT_DIMS == {"icons": 5120, "tive": 8192, "less": 8192}
 

@@ -17,17 +17,8 @@ COLOURS = {"red": (230, 20, 20), "green": (20, 200, 20), "blue": (20, 20, 230)}
 QUESTION = "What color is the image?"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny matrices on a shared 2-core machine: one intra-op thread is 3-5x faster than two (no spin contention)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
-def world(tmp_path_factory, _one_thread):
+def world(tmp_path_factory, _one_torch_thread):
     from PIL import Image
 
     from vlselect.models.tiny import build_tiny

@@ -20,15 +20,6 @@ from vlselect.train.warmup import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One BLAS/OpenMP thread: on a loaded shared box, several threads spin against each other (4x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_tive_rule_equal_count_per_task_in_first_appearance_order():
     tasks = ["gqa"] * 300 + ["vqa"] * 500 + ["text"] * 200 + ["gqa"] * 100
     idx = tive_warmup_indices(tasks, 0.08, seed=0)

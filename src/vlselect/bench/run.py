@@ -124,12 +124,12 @@ def _train_and_eval(job: dict[str, Any]) -> dict[str, Any]:
                          modules_to_save=job["modules_to_save"] or None, projector_lr=job["lr"])
         results = evaluate(res.final_dir, job["eval_files"], job["images"], out / "eval", progress=False,
                            max_new_tokens=job["max_new_tokens"], batch_size=16)
-    shutil_rm(out / "train", keep=("train_result.json",))
+    _drop_weights(out / "train", keep=("train_result.json",))
     return {"scores": {k: v for k, v in _scores(results).items()}, "train_loss": res.losses[-1] if res.losses else None,
             "samples": res.samples, "seconds": cost.seconds, "peak_rss_mb": cost.peak_rss_mb}
 
 
-def shutil_rm(folder: Path, keep: Sequence[str] = ()) -> None:
+def _drop_weights(folder: Path, keep: Sequence[str] = ()) -> None:
     """Delete a training folder's weights once evaluated (they are large and not needed for the table)."""
     import shutil
 

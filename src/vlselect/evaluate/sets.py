@@ -97,8 +97,8 @@ def looks_like_eval_set(path) -> bool:
     if not p.is_file() or p.suffix.lower() != ".json":
         return False
     with open(p, "rb") as f:
-        head = f.read(4096).lstrip()
-    return head.startswith(b"{") and b'"samples"' in p.read_bytes()[:1 << 20]
+        head = f.read(1 << 20)  # a JSONL pool also starts with "{": look for the set's key, never read it all
+    return head.lstrip().startswith(b"{") and b'"samples"' in head and b'"metric"' in head
 
 
 def eval_set_as_samples(eval_set) -> list:

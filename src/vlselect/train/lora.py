@@ -180,18 +180,26 @@ def _save_checkpoint(out: Path, step: int, model, optimizer, scheduler, state: d
     return final
 
 
-def _load_checkpoint(cp: Path, model, optimizer, scheduler) -> dict:
+def load_trainable(model, cp: Path, fix: str) -> dict:
+    """Copy a checkpoint's ``trainable.pt`` (the trained parameters by name) into ``model`` and return it; a name
+    the model lacks is a :class:`ConfigError` naming the checkpoint, the parameter and ``fix``."""
     import torch
 
     trainable = torch.load(cp / "trainable.pt", map_location="cpu")
     params = dict(model.named_parameters())
     missing = [n for n in trainable if n not in params]
     if missing:
-        raise ConfigError(f"{cp}: checkpoint holds parameters this model does not have ({missing[0]}, ...); resume "
-                          "with the same --model and --adapter options, or pass --no-resume / a new --out")
+        raise ConfigError(f"{cp}: checkpoint holds parameters this model does not have ({missing[0]}, ...); {fix}")
     with torch.no_grad():
         for n, t in trainable.items():
             params[n].copy_(t.to(params[n].device, params[n].dtype))
+    return trainable
+
+
+def _load_checkpoint(cp: Path, model, optimizer, scheduler) -> dict:
+    import torch
+
+    load_trainable(model, cp, "resume with the same --model and --adapter options, or pass --no-resume / a new --out")
     optimizer.load_state_dict(torch.load(cp / "optimizer.pt", map_location="cpu"))
     scheduler.load_state_dict(torch.load(cp / "scheduler.pt", map_location="cpu"))
     _set_rng_state(torch.load(cp / "rng.pt", map_location="cpu", weights_only=False))

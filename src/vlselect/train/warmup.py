@@ -212,7 +212,7 @@ def export_checkpoint(model_dir, checkpoint: Path, out_dir: Path, *, r: int, lor
     from peft import LoraConfig, get_peft_model
 
     from vlselect.models import load_vlm
-    from vlselect.train.lora import PROJECTOR_NAMES, _lora_target_regex
+    from vlselect.train.lora import PROJECTOR_NAMES, _lora_target_regex, load_trainable
 
     loaded = load_vlm(model_dir, dtype=torch.float32, device=device or "cpu")
     model = loaded.model
@@ -223,15 +223,9 @@ def export_checkpoint(model_dir, checkpoint: Path, out_dir: Path, *, r: int, lor
     cfg = LoraConfig(r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, bias="none",
                      target_modules=_lora_target_regex(target_modules), modules_to_save=modules_to_save)
     pm = get_peft_model(model, cfg)
-    trainable = torch.load(checkpoint / "trainable.pt", map_location="cpu")
+    trainable = load_trainable(pm, checkpoint, f"fix: pass the same LoRA options as the warm-up run (this model "
+                                               f"has r={r})")
     params = dict(pm.named_parameters())
-    unknown = [n for n in trainable if n not in params]
-    if unknown:
-        raise ConfigError(f"checkpoint '{checkpoint}' holds '{unknown[0]}', which a LoRA model with r={r} does not "
-                          "have; fix: pass the same LoRA options as the warm-up run")
-    with torch.no_grad():
-        for n, t in trainable.items():
-            params[n].copy_(t.to(params[n].dtype))
     lora_dir = out_dir / "lora"
     tmp = out_dir / ".tmp-lora"
     shutil.rmtree(tmp, ignore_errors=True)

@@ -116,6 +116,39 @@ def test_seed_determinism_and_resume(world, lora_run):
     assert again.losses == lora_run.losses and again.final_dir == lora_run.final_dir
 
 
+def test_full_fine_tuning_trains_llm_and_projector_not_vision(world):
+    """adapter="full" (LLaVA-1.5's full fine-tuning): the language model and the projector change, the vision
+    tower stays frozen unless named in modules_to_save, the final folder loads as a plain model and beats the
+    untrained one, and the same seed gives the same weights."""
+    from safetensors.torch import load_file
+
+    from vlselect.evaluate import evaluate
+    from vlselect.train import train_lora
+
+    kw = dict(adapter="full", lr=3e-3, batch_size=6, epochs=5, gradient_checkpointing=False, seed=0, progress=False,
+              warmup_ratio=0.0)
+    res = train_lora(world / "model", world / "pool.json", world / "images", world / "full", save_steps=(1,), **kw)
+    assert res.adapter == "full" and res.adapter_dir is None and res.losses[-1] < res.losses[0] - 0.4
+    before, after = load_file(world / "model" / "model.safetensors"), load_file(res.final_dir / "model.safetensors")
+    assert after.keys() == before.keys()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and not any("vision_tower" in k for k in changed)
+    assert any("multi_modal_projector" in k for k in changed) and any("lm_head" in k for k in changed)
+    n_vision = sum(v.numel() for k, v in before.items() if "vision_tower" in k)
+    assert res.trainable_parameters == sum(v.numel() for v in before.values()) - n_vision
+    scored = evaluate(res.final_dir, [world / "colours.json"], world / "images", world / "ev_full",
+                      max_new_tokens=4, progress=False)
+    assert scored["sets"]["colours"]["score"] >= 50.0
+    with_vision = train_lora(world / "model", world / "pool.json", world / "images", world / "full_vis",
+                             stop_after_steps=1, modules_to_save=["vision_tower"], **kw)
+    vis = _trainable(world / "full_vis" / "checkpoint-1")
+    assert any("vision_tower" in k for k in vis) and with_vision.trainable_parameters == res.trainable_parameters + n_vision
+    again = train_lora(world / "model", world / "pool.json", world / "images", world / "full_again",
+                       stop_after_steps=1, **kw)
+    a, b = _trainable(world / "full_again" / "checkpoint-1"), _trainable(world / "full" / "checkpoint-1")
+    assert again.steps == 1 and a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_cli_mma_train_eval_relative_and_summary(world, lora_run, capsys):
     from vlselect.train import load_trained
     from vlselect.train.mma import mma_param_count

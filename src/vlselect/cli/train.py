@@ -18,7 +18,7 @@ console = Console()
 
 train_app = typer.Typer(
     name="train",
-    help="Fine-tune a VLM on a pool or subset (LoRA with the LLaVA-1.5 recipe, or --adapter mma), resumable.\n\n"
+    help="Fine-tune a VLM on a pool or subset (LoRA with the LLaVA-1.5 recipe, --adapter full or mma), resumable.\n\n"
     "Example: vlselect train --model tiny-llava --pool sel/subset.json --images world/images --out runs/lora --epochs 1",
     invoke_without_command=True,
     no_args_is_help=False,
@@ -50,11 +50,11 @@ def train_command(
     pool: Optional[Path] = typer.Option(None, "--pool", help="Training pool or subset (LLaVA JSON/JSONL)."),
     images: Optional[Path] = typer.Option(None, "--images", help="Image folder the pool's paths are relative to."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (checkpoints, final/, train_result.json)."),
-    adapter: str = typer.Option("lora", "--adapter", help="lora (PEFT, LLaVA-1.5 recipe) or mma (LaVIN adapters)."),
+    adapter: str = typer.Option("lora", "--adapter", help="lora (PEFT, LLaVA-1.5 recipe), full (LLaVA-1.5 full fine-tuning: LLM + projector) or mma (LaVIN adapters)."),
     indices: Optional[Path] = typer.Option(None, "--indices", help="Train on these pool positions only (.json/.npy/.txt)."),
     epochs: int = typer.Option(1, "--epochs"),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Default 2e-4 (lora) or 9e-3 x batch/256 (mma)."),
-    projector_lr: float = typer.Option(2e-5, "--projector-lr", help="mm_projector_lr (lora)."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Default 2e-4 (lora), 2e-5 (full) or 9e-3 x batch/256 (mma)."),
+    projector_lr: Optional[float] = typer.Option(None, "--projector-lr", help="mm_projector_lr: default 2e-5 (lora), --lr (full)."),
     r: int = typer.Option(128, "--r", help="LoRA rank."),
     lora_alpha: int = typer.Option(256, "--lora-alpha"),
     lora_dropout: float = typer.Option(0.05, "--lora-dropout"),
@@ -65,7 +65,7 @@ def train_command(
     max_steps: Optional[int] = typer.Option(None, "--max-steps"),
     save_steps: str = typer.Option("", "--save-steps", help="Comma list of steps to checkpoint at (the end always is)."),
     seed: int = typer.Option(0, "--seed"),
-    modules_to_save: str = typer.Option("", "--modules-to-save", help="LoRA: comma list of modules trained in full (e.g. lm_head; not in the recipe)."),
+    modules_to_save: str = typer.Option("", "--modules-to-save", help="Comma list of modules trained in full besides the recipe's: lora e.g. lm_head; full e.g. vision_tower."),
     temperature: float = typer.Option(10.0, "--temperature", help="MMA router temperature (10 for 7B, 5 for 13B)."),
     adapter_dim: int = typer.Option(8, "--adapter-dim", help="MMA bottleneck."),
     vit_routing: str = typer.Option("per_token", "--vit-routing", help="MMA ViT routing: per_token or official_batch0."),

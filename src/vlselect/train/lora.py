@@ -5,7 +5,8 @@ Recipe defaults are LLaVA-1.5's LoRA script (``scripts/v1_5/finetune_lora.sh``):
 with ``mm_projector_lr=2e-5``, ``learning_rate=2e-4``, 1 epoch, cosine schedule with ``warmup_ratio=0.03``, no
 weight decay, per-device batch 16 (× 8 GPUs = 128 in the official run: on one GPU use ``grad_accum=8``), loss on
 assistant tokens only (labels from :func:`vlselect.models.encode_sample`), non-reentrant gradient checkpointing,
-bf16 where the hardware has it. ``adapter="mma"`` trains LaVIN's adapters instead (``specs/mma.md`` §5:
+bf16 where the hardware has it. ``adapter="full"`` is LLaVA-1.5's full fine-tuning recipe instead (language model and
+projector trained, vision tower frozen unless named in ``modules_to_save``; lr 2e-5); ``adapter="mma"`` trains LaVIN's adapters instead (``specs/mma.md`` §5:
 AdamW(0.9, 0.95), weight decay 0.02 except biases/1-D, lr ``9e-3 × effective batch / 256``).
 
 Output folder
@@ -14,7 +15,7 @@ Output folder
     trainable tensors, optimiser, scheduler, RNG states and ``state.json`` (step, loss curve): a run started again
     with the same arguments resumes from the last one, and ends with the same weights as an uninterrupted run.
 ``final/``
-    LoRA: the merged model (``save_pretrained`` + processor; loads with :func:`vlselect.models.load_vlm`).
+    LoRA and full: the merged / trained model (``save_pretrained`` + processor; loads with :func:`vlselect.models.load_vlm`).
     MMA: the adapter tensors (``adapter_model.safetensors``) and ``vlselect_adapter.json`` naming the base model;
     load with :func:`vlselect.train.load_trained` (which also loads a merged LoRA model).
 ``adapter/``
@@ -227,7 +228,7 @@ def train_lora(
     lora_alpha: int = 256,
     lora_dropout: float = 0.05,
     lr: float | None = None,
-    projector_lr: float = 2e-5,
+    projector_lr: float | None = None,
     train_projector: bool = True,
     epochs: int = 1,
     batch_size: int = 16,
@@ -263,12 +264,15 @@ def train_lora(
         Output folder (see module docstring).
     indices : sequence of int, optional
         Positions in ``pool`` to train on (default all).
-    adapter : {"lora", "mma"}
+    adapter : {"lora", "full", "mma"}
+        ``"full"``: every parameter of the language model and the projector is trained (LLaVA-1.5's main recipe),
+        plus any module named in ``modules_to_save`` (e.g. ``"vision_tower"``); ``r``/``lora_*`` are ignored.
     r, lora_alpha, lora_dropout : LoRA rank (128), alpha (256), dropout (0.05).
     lr : float, optional
-        Learning rate; default 2e-4 (LoRA) or ``9e-3 × effective batch / 256`` (MMA, spec §5.1).
+        Learning rate; default 2e-4 (LoRA), 2e-5 (full) or ``9e-3 × effective batch / 256`` (MMA, spec §5.1).
     projector_lr : float
-        Learning rate of the multimodal projector (``mm_projector_lr``, 2e-5; LoRA only).
+        Learning rate of the multimodal projector (``mm_projector_lr``): default 2e-5 for LoRA, ``lr`` for full
+        fine-tuning (LLaVA-1.5 sets none there). Ignored for MMA.
     train_projector : bool
         Train the projector in full (LLaVA LoRA recipe: yes). Ignored for MMA (adapters only).
     epochs, batch_size, grad_accum : int
@@ -292,7 +296,8 @@ def train_lora(
     target_modules : list of str or regex, optional
         LoRA targets (default: all linear layers of the language model).
     modules_to_save : list of str, optional
-        LoRA only: further modules trained in full at ``lr`` (PEFT ``modules_to_save``), e.g. ``["lm_head"]``. Not
+        LoRA: further modules trained in full at ``lr`` (PEFT ``modules_to_save``), e.g. ``["lm_head"]``; full:
+        frozen modules to train as well (e.g. ``["vision_tower"]``). Not
         in the LLaVA recipe; useful for tiny random models whose frozen ``lm_head`` (init std 0.02) caps the logit
         range so that the loss cannot fall far below log(vocab).
     mma_kwargs : dict, optional
@@ -324,8 +329,8 @@ def train_lora(
     from vlselect.train import mma as mma_mod
     from vlselect.train.data import encode_batch, global_schedule, micro_batches, open_training_pool
 
-    if adapter not in ("lora", "mma"):
-        raise ConfigError(f"unknown adapter {adapter!r}; choose --adapter lora or --adapter mma")
+    if adapter not in ("lora", "full", "mma"):
+        raise ConfigError(f"unknown adapter {adapter!r}; choose --adapter lora, full or mma")
     for name, v in (("epochs", epochs), ("batch_size", batch_size), ("grad_accum", grad_accum), ("r", r)):
         if int(v) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1 (got {v})")
@@ -390,6 +395,7 @@ def train_lora(
         torch.manual_seed(seed)
         model = get_peft_model(model, cfg)
         lr = 2e-4 if lr is None else lr
+        projector_lr = 2e-5 if projector_lr is None else projector_lr
         wd = 0.0 if weight_decay is None else weight_decay
         for p in model.parameters():
             if p.requires_grad:
@@ -398,6 +404,22 @@ def train_lora(
         for n, p in model.named_parameters():
             if p.requires_grad:
                 (proj if any(x in n for x in PROJECTOR_NAMES) and "lora_" not in n else rest).append(p)
+        groups = [{"params": rest, "lr": lr, "weight_decay": wd}]
+        if proj:
+            groups.append({"params": proj, "lr": projector_lr, "weight_decay": wd})
+        optimizer = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8)
+    elif adapter == "full":
+        lr = 2e-5 if lr is None else lr
+        projector_lr = lr if projector_lr is None else projector_lr
+        wd = 0.0 if weight_decay is None else weight_decay
+        extra = tuple(modules_to_save or ())
+        frozen = ("vision_tower", "visual.")
+        for n, p in model.named_parameters():
+            p.requires_grad_(not any(f in n for f in frozen) or any(m in n for m in extra))
+            if p.requires_grad:
+                p.data = p.data.float()
+        proj = [p for n, p in model.named_parameters() if p.requires_grad and any(x in n for x in PROJECTOR_NAMES)]
+        rest = [p for n, p in model.named_parameters() if p.requires_grad and not any(x in n for x in PROJECTOR_NAMES)]
         groups = [{"params": rest, "lr": lr, "weight_decay": wd}]
         if proj:
             groups.append({"params": proj, "lr": projector_lr, "weight_decay": wd})
@@ -541,6 +563,10 @@ def _save_final(out: Path, model, loaded, adapter: str, model_dir, mma_cfg: dict
         _copy_processor_files(Path(model_dir), tmp)
         meta["merged"] = True
         result.adapter_dir = ad
+    elif adapter == "full":
+        model.save_pretrained(str(tmp))
+        _copy_processor_files(Path(model_dir), tmp)
+        meta["merged"] = True
     else:
         tmp.mkdir(parents=True)
         save_file({k: v.contiguous() for k, v in mma_state_dict(model).items()}, str(tmp / "adapter_model.safetensors"))

@@ -97,3 +97,34 @@ def test_miniature_bench_end_to_end_and_a_second_run_reuses_every_stage(tmp_path
     again = run_bench(out, cfg, log=logs.append)
     assert all(c["cached"] == c["runs"] for c in again["costs"])
     assert [r["relative_mean"] for r in again["rows"]] == [r["relative_mean"] for r in res["rows"]]
+
+
+def test_chance_levels_and_learned_sets_by_hand(tmp_path):
+    from vlselect.bench.run import chance_levels, learned_sets
+
+    a = tmp_path / "a.json"
+    a.write_text(json.dumps({"name": "colour", "metric": "exact_match", "samples": [
+        {"answers": ["Red"]}, {"answers": ["red "]}, {"answers": ["blue"]}, {"answers": ["green"]}]}))
+    g = tmp_path / "g.json"
+    g.write_text(json.dumps({"name": "box", "metric": "iou", "samples": [{"answers": ["[0, 0, 1, 1]"]}]}))
+    chance = chance_levels([a, g])
+    assert chance == {"colour": 50.0, "box": 0.0}  # 'Red' and 'red ' are one answer: 2 of 4
+    assert learned_sets({"colour": 59.0, "box": 10.0}, chance, 10.0) == ["box"]
+    assert learned_sets({"colour": 60.0, "box": 9.9}, chance, 10.0) == ["colour"]
+
+
+def test_targets_are_judged_from_the_rows():
+    from vlselect.bench.run import check_targets
+
+    rows = [{"method": m, "budget": b, "relative_mean": v} for m, b, v in [
+        ("random", 0.05, 80.0), ("random", 0.1, 85.0), ("random", 0.2, 90.0),
+        ("coincide", 0.1, 86.0), ("coincide", 0.2, 89.0), ("icons", 0.1, 95.0), ("icons", 0.2, 99.0),
+        ("coincide_icons", 0.05, 81.0), ("coincide_icons", 0.1, 96.0), ("coincide_icons", 0.2, 98.5)]]
+    got = {t["target"]: t["met"] for t in check_targets({"rows": rows})}
+    assert got["coincide above random at 10%"] is True and got["coincide above random at 20%"] is False
+    assert got["icons above random at 20%"] is True and got["tive above random at 10%"] is None
+    assert got["best method at 20% reaches 98% of the full pool"] is True  # icons, 99
+    assert got["coincide_icons beats every single method at 5%"] is True  # 81 > random 80
+    assert got["coincide_icons beats every single method at 10%"] is True  # 96 > icons 95
+    assert got["coincide_icons beats every single method at 20%"] is False  # 98.5 < icons 99
+    assert got["random at 5% clearly below the full pool (<= 95)"] is True

@@ -34,12 +34,26 @@ def print_results(results: dict[str, Any], console: Console) -> None:
         t.add_row(m, *cells)
     console.print(t)
     sets = results["sets"]
-    s = Table(title="scores per evaluation set (0-100)", title_justify="left")
+    counted = set(results.get("relative_sets") or sets)
+    s = Table(title="scores per evaluation set (0-100; * = counted in the relative performance)", title_justify="left")
     s.add_column("method @ budget")
     for name in sets:
-        s.add_column(name, justify="right")
+        s.add_column(name + ("*" if name in counted else ""), justify="right")
     ref = results["reference"]
+    if results.get("chance"):
+        s.add_row("[dim]chance (most common answer)[/]",
+                  *[f"[dim]{results['chance'].get(x, float('nan')):.1f}[/]" for x in sets])
     s.add_row(f"[bold]{ref['label']}[/]", *[f"[bold]{ref['scores'].get(x, float('nan')):.1f}[/]" for x in sets])
     for r in rows:
         s.add_row(f"{r['method']} @ {r['budget'] * 100:g}%", *[f"{r['scores'].get(x, float('nan')):.1f}" for x in sets])
     console.print(s)
+    targets = results.get("targets") or []
+    if targets:
+        t2 = Table(title="targets", title_justify="left")
+        t2.add_column("target")
+        t2.add_column("met")
+        t2.add_column("numbers")
+        for x in targets:
+            mark = {True: "[green]yes[/]", False: "[red]no[/]", None: "[dim]–[/]"}[x["met"]]
+            t2.add_row(x["target"], mark, x["detail"])
+        console.print(t2)

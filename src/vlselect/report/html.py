@@ -13,6 +13,7 @@ The input is a plain dict (what ``vlselect bench`` saves as ``results.json``)::
       "composition": {"pool": {task: int}, "subsets": {"METHOD@BUDGET": {task: int}}},
       "costs": [{"stage": str, "seconds": float, "peak_rss_mb": float | None}],
       "overlap": {"budget": float, "methods": [str], "jaccard": [[float]]},
+      "chance": {set: float}, "relative_sets": [str],          # chance row; sets the relative mean uses
       "notes": [str]
     }
 
@@ -248,8 +249,14 @@ def render_html(results: Mapping[str, Any]) -> str:
 
     # 2. per-set scores
     if sets:
-        parts.append("<section><h2>Scores per evaluation set</h2><table><tr><th>method @ budget</th>"
-                     + "".join(f"<th>{_e(s)}</th>" for s in sets) + "</tr>")
+        counted = set(results.get("relative_sets") or sets)
+        parts.append("<section><h2>Scores per evaluation set</h2><p class='hint'>* counted in the relative "
+                     "performance (the full pool learned it).</p><table><tr><th>method @ budget</th>"
+                     + "".join(f"<th>{_e(s)}{'*' if s in counted else ''}</th>" for s in sets) + "</tr>")
+        if results.get("chance"):
+            ch = results["chance"]
+            parts.append("<tr><td><i>chance (most common answer)</i></td>"
+                         + "".join(f"<td><i>{_fmt(ch.get(s), 3)}</i></td>" for s in sets) + "</tr>")
         if ref.get("scores"):
             parts.append(f"<tr><td><b>{_e(ref.get('label', 'reference'))}</b></td>"
                          + "".join(f"<td><b>{_fmt(ref['scores'].get(s), 3)}</b></td>" for s in sets) + "</tr>")

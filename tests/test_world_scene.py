@@ -110,3 +110,21 @@ def test_make_world_rejects_unknown_option(tmp_path):
     with pytest.raises(ConfigError, match="nosiy_share"):
         make_world(tmp_path / "w", size=10, nosiy_share=0.2)
     assert not (tmp_path / "w").exists()
+
+
+def test_exist_hard_negative_when_every_shape_is_taken_in_one_colour():
+    """Four red objects of the four shapes: a hard 'no' cannot vary the shape, so it varies the colour (this scene
+    once crashed the evaluation planner at eval_size 200)."""
+    from vlselect.world.tasks import ask_exist
+
+    scene = Scene(tuple(Obj(s, "red", "small", c) for c, s in enumerate(SHAPES)))
+    answers = set()
+    for seed in range(40):
+        qa = ask_exist(scene, np.random.default_rng(seed), canonical=True)
+        color, shape = qa.extra["query"]
+        present = any(o.color == color and o.shape == shape for o in scene.objects)
+        assert (qa.answer == "yes") == present
+        if qa.answer == "no":
+            assert color != "red" and shape in SHAPES  # the shape is in the picture, the colour is not
+        answers.add(qa.answer)
+    assert answers == {"yes", "no"}

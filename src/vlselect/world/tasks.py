@@ -168,10 +168,13 @@ def ask_exist(scene: Scene, rng, canonical=False, easy=False, trng=None, **_) ->
             color, shape = _pick(rng, colors), _pick(rng, shapes)
         else:  # a hard negative: the colour or the shape is in the picture, the pair is not
             o = _pick(rng, scene.objects)
-            if rng.random() < 0.5:
-                color, shape = o.color, _pick(rng, [s for s in SHAPES if (o.color, s) not in taken])
+            other_shapes = [s for s in SHAPES if (o.color, s) not in taken]
+            other_colors = [c for c in COLOR_NAMES if (c, o.shape) not in taken]
+            # (every shape can be taken in the object's colour: four objects of one colour; then vary the colour)
+            if (rng.random() < 0.5 and other_shapes) or not other_colors:
+                color, shape = o.color, _pick(rng, other_shapes)
             else:
-                shape, color = o.shape, _pick(rng, [c for c in COLOR_NAMES if (c, o.shape) not in taken])
+                shape, color = o.shape, _pick(rng, other_colors)
     q = _template(trng or rng, "exist", canonical).format(color=color, shape=shape)
     return QA(short(q), ans, "no" if ans == "yes" else "yes", "exist", {"query": [color, shape]})
 

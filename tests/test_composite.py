@@ -59,3 +59,26 @@ def test_needs_validation_inputs():
     with pytest.raises(SelectionError, match="val/"):
         run_method("coincide_icons", {"features": arrays["features"], "train": arrays["train"]}, 0.2,
                    params={"K": 2, **LAYOUT})
+
+
+@pytest.mark.parametrize("budget", [0.1, 0.25])
+def test_icons_coincide_picks_among_icons_candidates_as_coincide_would(budget):
+    """Candidates are ICONS's top 2 x budget rows (by its priority key); among them the picks are exactly COINCIDE
+    run on the candidates alone, with K scaled to the candidates' share of the pool."""
+    arrays = _inputs()
+    n, count = 120, int(budget * 120)
+    [comp] = run_method("icons_coincide", arrays, budget, params={"K": 12, **LAYOUT})
+    m = 2 * count
+    assert comp.count == count and len(set(comp.indices.tolist())) == count and comp.info["candidates"] == m
+    key = comp.scores
+    order = np.lexsort((np.arange(n), -key))
+    cand = order[:m]
+    assert set(comp.indices.tolist()) <= set(cand.tolist())
+    k = max(1, round(12 * m / n))
+    [coin] = run_method("coincide", {"features": arrays["features"][cand]}, count,
+                        params={"K": k, **LAYOUT})
+    assert comp.indices.tolist() == cand[coin.indices].tolist()
+    # factor 1 is ICONS's top of the same key
+    [one] = run_method("icons_coincide", arrays, budget, params={"K": 12, "candidate_factor": 1.0, **LAYOUT})
+    [ic] = run_method("icons", {k2: v for k2, v in arrays.items() if k2 != "features"}, budget)
+    assert sorted(one.indices.tolist()) == sorted(ic.indices.tolist())

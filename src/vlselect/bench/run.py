@@ -33,8 +33,10 @@ from vlselect.bench.stages import StageCache, measure
 
 DEFAULT_METHODS = (
     "random", "random_stratified", "length", "el2n", "perplexity", "semdedup", "d2pruning", "coincide", "icons",
-    "tive", "less", "coincide_icons",
+    "tive", "less", "coincide_icons", "icons_coincide",
 )
+#: vlselect's own composite methods (judged against every single method).
+COMPOSITES = ("coincide_icons", "icons_coincide")
 
 
 @dataclass
@@ -228,7 +230,7 @@ def run_bench(out: str | os.PathLike, config: BenchConfig | None = None, *,
     acts = FeatureStore.open(acts_dir / "store")
 
     # 4. warm-up and gradients (only when a gradient method is asked for) -------------------------------------
-    grad_methods = {"icons", "tive", "less", "coincide_icons"} & set(cfg.methods)
+    grad_methods = {"icons", "tive", "less", *COMPOSITES} & set(cfg.methods)
     grads = val_grads = None
     if grad_methods:
         warm_recipe = {**act_recipe, **cfg.recipe("warmup_ratio", "seed", "lr", "lora_r")}
@@ -381,7 +383,7 @@ def _method_inputs(acts, grads, val_grads, pool, layout) -> Callable:
         vals = {f"val/{name}": st.array("gradients") for name, st in val_grads.items()}
         if m in ("icons", "less"):
             return {**train, **vals}, params
-        if m == "coincide_icons":
+        if m in COMPOSITES:
             params.update(n_clusters=k, num_layers=layout.get("num_layers"), hidden_size=layout.get("hidden_size"))
             return {"features": feats, **train, **vals}, params
         # a method added later: give it whatever it names that we have
@@ -473,12 +475,12 @@ def learned_sets(reference: dict[str, float], chance: dict[str, float], margin: 
     return [s for s, v in reference.items() if v >= chance.get(s, 0.0) + margin]
 
 
-def check_targets(results: dict[str, Any], composite: str = "coincide_icons",
+def check_targets(results: dict[str, Any], composites: Sequence[str] = COMPOSITES,
                   named: Sequence[str] = ("coincide", "icons", "tive")) -> list[dict[str, Any]]:
     """The issue's targets, judged on a results dict: each named method above random at 10% and 20%; the best
-    method at 20% at >= 98% of the full pool; the composite above every single method at every budget; random at
-    the smallest budget clearly (>= 5 points) below the full pool. Each item: ``{"target", "met", "detail"}``;
-    a target whose rows are missing is ``met: None``."""
+    method at 20% at >= 98% of the full pool; each composite above every single (non-composite) method at every
+    budget; random at the smallest budget clearly (<= 95) below the full pool. Each item: ``{"target", "met",
+    "detail"}``; a target whose rows are missing is ``met: None``."""
     rows = {(r["method"], r["budget"]): r["relative_mean"] for r in results.get("rows", [])}
     budgets = sorted({b for _, b in rows})
     out: list[dict[str, Any]] = []
@@ -493,15 +495,16 @@ def check_targets(results: dict[str, Any], composite: str = "coincide_icons",
         best = max(at20, key=at20.get)
         out.append({"target": "best method at 20% reaches 98% of the full pool", "met": bool(at20[best] >= 98.0),
                     "detail": f"{best}: {at20[best]:.1f}"})
-    singles = {m for m, _ in rows} - {composite}
-    for b in budgets:
-        c = rows.get((composite, b))
-        others = {m: rows[(m, b)] for m in singles if (m, b) in rows}
-        if c is None or not others:
-            continue
-        top = max(others, key=others.get)
-        out.append({"target": f"{composite} beats every single method at {b:.0%}", "met": bool(c > others[top]),
-                    "detail": f"{c:.1f} vs {top} {others[top]:.1f}"})
+    singles = {m for m, _ in rows} - set(composites)
+    for composite in composites:
+        for b in budgets:
+            c = rows.get((composite, b))
+            others = {m: rows[(m, b)] for m in singles if (m, b) in rows}
+            if c is None or not others:
+                continue
+            top = max(others, key=others.get)
+            out.append({"target": f"{composite} beats every single method at {b:.0%}", "met": bool(c > others[top]),
+                        "detail": f"{c:.1f} vs {top} {others[top]:.1f}"})
     if budgets and ("random", budgets[0]) in rows:
         v = rows[("random", budgets[0])]
         out.append({"target": f"random at {budgets[0]:.0%} clearly below the full pool (<= 95)", "met": bool(v <= 95),

@@ -1,4 +1,7 @@
-"""``coincide_icons``: COINCIDE's cluster budgets, ICONS's cross-task votes inside each cluster (vlselect's own).
+"""vlselect's own composite methods: COINCIDE x ICONS, in both orders.
+
+``coincide_icons``: COINCIDE's cluster budgets, ICONS's cross-task votes inside each cluster.
+``icons_coincide``: ICONS's votes choose ``candidate_factor x budget`` candidates, COINCIDE picks among them.
 
 COINCIDE decides *how much* of each concept cluster to keep (softmax of transferability / density) and, inside a
 cluster, picks a representative spread of rows by greedy MMD, blind to what the model is being tuned for. ICONS
@@ -137,4 +140,85 @@ def coincide_icons(
                 "threshold_percentile": pct, "votes_selected_mean": float(votes[order].mean()) if order.size else 0.0,
                 "shortfall": int(b.count - order.size)}
         out.append(Selection(order, key.astype(np.float64), "coincide_icons", b, dict(params), seed, False, info))
+    return out
+
+
+@register_method(
+    "icons_coincide",
+    roles=[
+        Role("features", "COINCIDE activations (vlselect features activations)"),
+        Role("train", "projected training gradients, one row per pool row (as ICONS)"),
+        Role("val/*", "validation gradients of a target task: val/<task> or val/<task>/<sub> (as ICONS)",
+             aligned=False),
+    ],
+    params=[*_SHARED,
+            Param("candidate_factor", 2.0, float, "ICONS keeps candidate_factor x budget rows (its top priority); "
+                  "COINCIDE picks the budget among them")],
+    summary="vlselect composite: ICONS's task votes choose the candidates, COINCIDE's clusters and MMD the subset",
+    reference="vlselect (this package): ICONS (specs/icons.md §5) then COINCIDE (specs/coincide.md §2-§4)",
+)
+def icons_coincide(
+    arrays: Mapping[str, np.ndarray],
+    tasks: np.ndarray | None,
+    budgets: Sequence[Budget],
+    *,
+    seed: int = 0,
+    strict_official: bool = False,
+    n_clusters: int = 10000,
+    niter: int = 50,
+    kmeans_seed: int | None = None,
+    near_duplicate_cosine_cut: float = 0.9,
+    temp: float = 0.1,
+    sigma: float = 1.0,
+    num_layers: int = 5,
+    hidden_size: int = 2048,
+    candidate_factor: float = 2.0,
+) -> list[Selection]:
+    """The reverse of :func:`coincide_icons`: *what* to train on comes from the targets, *how to spread it* from
+    COINCIDE. ICONS's priority (votes + mean percentile rank, each task voting for its top ``candidate_factor x
+    budget`` rows) keeps the ``candidate_factor x budget`` most wanted rows; COINCIDE then runs on those rows
+    alone (spherical k-means with ``n_clusters`` scaled to the candidates' share of the pool, so rows per cluster
+    stay as COINCIDE's; transferability / density budgets; greedy MMD) and picks the budget. ``candidate_factor
+    = 1`` is ICONS; a very large one is COINCIDE.
+
+    Returns
+    -------
+    list of Selection, rows in COINCIDE's output order; ``scores`` = ICONS key; ``info["candidates"]``.
+    """
+    from vlselect.select.coincide import coincide
+
+    if strict_official:
+        raise SelectionError("icons_coincide is vlselect's own method: it has no official code to be strict to")
+    features, train = arrays.get("features"), arrays.get("train")
+    val = {k: v for k, v in arrays.items() if k.startswith("val/")}
+    if features is None or train is None or not val:
+        raise SelectionError("icons_coincide needs --input features=ACTS, --input train=GRADS and at least one "
+                             "--input val/TASK=PATH")
+    if features.shape[0] != train.shape[0]:
+        raise SelectionError(f"icons_coincide: features has {features.shape[0]} rows, train {train.shape[0]}; "
+                             "both must have one row per pool row")
+    if candidate_factor < 1:
+        raise SelectionError(f"icons_coincide: candidate_factor={candidate_factor} must be at least 1")
+    n = int(train.shape[0])
+    k_seed = int(kmeans_seed) if kmeans_seed is not None else 1234 + int(seed)
+    params: dict[str, Any] = {"n_clusters": n_clusters, "niter": niter, "kmeans_seed": k_seed,
+                              "near_duplicate_cosine_cut": near_duplicate_cosine_cut, "temp": temp, "sigma": sigma,
+                              "num_layers": num_layers, "hidden_size": hidden_size,
+                              "candidate_factor": candidate_factor}
+    out: list[Selection] = []
+    for b in budgets:
+        m = min(n, max(b.count, int(np.ceil(candidate_factor * b.count))))
+        key, _ = icons_priority(train, val, 100.0 - 100.0 * m / max(1, n))
+        cand = _descending(key, np.arange(n))[:m]
+        if m == b.count:
+            picked = cand
+        else:
+            k = max(1, min(m, int(round(n_clusters * m / n))))
+            sub = Budget(count=b.count, fraction=b.count / m, n=m, given=str(b.count))
+            sel, = coincide({"features": np.asarray(features)[cand]}, None, [sub], seed=seed, n_clusters=k, niter=niter,
+                            kmeans_seed=k_seed, near_duplicate_cosine_cut=near_duplicate_cosine_cut, temp=temp,
+                            sigma=sigma, num_layers=num_layers, hidden_size=hidden_size)
+            picked = cand[sel.indices]
+        info = {"candidates": m, "n_clusters_used": None if m == b.count else k}
+        out.append(Selection(picked, key.astype(np.float64), "icons_coincide", b, dict(params), seed, False, info))
     return out

@@ -8,7 +8,8 @@ Stages (each cached by a hash of its inputs, see :mod:`vlselect.bench.stages`):
 2. ``base``: a tiny LLaVA (:func:`vlselect.models.tiny.build_tiny`) pre-trained on the caption pool, merged.
 3. ``activations``: COINCIDE activations plus loss / perplexity / EL2N from one pass of the base model.
 4. ``warmup`` and ``gradients``: TIVE's warm-up LoRA on 8% of the pool, then projected per-sample gradients (and
-   their norms) of the pool and of every validation set.
+   their norms) of the pool and of every validation set (every LoRA A/B: ICONS, LESS and the composites), and
+   ``tive_gradients``: the pool's gradients of the self-attention LoRA only, as TIVE takes them.
 5. ``select``: every method at every budget (one scoring pass per method).
 6. ``train`` and ``eval``: LoRA fine-tuning of the base model on each subset (and on the full pool, the
    reference), evaluated on the world's evaluation sets; several seeds at the budgets in ``seed_budgets``.
@@ -231,7 +232,7 @@ def run_bench(out: str | os.PathLike, config: BenchConfig | None = None, *,
 
     # 4. warm-up and gradients (only when a gradient method is asked for) -------------------------------------
     grad_methods = {"icons", "tive", "less", *COMPOSITES} & set(cfg.methods)
-    grads = val_grads = None
+    grads = val_grads = tive_grads = None
     if grad_methods:
         warm_recipe = {**act_recipe, **cfg.recipe("warmup_ratio", "seed", "lr", "lora_r")}
         _, warm = cache.run("warmup", warm_recipe, lambda d: _warmup(cfg, base, pool_path, images, d),
@@ -245,15 +246,22 @@ def run_bench(out: str | os.PathLike, config: BenchConfig | None = None, *,
                             lambda d: _val_gradients(cfg, base, warm["lora_dir"], valworld, d),
                             label="gradients of the validation sets")
         val_grads = {p.name: FeatureStore.open(p) for p in sorted(vdir.iterdir()) if p.is_dir()}
+        if "tive" in cfg.methods:  # TIVE's own features: gradients of the self-attention LoRA only (tive.md §3)
+            tdir, _ = cache.run("tive_gradients", {**grad_recipe, "params": "self_attn"},
+                                lambda d: _gradients(cfg, base, warm["lora_dir"], pool_path, images, d / "store",
+                                                     params="self_attn"),
+                                label="per-sample self-attention gradients of the pool (TIVE)")
+            tive_grads = FeatureStore.open(tdir / "store")
 
     # 5. selection ------------------------------------------------------------------------------------------------
     man = acts.manifest
     layout = {"num_layers": len(man["layers"]), "hidden_size": man["hidden_size"]}
-    inputs_for = _method_inputs(acts, grads, val_grads, pool, layout)
+    inputs_for = _method_inputs(acts, grads, val_grads, pool, layout, tive_grads)
     subsets: dict[tuple[str, float], Path] = {}
     for m in cfg.methods:
         sel_recipe = {"method": m, "budgets": list(cfg.budgets), "seed": cfg.seed, "act": act_recipe,
-                      "grad": cfg.grad_dim if m in grad_methods else None, "n_clusters": cfg.n_clusters}
+                      "grad": cfg.grad_dim if m in grad_methods else None, "n_clusters": cfg.n_clusters,
+                      "grad_params": "self_attn" if m == "tive" else None}
 
         def do_select(d: Path, m: str = m) -> dict:
             inputs, params = inputs_for(m, cfg)
@@ -342,11 +350,12 @@ def _warmup(cfg: BenchConfig, base: Path, pool_path: Path, images: Path, d: Path
     return res.to_json()
 
 
-def _gradients(cfg: BenchConfig, base: Path, lora: str, pool, images: Path | None, store: Path) -> None:
+def _gradients(cfg: BenchConfig, base: Path, lora: str, pool, images: Path | None, store: Path,
+               params: str = "lora") -> None:
     from vlselect.features.gradients import extract_gradients
 
     extract_gradients(base, lora, pool, store, image_root=images, dim=cfg.grad_dim, seed=cfg.seed, norms=True,
-                      batch_size=16, progress=True)
+                      batch_size=16, progress=True, params=params)
 
 
 def _val_gradients(cfg: BenchConfig, base: Path, lora: str, valworld: Path, d: Path) -> None:
@@ -354,7 +363,7 @@ def _val_gradients(cfg: BenchConfig, base: Path, lora: str, valworld: Path, d: P
         _gradients(cfg, base, lora, _eval_samples_as_pool(f), valworld / "images", d / f.stem)
 
 
-def _method_inputs(acts, grads, val_grads, pool, layout) -> Callable:
+def _method_inputs(acts, grads, val_grads, pool, layout, tive_grads=None) -> Callable:
     """Role arrays and parameters for each method, from the stores."""
 
     def inputs_for(m: str, cfg: BenchConfig) -> tuple[dict, dict]:
@@ -379,7 +388,8 @@ def _method_inputs(acts, grads, val_grads, pool, layout) -> Callable:
             return {"features": feats, "scores": acts.array("el2n")}, params
         train = {"train": grads.array("gradients")}
         if m == "tive":
-            return {**train, "norms": grads.array("grad_norms")}, params
+            tg = tive_grads or grads
+            return {"train": tg.array("gradients"), "norms": tg.array("grad_norms")}, params
         vals = {f"val/{name}": st.array("gradients") for name, st in val_grads.items()}
         if m in ("icons", "less"):
             return {**train, **vals}, params

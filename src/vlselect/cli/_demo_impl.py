@@ -13,14 +13,14 @@ from rich.console import Console
 console = Console()
 
 
-def run_demo(out: Path, size: int, seed: int, jobs: int = 2) -> dict:
+def run_demo(out: Path, size: int = 0, seed: int = 0, jobs: int = 2) -> dict:
     from vlselect.bench import BenchConfig, run_bench
     from vlselect.bench.report_console import print_results
     from vlselect.cli.pool import print_stats
     from vlselect.pool import open_pool, pool_stats
 
     console.print(f"[bold]vlselect demo[/] → {out}  (the quick benchmark: world → features → select → train → eval)")
-    cfg = BenchConfig.quick(size=size, seed=seed, jobs=jobs)
+    cfg = BenchConfig.quick(seed=seed, jobs=jobs, **({"size": size} if size else {}))
     # the world first, so its statistics show before the long stages (the bench reuses it from the cache)
     from vlselect.bench.run import make_worlds
     from vlselect.bench.stages import StageCache

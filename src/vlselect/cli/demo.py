@@ -11,7 +11,7 @@ def register(app: typer.Typer) -> None:
     @app.command("demo")
     def demo(
         out: Path = typer.Option(Path("demo-out"), "--out", help="Folder for everything the demo writes."),
-        size: int = typer.Option(3000, "--size", help="Pool size of the demo world."),
+        size: int = typer.Option(0, "--size", help="Pool size of the demo world (default: the quick bench's, 5,000)."),
         seed: int = typer.Option(0, "--seed", help="Seed of the world, the model and the selections."),
         jobs: int = typer.Option(2, "--jobs", help="Training/evaluation workers side by side."),
     ) -> None:

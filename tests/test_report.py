@@ -1,3 +1,4 @@
+import os
 import re
 
 from vlselect.report import jaccard_matrix, render_html, write_report
@@ -43,6 +44,12 @@ def test_report_has_every_section_and_is_self_contained(tmp_path):
     assert page.count("<circle") == 3
     out = write_report(RESULTS, tmp_path / "r" / "report.html")
     assert out.read_text(encoding="utf-8") == page
+    umask = os.umask(0o022)
+    try:
+        again = write_report(RESULTS, tmp_path / "r2" / "report.html")
+    finally:
+        os.umask(umask)
+    assert again.stat().st_mode & 0o777 == 0o644  # readable by others, as any file the user writes
 
 
 def test_missing_sections_are_left_out():

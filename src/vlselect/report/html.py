@@ -307,6 +307,9 @@ def write_report(results: Mapping[str, Any], path: str | os.PathLike) -> Path:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".report-", suffix=".html")
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(render_html(results))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private (0600); a report is meant to be shared
     os.replace(tmp, path)
     return path
 

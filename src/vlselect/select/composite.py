@@ -31,6 +31,30 @@ _SHARED = [p for p in COINCIDE_PARAMS if p.name in ("n_clusters", "niter", "kmea
                                                      "hidden_size")]
 
 
+_ROLES = [
+    Role("features", "COINCIDE activations (vlselect features activations)"),
+    Role("train", "projected training gradients, one row per pool row (as ICONS)"),
+    Role("val/*", "validation gradients of a target task: val/<task> or val/<task>/<sub> (as ICONS)", aligned=False),
+]
+
+
+def _composite_inputs(name: str, arrays: Mapping[str, np.ndarray], strict_official: bool
+                      ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """``features``, ``train`` and the ``val/*`` arrays of a composite, checked (a clear error names the fix)."""
+    if strict_official:
+        raise SelectionError(f"{name} is vlselect's own method: it has no official code to be strict to")
+    features, train = arrays.get("features"), arrays.get("train")
+    if features is None or train is None:
+        raise SelectionError(f"{name} needs --input features=ACTS and --input train=GRADS (and val/<task>)")
+    val = {k: v for k, v in arrays.items() if k.startswith("val/")}
+    if not val:
+        raise SelectionError(f"{name} needs at least one validation input: --input val/TASK=PATH")
+    if features.shape[0] != train.shape[0]:
+        raise SelectionError(f"{name}: features has {features.shape[0]} rows, train {train.shape[0]}; "
+                             "both must have one row per pool row")
+    return features, train, val
+
+
 def cluster_counts(score: np.ndarray, sizes: np.ndarray, count: int, temp: float) -> np.ndarray:
     """Rows to take per cluster: COINCIDE's sequential softmax allocation, then its shortfall fill (default
     mode), so the counts add up to ``min(count, sum(sizes))``."""
@@ -64,12 +88,7 @@ def _descending(key: np.ndarray, rows: np.ndarray) -> np.ndarray:
 
 @register_method(
     "coincide_icons",
-    roles=[
-        Role("features", "COINCIDE activations (vlselect features activations)"),
-        Role("train", "projected training gradients, one row per pool row (as ICONS)"),
-        Role("val/*", "validation gradients of a target task: val/<task> or val/<task>/<sub> (as ICONS)",
-             aligned=False),
-    ],
+    roles=_ROLES,
     params=[*_SHARED,
             Param("top_percent", None, float, "each task votes for its top top_percent % of rows; default 100 x the "
                   "budget fraction (ICONS's rule)")],
@@ -107,17 +126,7 @@ def coincide_icons(
     list of Selection, rows in ICONS priority order; ``scores`` = ICONS key (votes + mean rank);
     ``info["cluster_counts"]`` = rows taken per cluster.
     """
-    if strict_official:
-        raise SelectionError("coincide_icons is vlselect's own method: it has no official code to be strict to")
-    features, train = arrays.get("features"), arrays.get("train")
-    if features is None or train is None:
-        raise SelectionError("coincide_icons needs --input features=ACTS and --input train=GRADS (and val/<task>)")
-    val = {k: v for k, v in arrays.items() if k.startswith("val/")}
-    if not val:
-        raise SelectionError("coincide_icons needs at least one validation input: --input val/TASK=PATH")
-    if features.shape[0] != train.shape[0]:
-        raise SelectionError(f"coincide_icons: features has {features.shape[0]} rows, train {train.shape[0]}; "
-                             "both must have one row per pool row")
+    features, train, val = _composite_inputs("coincide_icons", arrays, strict_official)
     k_seed = int(kmeans_seed) if kmeans_seed is not None else 1234 + int(seed)
     st = coincide_stages(features, n_clusters=n_clusters, niter=niter, kmeans_seed=k_seed,
                          near_duplicate_cosine_cut=near_duplicate_cosine_cut, temp=temp, sigma=sigma,
@@ -145,12 +154,7 @@ def coincide_icons(
 
 @register_method(
     "icons_coincide",
-    roles=[
-        Role("features", "COINCIDE activations (vlselect features activations)"),
-        Role("train", "projected training gradients, one row per pool row (as ICONS)"),
-        Role("val/*", "validation gradients of a target task: val/<task> or val/<task>/<sub> (as ICONS)",
-             aligned=False),
-    ],
+    roles=_ROLES,
     params=[*_SHARED,
             Param("candidate_factor", 2.0, float, "ICONS keeps candidate_factor x budget rows (its top priority); "
                   "COINCIDE picks the budget among them")],
@@ -187,16 +191,7 @@ def icons_coincide(
     """
     from vlselect.select.coincide import coincide
 
-    if strict_official:
-        raise SelectionError("icons_coincide is vlselect's own method: it has no official code to be strict to")
-    features, train = arrays.get("features"), arrays.get("train")
-    val = {k: v for k, v in arrays.items() if k.startswith("val/")}
-    if features is None or train is None or not val:
-        raise SelectionError("icons_coincide needs --input features=ACTS, --input train=GRADS and at least one "
-                             "--input val/TASK=PATH")
-    if features.shape[0] != train.shape[0]:
-        raise SelectionError(f"icons_coincide: features has {features.shape[0]} rows, train {train.shape[0]}; "
-                             "both must have one row per pool row")
+    features, train, val = _composite_inputs("icons_coincide", arrays, strict_official)
     if candidate_factor < 1:
         raise SelectionError(f"icons_coincide: candidate_factor={candidate_factor} must be at least 1")
     n = int(train.shape[0])

@@ -11,7 +11,7 @@ Stages (each cached by a hash of its inputs, see :mod:`vlselect.bench.stages`):
    their norms) of the pool and of every validation set (every LoRA A/B: ICONS, LESS and the composites), and
    ``tive_gradients``: the pool's gradients of the self-attention LoRA only, as TIVE takes them.
 5. ``select``: every method at every budget (one scoring pass per method).
-6. ``train`` and ``eval``: LoRA fine-tuning of the base model on each subset (and on the full pool, the
+6. ``train`` and ``eval``: fine-tuning of the base model (``adapter``: full by default) on each subset (and on the full pool, the
    reference), evaluated on the world's evaluation sets; several seeds at the budgets in ``seed_budgets``.
 7. ``results.json``, ``results.csv`` and ``report.html``.
 """
@@ -44,14 +44,15 @@ COMPOSITES = ("coincide_icons", "icons_coincide")
 class BenchConfig:
     """The recipe of a benchmark run. :meth:`quick` is what ``vlselect bench --quick`` (and the demo) runs.
 
-    The defaults are the measured recipe under which the tiny base model learns the world's colour, count and
-    existence skills on a CPU (world card, "Learnability"): the wide-and-shallow tiny model ``"b"`` at 24 px, full
+    The defaults are the measured recipe under which the tiny base model learns the world's colour, counting and
+    position skills on a CPU (world card, "Learnability"): the wide-and-shallow tiny model ``"b"`` at 24 px, full
     fine-tuning (``adapter="full"``; the random vision tower is trained too, ``modules_to_save``) at lr 1e-3 for
     the caption pre-training and for every fine-tuning run. The base model is pre-trained on 40,000 captions: with
-    10,000 no subset up to 40% learned anything in 2 epochs (only runs of 30,000+ samples did), with 40,000 a random
-    20% learns the colour skills and counting still needs the right data. ``learned_margin``: an evaluation set counts in the
-    relative performance only when the full-pool reference beats its chance level (the share of its most common
-    answer) by at least this many points; a set that even the full pool does not learn cannot tell subsets apart.
+    10,000 no subset up to 40% learned anything in 2 epochs (only runs of 30,000+ samples did); with 40,000 a
+    random 20% learns the colour skills and counting still needs the right data. ``learned_margin``: an evaluation
+    set counts in the relative performance only when the full-pool reference beats its chance level (the share of
+    its most common answer) by at least this many points; a set that even the full pool does not learn cannot
+    tell subsets apart.
     """
 
     size: int = 20000

@@ -216,6 +216,22 @@ def _progress(enabled: bool):
     )
 
 
+def _adamw_with_projector_lr(model, lr: float, projector_lr: float, wd: float):
+    """AdamW over the trainable parameters (made float32), the projector's own weights at ``projector_lr`` (LoRA
+    A/B inside the projector, if any, stay at ``lr``)."""
+    import torch
+
+    proj, rest = [], []
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            p.data = p.data.float()
+            (proj if any(x in n for x in PROJECTOR_NAMES) and "lora_" not in n else rest).append(p)
+    groups = [{"params": rest, "lr": lr, "weight_decay": wd}]
+    if proj:
+        groups.append({"params": proj, "lr": projector_lr, "weight_decay": wd})
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8)
+
+
 def train_lora(
     model_dir,
     pool,
@@ -397,17 +413,7 @@ def train_lora(
         lr = 2e-4 if lr is None else lr
         projector_lr = 2e-5 if projector_lr is None else projector_lr
         wd = 0.0 if weight_decay is None else weight_decay
-        for p in model.parameters():
-            if p.requires_grad:
-                p.data = p.data.float()
-        proj, rest = [], []
-        for n, p in model.named_parameters():
-            if p.requires_grad:
-                (proj if any(x in n for x in PROJECTOR_NAMES) and "lora_" not in n else rest).append(p)
-        groups = [{"params": rest, "lr": lr, "weight_decay": wd}]
-        if proj:
-            groups.append({"params": proj, "lr": projector_lr, "weight_decay": wd})
-        optimizer = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8)
+        optimizer = _adamw_with_projector_lr(model, lr, projector_lr, wd)
     elif adapter == "full":
         lr = 2e-5 if lr is None else lr
         projector_lr = lr if projector_lr is None else projector_lr
@@ -416,14 +422,7 @@ def train_lora(
         frozen = ("vision_tower", "visual.")
         for n, p in model.named_parameters():
             p.requires_grad_(not any(f in n for f in frozen) or any(m in n for m in extra))
-            if p.requires_grad:
-                p.data = p.data.float()
-        proj = [p for n, p in model.named_parameters() if p.requires_grad and any(x in n for x in PROJECTOR_NAMES)]
-        rest = [p for n, p in model.named_parameters() if p.requires_grad and not any(x in n for x in PROJECTOR_NAMES)]
-        groups = [{"params": rest, "lr": lr, "weight_decay": wd}]
-        if proj:
-            groups.append({"params": proj, "lr": projector_lr, "weight_decay": wd})
-        optimizer = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8)
+        optimizer = _adamw_with_projector_lr(model, lr, projector_lr, wd)
     else:
         mma_mod.attach_mma(model, seed=seed, **mma_cfg)
         lr = mma_mod.lavin_lr(9e-3, eff_batch) if lr is None else lr

@@ -73,30 +73,32 @@ def _mixture(n, topics, num_layers, hidden, seed):
 
 @pytest.mark.parametrize("pack", PACKS)
 def test_strict_run_from_raw_features_reproduces_the_pack(vectors_dir, pack):
+    # From raw features the k-means runs in faiss, whose BLAS kernels differ by CPU (AVX2 vs AVX-512): centroids
+    # move by an ulp, so the floats downstream compare to float32 rounding; every index is still exact.
     x, p, out = _pack(vectors_dir, pack)
     sel, = run_method("coincide", {"features": x}, p["prune"]["fraction"], strict_official=True, params=_params(p))
     np.testing.assert_array_equal(sel.indices, out["selected_indices"])
     np.testing.assert_array_equal(np.array(sel.info["budget_table"]), out["budget_table"])
-    np.testing.assert_allclose(sel.info["step_ratio"], out["step_ratio"], rtol=1e-12, atol=0)
+    np.testing.assert_allclose(sel.info["step_ratio"], out["step_ratio"], rtol=1e-5, atol=0)
     assert sel.count == len(out["selected_indices"]) and sel.shortfall == 0 and sel.info["official_shortfall"] == 0
     assert sel.params["kmeans_seed"] == 1234 and sel.strict_official
     # every intermediate, from the raw features
     st = coincide_stages(x, knn_k=4, strict_official=True, **{k: v for k, v in _params(p).items()
                                                               if k not in ("seed", "knn_k")}, kmeans_seed=1234)
     np.testing.assert_array_equal(st.assignment, out["cluster_assignment"])
-    np.testing.assert_array_equal(st.centroids, out["centroids"])
+    np.testing.assert_allclose(st.centroids, out["centroids"], rtol=0, atol=1e-7)
     np.testing.assert_allclose(st.assigned_centroid_ip, out["assigned_centroid_ip"], rtol=0, atol=1e-6)
-    np.testing.assert_array_equal(st.transferability, out["transferability"])
+    np.testing.assert_allclose(st.transferability, out["transferability"], rtol=0, atol=1e-6)
     np.testing.assert_array_equal(st.knn_indices, out["knn_indices"])
-    np.testing.assert_array_equal(st.knn_similarity, out["knn_similarity"])
+    np.testing.assert_allclose(st.knn_similarity, out["knn_similarity"], rtol=0, atol=1e-6)
     for name in ("cluster_density", "cluster_score", "initial_ratio"):
-        np.testing.assert_allclose(getattr(st, name), out[name], rtol=1e-12, atol=0, err_msg=name)
+        np.testing.assert_allclose(getattr(st, name), out[name], rtol=1e-5, atol=0, err_msg=name)
     alloc = allocate_budget(st.cluster_score, st.sizes, int(p["prune"]["fraction"] * x.shape[0]),
                             temp=p["prune"]["temp"])
     np.testing.assert_array_equal(alloc.order, out["processing_order"])
     np.testing.assert_array_equal(alloc.table(st.sizes), out["budget_table"])
     # the score of a row is its cluster's softmax probability
-    np.testing.assert_allclose(sel.scores, out["initial_ratio"][out["cluster_assignment"]], rtol=1e-12)
+    np.testing.assert_allclose(sel.scores, out["initial_ratio"][out["cluster_assignment"]], rtol=1e-5)
 
 
 @pytest.mark.parametrize("pack", PACKS)

@@ -69,11 +69,16 @@ def test_strict_mode_passes_nan_rows_through_with_a_warning():
     assert sel.info["excluded_rows"]["passed_through"] is True
 
 
-def test_shortfall_when_too_few_finite_rows_remain():
+def test_budgets_count_only_the_selectable_rows():
     el2n = np.array([np.nan, np.nan, 0.1, 0.2])
     with pytest.warns(RuntimeWarning):
-        (sel,) = run_method("el2n", {"el2n": el2n}, 3)
-    assert sel.count == 2 and sel.shortfall == 1 and sel.indices.tolist() == [2, 3]
+        with pytest.raises(SelectionError, match=r"larger than the 2 selectable rows \(2 of the 4 pool rows"):
+            run_method("el2n", {"el2n": el2n}, 3)
+    with pytest.warns(RuntimeWarning):
+        (sel,) = run_method("el2n", {"el2n": el2n}, 0.5)  # half of the 2 finite rows, not of the 4
+    assert sel.indices.tolist() == [2] and sel.shortfall == 0
+    assert (sel.budget.count, sel.budget.n) == (1, 4)
+    assert sel.info["excluded_rows"]["selectable"] == 2 and sel.info["excluded_rows"]["nonfinite"] == 2
 
 
 def test_caller_exclusions_apply_in_every_mode():

@@ -194,7 +194,7 @@ def test_nan_row_excluded_by_default_but_zeroes_votes_in_strict():
         assert strict.scores.max() == 0 and strict.info["vote_histogram"][0] == 400
         default = run_method("icons", {"train": train, **vals}, 0.2)[0]
     assert 17 not in default.indices and np.isnan(default.scores[17])
-    assert default.count == 80 and np.nanmax(default.scores) >= 3
+    assert default.count == 79 and np.nanmax(default.scores) >= 3  # 0.2 of the 399 selectable rows
     assert default.info["excluded_rows"]["count"] == 1
     # direct call without the dispatcher: the method itself excludes the row
     direct, = run_method.__globals__["get_method"]("icons").fn(

@@ -268,7 +268,9 @@ def run_bench(out: str | os.PathLike, config: BenchConfig | None = None, *,
 
         def do_select(d: Path, m: str = m) -> dict:
             inputs, params = inputs_for(m, cfg)
-            sels = run_method(m, inputs, list(cfg.budgets), tasks=tasks, seed=cfg.seed, params=params)
+            # rows the activation store records missing are never selected, whatever the method reads
+            sels = run_method(m, inputs, list(cfg.budgets), tasks=tasks, seed=cfg.seed, params=params,
+                              exclude=acts.missing())
             for b, s in zip(cfg.budgets, sels):
                 np.save(d / f"indices_{b}.npy", s.indices)
             return {str(b): s.count for b, s in zip(cfg.budgets, sels)}

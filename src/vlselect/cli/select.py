@@ -12,11 +12,20 @@ from typing import Any, List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from vlselect.errors import ConfigError, PoolError
 
 console = Console()
+err_console = Console(stderr=True)
+
+BUDGET_HELP = (
+    "A fraction of the selectable rows (0.2, 1.0 = all of them), a count (4000, or n4000) or a comma list "
+    "(0.05,0.1,0.2). A number with a decimal point is a fraction, a whole number a count; '1' alone is refused as "
+    "ambiguous: write 1.0 for the whole pool or n1 for one row. Rows recorded missing or holding NaN/inf are not "
+    "selectable and not counted."
+)
 
 
 def _list_methods() -> None:
@@ -83,7 +92,7 @@ def select_command(
     inputs: List[str] = typer.Option([], "--input", "-i", help="ROLE=PATH: a FeatureStore dir (DIR:array picks an array), .npy or .json list."),
     pool: Optional[str] = typer.Option(None, "--pool", help="Pool file; rows of every input align with it."),
     tasks: Optional[str] = typer.Option(None, "--tasks", help="JSON list of task labels, one per row (runs without a pool)."),
-    budget: Optional[str] = typer.Option(None, "--budget", "-b", help="Fraction (0.2), count (4000) or a comma list."),
+    budget: Optional[str] = typer.Option(None, "--budget", "-b", help=BUDGET_HELP),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (default 0; --param seed=S works too)."),
     params: List[str] = typer.Option([], "--param", "-p", help="NAME=VALUE, the official scripts' parameter names."),
     strict_official: bool = typer.Option(False, "--strict-official", help="Reproduce the official code exactly, bugs included."),
@@ -112,15 +121,18 @@ def select_command(
     info = get_method(method)
     given = sio.parse_param_specs(params)
     if "seed" in given and not any(p.name == "seed" or "seed" in p.aliases for p in info.params):
+        from vlselect.select import SEED
+
         pseed = given["seed"]
-        try:
-            pseed_i = int(pseed)
-        except ValueError:
-            raise ConfigError(f"--param seed={pseed!r}: expected an integer") from None
+        pseed_i = SEED.convert(pseed)
         if seed is not None and seed != pseed_i:
             raise ConfigError(f"--seed {seed} and --param seed={pseed} disagree; give one of them")
         seed = pseed_i
         given.pop("seed")
+    if seed is not None:
+        from vlselect.select import SEED
+
+        SEED.convert(seed)
     info.resolve_params(given)  # unknown names / bad values fail before any file is read
     if budget is None:
         raise ConfigError("--budget is required: a fraction (0.2), a count (4000) or a comma list (0.05,0.1,0.2)")
@@ -165,11 +177,7 @@ def select_command(
     if method == "length" and "lengths" not in loaded and pool_obj is not None:
         loaded["lengths"] = sio.LoadedInput("lengths", sio.pool_lengths(pool_obj), str(pool), "pool", None,
                                             None, {"measure": "words + 128 if image (COINCIDE train.py lengths)"})
-    arrays = {r: li.array for r, li in loaded.items()}
-    exclude = None
-    for li in loaded.values():
-        if li.missing is not None and aligned.get(li.role, True):
-            exclude = li.missing if exclude is None else (exclude | li.missing)
+    arrays = {r: li.array for r, li in loaded.items()}  # a store's array carries its missing-row mask
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with console.status(f"running {method}…"):
@@ -181,10 +189,9 @@ def select_command(
                 seed=0 if seed is None else seed,
                 strict_official=strict_official,
                 params=given,
-                exclude=exclude,
             )
     for w in caught:
-        console.print(f"[yellow]warning:[/] {w.message}", highlight=False)
+        err_console.print(f"[yellow]warning:[/] {escape(str(w.message))}", highlight=False)
     n = n_rows if n_rows is not None else (sels[0].budget.n if sels else 0)
     dirs = sio.output_dirs(out, sels)
     for sel, d in zip(sels, dirs):

@@ -46,6 +46,22 @@ _MANIFEST = "manifest.json"
 _IDS = "sample_ids.json"
 
 
+class StoreArray(np.memmap):
+    """A finished store's array (a read-only memmap) that carries the store's missing-row mask as ``missing``
+    (bool per row, True where the row could not be computed and holds zeros).
+
+    :func:`vlselect.select.run_method` reads the mask, so an array handed straight from
+    :meth:`FeatureStore.array` to a selection method never has a missing row selected. Slices, copies and
+    arithmetic results do not inherit the mask (their rows are no longer the store's).
+    """
+
+    missing: np.ndarray | None = None
+
+    def __array_finalize__(self, obj) -> None:
+        super().__array_finalize__(obj)
+        self.missing = None
+
+
 @dataclass(frozen=True)
 class Shard:
     """A block of rows ``[start, stop)`` with its index."""
@@ -365,8 +381,9 @@ class FeatureStore:
                 if not (path / info["file"]).exists():
                     raise FeatureError(f"feature store '{path}': array file '{info['file']}' is missing; fix: "
                                        "recompute the store")
-        except (ValueError, KeyError, OSError) as exc:
-            raise FeatureError(f"feature store '{path}' is corrupt ({exc}); fix: delete it and recompute") from exc
+        except (ValueError, KeyError, OSError, TypeError, AttributeError) as exc:
+            raise FeatureError(f"feature store '{path}' is corrupt ({type(exc).__name__}: {exc} in manifest.json or "
+                               "plan.json); fix: delete it and recompute") from exc
         return cls(path, plan, manifest)
 
     @property
@@ -380,16 +397,23 @@ class FeatureStore:
         return list(self.manifest["arrays"])
 
     def array(self, name: str) -> np.ndarray:
-        """The whole array ``name`` as a read-only memmap, rows in pool order."""
+        """The whole array ``name`` as a read-only memmap, rows in pool order, carrying the store's missing-row
+        mask as ``.missing`` (:class:`StoreArray`)."""
         info = self.manifest["arrays"].get(name)
         if info is None:
             raise FeatureError(f"feature store '{self.path}' has no array '{name}' (it has: "
                                f"{', '.join(self.names())}); fix: compute it, e.g. with --losses for loss/el2n")
-        a = np.load(self.path / info["file"], mmap_mode="r")
+        try:
+            a = np.load(self.path / info["file"], mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError, EOFError) as exc:
+            raise FeatureError(f"feature store '{self.path}': '{info['file']}' is not a readable .npy file ({exc}); "
+                               "fix: delete the store and recompute it") from None
         if list(a.shape) != info["shape"] or a.dtype.str != info["dtype"]:
             raise FeatureError(f"feature store '{self.path}': '{info['file']}' has shape {a.shape} / {a.dtype}, the "
                                f"manifest says {info['shape']} / {info['dtype']}; fix: recompute the store")
-        return a
+        out = a.view(StoreArray)
+        out.missing = self.missing()
+        return out
 
     def sample_ids(self) -> list[str]:
         """Row → sample id."""
@@ -399,8 +423,33 @@ class FeatureStore:
         return json.loads(f.read_text())
 
     def missing(self) -> np.ndarray:
-        """Bool mask: True for rows recorded missing (e.g. a bad image under --skip-bad)."""
-        return np.load(self.path / "missing.npy")
+        """Bool mask: True for rows recorded missing (e.g. a bad image under --skip-bad).
+
+        Raises
+        ------
+        FeatureError
+            ``missing.npy`` is absent, unreadable, not one bool per row, or disagrees with the manifest's
+            ``n_missing`` / ``missing_rows`` (the message names the file and the fix).
+        """
+        f = self.path / "missing.npy"
+        fix = "fix: delete the store and recompute it"
+        try:
+            mask = np.load(f, allow_pickle=False)
+        except FileNotFoundError:
+            raise FeatureError(f"feature store '{self.path}': '{f.name}' is missing (every finished store has one); "
+                               f"{fix}") from None
+        except (OSError, ValueError, EOFError) as exc:
+            raise FeatureError(f"feature store '{self.path}': '{f}' is not a readable .npy file ({exc}); {fix}") from None
+        if mask.dtype != np.bool_ or mask.shape != (self.n_rows,):
+            raise FeatureError(f"feature store '{self.path}': '{f}' holds {mask.dtype} {mask.shape}, expected bool "
+                               f"({self.n_rows},), one entry per row; {fix}")
+        man = self.manifest
+        rows = np.flatnonzero(mask)
+        if ("n_missing" in man and int(man["n_missing"]) != rows.size) or (
+                "missing_rows" in man and [int(r) for r in man["missing_rows"]] != rows.tolist()):
+            raise FeatureError(f"feature store '{self.path}': '{f}' marks {rows.size} row(s) missing but "
+                               f"manifest.json records {man.get('n_missing')}; the store is inconsistent; {fix}")
+        return mask
 
 
 def merge(dirs, out) -> FeatureStore:

@@ -18,6 +18,7 @@ from vlselect.select.base import (
     Param,
     Role,
     Selection,
+    budget_items,
     parse_budgets,
     register_method,
     resolve_budget,
@@ -29,12 +30,14 @@ from vlselect.select import baselines, coincide, composite, d2pruning, icons, le
 
 __all__ = [
     "REGISTRY",
+    "SEED",
     "Budget",
     "MethodInfo",
     "Param",
     "Role",
     "Selection",
     "find_nonfinite_rows",
+    "row_mask",
     "get_method",
     "parse_budgets",
     "register_method",
@@ -114,6 +117,32 @@ def find_nonfinite_rows(arr: np.ndarray, *, block_rows: int | None = None) -> np
     return np.concatenate(bad) if bad else np.zeros(0, dtype=np.int64)
 
 
+#: The run seed's constraints (NumPy's legacy ``RandomState`` takes 0 <= seed < 2**32).
+SEED = Param("seed", 0, int, "the run seed", ge=0, lt=2**32)
+
+
+def row_mask(arr: Any) -> np.ndarray | None:
+    """The missing-row mask an array carries (``arr.missing``: True where the row was not computed), or None.
+
+    :meth:`vlselect.features.FeatureStore.array` hands out arrays that carry their store's mask, so
+    ``run_method(..., {"features": store.array("activations")}, ...)`` never selects a missing row. A slice or a
+    copy of such an array does not carry it (its rows are no longer the pool's): pass ``exclude=`` then.
+    """
+    mask = getattr(arr, "missing", None)
+    if mask is None:
+        return None
+    mask = np.asarray(mask, dtype=bool)
+    if mask.shape != (int(arr.shape[0]),):
+        raise SelectionError(f"an input's missing-row mask has shape {mask.shape} for {int(arr.shape[0])} rows; "
+                             "the mask needs one entry per row")
+    return mask
+
+
+def _first(rows: np.ndarray, k: int = 10) -> str:
+    head = ", ".join(str(int(r)) for r in rows[:k])
+    return head + (", ..." if rows.size > k else "")
+
+
 def run_method(
     name: str,
     inputs: Mapping[str, np.ndarray],
@@ -132,35 +161,40 @@ def run_method(
     name:
         A key of :data:`REGISTRY` (``vlselect select --list``).
     inputs:
-        Role → array (``numpy.memmap`` welcome). Aligned roles have one row per pool row.
+        Role → array (``numpy.memmap`` welcome). Aligned roles have one row per pool row. An array from
+        :meth:`vlselect.features.FeatureStore.array` carries its store's missing-row mask (:func:`row_mask`):
+        those rows are never selected.
     budget:
-        A fraction (``0.2``), a count (``4000``), a comma string or a list of either. Resolved against the
-        whole pool (non-finite rows included).
+        A fraction (``0.2``), a count (``4000``, ``"n4000"``), a comma string or a list of either
+        (:func:`resolve_budget`; the string ``"1"`` is refused as ambiguous). Resolved against the
+        *selectable* rows: the pool less the excluded rows (missing, caller-excluded, NaN or inf).
     tasks:
         One task label per pool row (required by methods with ``needs_tasks``).
     seed, strict_official, params:
-        As documented per method; ``params`` uses the official names (aliases accepted). A ``seed`` entry in
-        ``params`` (the official scripts' name, e.g. COINCIDE's k-means seed, TIVE's ``numpy_seed``) sets
-        ``seed`` unless the method declares its own ``seed`` parameter.
+        As documented per method; ``params`` uses the official names (aliases accepted) and is checked against
+        each parameter's declared type, interval and choices before any work. A ``seed`` entry in ``params``
+        (the official scripts' name, e.g. COINCIDE's k-means seed, TIVE's ``numpy_seed``) sets ``seed`` unless
+        the method declares its own ``seed`` parameter.
     exclude:
-        Pool rows to leave out in every mode (row numbers or a boolean mask), e.g. rows a feature store records
-        as missing. Reported with the non-finite rows.
+        Pool rows to leave out in every mode (row numbers or a boolean mask), added to the masks the inputs
+        carry.
 
     Returns
     -------
-    list of Selection, in the order of the budgets given.
+    list of Selection, in the order of the budgets given. ``Selection.info["excluded_rows"]`` says how many rows
+    were excluded and why (``missing``: recorded missing or caller-excluded; ``nonfinite``: NaN or inf), and
+    ``Selection.seeds`` every seed used, by name.
 
     Notes
     -----
-    Bad rows (issue 5, item 9). Every aligned input is scanned block-wise for NaN or inf
-    (:func:`find_nonfinite_rows`). By default such rows are excluded from every input and the task list; the
-    method runs on the finite rows, its indices are mapped back to pool rows, its scores are NaN on the
-    excluded rows, and ``Selection.info["excluded_rows"]`` records the count and the first row numbers. The
-    budget count stays the one resolved on the whole pool (a shortfall is reported if too few rows are left).
-    A large memmap input (over 512 MB) with bad rows is filtered into a temporary memmap block by block, so
-    its finite rows are never all in RAM at once; a clean input is passed through untouched.
-    Validation (non-aligned) inputs lose their non-finite rows the same way. With ``strict_official=True`` the
-    rows are passed through as the official code would see them, with a warning.
+    Excluded rows (issue 5, item 9; issue 11). Rows an input's mask or ``exclude`` names are *missing*: left out
+    in every mode. Every aligned input is also scanned block-wise for NaN or inf (:func:`find_nonfinite_rows`);
+    by default such rows are left out too (with ``strict_official=True`` they are passed through as the official
+    code would see them, with a warning). The method runs on the remaining rows, its indices are mapped back to
+    pool rows and its scores are NaN on the excluded rows. A large memmap input (over 512 MB) with excluded
+    rows is filtered into a temporary memmap block by block, so its rows are never all in RAM at once; a clean
+    input is passed through untouched. Validation (non-aligned) inputs lose their missing and non-finite rows
+    the same way. One :class:`RuntimeWarning` per cause says what was excluded.
     """
     import warnings
 
@@ -190,29 +224,28 @@ def run_method(
         raise SelectionError(f"method {name!r} needs task labels; pass --pool FILE or --tasks TASKS.json")
     given = dict(params or {})
     if "seed" in given and not any(p.name == "seed" or "seed" in p.aliases for p in method.params):
-        seed = int(str(given.pop("seed")).strip())
+        seed = given.pop("seed")
+    seed = SEED.convert(seed)
     resolved = method.resolve_params(given)
-    budgets = parse_budgets(budget if not isinstance(budget, (list, tuple)) else list(budget), n)
+    items = budget_items(budget)
+    budgets = [resolve_budget(i, n) for i in items]  # a bad budget fails before any array is read
 
-    # ---- non-finite rows
-    bad_by_role: dict[str, list[int]] = {}
-    bad_count: dict[str, int] = {}
-    bad = np.zeros(n, dtype=bool)
+    # ---- missing rows: the masks the inputs carry, and the caller's exclusions
+    missing = np.zeros(n, dtype=bool)
+    missing_by: dict[str, np.ndarray] = {}
     val_drop: dict[str, np.ndarray] = {}
     for role, arr in arrays.items():
-        rows = find_nonfinite_rows(arr)
-        if not rows.size:
+        mask = row_mask(arr)
+        if mask is None or not mask.any():
             continue
-        bad_count[role] = int(rows.size)
-        bad_by_role[role] = rows[:10].tolist()
         if role in lengths:
-            bad[rows] = True
+            missing |= mask
+            missing_by[f"input {role}"] = np.flatnonzero(mask)
         else:
-            val_drop[role] = rows
-    excluded_info: dict[str, Any] | None = None
-    forced = np.zeros(n, dtype=bool)
+            val_drop[role] = mask.copy()
     if exclude is not None:
         ex = np.asarray(exclude)
+        forced = np.zeros(n, dtype=bool)
         if ex.dtype == bool:
             if ex.shape != (n,):
                 raise SelectionError(f"exclude mask has {ex.shape[0]} entries for {n} rows")
@@ -223,45 +256,68 @@ def run_method(
                 raise SelectionError(f"exclude holds row numbers outside 0..{n - 1}")
             forced[ex] = True
         if forced.any():
-            bad_count["(excluded by the caller)"] = int(forced.sum())
-            bad_by_role["(excluded by the caller)"] = np.flatnonzero(forced)[:10].tolist()
-    if bad_count:
-        where = "; ".join(f"{r}: {bad_count[r]} row(s), first {bad_by_role[r]}" for r in bad_count)
-        if strict_official:
-            warnings.warn(
-                f"{name}: NaN or inf rows passed through as the official code would (strict_official): {where}",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-            excl = np.flatnonzero(forced)
-            excluded_info = {"count": int(excl.size), "rows": excl[:20].tolist(), "by_role": bad_count,
-                             "first_by_role": bad_by_role, "passed_through": bool(bad.any())}
-            bad = forced
+            missing |= forced
+            missing_by["exclude"] = np.flatnonzero(forced)
+
+    # ---- non-finite rows
+    nonfinite = np.zeros(n, dtype=bool)
+    nonfinite_by: dict[str, np.ndarray] = {}
+    for role, arr in arrays.items():
+        rows = find_nonfinite_rows(arr)
+        if not rows.size:
+            continue
+        nonfinite_by[role] = rows
+        if role in lengths:
+            nonfinite[rows] = True
         else:
-            bad = bad | forced
-            excl = np.flatnonzero(bad)
-            excluded_info = {"count": int(excl.size), "rows": excl[:20].tolist(), "by_role": bad_count,
-                             "first_by_role": bad_by_role, "passed_through": False}
-            warnings.warn(
-                f"{name}: {excl.size} pool row(s) with NaN or inf excluded ({where})", RuntimeWarning, stacklevel=2
-            )
-            for role, rows in val_drop.items():
-                keep_v = np.ones(arrays[role].shape[0], dtype=bool)
-                keep_v[rows] = False
-                arrays[role] = np.asarray(arrays[role])[keep_v]
+            drop = val_drop.setdefault(role, np.zeros(int(arr.shape[0]), dtype=bool))
+            if not strict_official:
+                drop[rows] = True
+    passed_through = bool(strict_official and nonfinite.any())
+    bad = missing | (nonfinite & ~missing if not strict_official else np.zeros(n, dtype=bool))
+    excl = np.flatnonzero(bad)
+    m = n - int(excl.size)
+    excluded_info: dict[str, Any] = {
+        "count": int(excl.size),
+        "rows": excl[:20].tolist(),
+        "missing": int(missing.sum()),
+        "nonfinite": int((nonfinite & ~missing).sum()) if not strict_official else 0,
+        "selectable": m,
+        "by_role": {r: int(v.size) for r, v in nonfinite_by.items()},
+        "first_by_role": {r: v[:10].tolist() for r, v in nonfinite_by.items()},
+        "missing_by": {k: int(v.size) for k, v in missing_by.items()},
+        "passed_through": passed_through,
+    }
+    if missing.any():
+        where = "; ".join(f"{k}: {v.size} row(s), first {_first(v)}" for k, v in missing_by.items())
+        where = where.replace("exclude:", "passed in exclude:")
+        warnings.warn(f"{name}: {int(missing.sum())} pool row(s) excluded as missing (rows a feature store could "
+                      f"not compute, e.g. an unreadable image under --skip-bad, or rows passed in exclude); {where}",
+                      RuntimeWarning, stacklevel=2)
+    if nonfinite_by:
+        where = "; ".join(f"{r}: {v.size} row(s), first {_first(v)}" for r, v in nonfinite_by.items())
+        if strict_official:
+            warnings.warn(f"{name}: rows with NaN or inf passed through as the official code would "
+                          f"(strict_official); {where}", RuntimeWarning, stacklevel=2)
+        else:
+            k = int((nonfinite & ~missing).sum())
+            warnings.warn(f"{name}: {k} pool row(s) with NaN or inf excluded; {where}", RuntimeWarning, stacklevel=2)
+    for role, drop in val_drop.items():
+        if drop.any():
+            arrays[role] = np.asarray(arrays[role])[~drop]
+            if arrays[role].shape[0] == 0:
+                raise SelectionError(f"{name}: every row of input {role} is missing or holds NaN or inf")
+    if m == 0:
+        raise SelectionError(f"{name}: every pool row is missing or holds NaN or inf; nothing to select from")
+    if m != n:
+        budgets = [resolve_budget(i, m, pool_rows=n) for i in items]
     if not bad.any():
         sels = method.fn(arrays, task_arr, budgets, seed=seed, strict_official=strict_official, **resolved)
-        for s in sels:
-            if excluded_info is not None:
-                s.info.setdefault("excluded_rows", excluded_info)
     else:
         import shutil
         import tempfile
 
         keep_idx = np.flatnonzero(~bad).astype(np.int64)
-        m = int(keep_idx.size)
-        if m == 0:
-            raise SelectionError(f"{name}: every row of the input holds NaN or inf; nothing to select from")
         tmpdir: str | None = None
         sub_arrays = {}
         for k, v in arrays.items():
@@ -273,9 +329,8 @@ def run_method(
             else:
                 sub_arrays[k] = np.asarray(v[keep_idx])
         sub_tasks = task_arr[keep_idx] if task_arr is not None else None
-        sub_budgets = [Budget(count=min(b.count, m), fraction=b.fraction, n=m, given=b.given) for b in budgets]
         try:
-            sels = method.fn(sub_arrays, sub_tasks, sub_budgets, seed=seed, strict_official=strict_official,
+            sels = method.fn(sub_arrays, sub_tasks, budgets, seed=seed, strict_official=strict_official,
                              **resolved)
         finally:
             sub_arrays.clear()
@@ -287,11 +342,14 @@ def run_method(
                 full = np.full(n, np.nan, dtype=np.float64)
                 full[keep_idx] = np.asarray(s.scores, dtype=np.float64)
                 s.scores = full
-            s.budget = b
-            s.info["excluded_rows"] = excluded_info
+            s.budget = Budget(count=b.count, fraction=b.fraction, n=n, given=b.given)
     for s in sels:
+        s.info["excluded_rows"] = dict(excluded_info)
         if not s.params:
             s.params = dict(resolved)
         s.seed = seed
         s.strict_official = strict_official
+        s.seeds = {"seed": int(seed), **{k: int(v) for k, v in s.params.items()
+                                         if k.endswith("seed") and isinstance(v, (int, np.integer))
+                                         and not isinstance(v, bool)}}
     return sels

@@ -41,25 +41,46 @@ class Budget:
         return "." in self.given or "e" in self.given.lower()
 
 
-def resolve_budget(budget: int | float | str, n: int) -> Budget:
-    """Turn a user budget into a :class:`Budget` for a pool of ``n`` rows.
+def resolve_budget(budget: int | float | str, n: int, *, pool_rows: int | None = None) -> Budget:
+    """Turn a user budget into a :class:`Budget` for a pool of ``n`` (selectable) rows.
 
-    A float or a string with a decimal point (``0.2``, ``"0.15"``, ``"1.0"``) is a fraction of the pool in
-    ``(0, 1]``; an int or an integer string (``"4000"``) is a count in ``[1, n]``. Anything else, or a count larger
-    than the pool, raises :class:`SelectionError`.
+    The rule, the same for the CLI and Python:
+
+    - a fraction of the pool in ``(0, 1]``: a Python float (``0.2``, ``1.0``) or a string with a decimal point or
+      an exponent (``"0.15"``, ``"1.0"``, ``"5e-2"``); ``count = int(fraction * n)`` (floor, as the official
+      scripts do);
+    - a count in ``[1, n]``: a Python int (``4000``, ``1``), an integer string of at least 2 (``"4000"``) or
+      ``"n<count>"`` (``"n1"``, ``"n4000"``: the folder label of a count budget);
+    - the string ``"1"`` is refused as ambiguous (one row, or the whole pool?): write ``1.0`` for the whole pool or
+      ``n1`` for one row.
+
+    Anything else, or a count larger than the pool, raises :class:`SelectionError`. ``pool_rows`` (when some
+    of the pool's rows are excluded and ``n`` counts the selectable ones) only words that error.
     """
-    given = str(budget).strip()
-    if isinstance(budget, bool):
+    if isinstance(budget, (bool, np.bool_)):
         raise SelectionError(f"budget {budget!r} is not a fraction or a count")
-    try:
-        is_fraction = isinstance(budget, float) or ("." in given or "e" in given.lower())
-        value = float(given) if is_fraction else int(given)
-    except ValueError:
-        raise SelectionError(
-            f"budget {given!r} is neither a fraction (e.g. 0.2) nor a count (e.g. 4000)"
-        ) from None
+    if isinstance(budget, np.generic):
+        budget = budget.item()
+    given = str(budget).strip()
+    if isinstance(budget, int):
+        is_fraction, value = False, budget
+    elif isinstance(budget, float):
+        is_fraction, value = True, budget
+    else:
+        explicit_count = len(given) > 1 and given[0] in "nN" and given[1:].isdigit()
+        if given == "1":
+            raise SelectionError(
+                "budget '1' is ambiguous: write 1.0 for the whole pool (a fraction) or n1 for one row (a count)"
+            )
+        is_fraction = not explicit_count and ("." in given or "e" in given.lower())
+        try:
+            value = float(given) if is_fraction else int(given[1:] if explicit_count else given)
+        except ValueError:
+            raise SelectionError(
+                f"budget {given!r} is neither a fraction (e.g. 0.2) nor a count (e.g. 4000 or n4000)"
+            ) from None
     if is_fraction:
-        if not (0.0 < value <= 1.0) or not math.isfinite(value):
+        if not math.isfinite(value) or not (0.0 < value <= 1.0):
             raise SelectionError(
                 f"budget fraction {given} is outside (0, 1]; give a fraction such as 0.2 or a count such as 4000"
             )
@@ -67,19 +88,29 @@ def resolve_budget(budget: int | float | str, n: int) -> Budget:
     if value < 1:
         raise SelectionError(f"budget count {given} must be at least 1")
     if value > n:
-        raise SelectionError(
-            f"budget {value} is larger than the pool ({n} rows); give at most {n} or a fraction such as 0.2"
-        )
+        where = (f"the {n} selectable rows ({pool_rows - n} of the {pool_rows} pool rows are excluded: missing, or "
+                 "NaN/inf)") if pool_rows is not None and pool_rows != n else f"the pool ({n} rows)"
+        raise SelectionError(f"budget {value} is larger than {where}; give at most {n} or a fraction such as 0.2")
     return Budget(count=int(value), fraction=value / n if n else 0.0, n=n, given=given)
 
 
 def parse_budgets(text: str | int | float | Sequence[int | float | str], n: int) -> list[Budget]:
     """Resolve one budget or a comma-separated list (``"0.05,0.1,0.2"``) of them."""
-    items = text.split(",") if isinstance(text, str) else ([text] if isinstance(text, (int, float)) else list(text))
-    items = [i for i in items if str(i).strip()]
+    return [resolve_budget(i, n) for i in budget_items(text)]
+
+
+def budget_items(text: str | int | float | Sequence[int | float | str]) -> list[int | float | str]:
+    """The budgets of a comma string, a single value or a list, unresolved (Python ints and floats kept)."""
+    if isinstance(text, str):
+        items: list[Any] = text.split(",")
+    elif isinstance(text, (int, float, np.generic)):
+        items = [text]
+    else:
+        items = list(text)
+    items = [i.strip() if isinstance(i, str) else i for i in items if str(i).strip()]
     if not items:
         raise SelectionError("no budget given; use e.g. --budget 0.2 or --budget 0.05,0.1,0.2")
-    return [resolve_budget(i, n) for i in items]
+    return items
 
 
 # ---------------------------------------------------------------------------------------------- parameters
@@ -87,7 +118,16 @@ def parse_budgets(text: str | int | float | Sequence[int | float | str], n: int)
 
 @dataclass(frozen=True)
 class Param:
-    """One method parameter: the official script's name, its default, its type, and informal aliases."""
+    """One method parameter, declared once with its constraints and checked for every caller (CLI and Python).
+
+    ``name`` is the official script's name; ``type`` one of ``int``, ``float``, ``bool``, ``str``; ``choices`` the
+    allowed values; ``gt``/``ge``/``lt``/``le`` an interval for numbers (pydantic's names: greater than, greater or
+    equal, ...). A parameter whose ``default`` is None accepts None ("unset"). A string value (from ``--param
+    NAME=VALUE``) is parsed to ``type``; any other value must already be of that type (an int for an int
+    parameter, a number for a float one, True/False for a bool one): ``{"K": "3"}`` is parsed, ``{"K": 3.5}``,
+    ``{"K": -3}`` and ``{"temp": "abc"}`` are refused with a :class:`SelectionError` naming the parameter and what
+    it accepts.
+    """
 
     name: str
     default: Any
@@ -95,28 +135,94 @@ class Param:
     help: str
     aliases: tuple[str, ...] = ()
     choices: tuple[Any, ...] | None = None
+    gt: float | None = None
+    ge: float | None = None
+    lt: float | None = None
+    le: float | None = None
+
+    @property
+    def nullable(self) -> bool:
+        return self.default is None
+
+    def describe(self) -> str:
+        """What the parameter accepts, e.g. ``int >= 1``, ``float in (0, 1]``, ``one of max, mean``."""
+        if self.choices is not None:
+            text = "one of " + ", ".join(str(c) for c in self.choices if c is not None)
+        else:
+            text = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
+                self.type, getattr(self.type, "__name__", str(self.type)))
+            def num(v: float) -> str:
+                return str(int(v)) if float(v).is_integer() else f"{v:g}"
+
+            lo = f"({num(self.gt)}" if self.gt is not None else (f"[{num(self.ge)}" if self.ge is not None else None)
+            hi = f"{num(self.lt)})" if self.lt is not None else (f"{num(self.le)}]" if self.le is not None else None)
+            if lo and hi:
+                text += f" in {lo}, {hi}"
+            elif lo:
+                text += (" > " if lo[0] == "(" else " >= ") + lo[1:]
+            elif hi:
+                text += (" < " if hi[-1] == ")" else " <= ") + hi[:-1]
+        return text + (" (or none: unset)" if self.nullable else "")
+
+    def _fail(self, value: Any, why: str = "") -> SelectionError:
+        return SelectionError(f"parameter {self.name}={value!r}: {why or 'expected ' + self.describe()}")
 
     def convert(self, value: Any) -> Any:
+        """``value`` parsed (strings) or type-checked (anything else), then checked against the constraints."""
+        if isinstance(value, np.generic):
+            value = value.item()
         if isinstance(value, str):
+            text = value.strip()
+            if self.nullable and text.lower() in ("none", "null", ""):
+                return None
             if self.type is bool:
-                low = value.strip().lower()
+                low = text.lower()
                 if low in ("1", "true", "yes", "on"):
                     value = True
                 elif low in ("0", "false", "no", "off"):
                     value = False
                 else:
-                    raise SelectionError(f"parameter {self.name}={value!r}: expected true or false")
-            elif self.default is None and value.strip().lower() in ("none", "null", ""):
-                value = None
-            else:
+                    raise self._fail(value)
+            elif self.type is int:
                 try:
-                    value = self.type(value)
+                    value = int(text)
+                except ValueError:
+                    raise self._fail(value) from None
+            elif self.type is float:
+                try:
+                    value = float(text)
+                except ValueError:
+                    raise self._fail(value) from None
+            elif self.type is not str:
+                try:
+                    value = self.type(text)
                 except (TypeError, ValueError):
-                    raise SelectionError(
-                        f"parameter {self.name}={value!r}: expected a value of type {self.type.__name__}"
-                    ) from None
+                    raise self._fail(value) from None
+        elif value is None:
+            if not self.nullable:
+                raise self._fail(value)
+            return None
+        elif self.type is bool:
+            if not isinstance(value, bool):
+                raise self._fail(value)
+        elif self.type is int:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise self._fail(value)
+        elif self.type is float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise self._fail(value)
+            value = float(value)
+        elif self.type is str:
+            if not isinstance(value, str):
+                raise self._fail(value)
         if self.choices is not None and value not in self.choices:
-            raise SelectionError(f"parameter {self.name}={value!r}: choose one of {', '.join(map(str, self.choices))}")
+            raise self._fail(value)
+        if self.type in (int, float):
+            if not math.isfinite(value):
+                raise self._fail(value)
+            if ((self.gt is not None and not value > self.gt) or (self.ge is not None and not value >= self.ge)
+                    or (self.lt is not None and not value < self.lt) or (self.le is not None and not value <= self.le)):
+                raise self._fail(value, f"outside the allowed range; expected {self.describe()}")
         return value
 
 
@@ -156,6 +262,10 @@ class Selection:
         What produced it (params are the resolved values, defaults included).
     info:
         Intermediates and notes worth keeping (JSON-serialisable): shortfalls, excluded rows, per-cluster budgets.
+    seeds:
+        Every seed the run used, under its own name (``seed``: the run seed; ``kmeans_seed``, ``numpy_seed``, ...:
+        the effective value of each seed parameter), filled by :func:`vlselect.select.run_method` and written to
+        the manifest.
     """
 
     indices: np.ndarray
@@ -166,6 +276,7 @@ class Selection:
     seed: int = 0
     strict_official: bool = False
     info: dict[str, Any] = field(default_factory=dict)
+    seeds: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.indices = np.asarray(self.indices, dtype=np.int64)

@@ -269,7 +269,9 @@ _PRUNE_SUBSET = Param(
 
 @register_method(
     "length",
-    roles=(Role("lengths", "per-row text length (characters or tokens), 1-D"),),
+    roles=(Role("lengths", "per-row text length, 1-D; without it, 'vlselect select length --pool FILE' measures "
+                           "each record as COINCIDE's train.py does (words over all turns + 128 with an image)",
+                required=False),),
     params=(
         Param("order", "longest", str, "longest first or shortest first", choices=("longest", "shortest")),
     ),
@@ -302,6 +304,9 @@ def select_length(
     -------
     list of Selection; ``scores`` is the length.
     """
+    if "lengths" not in arrays:
+        raise SelectionError("method 'length' needs per-row lengths: pass --input lengths=PATH, or --pool FILE on the "
+                             "command line to measure them from the records (vlselect.select.io.pool_lengths)")
     _, lengths = _one_d(arrays, ("lengths",), "length")
     s = np.asarray(lengths, dtype=np.float64)
     _check_n(s.shape[0], budgets, "length")

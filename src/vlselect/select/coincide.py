@@ -814,18 +814,18 @@ def _select_budget(
 
 PARAMS = [
     Param("n_clusters", 10000, int, "k-means clusters K (official: 10000 for LLaVA-665K, 2500 for Vision-Flan)",
-          aliases=("K", "ncentroids")),
-    Param("niter", 50, int, "k-means iterations (faiss stops earlier once the objective stops changing)"),
+          aliases=("K", "ncentroids"), ge=1),
+    Param("niter", 50, int, "k-means iterations (faiss stops earlier once the objective stops changing)", ge=1),
     Param("kmeans_seed", None, int, "k-means seed; unset: 1234 + the global --seed (so --seed 0 gives the official "
-          "1234); when given it wins over --seed", aliases=("seed",)),
+          "1234); when given it wins over --seed", aliases=("seed",), ge=0, lt=2**31),
     Param("knn_k", 4, int, "neighbours in the official transferability script's side output (unused by the "
-          "selection; accepted for compatibility)"),
+          "selection; accepted for compatibility)", ge=1),
     Param("near_duplicate_cosine_cut", 0.9, float, "centroid pairs with text-half cosine above this are left out "
-          "of the transferability mean (official, hard-coded)"),
-    Param("temp", 0.1, float, "softmax temperature over cluster scores (official --temp)", aliases=("temperature",)),
-    Param("sigma", 1.0, float, "Gaussian kernel width for density and MMD (official --gamma)", aliases=("gamma",)),
-    Param("num_layers", 5, int, "layers in a feature row (official 5: layers 3, 7, 11, 15, 19)"),
-    Param("hidden_size", 2048, int, "width of each vision / text half (official 2048, TinyLLaVA-2.0B)"),
+          "of the transferability mean (official, hard-coded)", ge=-1, le=1),
+    Param("temp", 0.1, float, "softmax temperature over cluster scores (official --temp)", aliases=("temperature",), gt=0),
+    Param("sigma", 1.0, float, "Gaussian kernel width for density and MMD (official --gamma)", aliases=("gamma",), gt=0),
+    Param("num_layers", 5, int, "layers in a feature row (official 5: layers 3, 7, 11, 15, 19)", ge=1),
+    Param("hidden_size", 2048, int, "width of each vision / text half (official 2048, TinyLLaVA-2.0B)", ge=1),
 ]
 
 

@@ -91,7 +91,7 @@ def _descending(key: np.ndarray, rows: np.ndarray) -> np.ndarray:
     roles=_ROLES,
     params=[*_SHARED,
             Param("top_percent", None, float, "each task votes for its top top_percent % of rows; default 100 x the "
-                  "budget fraction (ICONS's rule)")],
+                  "budget fraction (ICONS's rule)", gt=0, le=100)],
     summary="vlselect composite: COINCIDE's per-cluster budgets, filled in each cluster by ICONS's task votes",
     reference="vlselect (this package): COINCIDE (specs/coincide.md §3) x ICONS (specs/icons.md §5)",
 )
@@ -157,7 +157,7 @@ def coincide_icons(
     roles=_ROLES,
     params=[*_SHARED,
             Param("candidate_factor", 2.0, float, "ICONS keeps candidate_factor x budget rows (its top priority); "
-                  "COINCIDE picks the budget among them")],
+                  "COINCIDE picks the budget among them", ge=1)],
     summary="vlselect composite: ICONS's task votes choose the candidates, COINCIDE's clusters and MMD the subset",
     reference="vlselect (this package): ICONS (specs/icons.md §5) then COINCIDE (specs/coincide.md §2-§4)",
 )

@@ -423,12 +423,16 @@ def _vote_summary(votes: np.ndarray, sel: np.ndarray, n_tasks: int) -> dict[str,
             float,
             "each task votes for its top top_percent % of rows (threshold percentile 100 - top_percent); "
             "default: tied to the budget, 100 × budget fraction (the official rule; 20 at budget 0.2)",
+            gt=0,
+            le=100,
         ),
         Param(
             "percentile",
             None,
             float,
             "the threshold percentile itself (= 100 - top_percent); give this or top_percent, not both",
+            ge=0,
+            lt=100,
         ),
         Param(
             "score_form",

@@ -144,10 +144,10 @@ def _open_store(path: Path):
         ) from None
     try:
         return FeatureStore.open(path)
-    except FeatureError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - reported as a user error naming the path
-        raise FeatureError(f"{path}: cannot open as a feature store ({exc}); pass a FeatureStore directory or a .npy file") from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise FeatureError(f"{path}: cannot open as a feature store ({type(exc).__name__}: {exc}); fix: pass a "
+                           "directory written by 'vlselect features ...' (recompute it if it is damaged) or a .npy "
+                           "file") from None
 
 
 def load_input(role: str, path: str | os.PathLike[str], array: str | None = None) -> LoadedInput:
@@ -174,18 +174,11 @@ def load_input(role: str, path: str | os.PathLike[str], array: str | None = None
                 f"pick one with {role}={path}:NAME"
             )
         meta: dict[str, Any] = {}
-        try:
-            mask = np.asarray(store.missing(), dtype=bool)
-        except Exception:  # noqa: BLE001 - a store without a missing mask has none missing
-            mask = np.zeros(0, dtype=bool)
+        arr = store.array(name)  # carries the store's missing-row mask (a corrupt missing.npy is a FeatureError)
+        mask = np.asarray(arr.missing, dtype=bool)
         if mask.any():
             meta["missing_rows"] = {"count": int(mask.sum()), "first": np.flatnonzero(mask)[:10].tolist()}
-        arr = store.array(name)
-        fp = None
-        try:
-            fp = (store.manifest or {}).get("pool_fingerprint")
-        except Exception:  # noqa: BLE001
-            fp = None
+        fp = store.manifest.get("pool_fingerprint")
         li = LoadedInput(role, arr, str(p), "feature_store", name, fp, meta)
         if mask.any():
             li.missing = mask
@@ -196,14 +189,14 @@ def load_input(role: str, path: str | os.PathLike[str], array: str | None = None
     if suffix == ".npy":
         try:
             arr = np.load(p, mmap_mode="r", allow_pickle=False)
-        except Exception as exc:  # noqa: BLE001
+        except (OSError, ValueError, EOFError) as exc:
             raise FeatureError(f"input {role}={path}: not a readable .npy array ({exc}); save it with numpy.save") from None
         return LoadedInput(role, arr, str(p), "npy", None, None, _file_digest(p))
     if suffix == ".json":
         try:
             data = json.loads(p.read_text())
             arr = np.asarray(data, dtype=np.float64)
-        except Exception as exc:  # noqa: BLE001
+        except (OSError, UnicodeDecodeError, ValueError, TypeError) as exc:
             raise FeatureError(f"input {role}={path}: expected a JSON list of numbers ({exc})") from None
         if arr.ndim == 0:
             raise FeatureError(f"input {role}={path}: expected a JSON list of numbers, one per row")
@@ -344,7 +337,8 @@ def write_selection(
 
     The manifest is the project's one format (:func:`vlselect.pool.write_manifest`): ``pool`` (path,
     fingerprint, rows), ``method``, ``params`` (defaults included), ``budget``, ``seed``, ``versions``, and under
-    ``extra``: ``strict_official``, ``selected``, ``shortfall``, ``excluded_rows``, ``inputs`` (path, kind,
+    ``extra``: ``strict_official``, ``seeds`` (every seed used, by name: ``seed``, ``kmeans_seed``, ...),
+    ``selected``, ``shortfall``, ``excluded_rows``, ``inputs`` (path, kind,
     array, shape, dtype, md5 or the store's pool fingerprint), ``info``, ``task_counts``, ``tasks`` and ``files``.
     """
     d = Path(out_dir)
@@ -355,6 +349,7 @@ def write_selection(
     _atomic_save_npy(d / "scores.npy", scores)
     extra: dict[str, Any] = {
         "strict_official": sel.strict_official,
+        "seeds": _jsonable(sel.seeds or {"seed": sel.seed}),
         "selected": sel.count,
         "shortfall": sel.shortfall,
         "excluded_rows": _jsonable(sel.info.get("excluded_rows", {"count": 0, "rows": []})),

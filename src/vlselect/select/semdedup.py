@@ -50,9 +50,9 @@ def max_earlier_similarity(x: np.ndarray, block_rows: int = 1024) -> np.ndarray:
     "semdedup",
     roles=(Role("features", "per-row embeddings (the last-token embedding of the reference model)"),),
     params=(
-        Param("n_clusters", 10000, int, "k-means clusters (10000 LLaVA, 3000 Vision-Flan)", aliases=("K", "num_clusters")),
-        Param("niter", 50, int, "k-means iterations"),
-        Param("kmeans_seed", 1234, int, "faiss k-means seed"),
+        Param("n_clusters", 10000, int, "k-means clusters (10000 LLaVA, 3000 Vision-Flan)", aliases=("K", "num_clusters"), ge=1),
+        Param("niter", 50, int, "k-means iterations", ge=1),
+        Param("kmeans_seed", 1234, int, "faiss k-means seed", ge=0, lt=2**31),
         Param("keep_hard", True, bool, "sort each cluster farthest-from-centroid first (--keep_hard)"),
         Param(
             "eps_list",

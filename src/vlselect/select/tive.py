@@ -392,12 +392,14 @@ def _fmt_rows(idx: np.ndarray, limit: int = 10) -> str:
         Role("norms", "per-sample L2 norm of the unprojected LoRA gradient, one value per pool row"),
     ],
     params=[
-        Param("q", 0.001, float, "inverse temperature of the within-task softmax over instance values"),
+        Param("q", 0.001, float, "inverse temperature of the within-task softmax over instance values", gt=0),
         Param(
             "numpy_seed",
             None,
             int,
             "seed of NumPy's legacy RandomState used for the draws (default: --seed, or --param seed=S)",
+            ge=0,
+            lt=2**32,
         ),
         Param("excluded_task", EXCLUDED_TASK, str, "task label(s) left out, comma-separated; 'none' for none"),
         Param(

@@ -13,7 +13,9 @@ one sample per backward pass. Here a batch runs in one forward and one backward:
   scaling ``s = alpha/r`` already inside ``delta`` (autograd puts it there); dropout is off (eval mode);
 * padding positions are zeroed in ``x`` (they carry no gradient anyway: labels are -100 there);
 * the per-sample loss is the official one: the mean token cross-entropy over the sample's supervised (answer)
-  tokens, ``L_i = -(1/|S_i|) sum_{t in S_i} log p(y_t | y_<t)`` (icons.md §2.2, tive.md §4.2);
+  tokens, ``L_i = -(1/|S_i|) sum_{t in S_i} log p(y_t | y_<t)`` (icons.md §2.2, tive.md §4.2), the package's one
+  definition (:func:`vlselect.features.losses.per_sample_loss`): NaN for a sample without an answer token, whose
+  gradient is then zero (counted as ``empty_answer_samples`` in the store's manifest);
 * the gradient vector is the concatenation of the parameters in ``model.named_parameters()`` order, each flattened
   row-major: per module ``lora_A`` (r x in) then ``lora_B`` (out x r) (icons.md §2.3, tive.md §4.3).
 
@@ -37,9 +39,9 @@ from typing import Any, Callable, Iterable, Iterator, Literal, Mapping, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from vlselect.errors import ConfigError, FeatureError, ModelError
+from vlselect.features.losses import per_sample_loss  # the one per-sample loss (NaN for an empty answer)
 from vlselect.features.projection import DEFAULT_DIMS, FactoredProjection, Projection
 
 #: Which trainable parameters a method takes gradients of (icons.md §1: every LoRA A/B; tive.md §4.1: LoRA A/B of
@@ -55,34 +57,6 @@ PROJECTIONS = ("rademacher", "gaussian", "factored", "none")
 #: LESS / Adam constants (icons.md §2.3).
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
-
-
-def per_sample_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The official per-sample loss: mean next-token cross-entropy over the sample's supervised tokens.
-
-    Parameters
-    ----------
-    logits:
-        ``(b, T, V)`` model outputs.
-    labels:
-        ``(b, T)`` token ids, -100 where unsupervised (system, user turns, image tokens, padding).
-
-    Returns
-    -------
-    (losses, counts)
-        ``losses`` ``(b,)`` float32, ``counts`` ``(b,)`` the number of supervised tokens. A sample with no
-        supervised token gets loss 0 (hence a zero gradient) where the official code produces NaN (icons.md §2.2,
-        quirk Q15); callers count such samples.
-
-    References
-    ----------
-    icons.md §2.2, tive.md §4.2 (HF causal-LM loss, batch size 1).
-    """
-    shift_logits = logits[:, :-1, :].float()
-    shift_labels = labels[:, 1:].to(shift_logits.device)
-    ce = F.cross_entropy(shift_logits.transpose(1, 2), shift_labels, ignore_index=-100, reduction="none")
-    counts = (shift_labels != -100).sum(dim=1)
-    return ce.sum(dim=1) / counts.clamp(min=1), counts
 
 
 def model_inputs(batch: Mapping[str, Any], device: torch.device | str | None = None) -> dict[str, Any]:
@@ -348,7 +322,8 @@ class GradientEngine:
         self.empty_samples += int((counts == 0).sum())
         names = [n for n, (_, o) in self._captured.items() if o.requires_grad]
         outs = [self._captured[n][1] for n in names]
-        grads = torch.autograd.grad(losses.sum(), outs, allow_unused=True) if outs else []
+        # an empty answer's loss is NaN (no supervised token): nansum gives it a zero gradient
+        grads = torch.autograd.grad(torch.nansum(losses), outs, allow_unused=True) if outs else []
         gmap = dict(zip(names, grads))
         if outs and int(counts.sum()) > 0 and all(g is None for g in grads):
             raise ModelError("no gradient reached the LoRA layers although the batch has answer tokens; fix: load the "
@@ -521,7 +496,7 @@ def per_sample_autograd_gradients(
         with torch.enable_grad():
             out = model(**model_inputs(single, dev))
             loss, _ = per_sample_loss(out.logits, single["labels"].to(dev))
-            gs = torch.autograd.grad(loss[0], plist, allow_unused=True)
+            gs = torch.autograd.grad(torch.nansum(loss[:1]), plist, allow_unused=True)  # empty answer: zero
         rows.append(torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1).float() for g, p in zip(gs, plist)]))
         losses.append(loss[0].detach().float())
     return torch.stack(rows), torch.stack(losses)

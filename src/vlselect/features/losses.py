@@ -1,19 +1,59 @@
-"""Per-sample loss, perplexity and EL2N over the answer tokens (coincide.md §7.2; the EL2N / perplexity baselines).
+"""The package's one per-sample loss, with perplexity and EL2N over the answer tokens (coincide.md §7.2; the EL2N /
+perplexity baselines; icons.md §2.2 and tive.md §4.2 for the gradients).
 
 Definitions (per sample, over its supervised positions t, i.e. ``labels[t+1] != -100`` after the causal shift):
 
 - ``loss``       = mean_t CE(logits_t, y_{t+1}) — the language-model loss of the answer tokens (natural log);
+  :func:`per_sample_loss` is its one definition, used by the activation extractor's ``loss`` array and by the
+  per-sample gradients (:mod:`vlselect.features.gradients`);
 - ``perplexity`` = exp(loss);
 - ``el2n``       = mean_t ‖softmax(logits_t) − onehot(y_{t+1})‖₂ over the full vocabulary (spec §7.2).
 
-A sample without any supervised token gets NaN for all three (and the extractor records it). Computed in float32
-whatever the model dtype. Only the supervised positions go through the output head, so memory is
-O(answer tokens × vocabulary), never O(batch × sequence × vocabulary).
+A sample without any supervised token (an empty answer) gets NaN for all three: it has no loss, not a loss of 0.
+Downstream, NaN rows are excluded: :func:`vlselect.select.run_method` leaves rows holding NaN out of every method,
+and the EL2N / perplexity baselines order only the finite rows. The gradient of such a sample is zero (the NaN is
+put in with ``torch.where``, so no NaN reaches the backward pass; sum the losses with ``torch.nansum``).
+
+Computed in float32 whatever the model dtype. :func:`losses_from_hidden` applies the output head to the
+supervised positions only (memory O(answer tokens × vocabulary), never O(batch × sequence × vocabulary)); it
+computes the same values as :func:`losses_from_logits` (tested).
 """
 
 from __future__ import annotations
 
 IGNORE_INDEX = -100
+
+
+def per_sample_loss(logits, labels):
+    """The per-sample loss: mean next-token cross-entropy over the sample's supervised tokens; NaN when it has none.
+
+    Parameters
+    ----------
+    logits : torch.Tensor
+        ``(b, T, V)`` model outputs (any float dtype; computed in float32).
+    labels : torch.Tensor
+        ``(b, T)`` token ids, -100 where unsupervised (system, user turns, image tokens, padding).
+
+    Returns
+    -------
+    (losses, counts)
+        ``losses`` ``(b,)`` float32, NaN for a sample without a supervised token (the official code's value too:
+        icons.md §2.2, quirk Q15); ``counts`` ``(b,)`` the number of supervised tokens. Differentiable: an empty
+        sample contributes a zero gradient to ``torch.nansum(losses)``.
+
+    References
+    ----------
+    icons.md §2.2, tive.md §4.2 (HF causal-LM loss, batch size 1); coincide.md §7.2.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    shift_logits = logits[:, :-1, :].float()
+    shift_labels = labels[:, 1:].to(shift_logits.device)
+    ce = F.cross_entropy(shift_logits.transpose(1, 2), shift_labels, ignore_index=IGNORE_INDEX, reduction="none")
+    counts = (shift_labels != IGNORE_INDEX).sum(dim=1)
+    mean = ce.sum(dim=1) / counts.clamp(min=1)
+    return torch.where(counts > 0, mean, torch.full_like(mean, float("nan"))), counts
 
 
 def supervised_positions(labels):
@@ -82,12 +122,13 @@ def losses_from_hidden(hidden, labels, head):
 
 
 def losses_from_logits(logits, labels):
-    """The same three values from full logits (B, T, V) — the plain definition, used by tests as a reference."""
+    """The same three values from full logits (B, T, V): ``loss`` is :func:`per_sample_loss`."""
     import torch
 
     mask, targets = supervised_positions(labels)
     rows = torch.nonzero(mask)[:, 0]
-    ce, e = token_losses(logits[mask], targets)
+    _, e = token_losses(logits[mask], targets)
     B = labels.shape[0]
-    loss = per_sample_losses(ce, rows, B)
-    return {"loss": loss, "perplexity": torch.exp(loss), "el2n": per_sample_losses(e, rows, B)}
+    loss, _ = per_sample_loss(logits, labels)
+    loss = loss.detach().float().cpu()
+    return {"loss": loss, "perplexity": torch.exp(loss), "el2n": per_sample_losses(e.cpu(), rows.cpu(), B)}

@@ -241,9 +241,19 @@ def _single_score(
 ) -> list[Selection]:
     n = values.shape[0]
     _check_n(n, budgets, name)
+    if strict_official:
+        rows = np.arange(n, dtype=np.int64)
+    else:
+        # a row without a score (NaN: an empty answer has no loss, features/losses.py) is never selected, and the
+        # bottom / middle / top rule applies to the scored rows (run_method removes them before; this keeps a
+        # direct call honest too)
+        rows = np.flatnonzero(np.isfinite(np.asarray(values, dtype=np.float64))).astype(np.int64)
+        if rows.size < n:
+            info = {**info, "unscored_rows": int(n - rows.size)}
+    scored = values if rows.size == n else np.asarray(values)[rows]
     return [
         Selection(
-            prune_subset_order(values, b.count, prune_subset, strict_official=strict_official),
+            rows[prune_subset_order(scored, min(b.count, rows.size), prune_subset, strict_official=strict_official)],
             np.asarray(values, dtype=np.float64),
             name,
             b,

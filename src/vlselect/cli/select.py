@@ -44,8 +44,7 @@ def _list_methods() -> None:
             table.add_row("--pool/--tasks", "required", "task labels, one per row")
         for p in m.params:
             extra = f" (alias {', '.join(p.aliases)})" if p.aliases else ""
-            choices = f" [{'|'.join(map(str, p.choices))}]" if p.choices else ""
-            table.add_row(f"--param {p.name}", repr(p.default), f"{p.help}{choices}{extra}", style=None)
+            table.add_row(f"--param {p.name}", repr(p.default), escape(f"{p.help}; {p.describe()}{extra}"), style=None)
         console.print(table)
         console.print()
 
@@ -103,6 +102,9 @@ def select_command(
 
     One budget writes DIR/indices.npy, scores.npy, manifest.json (+ subset.json and ids.txt with --pool);
     several budgets (e.g. --budget 0.05,0.1,0.2) write one DIR/<label>/ folder each (frac0.05, n4000).
+
+    Rows a feature store records missing (--skip-bad) and rows holding NaN or inf are never selected and not
+    counted by the budget; a warning on stderr and the manifest's extra.excluded_rows say how many.
 
     Example: vlselect select coincide --input features=feats/acts --pool world/pool.json --budget 0.1,0.2 --out sel/coincide
     """

@@ -162,7 +162,7 @@ class Param:
                 text += (" > " if lo[0] == "(" else " >= ") + lo[1:]
             elif hi:
                 text += (" < " if hi[-1] == ")" else " <= ") + hi[:-1]
-        return text + (" (or none: unset)" if self.nullable else "")
+        return text + (", or none (unset)" if self.nullable else "")
 
     def _fail(self, value: Any, why: str = "") -> SelectionError:
         return SelectionError(f"parameter {self.name}={value!r}: {why or 'expected ' + self.describe()}")

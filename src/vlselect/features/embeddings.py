@@ -29,7 +29,8 @@ from __future__ import annotations
 __all__ = ["EMBEDDING_ARRAYS", "embedding_arrays", "margins_per_sample", "pool_hidden", "token_margins"]
 
 #: name → (width or None, dtype); width ``"hidden"`` is the model's hidden size
-EMBEDDING_ARRAYS = {"embed_last": ("hidden", "float16"), "embed_mean": ("hidden", "float16"), "margin": (None, "float32")}
+EMBEDDING_ARRAYS = {"embed_last": ("hidden", "float16"), "embed_mean": ("hidden", "float16"),
+                    "margin": (None, "float32")}
 
 
 def pool_hidden(hidden, attention_mask):

@@ -248,3 +248,26 @@ def test_select_list_names_the_store_arrays(capsys):
     code, text = _run(["select", "--list"], capsys)
     assert code == 0
     assert "store array: embed_last" in text and "store array: aum or margin" in text
+
+
+def test_bench_feeds_semdedup_and_d2pruning_their_official_inputs(tiny_llava, pool6, tmp_path):  # noqa: F811
+    from vlselect.bench.run import BenchConfig, _extract_activations, _method_inputs
+    from vlselect.pool import open_pool
+
+    pool, images = pool6
+    _extract_activations(tiny_llava, pool, images, tmp_path)  # the bench's activation stage
+    acts = FeatureStore.open(tmp_path / "store")
+    inputs_for = _method_inputs(acts, None, {}, open_pool(pool), {"num_layers": 3, "hidden_size": 32})
+    cfg = BenchConfig.quick(n_clusters=2)
+    sd, params = inputs_for("semdedup", cfg)
+    assert list(sd) == ["features"] and params == {"n_clusters": 2}
+    np.testing.assert_array_equal(sd["features"], acts.array("embed_last"))
+    d2, _ = inputs_for("d2pruning", cfg)
+    np.testing.assert_array_equal(d2["features"], acts.array("embed_mean"))
+    np.testing.assert_array_equal(d2["scores"], acts.array("margin"))
+    # the embeddings are the model's last hidden state, not COINCIDE's activations
+    loaded = load_vlm(tiny_llava, device="cpu")
+    ref_last, ref_mean, ref_margin = _by_hand(loaded, make_samples(6)[4], images)
+    np.testing.assert_allclose(sd["features"][4].astype(np.float64), ref_last, rtol=2e-3, atol=2e-3)
+    np.testing.assert_allclose(d2["features"][4].astype(np.float64), ref_mean, rtol=2e-3, atol=2e-3)
+    assert d2["scores"][4] == pytest.approx(ref_margin, abs=1e-5)

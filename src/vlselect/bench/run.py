@@ -6,7 +6,9 @@ Stages (each cached by a hash of its inputs, see :mod:`vlselect.bench.stages`):
    world of another seed whose evaluation sets serve as the *validation* (target-task) sets of ICONS and LESS, so
    the test sets are never looked at by a method; ``captions``: a caption-only pool for pre-training.
 2. ``base``: a tiny LLaVA (:func:`vlselect.models.tiny.build_tiny`) pre-trained on the caption pool, merged.
-3. ``activations``: COINCIDE activations plus loss / perplexity / EL2N from one pass of the base model.
+3. ``activations``: COINCIDE activations plus loss / perplexity / EL2N, and SemDeDup's / D2-Pruning's inputs
+   (last-token and mean embeddings, probability margin; :mod:`vlselect.features.embeddings`) from one pass of the
+   base model.
 4. ``warmup`` and ``gradients``: TIVE's warm-up LoRA on 8% of the pool, then projected per-sample gradients (and
    their norms) of the pool and of every validation set (every LoRA A/B: ICONS, LESS and the composites), and
    ``tive_gradients``: the pool's gradients of the self-attention LoRA only, as TIVE takes them.
@@ -229,7 +231,8 @@ def run_bench(out: str | os.PathLike, config: BenchConfig | None = None, *,
     from vlselect.features import FeatureStore
 
     act_recipe = {"world": world_recipe, "base": base_recipe}
-    acts_dir, _ = cache.run("activations", act_recipe, lambda d: _extract_activations(base, pool_path, images, d),
+    acts_stage = {**act_recipe, "embeddings": True}  # the store's key; act_recipe keys the stages after it
+    acts_dir, _ = cache.run("activations", acts_stage, lambda d: _extract_activations(base, pool_path, images, d),
                             label="activations and losses")
     acts = FeatureStore.open(acts_dir / "store")
 
@@ -262,7 +265,7 @@ def run_bench(out: str | os.PathLike, config: BenchConfig | None = None, *,
     inputs_for = _method_inputs(acts, grads, val_grads, pool, layout, tive_grads)
     subsets: dict[tuple[str, float], Path] = {}
     for m in cfg.methods:
-        sel_recipe = {"method": m, "budgets": list(cfg.budgets), "seed": cfg.seed, "act": act_recipe,
+        sel_recipe = {"method": m, "budgets": list(cfg.budgets), "seed": cfg.seed, "act": acts_stage,
                       "grad": cfg.grad_dim if m in grad_methods else None, "n_clusters": cfg.n_clusters,
                       "grad_params": "self_attn" if m == "tive" else None}
 
@@ -342,7 +345,8 @@ def _overlap_budget(cfg: BenchConfig) -> float:
 def _extract_activations(base: Path, pool_path: Path, images: Path, d: Path) -> None:
     from vlselect.features.activations import extract_activations
 
-    extract_activations(base, pool_path, d / "store", images=images, losses=True, batch_size=16, progress=True)
+    extract_activations(base, pool_path, d / "store", images=images, losses=True, embeddings=True, batch_size=16,
+                        progress=True)
 
 
 def _warmup(cfg: BenchConfig, base: Path, pool_path: Path, images: Path, d: Path) -> dict:
@@ -384,11 +388,11 @@ def _method_inputs(acts, grads, val_grads, pool, layout, tive_grads=None) -> Cal
         if m == "coincide":
             params.update(n_clusters=k, num_layers=layout.get("num_layers"), hidden_size=layout.get("hidden_size"))
             return {"features": feats}, params
-        if m == "semdedup":
+        if m == "semdedup":  # the official inputs (coincide.md §7.1, §7.3-7.4), not COINCIDE's activations
             params.update(n_clusters=k)
-            return {"features": feats}, params
+            return {"features": acts.array("embed_last")}, params
         if m == "d2pruning":
-            return {"features": feats, "scores": acts.array("el2n")}, params
+            return {"features": acts.array("embed_mean"), "scores": acts.array("margin")}, params
         train = {"train": grads.array("gradients")}
         if m == "tive":
             tg = tive_grads or grads

@@ -271,3 +271,28 @@ def test_bench_feeds_semdedup_and_d2pruning_their_official_inputs(tiny_llava, po
     np.testing.assert_allclose(sd["features"][4].astype(np.float64), ref_last, rtol=2e-3, atol=2e-3)
     np.testing.assert_allclose(d2["features"][4].astype(np.float64), ref_mean, rtol=2e-3, atol=2e-3)
     assert d2["scores"][4] == pytest.approx(ref_margin, abs=1e-5)
+
+
+def test_bench_d2_score_aum_comes_from_a_recorded_training_run(tiny_llava, pool6, tmp_path):  # noqa: F811
+    from vlselect.bench import run_bench
+    from vlselect.bench.run import BenchConfig, _dynamics, _method_inputs
+    from vlselect.errors import ConfigError
+
+    pool, images = pool6
+    cfg = BenchConfig.quick(lora_r=4, epochs=1, batch_size=3, lr=1e-3, adapter="lora", modules_to_save=(),
+                            d2_score="aum")
+    _dynamics(cfg, tiny_llava, pool, images, tmp_path)  # the bench's dynamics stage
+    st = FeatureStore.open(tmp_path / "run" / "aum")
+    assert st.array("aum_count").tolist() == [1] * 6 and st.manifest["total_steps"] == 2
+    aum = st.array("aum")
+
+    class Acts:  # an activation store without a margin array: with the AUM given, none is read
+        @staticmethod
+        def array(name):
+            assert name in ("activations", "embed_mean"), name
+            return np.zeros((6, 4), dtype=np.float16)
+
+    d2, _ = _method_inputs(Acts, None, {}, None, {}, None, aum)("d2pruning", cfg)
+    assert d2["scores"] is aum
+    with pytest.raises(ConfigError, match="d2_score='bogus'"):
+        run_bench(tmp_path / "b", BenchConfig.quick(d2_score="bogus"))

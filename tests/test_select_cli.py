@@ -101,8 +101,9 @@ def test_feature_store_input_with_matching_pool(work: Path, capsys):
     fp = open_pool(work / "pool.json").fingerprint
     feats = np.load(work / "feats.npy")
     store = _store(work / "store", fp, {"activations": feats, "loss": np.linspace(0, 1, N)})
-    code, text = _run(["select", "semdedup", "--input", f"features={store}", "--pool", str(work / "pool.json"),
-                       "--budget", "10", "--param", "n_clusters=3", "--out", str(work / "o")], capsys)
+    code, text = _run(["select", "semdedup", "--input", f"features={store}:activations", "--pool",
+                       str(work / "pool.json"), "--budget", "10", "--param", "n_clusters=3", "--out",
+                       str(work / "o")], capsys)
     assert code == 0, text
     assert np.load(work / "o" / "indices.npy").shape == (10,)
     # DIR:array picks another array of the store
@@ -116,8 +117,9 @@ def test_feature_store_input_with_matching_pool(work: Path, capsys):
 
 def test_feature_store_for_another_pool_is_refused(work: Path, capsys):
     store = _store(work / "other", "0" * 64, {"activations": np.load(work / "feats.npy")})
-    code, text = _run(["select", "semdedup", "--input", f"features={store}", "--pool", str(work / "pool.json"),
-                       "--budget", "10", "--param", "n_clusters=3", "--out", str(work / "o")], capsys)
+    code, text = _run(["select", "semdedup", "--input", f"features={store}:activations", "--pool",
+                       str(work / "pool.json"), "--budget", "10", "--param", "n_clusters=3", "--out",
+                       str(work / "o")], capsys)
     assert code == 2
     assert "different pool" in text and "other" in text and "pool.json" in text
 

@@ -6,7 +6,9 @@ Stages (each cached by a hash of its inputs, see :mod:`vlselect.bench.stages`):
    world of another seed whose evaluation sets serve as the *validation* (target-task) sets of ICONS and LESS, so
    the test sets are never looked at by a method; ``captions``: a caption-only pool for pre-training.
 2. ``base``: a tiny LLaVA (:func:`vlselect.models.tiny.build_tiny`) pre-trained on the caption pool, merged.
-3. ``activations``: COINCIDE activations plus loss / perplexity / EL2N from one pass of the base model.
+3. ``activations``: COINCIDE activations plus loss / perplexity / EL2N, and SemDeDup's / D2-Pruning's inputs
+   (last-token and mean embeddings, probability margin; :mod:`vlselect.features.embeddings`) from one pass of the
+   base model.
 4. ``warmup`` and ``gradients``: TIVE's warm-up LoRA on 8% of the pool, then projected per-sample gradients (and
    their norms) of the pool and of every validation set (every LoRA A/B: ICONS, LESS and the composites), and
    ``tive_gradients``: the pool's gradients of the self-attention LoRA only, as TIVE takes them.
@@ -52,7 +54,10 @@ class BenchConfig:
     random 20% learns the colour skills and counting still needs the right data. ``learned_margin``: an evaluation
     set counts in the relative performance only when the full-pool reference beats its chance level (the share of
     its most common answer) by at least this many points; a set that even the full pool does not learn cannot
-    tell subsets apart.
+    tell subsets apart. ``d2_score``: D2-Pruning's importance score, ``"margin"`` (the one-checkpoint probability
+    margin of COINCIDE's ``score_aum.py``, free from the activation pass) or ``"aum"`` (the area under the margin
+    recorded while fine-tuning the base model on the whole pool with the run recipe, seed ``seed``: one more
+    full-pool training run).
     """
 
     size: int = 20000
@@ -83,6 +88,7 @@ class BenchConfig:
     n_clusters: int | None = None
     jobs: int = 2
     max_new_tokens: int = 16
+    d2_score: str = "margin"
 
     @classmethod
     def quick(cls, **overrides: Any) -> "BenchConfig":
@@ -190,6 +196,10 @@ def run_bench(out: str | os.PathLike, config: BenchConfig | None = None, *,
     cfg = config or BenchConfig()
     for m in cfg.methods:
         get_method(m)  # unknown names fail before any work
+    if cfg.d2_score not in ("margin", "aum"):
+        from vlselect.errors import ConfigError
+
+        raise ConfigError(f"d2_score={cfg.d2_score!r}: choose margin (score_aum.py's) or aum (training dynamics)")
     out = Path(out)
     cache = StageCache(out / "cache", log=log)
     started = time.time()
@@ -229,9 +239,18 @@ def run_bench(out: str | os.PathLike, config: BenchConfig | None = None, *,
     from vlselect.features import FeatureStore
 
     act_recipe = {"world": world_recipe, "base": base_recipe}
-    acts_dir, _ = cache.run("activations", act_recipe, lambda d: _extract_activations(base, pool_path, images, d),
+    acts_stage = {**act_recipe, "embeddings": True}  # the store's key; act_recipe keys the stages after it
+    acts_dir, _ = cache.run("activations", acts_stage, lambda d: _extract_activations(base, pool_path, images, d),
                             label="activations and losses")
     acts = FeatureStore.open(acts_dir / "store")
+
+    aum = None  # D2-Pruning's AUM from training dynamics, only when asked for (d2_score="aum")
+    if "d2pruning" in cfg.methods and cfg.d2_score == "aum":
+        dyn_recipe = {**act_recipe, **cfg.recipe("epochs", "lr", "lora_r", "batch_size", "adapter", "modules_to_save",
+                                                 "seed")}
+        ddir, _ = cache.run("dynamics", dyn_recipe, lambda d: _dynamics(cfg, base, pool_path, images, d),
+                            label="training dynamics (AUM) of the pool")
+        aum = FeatureStore.open(ddir / "run" / "aum").array("aum")
 
     # 4. warm-up and gradients (only when a gradient method is asked for) -------------------------------------
     grad_methods = {"icons", "tive", "less", *COMPOSITES} & set(cfg.methods)
@@ -259,12 +278,13 @@ def run_bench(out: str | os.PathLike, config: BenchConfig | None = None, *,
     # 5. selection ------------------------------------------------------------------------------------------------
     man = acts.manifest
     layout = {"num_layers": len(man["layers"]), "hidden_size": man["hidden_size"]}
-    inputs_for = _method_inputs(acts, grads, val_grads, pool, layout, tive_grads)
+    inputs_for = _method_inputs(acts, grads, val_grads, pool, layout, tive_grads, aum)
     subsets: dict[tuple[str, float], Path] = {}
     for m in cfg.methods:
-        sel_recipe = {"method": m, "budgets": list(cfg.budgets), "seed": cfg.seed, "act": act_recipe,
+        sel_recipe = {"method": m, "budgets": list(cfg.budgets), "seed": cfg.seed, "act": acts_stage,
                       "grad": cfg.grad_dim if m in grad_methods else None, "n_clusters": cfg.n_clusters,
-                      "grad_params": "self_attn" if m == "tive" else None}
+                      "grad_params": "self_attn" if m == "tive" else None,
+                      "d2_score": cfg.d2_score if m == "d2pruning" else None}
 
         def do_select(d: Path, m: str = m) -> dict:
             inputs, params = inputs_for(m, cfg)
@@ -344,7 +364,18 @@ def _overlap_budget(cfg: BenchConfig) -> float:
 def _extract_activations(base: Path, pool_path: Path, images: Path, d: Path) -> None:
     from vlselect.features.activations import extract_activations
 
-    extract_activations(base, pool_path, d / "store", images=images, losses=True, batch_size=16, progress=True)
+    extract_activations(base, pool_path, d / "store", images=images, losses=True, embeddings=True, batch_size=16,
+                        progress=True)
+
+
+def _dynamics(cfg: BenchConfig, base: Path, pool_path: Path, images: Path, d: Path) -> None:
+    from vlselect.features.dynamics import train_with_dynamics
+
+    # the fine-tuning recipe of the bench's runs: the same trajectory as the full-pool reference run of this seed
+    train_with_dynamics(base, pool_path, images, d / "run", r=cfg.lora_r, adapter=cfg.adapter,
+                        lora_alpha=2 * cfg.lora_r, lr=cfg.lr, epochs=cfg.epochs, batch_size=cfg.batch_size,
+                        seed=cfg.seed, gradient_checkpointing=False, progress=True,
+                        modules_to_save=list(cfg.modules_to_save) or None, projector_lr=cfg.lr)
 
 
 def _warmup(cfg: BenchConfig, base: Path, pool_path: Path, images: Path, d: Path) -> dict:
@@ -368,8 +399,9 @@ def _val_gradients(cfg: BenchConfig, base: Path, lora: str, valworld: Path, d: P
         _gradients(cfg, base, lora, _eval_samples_as_pool(f), valworld / "images", d / f.stem)
 
 
-def _method_inputs(acts, grads, val_grads, pool, layout, tive_grads=None) -> Callable:
-    """Role arrays and parameters for each method, from the stores."""
+def _method_inputs(acts, grads, val_grads, pool, layout, tive_grads=None, aum=None) -> Callable:
+    """Role arrays and parameters for each method, from the stores (``aum``: D2-Pruning's score when given, else
+    the store's one-checkpoint ``margin``)."""
 
     def inputs_for(m: str, cfg: BenchConfig) -> tuple[dict, dict]:
         params: dict[str, Any] = {}
@@ -386,11 +418,12 @@ def _method_inputs(acts, grads, val_grads, pool, layout, tive_grads=None) -> Cal
         if m == "coincide":
             params.update(n_clusters=k, num_layers=layout.get("num_layers"), hidden_size=layout.get("hidden_size"))
             return {"features": feats}, params
-        if m == "semdedup":
+        if m == "semdedup":  # the official inputs (coincide.md §7.1, §7.3-7.4), not COINCIDE's activations
             params.update(n_clusters=k)
-            return {"features": feats}, params
+            return {"features": acts.array("embed_last")}, params
         if m == "d2pruning":
-            return {"features": feats, "scores": acts.array("el2n")}, params
+            return {"features": acts.array("embed_mean"),
+                    "scores": acts.array("margin") if aum is None else aum}, params
         train = {"train": grads.array("gradients")}
         if m == "tive":
             tg = tive_grads or grads

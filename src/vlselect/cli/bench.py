@@ -18,6 +18,9 @@ def register(app: typer.Typer) -> None:
         size: int = typer.Option(0, "--size", help="World size (default 20000; quick 5000)."),
         jobs: int = typer.Option(2, "--jobs", help="Training/evaluation workers side by side (one thread each)."),
         seed: int = typer.Option(0, "--seed", help="Seed of the world, the model and the selections."),
+        d2_score: str = typer.Option("margin", "--d2-score", help="D2-Pruning's score: margin (one-checkpoint "
+                                     "probability margin, as COINCIDE's score_aum.py) or aum (area under the margin "
+                                     "while fine-tuning on the whole pool: one more training run)."),
     ) -> None:
         """Run every method on the synthetic world, train on each subset, evaluate, and write the table and report.
 
@@ -31,7 +34,11 @@ def register(app: typer.Typer) -> None:
         from vlselect.bench import BenchConfig, run_bench
         from vlselect.bench.report_console import print_results
 
-        over: dict = {"jobs": jobs, "seed": seed}
+        if d2_score not in ("margin", "aum"):
+            from vlselect.errors import ConfigError
+
+            raise ConfigError(f"--d2-score {d2_score!r}: choose margin or aum")
+        over: dict = {"jobs": jobs, "seed": seed, "d2_score": d2_score}
         if methods:
             over["methods"] = tuple(m.strip() for m in methods.split(",") if m.strip())
         if budgets:

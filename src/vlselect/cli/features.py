@@ -24,6 +24,9 @@ def activations(
                                               "of 24, mapped to the model's depth."),
     batch_size: int = typer.Option(8, "--batch-size", help="Samples per forward pass (halved on out-of-memory)."),
     losses: bool = typer.Option(False, "--losses", help="Also write loss, perplexity and EL2N (same pass)."),
+    embeddings: bool = typer.Option(False, "--embeddings",
+                                    help="Also write embed_last (SemDeDup), embed_mean and margin (D2-Pruning): "
+                                         "last-token and mean last hidden state, answer-token probability margin."),
     shard: Optional[str] = typer.Option(None, "--shard", help="i/N: compute only this part (SLURM arrays)."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Record rows with a bad image as missing."),
     shard_size: int = typer.Option(256, "--shard-size", help="Rows per store shard (unit of resumption)."),
@@ -43,7 +46,7 @@ def activations(
 
     path = extract_activations(model, pool, out, images=images, layers=layers, batch_size=batch_size, losses=losses,
                                shard=shard, skip_bad=skip_bad, shard_size=shard_size, dtype=dtype, device=device,
-                               max_length=max_length, progress=not quiet, workers=workers)
+                               max_length=max_length, progress=not quiet, workers=workers, embeddings=embeddings)
     typer.echo(f"features in {path}")
 
 

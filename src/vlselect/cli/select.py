@@ -39,7 +39,8 @@ def _list_methods() -> None:
         table.add_column("default", max_width=16, overflow="fold")
         table.add_column("meaning", min_width=20)
         for r in m.roles:
-            table.add_row(f"--input {r.name}", "required" if r.required else "optional", r.help)
+            arrays = f" (store array: {' or '.join(r.store_arrays)})" if r.store_arrays else ""
+            table.add_row(f"--input {r.name}", "required" if r.required else "optional", r.help + arrays)
         if m.needs_tasks:
             table.add_row("--pool/--tasks", "required", "task labels, one per row")
         for p in m.params:
@@ -174,6 +175,7 @@ def select_command(
         rows_source=rows_source,
         pool_fingerprint=getattr(pool_obj, "fingerprint", None),
         pool_path=pool,
+        store_arrays={r: info.role_for(r).store_arrays for r in aligned},
     )
     _layout_from_store(info, loaded, given)
     if method == "length" and "lengths" not in loaded and pool_obj is not None:

@@ -73,6 +73,9 @@ def train_command(
     bf16: str = typer.Option("auto", "--bf16", help="auto, yes or no."),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue from the last checkpoint in --out."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
+    record_dynamics: bool = typer.Option(False, "--record-dynamics",
+                                         help="Also record each row's AUM (mean logit margin over training) into "
+                                              "OUT/aum, a feature store: D2-Pruning's score (--input scores=OUT/aum)."),
 ) -> None:
     """Fine-tune --model on --pool; without a subcommand this runs training.
 
@@ -92,6 +95,15 @@ def train_command(
         raise ConfigError(f"--save-steps must be a comma list of integers (got {save_steps!r})") from None
     from vlselect.train import train_lora
 
+    aum_dir = None
+    if record_dynamics:
+        from vlselect.features.dynamics import train_with_dynamics
+
+        def train_lora(*a, **kw):  # noqa: F811 - same call, dynamics recorded
+            nonlocal aum_dir
+            r, aum_dir = train_with_dynamics(*a, **kw)
+            return r
+
     res = train_lora(
         model, pool, images, out, indices=_read_indices(indices) if indices else None, adapter=adapter, r=r,
         lora_alpha=lora_alpha, lora_dropout=lora_dropout, lr=lr, projector_lr=projector_lr, epochs=epochs,
@@ -108,6 +120,8 @@ def train_command(
         f"{res.trainable_parameters:,} trainable parameters · {res.samples_per_second:.1f} samples/s · "
         f"peak memory {res.peak_memory_bytes / 2**20:.0f} MiB\n  model: {res.final_dir}", highlight=False,
     )
+    if aum_dir is not None:
+        console.print(f"  training dynamics (AUM): {aum_dir}", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -10,6 +10,10 @@ Arrays written by ``vlselect features activations`` (:mod:`vlselect.features.act
     (N,) uint8, 1 where the row had image tokens (text-only rows are flagged here, spec §1.5).
 ``loss``, ``perplexity``, ``el2n``
     (N,) float32, with ``--losses`` (spec §7.2); NaN for a row without answer tokens or recorded missing.
+``embed_last``, ``embed_mean``, ``margin``
+    with ``--embeddings`` (:mod:`vlselect.features.embeddings`): SemDeDup's and D2-Pruning's inputs (spec §7.1, §7.3,
+    §7.4). The training-dynamics AUM is written by ``vlselect train --record-dynamics``
+    (:mod:`vlselect.features.dynamics`).
 
 Rows recorded missing (``--skip-bad``) are listed in ``manifest["missing_rows"]`` and ``FeatureStore.missing()``.
 """

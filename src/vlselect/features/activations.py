@@ -128,7 +128,8 @@ def _base_model(model):
     return base if base is not None and hasattr(base, "forward") else None
 
 
-def forward_features(loaded, batch: dict, layers: Sequence[int], *, losses: bool = False) -> dict:
+def forward_features(loaded, batch: dict, layers: Sequence[int], *, losses: bool = False,
+                     embeddings: bool = False) -> dict:
     """One batched forward pass → pooled activations (and per-sample losses).
 
     Parameters
@@ -141,6 +142,9 @@ def forward_features(loaded, batch: dict, layers: Sequence[int], *, losses: bool
     losses : bool
         Also compute ``loss``, ``perplexity``, ``el2n`` (:mod:`vlselect.features.losses`); then the forward runs
         to the end, otherwise it stops after the last probed layer.
+    embeddings : bool
+        Also compute ``embed_last``, ``embed_mean`` and ``margin`` (:mod:`vlselect.features.embeddings`, the
+        SemDeDup / D2-Pruning inputs); the forward runs to the end.
 
     Returns
     -------
@@ -156,11 +160,12 @@ def forward_features(loaded, batch: dict, layers: Sequence[int], *, losses: bool
     captured: dict[int, object] = {}
     last = max(layers)
     handles = []
+    full = losses or embeddings  # run to the end: the last hidden state is needed
 
     def hook_for(idx):
         def hook(_module, _inp, out):
             captured[idx] = out
-            if idx == last and not losses:
+            if idx == last and not full:
                 raise _StopForward
 
         return hook
@@ -180,8 +185,8 @@ def forward_features(loaded, batch: dict, layers: Sequence[int], *, losses: bool
                     res = base(**inputs, use_cache=False)
                     hidden = res.last_hidden_state if hasattr(res, "last_hidden_state") else res[0]
                 else:
-                    res = model(**inputs, use_cache=False, output_hidden_states=losses)
-                    hidden = res.hidden_states[-1] if losses else None
+                    res = model(**inputs, use_cache=False, output_hidden_states=full)
+                    hidden = res.hidden_states[-1] if full else None
             except _StopForward:
                 hidden = None
             if losses:
@@ -196,6 +201,11 @@ def forward_features(loaded, batch: dict, layers: Sequence[int], *, losses: bool
                     vals = losses_from_hidden(hidden, batch["labels"].to(dev), head)
                 for k, v in vals.items():
                     out[k] = v.cpu().numpy().astype(np.float32)
+            if embeddings:
+                from vlselect.features.embeddings import embedding_arrays
+
+                out.update(embedding_arrays(hidden, inputs["attention_mask"], batch["labels"].to(dev),
+                                            model.get_output_embeddings()))
             feats = pool_activations([captured[i] for i in layers], batch["image_mask"], batch["text_mask"])
     finally:
         for h in handles:
@@ -205,12 +215,13 @@ def forward_features(loaded, batch: dict, layers: Sequence[int], *, losses: bool
     return out
 
 
-def forward_with_retry(loaded, encoded: list, layers, *, losses=False) -> dict:
+def forward_with_retry(loaded, encoded: list, layers, *, losses=False, embeddings=False) -> dict:
     """:func:`forward_features` on ``collate(encoded)``; on out-of-memory, halves the batch recursively."""
     from vlselect.models import collate
 
     try:
-        return forward_features(loaded, collate(encoded, loaded.pad_token_id), layers, losses=losses)
+        return forward_features(loaded, collate(encoded, loaded.pad_token_id), layers, losses=losses,
+                                embeddings=embeddings)
     except Exception as exc:  # noqa: BLE001
         if not _is_oom(exc):
             raise
@@ -226,16 +237,20 @@ def forward_with_retry(loaded, encoded: list, layers, *, losses=False) -> dict:
         except Exception:  # noqa: BLE001
             pass
         h = len(encoded) // 2
-        a = forward_with_retry(loaded, encoded[:h], layers, losses=losses)
-        b = forward_with_retry(loaded, encoded[h:], layers, losses=losses)
+        a = forward_with_retry(loaded, encoded[:h], layers, losses=losses, embeddings=embeddings)
+        b = forward_with_retry(loaded, encoded[h:], layers, losses=losses, embeddings=embeddings)
         return {k: np.concatenate([a[k], b[k]]) for k in a}
 
 
-def array_specs(hidden_size: int, n_layers: int, losses: bool) -> dict:
+def array_specs(hidden_size: int, n_layers: int, losses: bool, embeddings: bool = False) -> dict:
     """The store arrays written by the extractor: name → (width, dtype)."""
     specs = {"activations": (2 * n_layers * hidden_size, "float16"), "has_image": (None, "uint8")}
     if losses:
         specs.update({k: (None, "float32") for k in LOSS_ARRAYS})
+    if embeddings:
+        from vlselect.features.embeddings import EMBEDDING_ARRAYS
+
+        specs.update({k: (hidden_size if w == "hidden" else w, t) for k, (w, t) in EMBEDDING_ARRAYS.items()})
     return specs
 
 
@@ -292,7 +307,8 @@ def _identity(x):
 
 
 def compute_shard(loaded, pool, rows: range, *, image_root, layers, batch_size: int, losses: bool,
-                  skip_bad: bool, hidden_size: int, max_length: int | None = None, on_rows=None, workers: int = 0):
+                  skip_bad: bool, hidden_size: int, max_length: int | None = None, on_rows=None, workers: int = 0,
+                  embeddings: bool = False):
     """Compute the extractor's arrays for ``rows`` of ``pool`` (whoever chose the rows: datatrove habit).
 
     Samples are encoded (in ``workers`` DataLoader processes when > 0; the result does not depend on it), sorted by
@@ -305,11 +321,11 @@ def compute_shard(loaded, pool, rows: range, *, image_root, layers, batch_size: 
         The arrays for the rows in order, and the absolute indices of the missing rows.
     """
     n = len(rows)
-    specs = array_specs(hidden_size, len(layers), losses)
+    specs = array_specs(hidden_size, len(layers), losses, embeddings)
     arrays = {}
     for name, (width, dtype) in specs.items():
         shape = (n,) if width is None else (n, width)
-        fill = np.nan if name in LOSS_ARRAYS else 0
+        fill = np.nan if name in (*LOSS_ARRAYS, "margin") else 0
         arrays[name] = np.full(shape, fill, dtype=np.float32 if name != "has_image" else np.uint8)
     missing = []
     encoded = []
@@ -325,7 +341,7 @@ def compute_shard(loaded, pool, rows: range, *, image_root, layers, batch_size: 
     encoded.sort(key=lambda t: (t[0], t[1]))
     for b in range(0, len(encoded), batch_size):
         chunk = encoded[b:b + batch_size]
-        res = forward_with_retry(loaded, [c[2] for c in chunk], layers, losses=losses)
+        res = forward_with_retry(loaded, [c[2] for c in chunk], layers, losses=losses, embeddings=embeddings)
         idx = np.array([c[1] for c in chunk])
         for name in specs:
             arrays[name][idx] = res[name]
@@ -354,7 +370,8 @@ def _rank_world(shard: str | None) -> tuple[int, int, int, int]:
 
 def extract_activations(model, pool, out, *, images=None, layers=None, batch_size: int = 8, losses: bool = False,
                         shard: str | None = None, skip_bad: bool = False, shard_size: int = 256, dtype=None,
-                        device=None, max_length: int | None = None, progress: bool = True, workers: int = 0) -> Path:
+                        device=None, max_length: int | None = None, progress: bool = True, workers: int = 0,
+                        embeddings: bool = False) -> Path:
     """Extract COINCIDE activations (and, with ``losses``, loss / perplexity / EL2N) for a pool into a store.
 
     Parameters
@@ -382,6 +399,9 @@ def extract_activations(model, pool, out, *, images=None, layers=None, batch_siz
     workers : int
         Processes that encode samples (chat template, tokenizer, images) while the model runs; 0 = in this
         process. The official extraction uses 4 DataLoader workers.
+    embeddings : bool
+        Also write ``embed_last``, ``embed_mean`` and ``margin``: SemDeDup's and D2-Pruning's inputs
+        (:mod:`vlselect.features.embeddings`) from the same forward pass.
 
     Returns
     -------
@@ -419,17 +439,18 @@ def extract_activations(model, pool, out, *, images=None, layers=None, batch_siz
         "pooling": "mean(image_mask) | mean(text_mask); tanh; l2; /sqrt(2L)",
         "dtype": "float16",
         "losses": bool(losses),
+        "embeddings": bool(embeddings),
         "pool": str(Path(pool).resolve()),
         "pool_fingerprint": the_pool.fingerprint,
         "text_only": "vision half zeros; flagged in has_image",
     }
-    store = FeatureStore.create(out, arrays=array_specs(hidden, len(layer_list), losses), n_rows=len(the_pool),
+    store = FeatureStore.create(out, arrays=array_specs(hidden, len(layer_list), losses, embeddings), n_rows=len(the_pool),
                                 shard_size=shard_size, meta=meta, sample_ids=the_pool.ids)
     todo = store.pending(rank, world)
     kill_after = int(os.environ.get("VLSELECT_TEST_KILL_AFTER_SHARDS", "0") or 0)
     if todo:
         _run_shards(store, todo, loaded, the_pool, images, layer_list, batch_size, losses, skip_bad, hidden,
-                    max_length, progress and tr_rank == 0, kill_after, workers)
+                    max_length, progress and tr_rank == 0, kill_after, workers, embeddings)
     if tr_world > 1:
         _barrier()
     if tr_rank == 0:  # one process per job (torchrun: its rank 0) tries; finalise needs every shard done
@@ -456,7 +477,7 @@ def _barrier():
 
 
 def _run_shards(store, todo, loaded, pool, images, layers, batch_size, losses, skip_bad, hidden, max_length,
-                show, kill_after, workers=0):
+                show, kill_after, workers=0, embeddings=False):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     total = sum(len(s) for s in todo)
@@ -475,7 +496,7 @@ def _run_shards(store, todo, loaded, pool, images, layers, batch_size, losses, s
             arrays, missing = compute_shard(loaded, pool, range(shard.start, shard.stop), image_root=images,
                                             layers=layers, batch_size=batch_size, losses=losses, skip_bad=skip_bad,
                                             hidden_size=hidden, max_length=max_length, on_rows=advance,
-                                            workers=workers)
+                                            workers=workers, embeddings=embeddings)
             store.write_shard(shard.index, arrays, missing)
             if kill_after and written >= kill_after:
                 os.kill(os.getpid(), signal.SIGKILL)

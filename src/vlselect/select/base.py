@@ -230,13 +230,16 @@ class Param:
 class Role:
     """An input a method reads. ``name`` may end in ``/*`` (e.g. ``val/*``: one array per target task).
 
-    ``aligned`` roles have one row per pool row; others (validation gradients) do not.
+    ``aligned`` roles have one row per pool row; others (validation gradients) do not. ``store_arrays``: the
+    FeatureStore arrays this method reads for the role when ``ROLE=DIR`` names none, first present wins (empty:
+    the role's project-wide default, ``select.io.DEFAULT_ARRAY``).
     """
 
     name: str
     help: str
     required: bool = True
     aligned: bool = True
+    store_arrays: tuple[str, ...] = ()
 
     def matches(self, role: str) -> bool:
         if self.name.endswith("/*"):

@@ -191,8 +191,11 @@ def reverse_message_passing(
 @register_method(
     "d2pruning",
     roles=(
-        Role("features", "per-row embeddings (mean of the last hidden states, score_embed.py --avg_embed)"),
-        Role("scores", "per-row importance score (AUM or EL2N), 1-D"),
+        Role("features", "per-row embeddings: mean of the last hidden states (score_embed.py --avg_embed; vlselect "
+                         "features activations --embeddings)", store_arrays=("embed_mean",)),
+        Role("scores", "per-row importance score, higher = easier, 1-D: AUM from training (vlselect train "
+                       "--record-dynamics) or the one-checkpoint probability margin of score_aum.py (--embeddings)",
+             store_arrays=("aum", "margin")),
     ),
     params=(
         Param("n_neighbors", 5, int, "out-neighbours per node (--n-neighbors; the scripts pass 5, the search asks k+1)",
@@ -227,7 +230,9 @@ def select_d2pruning(
 
     Parameters
     ----------
-    arrays : ``features`` (N x d) and ``scores`` (N, e.g. AUM: higher = easier).
+    arrays : ``features`` (N x d; ``embed_mean`` of ``vlselect features activations --embeddings``) and ``scores``
+        (N, higher = easier: ``aum`` of ``vlselect train --record-dynamics``, or ``margin``, the official
+        one-checkpoint probability margin of ``score_aum.py``).
     n_neighbors : 5 out-neighbours; gamma : 0.4 (reverse); gamma_forward : 1.0.
     graph : ``exact`` by default (the official IVFPQ graph is approximate and varies with faiss's training);
         ``strict_official`` uses ``ivfpq`` with ``nlist``/``m``/``nbits`` (faiss seeds its own training) and the

@@ -150,15 +150,25 @@ def _open_store(path: Path):
                            "file") from None
 
 
-def load_input(role: str, path: str | os.PathLike[str], array: str | None = None) -> LoadedInput:
-    """Load one role input: a FeatureStore directory (``array`` or the role's default array), a ``.npy`` file
-    (memory-mapped, never copied) or a ``.json`` list (1-D or 2-D numbers)."""
+def load_input(role: str, path: str | os.PathLike[str], array: str | None = None,
+               store_arrays: Sequence[str] = ()) -> LoadedInput:
+    """Load one role input: a FeatureStore directory (``array``, else the first of the method's ``store_arrays``
+    the store has, else the role's default array), a ``.npy`` file (memory-mapped, never copied) or a ``.json``
+    list (1-D or 2-D numbers)."""
     p = Path(path)
     if not p.exists():
         raise FeatureError(f"input {role}={path}: no such file or directory; check the path (give ROLE=PATH)")
     if p.is_dir():
         store = _open_store(p)
         names = list(store.names())
+        if array is None and store_arrays:
+            array = next((a for a in store_arrays if a in names), None)
+            if array is None:
+                raise FeatureError(
+                    f"input {role}={path}: the method reads array {' or '.join(map(repr, store_arrays))} for role "
+                    f"{role!r} and this feature store has none (it has: {', '.join(names) or 'none'}); extract it "
+                    f"(see 'vlselect select --list') or pick an array with {role}={path}:NAME"
+                )
         name = array or _default_array_for(role)
         if name is None:
             if len(names) == 1:
@@ -212,17 +222,19 @@ def load_inputs(
     rows_source: str | None = None,
     pool_fingerprint: str | None = None,
     pool_path: str | None = None,
+    store_arrays: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[str, LoadedInput]:
     """Load every ``--input ROLE=PATH`` and check alignment: each aligned input must have ``n_rows`` rows (the
     pool's or the task list's, named by ``rows_source``) and the same count as every other aligned input; a
     feature store made for another pool (fingerprint) is refused. ``aligned_roles`` maps each role to whether
-    it is row-aligned."""
+    it is row-aligned; ``store_arrays`` maps a role to the arrays the method reads from a store (see
+    :func:`load_input`)."""
     loaded: dict[str, LoadedInput] = {}
     for spec in specs:
         role, path, array = parse_input_spec(spec)
         if role in loaded:
             raise ConfigError(f"--input {role} given twice ({loaded[role].path} and {path}); give each role once")
-        li = load_input(role, path, array)
+        li = load_input(role, path, array, (store_arrays or {}).get(role, ()))
         loaded[role] = li
         if (aligned_roles.get(role, True) and pool_fingerprint and li.pool_fingerprint
                 and li.pool_fingerprint != pool_fingerprint):

@@ -48,7 +48,8 @@ def max_earlier_similarity(x: np.ndarray, block_rows: int = 1024) -> np.ndarray:
 
 @register_method(
     "semdedup",
-    roles=(Role("features", "per-row embeddings (the last-token embedding of the reference model)"),),
+    roles=(Role("features", "per-row embeddings: the last-token last hidden state of the reference model (vlselect "
+                            "features activations --embeddings)", store_arrays=("embed_last",)),),
     params=(
         Param("n_clusters", 10000, int, "k-means clusters (10000 LLaVA, 3000 Vision-Flan)", aliases=("K", "num_clusters"), ge=1),
         Param("niter", 50, int, "k-means iterations", ge=1),
@@ -92,7 +93,8 @@ def select_semdedup(
 
     Parameters
     ----------
-    arrays : ``features`` (N x d).
+    arrays : ``features`` (N x d): the last-token embedding (``embed_last`` of ``vlselect features activations
+        --embeddings``, spec §7.1); any N x d embedding works.
     n_clusters, niter, kmeans_seed : faiss k-means (10000 / 50 / 1234 in the LLaVA script).
     keep_hard : farthest from the centroid first (the script's ``--keep_hard``).
     eps_list : strict mode only.

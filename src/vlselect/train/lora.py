@@ -265,6 +265,7 @@ def train_lora(
     stop_after_steps: int | None = None,
     progress: bool = True,
     device=None,
+    on_batch=None,
 ) -> TrainResult:
     """Fine-tune ``model_dir`` on a pool (or the ``indices`` of it) with LoRA or MMA adapters.
 
@@ -324,6 +325,10 @@ def train_lora(
         Stop (after checkpointing) once this many optimiser steps are done; run again to continue.
     progress : bool
         Show a rich progress bar with loss and samples/s.
+    on_batch : callable, optional
+        Called after each micro-batch's forward as ``on_batch(step, rows, logits, labels, last)``: 1-based
+        optimiser step, the micro-batch's pool positions, its logits and labels, and whether it is this rank's last
+        micro-batch of the step (e.g. :class:`vlselect.features.dynamics.MarginRecorder`).
 
     Returns
     -------
@@ -473,8 +478,12 @@ def train_lora(
                 ctx_mma = (mma_mod.mma_routing(model, [1 if s.images else 0 for s in samples])
                            if adapter == "mma" else _null())
                 with ctx_mma, (autocast or _null()):
-                    loss = model(**batch).loss
+                    fwd = model(**batch)
+                    loss = fwd.loss
                     (loss / n_micro).backward()  # mean over the step's micro-batches (summed over ranks below)
+                if on_batch is not None:
+                    on_batch(step + 1, [idx[p] for p in mb], fwd.logits, batch["labels"], mb is mbs[-1])
+                del fwd
                 step_loss += float(loss.detach()) / n_micro
                 seen += len(samples)
             if world > 1:

@@ -41,7 +41,7 @@ def activations(
 ) -> None:
     """COINCIDE activations (o_proj output, image/text means, tanh, L2, /sqrt(2L)) into a sharded store.
 
-    Example: vlselect features activations --model tiny-llava --pool world/pool.json --images world/images --losses --out feats/acts
+    Example: vlselect features activations --model tiny-llava --pool world/pool.json --losses --out feats/acts
     """
     from vlselect.features.activations import extract_activations
 

@@ -50,7 +50,7 @@ def gradients(
     Recipes: ICONS --dim 5120 (and the same command on each target task's validation file); TIVE --params
     self_attn --norms; LESS --adam-state WARM/adam_state.pt.
 
-    Example: vlselect features gradients --model tiny-llava --lora warm/lora --pool world/pool.json --images world/images --params self_attn --norms --dim 1024 --out feats/grads
+    Example: vlselect features gradients --model tiny-llava --lora warm/lora --pool world/pool.json --params self_attn --norms --dim 256 --out feats/grads
     """
     from vlselect.errors import ConfigError
     from vlselect.features.gradients import PROJECTIONS, extract_gradients

@@ -12,7 +12,7 @@ from vlselect.cli._pool_options import SKIP_INVALID, UNIQUE_IDS  # one definitio
 pool_app = typer.Typer(
     name="pool",
     help="Read, describe and check instruction pools (LLaVA JSON/JSONL, Vision-Flan, DataOptim).\n\n"
-    "Example: vlselect pool stats llava_v1_5_mix665k.json",
+    "Example: vlselect pool stats world/pool.json",
     no_args_is_help=True,
     rich_markup_mode="rich",
 )
@@ -94,7 +94,7 @@ def stats_cmd(
 
     Skipped records and renamed ids are always reported. Exit code 2 on a bad file (the message names the record).
 
-    Example: vlselect pool stats llava_v1_5_mix665k.json --json
+    Example: vlselect pool stats world/pool.json --json
     """
     from vlselect.pool import pool_stats
 
@@ -130,7 +130,7 @@ def check_cmd(
 
     Exit code 2 when the pool file itself is bad or the image folder does not exist.
 
-    Example: vlselect pool check llava_v1_5_mix665k.json --images ./playground/data
+    Example: vlselect pool check world/pool.json   (LLaVA-665K: --images ./playground/data)
     """
     from vlselect.errors import PoolError
     from vlselect.pool import check_images
@@ -180,7 +180,7 @@ def subset_cmd(
 
     An unknown id is an error that names it and its line.
 
-    Example: vlselect pool subset DataOptim/data --ids submission.txt --out train.json
+    Example: vlselect pool subset world/pool.json --ids sel/coincide/frac0.2/ids.txt --out train.json   (DataOptim: pass its data/ directory)
     """
     from vlselect.pool import read_dataoptim_ids, write_llava_subset
 
@@ -203,7 +203,7 @@ def tasks_cmd(
 
     Selection commands that take --tasks read this file (one label per row, in pool order).
 
-    Example: vlselect pool tasks llava_v1_5_mix665k.json -o tasks.json
+    Example: vlselect pool tasks world/pool.json -o tasks.json
     """
     from vlselect.pool import write_task_labels
 

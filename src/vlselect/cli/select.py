@@ -98,7 +98,7 @@ def select_command(
     One budget writes DIR/indices.npy, scores.npy, manifest.json (+ subset.json and ids.txt with --pool);
     several budgets (e.g. --budget 0.05,0.1,0.2) write one DIR/<label>/ folder each (frac0.05, n4000).
 
-    Example: vlselect select coincide --input features=feats/acts --pool world/pool.json --budget 0.1,0.2 --out sel/coincide
+    Example: vlselect select coincide --input features=feats/acts --pool world/pool.json --budget 0.1,0.2 --param K=20 --out sel/coincide
     """
     if list_methods:
         _list_methods()

@@ -37,7 +37,7 @@ def warmup(
 ) -> None:
     """Train the warm-up reference model and export its LoRA adapter (for --lora) and Adam state (--adam-state).
 
-    Example: vlselect train warmup --model tiny-llava --pool world/pool.json --images world/images --rule tive --out warm
+    Example: vlselect train warmup --model tiny-llava --pool world/pool.json --rule tive --out warm
     """
     from vlselect.train.warmup import train_warmup
 

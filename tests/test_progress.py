@@ -73,3 +73,12 @@ def test_lora_training_emits_no_future_warning(tmp_path, tiny_llava, capsys):  #
     assert res.steps == 1
     future = [str(w.message) for w in caught if issubclass(w.category, FutureWarning)]
     assert future == []
+
+
+def test_slow_work_reads_as_seconds_per_unit():
+    clock, out = FakeClock(), io.StringIO()
+    with ProgressBar("train", unit="steps", interval=0, stream=out, clock=clock) as bar:
+        task = bar.add_task("", total=3)
+        clock.t += 28
+        bar.advance(task)  # one step in 28 s: 56 s left
+    assert out.getvalue().splitlines()[0] == "train: 1/3 steps (33%) · 28.0 s/step · 0:00:56 left"

@@ -119,7 +119,8 @@ class ProgressBar:
         if self._rich is not None:
             rate = self.rate(task)
             self._rich.update(task, completed=t.completed, total=t.total, description=t.description,
-                              rate=f"{rate:.1f} {self.unit}/s" if rate else "")  # fmt: skip
+                              rate=f"{rate:.1f} {self.unit}/s" if rate >= 0.5 else
+                              (f"{1 / rate:.1f} s/{self.unit.rstrip('s')}" if rate else ""))  # fmt: skip
         if self.log and self.clock() - t.last_log >= self.interval:
             self._write(t)
 
@@ -142,8 +143,8 @@ class ProgressBar:
             count += f" ({100 * t.completed / t.total:.0f}%)"
         parts = [f"{head}: {count}"]
         rate = self.rate(task)
-        if rate > 0:
-            parts.append(f"{rate:.1f} {self.unit}/s")
+        if rate > 0:  # slow work (a training step of half a minute) reads better as seconds per unit
+            parts.append(f"{rate:.1f} {self.unit}/s" if rate >= 0.5 else f"{1 / rate:.1f} s/{self.unit.rstrip('s')}")
             if t.total and t.completed < t.total:
                 parts.append(f"{_clock_text((t.total - t.completed) / rate)} left")
         elif t.completed:

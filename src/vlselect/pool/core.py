@@ -819,7 +819,7 @@ def open_pool(
         Skip records that are malformed, lack conversations or have an unknown role instead of raising; every
         skipped record is counted in :attr:`Pool.skipped` by reason.
     progress:
-        Show a rich progress bar (on stderr) while reading.
+        Show progress on stderr while reading (:mod:`vlselect.progress`).
 
     Returns
     -------

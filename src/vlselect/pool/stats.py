@@ -93,7 +93,7 @@ def check_images(pool: Pool, image_root: str | os.PathLike | None = None, *, max
     max_examples:
         How many examples of each problem to keep.
     progress:
-        Show a rich progress bar on stderr.
+        Show progress on stderr (:mod:`vlselect.progress`).
 
     Returns
     -------

@@ -320,7 +320,7 @@ def train_lora(
     stop_after_steps : int, optional
         Stop (after checkpointing) once this many optimiser steps are done; run again to continue.
     progress : bool
-        Show a rich progress bar with loss and samples/s.
+        Show progress with loss and samples/s (:mod:`vlselect.progress`).
 
     Returns
     -------

@@ -21,7 +21,7 @@ console = Console()
 train_app = typer.Typer(
     name="train",
     help="Fine-tune a VLM on a pool or subset (LoRA with the LLaVA-1.5 recipe, --adapter full or mma), resumable.\n\n"
-    "Example: vlselect train --model tiny-llava --pool sel/coincide/frac0.2/subset.json --out runs/coincide --epochs 1",
+    "Example: vlselect train --model tiny-llava --pool sel/coincide/frac0.2/subset.json --images world/images --out runs/coincide --epochs 1",
     invoke_without_command=True,
     no_args_is_help=False,
 )
@@ -80,7 +80,7 @@ def train_command(
 ) -> None:
     """Fine-tune --model on --pool; without a subcommand this runs training.
 
-    Example: vlselect train --model tiny-llava --pool sel/coincide/frac0.2/subset.json --out runs/coincide --epochs 1
+    Example: vlselect train --model tiny-llava --pool sel/coincide/frac0.2/subset.json --images world/images --out runs/coincide --epochs 1
     """
     if ctx.invoked_subcommand is not None:
         return

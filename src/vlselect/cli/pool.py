@@ -128,9 +128,10 @@ def check_cmd(
 
     Exit code: 0 when every image exists and decodes, 1 when problems were found.
 
-    Exit code 2 when the pool file itself is bad or the image folder does not exist.
+    Exit code 2 when the pool file itself is bad or the image folder does not exist. LLaVA-665K: --images
+    ./playground/data.
 
-    Example: vlselect pool check world/pool.json   (LLaVA-665K: --images ./playground/data)
+    Example: vlselect pool check world/pool.json
     """
     from vlselect.errors import PoolError
     from vlselect.pool import check_images
@@ -178,9 +179,9 @@ def subset_cmd(
 
     Ids are looked up in a global index over all files (not by id prefix); repeats are written again.
 
-    An unknown id is an error that names it and its line.
+    An unknown id is an error that names it and its line. DataOptim: pass its data/ directory as FILE.
 
-    Example: vlselect pool subset world/pool.json --ids sel/coincide/frac0.2/ids.txt --out train.json   (DataOptim: pass its data/ directory)
+    Example: vlselect pool subset world/pool.json --ids sel/coincide/frac0.2/ids.txt --out train.json
     """
     from vlselect.pool import read_dataoptim_ids, write_llava_subset
 

@@ -31,7 +31,10 @@ def tiny_llava_lora(seed: int = 0, r: int = 4):
     model = LlavaForConditionalGeneration(cfg).eval()
     lc = LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.05,
                     target_modules=r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)")
-    pm = get_peft_model(model, lc)
+    from vlselect.models.peft_wrap import quiet_peft_wrap
+
+    with quiet_peft_wrap():  # PEFT reads a property transformers 5 deprecates
+        pm = get_peft_model(model, lc)
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for n, p in pm.named_parameters():

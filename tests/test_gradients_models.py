@@ -45,7 +45,10 @@ def write_pool(root: Path, n: int = 7) -> tuple[Path, Path]:
 def add_lora(model, seed: int = 0, r: int = 4):
     from peft import LoraConfig, get_peft_model
 
-    pm = get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.05, target_modules=LLM_TARGETS))
+    from vlselect.models.peft_wrap import quiet_peft_wrap
+
+    with quiet_peft_wrap():  # PEFT reads a property transformers 5 deprecates
+        pm = get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.05, target_modules=LLM_TARGETS))
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for n, p in pm.named_parameters():

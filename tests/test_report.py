@@ -89,3 +89,48 @@ def test_report_renders_in_a_headless_browser(tmp_path):
     # the header band is the page's dark header colour (#1d2330), i.e. the CSS was applied
     r, g, b = img.getpixel((5, 5))
     assert (r, g, b) == (0x1D, 0x23, 0x30)
+
+
+def _method_names():
+    from vlselect.select import REGISTRY
+
+    return sorted(REGISTRY)
+
+
+def test_every_method_gets_a_distinct_colour():
+    from vlselect.report.html import colours
+
+    names = _method_names()
+    assert len(names) >= 13
+    col = colours(names)
+    assert len(set(col.values())) == len(names)
+    many = colours(f"m{i}" for i in range(60))  # past the palette too
+    assert len(set(many.values())) == 60
+    rows = [{"method": m, "budget": b, "n_seeds": 1, "relative_mean": 0.0, "scores": {}} for m in names
+            for b in (0.1, 0.2)]
+    page = render_html({"rows": rows})
+    legend = dict((n, c) for c, n in re.findall(r'<span><i style="background:([^"]+)"></i>([^<]+)</span>', page))
+    assert sorted(legend) == names and len(set(legend.values())) == len(names)
+
+
+def test_line_labels_do_not_overlap_when_every_line_ends_at_zero():
+    """13 methods at 0 at every budget: each line's direct label sits at least 12 px from the next, in the chart."""
+    names = _method_names()
+    rows = [{"method": m, "budget": b, "n_seeds": 1, "relative_mean": 0.0, "scores": {}} for m in names
+            for b in (0.1, 0.2)]
+    page = render_html({"rows": rows})
+    svg = re.search(r'<svg[^>]*height="(\d+)"[^>]*aria-label="relative[^"]*"[^>]*>(.*?)</svg>', page, re.S)
+    height, body = float(svg.group(1)), svg.group(2)
+    ys = sorted(float(y) for y, n in re.findall(r'<text x="[\d.]+" y="([\d.]+)" fill="[^"]+">([^<]+)</text>', body)
+                if n in names)
+    assert len(ys) == len(names)
+    assert all(b - a >= 12 - 1e-6 for a, b in zip(ys, ys[1:])) and ys[0] > 0 and ys[-1] <= height
+    assert body.count('<g class="series">') == len(names)
+
+
+def test_bench_notes_for_the_quick_form_read_well():
+    from vlselect.bench.run import BenchConfig, _notes
+
+    text = " ".join(_notes(BenchConfig.quick(), {}))
+    assert "[]" not in text and "survey.md" not in text
+    assert "one training seed (0) at every budget" in text

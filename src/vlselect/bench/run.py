@@ -174,7 +174,7 @@ def _scores(results: dict) -> dict[str, float]:
 
 
 def run_bench(out: str | os.PathLike, config: BenchConfig | None = None, *,
-              log: Callable[[str], None] = _log_default) -> dict[str, Any]:
+              log: Callable[[str], None] = _log_default, command: str | None = None) -> dict[str, Any]:
     """Run the benchmark into ``out`` and return the results dict (also saved as ``results.json``).
 
     Parameters
@@ -183,6 +183,8 @@ def run_bench(out: str | os.PathLike, config: BenchConfig | None = None, *,
         Output folder: ``cache/`` (stages), ``results.json``, ``results.csv``, ``report.html``.
     config : BenchConfig
         The recipe (default: the full benchmark; :meth:`BenchConfig.quick` for the quick one).
+    command : str, optional
+        The command line shown in the report (default: ``vlselect bench`` with ``--quick`` for the quick form).
 
     Returns
     -------
@@ -319,6 +321,8 @@ def run_bench(out: str | os.PathLike, config: BenchConfig | None = None, *,
     results = _assemble(cfg, runs, subsets, tasks, n, cache, started, eval_files)
     results["targets"] = check_targets(results)
     results["notes"] = _notes(cfg, base_info, results)
+    if command:
+        results["command"] = command
     names, mat = jaccard_matrix({m: np.load(p).tolist() for (m, b), p in subsets.items()
                                  if b == _overlap_budget(cfg)})
     results["overlap"] = {"budget": _overlap_budget(cfg), "methods": names, "jaccard": mat}
@@ -615,7 +619,8 @@ def _notes(cfg: BenchConfig, base_info: dict, results: dict | None = None) -> li
     results = results or {}
     learned = results.get("learned_sets")
     notes = [
-        "Relative performance = mean over evaluation sets of (score / full-pool score) x 100 (survey.md §1), over "
+        "Relative performance = mean over evaluation sets of (score / full-pool score) x 100 (docs/methods.md, "
+        "'Relative performance'), over "
         + (f"the sets the full pool learned (>= {cfg.learned_margin:g} points above chance): {', '.join(learned)}."
            if learned else "all sets (the full pool learned none above chance: the table cannot rank methods)."),
         f"Base model: tiny {cfg.family} ({cfg.model_size}), pre-trained ({cfg.adapter}) on {cfg.pretrain_size} "
@@ -623,7 +628,9 @@ def _notes(cfg: BenchConfig, base_info: dict, results: dict | None = None) -> li
         f"{base_info.get('loss_last') or float('nan'):.2f}).",
         f"Fine-tuning: {cfg.adapter}" + (f" (r={cfg.lora_r})" if cfg.adapter == "lora" else "")
         + f", lr {cfg.lr}, {cfg.epochs} epochs, batch {cfg.batch_size}; "
-        f"seeds {list(cfg.seeds)} at budgets {list(cfg.seed_budgets)}, one seed elsewhere.",
+        + (f"seeds {', '.join(map(str, cfg.seeds))} at budgets {', '.join(f'{b:g}' for b in cfg.seed_budgets)}, one "
+         "seed elsewhere." if cfg.seed_budgets and len(cfg.seeds) > 1
+         else f"one training seed ({cfg.seeds[0]}) at every budget: no interval over seeds."),
         "ICONS and LESS target the evaluation skills through validation sets drawn from a world of another seed; "
         "no method sees the test sets. Gradient features: LoRA (r=%d) gradients of a warm-up model." % cfg.lora_r,
     ]

@@ -23,6 +23,24 @@ app = typer.Typer(
 err_console = Console(stderr=True)
 
 
+def _hide_flag_type() -> None:
+    """typer (0.2x) prints a ``<bool>`` type beside every on/off flag, as if the flag took a value; show none."""
+    from typer.core import TyperOption
+
+    shown = getattr(TyperOption, "display_type_rich", None)
+    if shown is None or getattr(shown, "_vlselect", False):
+        return
+
+    def display_type_rich(self, ctx):
+        return None if self.is_flag else shown(self, ctx)
+
+    display_type_rich._vlselect = True
+    TyperOption.display_type_rich = display_type_rich
+
+
+_hide_flag_type()
+
+
 def _version(value: bool) -> None:
     if value:
         from vlselect import __version__

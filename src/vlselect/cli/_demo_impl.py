@@ -27,7 +27,7 @@ def run_demo(out: Path, size: int = 0, seed: int = 0, jobs: int = 2) -> dict:
 
     world = make_worlds(StageCache(out / "cache", log=console.print), cfg)["world"]
     print_stats(pool_stats(open_pool(world / "pool.json")), console)
-    results = run_bench(out, cfg)
+    results = run_bench(out, cfg, command=f"vlselect demo --out {out}")
     print_results(results, console)
     console.print(f"\nreport: {out / 'report.html'}  ·  table: {out / 'results.csv'}  ·  "
                   f"world card: {world / 'README.md'}")

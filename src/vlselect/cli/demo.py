@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -11,7 +12,7 @@ def register(app: typer.Typer) -> None:
     @app.command("demo")
     def demo(
         out: Path = typer.Option(Path("demo-out"), "--out", help="Folder for everything the demo writes."),
-        size: int = typer.Option(0, "--size", help="Pool size of the demo world (default: the quick bench's, 5,000)."),
+        size: Optional[int] = typer.Option(None, "--size", help="Pool size of the demo world (default 5000, the quick bench's)."),
         seed: int = typer.Option(0, "--seed", help="Seed of the world, the model and the selections."),
         jobs: int = typer.Option(2, "--jobs", help="Training/evaluation workers side by side."),
     ) -> None:
@@ -25,4 +26,4 @@ def register(app: typer.Typer) -> None:
         """
         from vlselect.cli._demo_impl import run_demo
 
-        run_demo(out=out, size=size, seed=seed, jobs=jobs)
+        run_demo(out=out, size=size or 0, seed=seed, jobs=jobs)

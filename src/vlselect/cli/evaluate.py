@@ -19,7 +19,7 @@ console = Console()
 eval_app = typer.Typer(
     name="eval",
     help="Evaluate a model on evaluation sets; relative performance against a reference; intervals over seeds.\n\n"
-    "Example: vlselect eval --model runs/lora/final --eval world/eval/color.json --images world/images --out ev",
+    "Example: vlselect eval --model runs/coincide/final --eval world/eval/color.json --images world/images --out ev/coincide",
     invoke_without_command=True,
     no_args_is_help=False,
 )
@@ -47,7 +47,7 @@ def eval_command(
 ) -> None:
     """Evaluate --model on --eval sets; without a subcommand this runs the evaluation.
 
-    Example: vlselect eval --model runs/lora/final --eval world/eval/colors.json --images world/images --out ev
+    Example: vlselect eval --model runs/coincide/final --eval world/eval/color.json --images world/images --out ev/coincide
     """
     if ctx.invoked_subcommand is not None:
         return

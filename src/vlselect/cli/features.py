@@ -8,6 +8,8 @@ from typing import List, Optional
 
 import typer
 
+from vlselect.cli._pool_options import IMAGES, SKIP_INVALID, UNIQUE_IDS, open_cli_pool
+
 features_app = typer.Typer(help="Per-sample features: activations, losses, gradients; store info and merge.\n\n"
                            "Example: vlselect features activations --model tiny-llava --pool world/pool.json --out feats/acts",
                            no_args_is_help=True)
@@ -17,7 +19,9 @@ features_app = typer.Typer(help="Per-sample features: activations, losses, gradi
 def activations(
     model: Path = typer.Option(..., "--model", help="Model directory (save_pretrained layout)."),
     pool: Path = typer.Option(..., "--pool", help="Pool file (LLaVA JSON/JSONL, Vision-Flan, DataOptim)."),
-    images: Optional[Path] = typer.Option(None, "--images", help="Image folder the pool's paths are relative to."),
+    images: Optional[Path] = IMAGES,
+    unique_ids: bool = UNIQUE_IDS,
+    skip_invalid: bool = SKIP_INVALID,
     out: Path = typer.Option(..., "--out", help="Feature store directory (an unfinished one is resumed)."),
     layers: Optional[str] = typer.Option(None, "--layers",
                                          help="Comma-separated 0-based layers; default: the paper's 3,7,11,15,19 "
@@ -40,11 +44,13 @@ def activations(
 ) -> None:
     """COINCIDE activations (o_proj output, image/text means, tanh, L2, /sqrt(2L)) into a sharded store.
 
-    Example: vlselect features activations --model tiny-llava --pool world/pool.json --images world/images --losses --out feats/acts
+    Example: vlselect features activations --model tiny-llava --pool world/pool.json --losses --out feats/acts
     """
     from vlselect.features.activations import extract_activations
 
-    path = extract_activations(model, pool, out, images=images, layers=layers, batch_size=batch_size, losses=losses,
+    the_pool, images = open_cli_pool(pool, unique_ids=unique_ids, skip_invalid=skip_invalid, images=images,
+                                     progress=not quiet)
+    path = extract_activations(model, the_pool, out, images=images, layers=layers, batch_size=batch_size, losses=losses,
                                shard=shard, skip_bad=skip_bad, shard_size=shard_size, dtype=dtype, device=device,
                                max_length=max_length, progress=not quiet, workers=workers, embeddings=embeddings)
     typer.echo(f"features in {path}")

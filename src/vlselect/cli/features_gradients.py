@@ -12,13 +12,17 @@ from typing import Optional
 
 import typer
 
+from vlselect.cli._pool_options import IMAGES, SKIP_INVALID, UNIQUE_IDS, open_cli_pool
+
 
 def gradients(
     model: Path = typer.Option(..., "--model", help="Base model directory (save_pretrained layout)."),
     lora: Optional[Path] = typer.Option(None, "--lora", help="PEFT LoRA adapter of the warm-up reference model "
                                         "(e.g. the lora/ folder of 'vlselect train warmup')."),
     pool: Path = typer.Option(..., "--pool", help="Pool file, or a validation set for ICONS's target tasks."),
-    images: Optional[Path] = typer.Option(None, "--images", help="Image folder the pool's paths are relative to."),
+    images: Optional[Path] = IMAGES,
+    unique_ids: bool = UNIQUE_IDS,
+    skip_invalid: bool = SKIP_INVALID,
     out: Path = typer.Option(..., "--out", help="Feature store directory (an unfinished one is resumed)."),
     dim: int = typer.Option(8192, "--dim", help="Projection dimension: 8192 (TIVE, LESS) or 5120 (ICONS)."),
     projection: str = typer.Option("rademacher", "--projection",
@@ -46,7 +50,7 @@ def gradients(
     Recipes: ICONS --dim 5120 (and the same command on each target task's validation file); TIVE --params
     self_attn --norms; LESS --adam-state WARM/adam_state.pt.
 
-    Example: vlselect features gradients --model tiny-llava --lora warm/lora --pool world/pool.json --images world/images --params self_attn --norms --dim 1024 --out feats/grads
+    Example: vlselect features gradients --model tiny-llava --lora warm/lora --pool world/pool.json --params self_attn --norms --dim 256 --out feats/grads
     """
     from vlselect.errors import ConfigError
     from vlselect.features.gradients import PROJECTIONS, extract_gradients
@@ -55,7 +59,11 @@ def gradients(
         raise ConfigError(f"--projection {projection!r} is unknown; use rademacher, gaussian or factored")
     from vlselect.evaluate.sets import eval_set_as_samples, looks_like_eval_set
 
-    source = eval_set_as_samples(pool) if looks_like_eval_set(pool) else pool  # a validation set (ICONS, LESS)
+    if looks_like_eval_set(pool):  # a validation set (ICONS, LESS); its images sit where the pool's do
+        source = eval_set_as_samples(pool)
+    else:
+        source, images = open_cli_pool(pool, unique_ids=unique_ids, skip_invalid=skip_invalid, images=images,
+                                       progress=not quiet)
     store = extract_gradients(model, lora, source, out, image_root=images, dim=dim, projection=projection, seed=seed,
                               params=params, adam_state=adam_state, norms=norms, batch_size=batch_size,
                               shard=shard, shard_size=shard_size, factor_dim=factor_dim, skip_bad=skip_bad,

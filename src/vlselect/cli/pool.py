@@ -7,18 +7,18 @@ from typing import Any, Optional
 
 import typer
 
+from vlselect.cli._pool_options import SKIP_INVALID, UNIQUE_IDS  # one definition for every pool-reading command
+
 pool_app = typer.Typer(
     name="pool",
     help="Read, describe and check instruction pools (LLaVA JSON/JSONL, Vision-Flan, DataOptim).\n\n"
-    "Example: vlselect pool stats llava_v1_5_mix665k.json",
+    "Example: vlselect pool stats world/pool.json",
     no_args_is_help=True,
     rich_markup_mode="rich",
 )
 
 _FMT_HELP = "Force the format: json (LLaVA), jsonl, vision-flan or dataoptim. Detected when left out."
 _TASK_HELP = "Take each record's task label from this field (e.g. 'dataset', as TIVE uses) instead of inferring it."
-_UNIQUE_HELP = "Rename repeated (or missing) ids to '<id>#<row>' instead of failing; counted in the output."
-_SKIP_HELP = "Skip malformed or invalid records instead of failing; every skipped record is counted in the output."
 
 
 def _open(file: Path, fmt: Optional[str], task_field: Optional[str], unique_ids: bool, skip_invalid: bool,
@@ -45,6 +45,9 @@ def print_stats(stats: dict[str, Any], console=None) -> None:
     head = (f"[bold]{stats['path']}[/]  format [cyan]{stats['format']}[/]  {n:,} records  "
             f"fingerprint {stats['fingerprint'][:16]}…")  # fmt: skip
     console.print(head, highlight=False)
+    if stats.get("files"):
+        console.print(f"read {len(stats['files'])} files: " + ", ".join(Path(q).name for q in stats["files"]),
+                      highlight=False, soft_wrap=True)
     t = Table(title="records per task", title_justify="left")
     t.add_column("task")
     t.add_column("records", justify="right")
@@ -81,8 +84,8 @@ def stats_cmd(
     file: Path = typer.Argument(..., help="Pool file (LLaVA JSON/JSONL, Vision-Flan JSON) or DataOptim data/ dir."),
     task_field: Optional[str] = typer.Option(None, "--task-field", help=_TASK_HELP),
     fmt: Optional[str] = typer.Option(None, "--format", help=_FMT_HELP),
-    unique_ids: bool = typer.Option(False, "--unique-ids", help=_UNIQUE_HELP),
-    skip_invalid: bool = typer.Option(False, "--skip-invalid", help=_SKIP_HELP),
+    unique_ids: bool = UNIQUE_IDS,
+    skip_invalid: bool = SKIP_INVALID,
     as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON instead of tables."),
 ) -> None:
     """Count and share per task, text-only share, turns and text length (min/median/p90/max) of a pool.
@@ -91,12 +94,14 @@ def stats_cmd(
 
     Skipped records and renamed ids are always reported. Exit code 2 on a bad file (the message names the record).
 
-    Example: vlselect pool stats llava_v1_5_mix665k.json --json
+    Example: vlselect pool stats world/pool.json --json
     """
     from vlselect.pool import pool_stats
 
     pool = _open(file, fmt, task_field, unique_ids, skip_invalid)
     stats = pool_stats(pool)
+    if len(pool.files) > 1:  # a DataOptim data/ directory: say which files were read
+        stats["files"] = [str(q) for q in pool.files]
     if pool.skipped_examples:
         stats["skipped_examples"] = pool.skipped_examples
     if as_json:
@@ -114,8 +119,8 @@ def check_cmd(
                                           "(LLaVA's --image_folder). Default: the pool file's folder, or its images/ subfolder "
                                           "when the paths resolve only there."),  # fmt: skip
     fmt: Optional[str] = typer.Option(None, "--format", help=_FMT_HELP),
-    unique_ids: bool = typer.Option(False, "--unique-ids", help=_UNIQUE_HELP),
-    skip_invalid: bool = typer.Option(False, "--skip-invalid", help=_SKIP_HELP),
+    unique_ids: bool = UNIQUE_IDS,
+    skip_invalid: bool = SKIP_INVALID,
     max_examples: int = typer.Option(10, "--max-examples", min=0, help="Examples shown per kind of problem."),
     as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
 ) -> None:
@@ -123,9 +128,10 @@ def check_cmd(
 
     Exit code: 0 when every image exists and decodes, 1 when problems were found.
 
-    Exit code 2 when the pool file itself is bad or the image folder does not exist.
+    Exit code 2 when the pool file itself is bad or the image folder does not exist. LLaVA-665K: --images
+    ./playground/data.
 
-    Example: vlselect pool check llava_v1_5_mix665k.json --images ./playground/data
+    Example: vlselect pool check world/pool.json
     """
     from vlselect.errors import PoolError
     from vlselect.pool import check_images
@@ -166,18 +172,20 @@ def subset_cmd(
     ids: Path = typer.Option(..., "--ids", help="DataOptim-style id list: one id per line."),
     out: Path = typer.Option(..., "--out", help="Output LLaVA JSON (records copied byte-exact, in id-list order)."),
     fmt: Optional[str] = typer.Option(None, "--format", help=_FMT_HELP),
+    unique_ids: bool = UNIQUE_IDS,
+    skip_invalid: bool = SKIP_INVALID,
 ) -> None:
     """Write the records named by an id list as LLaVA JSON (DataOptim's ids → training JSON step).
 
     Ids are looked up in a global index over all files (not by id prefix); repeats are written again.
 
-    An unknown id is an error that names it and its line.
+    An unknown id is an error that names it and its line. DataOptim: pass its data/ directory as FILE.
 
-    Example: vlselect pool subset DataOptim/data --ids submission.txt --out train.json
+    Example: vlselect pool subset world/pool.json --ids sel/coincide/frac0.2/ids.txt --out train.json
     """
     from vlselect.pool import read_dataoptim_ids, write_llava_subset
 
-    pool = _open(file, fmt, None, False, False)
+    pool = _open(file, fmt, None, unique_ids, skip_invalid)
     rows = pool.indices_of(read_dataoptim_ids(ids), source=ids)
     write_llava_subset(pool, rows, out)
     typer.echo(f"wrote {len(rows):,} records to {out}")
@@ -189,16 +197,17 @@ def tasks_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="Output JSON list: one task label per pool row."),
     task_field: Optional[str] = typer.Option(None, "--task-field", help=_TASK_HELP),
     fmt: Optional[str] = typer.Option(None, "--format", help=_FMT_HELP),
-    unique_ids: bool = typer.Option(False, "--unique-ids", help=_UNIQUE_HELP),
+    unique_ids: bool = UNIQUE_IDS,
+    skip_invalid: bool = SKIP_INVALID,
 ) -> None:
     """Write every row's task label (as inferred or taken from --task-field) to a --tasks TASKS.json file.
 
     Selection commands that take --tasks read this file (one label per row, in pool order).
 
-    Example: vlselect pool tasks llava_v1_5_mix665k.json -o tasks.json
+    Example: vlselect pool tasks world/pool.json -o tasks.json
     """
     from vlselect.pool import write_task_labels
 
-    pool = _open(file, fmt, task_field, unique_ids, False)
+    pool = _open(file, fmt, task_field, unique_ids, skip_invalid)
     write_task_labels(pool, out)
     typer.echo(f"wrote {len(pool):,} task labels ({len(pool.task_names)} tasks) to {out}")

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from vlselect.cli._pool_options import SKIP_INVALID, UNIQUE_IDS, open_cli_pool
 from vlselect.errors import ConfigError, PoolError
 
 console = Console()
@@ -91,6 +92,8 @@ def select_command(
     method: Optional[str] = typer.Argument(None, help="Method name (see --list)."),
     inputs: List[str] = typer.Option([], "--input", "-i", help="ROLE=PATH: a FeatureStore dir (DIR:array picks an array), .npy or .json list."),
     pool: Optional[str] = typer.Option(None, "--pool", help="Pool file; rows of every input align with it."),
+    unique_ids: bool = UNIQUE_IDS,
+    skip_invalid: bool = SKIP_INVALID,
     tasks: Optional[str] = typer.Option(None, "--tasks", help="JSON list of task labels, one per row (runs without a pool)."),
     budget: Optional[str] = typer.Option(None, "--budget", "-b", help=BUDGET_HELP),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (default 0; --param seed=S works too)."),
@@ -107,7 +110,7 @@ def select_command(
     Rows a feature store records missing (--skip-bad) and rows holding NaN or inf are never selected and not
     counted by the budget; a warning on stderr and the manifest's extra.excluded_rows say how many.
 
-    Example: vlselect select coincide --input features=feats/acts --pool world/pool.json --budget 0.1,0.2 --out sel/coincide
+    Example: vlselect select coincide --input features=feats/acts --pool world/pool.json --budget 0.1,0.2 --param K=20 --out sel/coincide
     """
     if list_methods:
         _list_methods()
@@ -156,9 +159,7 @@ def select_command(
 
         if not Path(pool).exists():
             raise PoolError(f"--pool {pool}: no such file; give the pool JSON/JSONL the features were extracted from")
-        from vlselect.pool import open_pool
-
-        pool_obj = open_pool(pool)
+        pool_obj, _ = open_cli_pool(Path(pool), unique_ids=unique_ids, skip_invalid=skip_invalid, progress=False)
         n_rows = len(pool_obj)
         rows_source = f"the pool {pool}"
         task_labels = list(pool_obj.tasks)

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+
+from vlselect.cli._pool_options import IMAGES, SKIP_INVALID, UNIQUE_IDS, open_cli_pool
 from rich.console import Console
 
 from vlselect.errors import ConfigError
@@ -19,7 +21,7 @@ console = Console()
 train_app = typer.Typer(
     name="train",
     help="Fine-tune a VLM on a pool or subset (LoRA with the LLaVA-1.5 recipe, --adapter full or mma), resumable.\n\n"
-    "Example: vlselect train --model tiny-llava --pool sel/subset.json --images world/images --out runs/lora --epochs 1",
+    "Example: vlselect train --model tiny-llava --pool sel/coincide/frac0.2/subset.json --images world/images --out runs/coincide --epochs 1",
     invoke_without_command=True,
     no_args_is_help=False,
 )
@@ -48,7 +50,9 @@ def train_command(
     ctx: typer.Context,
     model: Optional[Path] = typer.Option(None, "--model", help="Hugging Face model directory (e.g. `vlselect models tiny`)."),
     pool: Optional[Path] = typer.Option(None, "--pool", help="Training pool or subset (LLaVA JSON/JSONL)."),
-    images: Optional[Path] = typer.Option(None, "--images", help="Image folder the pool's paths are relative to."),
+    images: Optional[Path] = IMAGES,
+    unique_ids: bool = UNIQUE_IDS,
+    skip_invalid: bool = SKIP_INVALID,
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (checkpoints, final/, train_result.json)."),
     adapter: str = typer.Option("lora", "--adapter", help="lora (PEFT, LLaVA-1.5 recipe), full (LLaVA-1.5 full fine-tuning: LLM + projector) or mma (LaVIN adapters)."),
     indices: Optional[Path] = typer.Option(None, "--indices", help="Train on these pool positions only (.json/.npy/.txt)."),
@@ -79,11 +83,11 @@ def train_command(
 ) -> None:
     """Fine-tune --model on --pool; without a subcommand this runs training.
 
-    Example: vlselect train --model tiny --pool subset.json --images world/images --out runs/lora --epochs 1
+    Example: vlselect train --model tiny-llava --pool sel/coincide/frac0.2/subset.json --images world/images --out runs/coincide --epochs 1
     """
     if ctx.invoked_subcommand is not None:
         return
-    missing = [n for n, v in (("--model", model), ("--pool", pool), ("--images", images), ("--out", out)) if v is None]
+    missing = [n for n, v in (("--model", model), ("--pool", pool), ("--out", out)) if v is None]
     if missing:
         raise ConfigError(f"vlselect train needs {', '.join(missing)}; e.g. vlselect train --model DIR --pool "
                           "SUBSET.json --images DIR --out DIR")
@@ -104,8 +108,10 @@ def train_command(
             r, aum_dir = train_with_dynamics(*a, **kw)
             return r
 
+    the_pool, images = open_cli_pool(pool, unique_ids=unique_ids, skip_invalid=skip_invalid, images=images,
+                                     progress=progress)
     res = train_lora(
-        model, pool, images, out, indices=_read_indices(indices) if indices else None, adapter=adapter, r=r,
+        model, the_pool, images, out, indices=_read_indices(indices) if indices else None, adapter=adapter, r=r,
         lora_alpha=lora_alpha, lora_dropout=lora_dropout, lr=lr, projector_lr=projector_lr, epochs=epochs,
         batch_size=batch_size, grad_accum=grad_accum, warmup_ratio=warmup_ratio, schedule=schedule,
         max_steps=max_steps, save_steps=steps, seed=seed, gradient_checkpointing=gradient_checkpointing,

@@ -8,11 +8,15 @@ from typing import Optional
 
 import typer
 
+from vlselect.cli._pool_options import IMAGES, SKIP_INVALID, UNIQUE_IDS, open_cli_pool
+
 
 def warmup(
     model: Path = typer.Option(..., "--model", help="Base model directory."),
     pool: Path = typer.Option(..., "--pool", help="The pool (LLaVA JSON/JSONL)."),
-    images: Optional[Path] = typer.Option(None, "--images", help="Image folder the pool's paths are relative to."),
+    images: Optional[Path] = IMAGES,
+    unique_ids: bool = UNIQUE_IDS,
+    skip_invalid: bool = SKIP_INVALID,
     rule: str = typer.Option("tive", "--rule", help="tive: 8% of the pool, equal count per task, 1 epoch, lr 2e-5; "
                              "icons: checkpoint at --step of a 1-epoch run over the pool, lr 2e-4."),
     out: Path = typer.Option(..., "--out", help="Output folder (lora/, adam_state.pt, warmup.json, run/)."),
@@ -33,11 +37,13 @@ def warmup(
 ) -> None:
     """Train the warm-up reference model and export its LoRA adapter (for --lora) and Adam state (--adam-state).
 
-    Example: vlselect train warmup --model tiny-llava --pool world/pool.json --images world/images --rule tive --out warm
+    Example: vlselect train warmup --model tiny-llava --pool world/pool.json --rule tive --out warm
     """
     from vlselect.train.warmup import train_warmup
 
-    res = train_warmup(model, pool, images, out, rule=rule, seed=seed, ratio=ratio, step=step,
+    the_pool, images = open_cli_pool(pool, unique_ids=unique_ids, skip_invalid=skip_invalid, images=images,
+                                     progress=not quiet)
+    res = train_warmup(model, the_pool, images, out, rule=rule, seed=seed, ratio=ratio, step=step,
                        strict_official=strict_official, r=r, lora_alpha=lora_alpha, lr=lr, batch_size=batch_size,
                        grad_accum=grad_accum, max_length=max_length, progress=not quiet, device=device)
     typer.echo(f"warm-up ({res.rule}, step {res.step}/{res.total_steps}, {res.n_train} samples): adapter "

@@ -149,7 +149,7 @@ def evaluate(model_dir, eval_files: Sequence, image_root, out_dir, *, adapter=No
     dict
         The results object written to ``results.json``.
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from vlselect.progress import progress_bar
 
     from vlselect.train.load import load_trained
 
@@ -173,8 +173,7 @@ def evaluate(model_dir, eval_files: Sequence, image_root, out_dir, *, adapter=No
     _atomic_write(out / "eval_state.json", json.dumps(state) + "\n")
     results = {"model": str(model_dir), "adapter": None if adapter is None else str(adapter), "sets": {}}
     total = sum(len(s.samples) for s in sets)
-    with Progress(TextColumn("[bold]eval[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), disable=not progress) as bar:
+    with progress_bar("eval", enabled=progress, unit="samples") as bar:
         task = bar.add_task("", total=total)
         for es in sets:
             bar.update(task, description=es.name)

@@ -351,6 +351,8 @@ def compute_shard(loaded, pool, rows: range, *, image_root, layers, batch_size: 
 
 
 def _open_pool(pool_path, image_root):
+    if not isinstance(pool_path, (str, os.PathLike)):  # an opened Pool (the CLI opens it with its options)
+        return pool_path
     try:
         from vlselect.pool import open_pool
     except ImportError:
@@ -440,7 +442,7 @@ def extract_activations(model, pool, out, *, images=None, layers=None, batch_siz
         "dtype": "float16",
         "losses": bool(losses),
         "embeddings": bool(embeddings),
-        "pool": str(Path(pool).resolve()),
+        "pool": str(Path(the_pool.path).resolve()),
         "pool_fingerprint": the_pool.fingerprint,
         "text_only": "vision half zeros; flagged in has_image",
     }
@@ -478,19 +480,14 @@ def _barrier():
 
 def _run_shards(store, todo, loaded, pool, images, layers, batch_size, losses, skip_bad, hidden, max_length,
                 show, kill_after, workers=0, embeddings=False):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from vlselect.progress import progress_bar
 
     total = sum(len(s) for s in todo)
-    columns = [TextColumn("[bold]activations[/]"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("{task.fields[rate]}"), TimeRemainingColumn()]
-    with Progress(*columns, disable=not show, transient=False) as prog:
-        task = prog.add_task("rows", total=total, rate="")
+    with progress_bar("activations", enabled=show, unit="rows") as prog:
+        task = prog.add_task("", total=total)
 
         def advance(k):
             prog.advance(task, k)
-            t = prog.tasks[0]
-            if t.speed:
-                prog.update(task, rate=f"{t.speed:.1f} samples/s")
 
         for written, shard in enumerate(todo, start=1):
             arrays, missing = compute_shard(loaded, pool, range(shard.start, shard.stop), image_root=images,

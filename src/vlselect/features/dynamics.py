@@ -121,7 +121,8 @@ def _pool_identity(pool) -> tuple[list[str], str | None, str | None]:
 
     p = open_training_pool(pool)
     ids = list(p.ids) if hasattr(p, "ids") else [str(getattr(s, "id", i)) for i, s in enumerate(p)]
-    path = str(Path(pool).resolve()) if isinstance(pool, (str, os.PathLike)) else None
+    src = pool if isinstance(pool, (str, os.PathLike)) else getattr(p, "path", None)
+    path = str(Path(src).resolve()) if src else None
     return ids, getattr(p, "fingerprint", None) or None, path
 
 

@@ -528,8 +528,11 @@ def attach_lora(model: torch.nn.Module, lora_dir: str | Path) -> tuple[torch.nn.
                          "by 'vlselect train warmup' (or any PEFT save_pretrained output) to --lora")
     from peft import PeftModel
 
+    from vlselect.models.peft_wrap import quiet_peft_wrap
+
     try:
-        wrapped = PeftModel.from_pretrained(model, str(lora_dir), is_trainable=False)
+        with quiet_peft_wrap():
+            wrapped = PeftModel.from_pretrained(model, str(lora_dir), is_trainable=False)
     except Exception as exc:  # noqa: BLE001
         raise ModelError(f"cannot load the LoRA adapter in '{lora_dir}' onto this model: {type(exc).__name__}: {exc}; "
                          "fix: use an adapter trained on the same base model (--model)") from exc
@@ -685,12 +688,11 @@ def extract_gradients(
     def sample_at(i: int):
         return pool[i] if not hasattr(pool, "sample") else pool.sample(i)
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from vlselect.progress import progress_bar
 
     total = sum(len(s) for s in todo)
-    with Progress(TextColumn("gradients"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  disable=not progress, transient=True) as bar:
-        task = bar.add_task("rows", total=total)
+    with progress_bar("gradients", enabled=progress, unit="rows", transient=True) as bar:
+        task = bar.add_task("", total=total)
         written = 0
         for sh in todo:
             missing: list[int] = []

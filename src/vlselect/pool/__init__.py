@@ -18,7 +18,7 @@ from vlselect.pool.io import (
     write_task_labels,
 )
 from vlselect.pool.sample import Sample
-from vlselect.pool.stats import check_images, pool_stats
+from vlselect.pool.stats import check_images, default_image_root, pool_stats
 from vlselect.pool.tasks import DATAOPTIM_STEMS, dataoptim_task, infer_llava665k_task
 
 __all__ = [
@@ -29,6 +29,7 @@ __all__ = [
     "Sample",
     "atomic_writer",
     "check_images",
+    "default_image_root",
     "dataoptim_task",
     "infer_llava665k_task",
     "open_pool",

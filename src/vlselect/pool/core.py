@@ -600,13 +600,10 @@ class _Builder:
 def _progress(enabled: bool, total: int, label: str):
     if not enabled:
         return None
-    from rich.console import Console
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+    from vlselect.progress import progress_bar
 
-    prog = Progress(TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TimeRemainingColumn(),
-                    console=Console(stderr=True), transient=True)  # fmt: skip
-    prog.start()
-    task = prog.add_task(label, total=total)
+    prog = progress_bar(label, unit="bytes", transient=True).__enter__()
+    task = prog.add_task("", total=total)
     return prog, task
 
 
@@ -822,7 +819,7 @@ def open_pool(
         Skip records that are malformed, lack conversations or have an unknown role instead of raising; every
         skipped record is counted in :attr:`Pool.skipped` by reason.
     progress:
-        Show a rich progress bar (on stderr) while reading.
+        Show progress on stderr while reading (:mod:`vlselect.progress`).
 
     Returns
     -------
@@ -848,6 +845,10 @@ def open_pool(
     if p.is_dir():
         if f not in (None, "dataoptim"):
             raise PoolError(f"{p} is a directory; only the 'dataoptim' format reads a directory (of *.json files)")
+        if f is None and (p / "pool.json").is_file():  # e.g. a `vlselect world make` folder, not DataOptim's data/
+            raise PoolError(f"{p} is a directory holding a pool.json; pass that file ({p / 'pool.json'}). A "
+                            "directory is read as a DataOptim data/ directory (every *.json in it one dataset) only "
+                            "with --format dataoptim or when it has no pool.json")  # fmt: skip
         files = sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in (".json", ".jsonl"))
         if not files:
             raise PoolError(f"{p}: no *.json or *.jsonl files in this directory (a DataOptim data/ directory holds "
@@ -892,6 +893,12 @@ def open_pool(
     if f == "vision-flan" and b.task_source.get("task_name", 0) == 0 and task_field is None and len(b.start):
         raise PoolError(f"{p}: read as Vision-Flan but no record has a 'task_name' field; use --format json, or "
                         "--task-field NAME")  # fmt: skip
+    if not len(b.start):
+        skipped = sum(b.skipped.values())
+        why = (f"all {skipped:,} records were skipped as invalid ({dict(sorted(b.skipped.items()))})" if skipped
+               else "it holds no records")
+        raise PoolError(f"{p}: {why}; a pool needs at least one record (a LLaVA JSON array of records, or JSONL "
+                        "with one record per line)")
     _finish(pool, b, layout, unique_ids)
     return pool
 

@@ -64,9 +64,10 @@ def pool_stats(pool: Pool) -> dict[str, Any]:
     }
 
 
-def _default_root(pool: Pool) -> Path:
-    """The pool file's folder, or its ``images/`` subfolder when the first image path resolves only there (the
-    layout ``vlselect world make`` writes)."""
+def default_image_root(pool: Pool) -> Path:
+    """The folder a pool's image paths are taken relative to when no ``--images`` is given: the pool file's
+    folder, or its ``images/`` subfolder when the first image path resolves only there (the layout
+    ``vlselect world make`` writes). Every command that reads images uses this default."""
     base = pool.files[0].parent
     rows = np.flatnonzero(pool.n_images > 0)
     if rows.size and (base / "images").is_dir():
@@ -92,7 +93,7 @@ def check_images(pool: Pool, image_root: str | os.PathLike | None = None, *, max
     max_examples:
         How many examples of each problem to keep.
     progress:
-        Show a rich progress bar on stderr.
+        Show progress on stderr (:mod:`vlselect.progress`).
 
     Returns
     -------
@@ -103,7 +104,7 @@ def check_images(pool: Pool, image_root: str | os.PathLike | None = None, *, max
     """
     from PIL import Image
 
-    root = Path(image_root) if image_root is not None else (pool.image_root or _default_root(pool))
+    root = Path(image_root) if image_root is not None else (pool.image_root or default_image_root(pool))
     status: dict[str, str | None] = {}
     missing = unreadable = refs = bad_records = with_image = 0
     ex_missing: list[dict] = []
@@ -111,13 +112,10 @@ def check_images(pool: Pool, image_root: str | os.PathLike | None = None, *, max
     rows = np.flatnonzero(pool.n_images > 0)
     prog = None
     if progress:
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from vlselect.progress import progress_bar
 
-        prog = Progress(TextColumn("[bold]checking images"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                        console=Console(stderr=True), transient=True)  # fmt: skip
-        prog.start()
-        task = prog.add_task("images", total=int(rows.size))
+        prog = progress_bar("checking images", unit="images", transient=True).__enter__()
+        task = prog.add_task("", total=int(rows.size))
     try:
         for k, i in enumerate(rows):
             i = int(i)

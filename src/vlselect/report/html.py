@@ -18,7 +18,7 @@ The input is a plain dict (what ``vlselect bench`` saves as ``results.json``)::
     }
 
 Every key but ``rows`` is optional; a missing section is left out of the page.
-Relative performance follows survey.md §1: the unweighted mean over sets of (score / reference score) x 100.
+Relative performance is the unweighted mean over sets of (score / reference score) x 100 (docs/methods.md).
 """
 
 from __future__ import annotations
@@ -30,10 +30,12 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-# A colour-blind-safe qualitative palette (Okabe-Ito, then Tableau extras).
+# A colour-blind-safe qualitative palette (Okabe-Ito), then Tableau and Kelly extras: 20 distinct colours, more
+# than the built-in methods (13) or the world's tasks; beyond it, colours are spread around the hue circle.
 PALETTE = [
     "#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000",
-    "#8C564B", "#7F7F7F", "#BCBD22", "#17BECF",
+    "#8C564B", "#7F7F7F", "#BCBD22", "#17BECF", "#1F3A93", "#9E0142", "#5AAE61", "#F781BF",
+    "#B15928", "#6A3D9A", "#FDBF6F", "#00441B",
 ]
 
 CSS = """
@@ -86,7 +88,10 @@ def colours(names: Iterable[str]) -> dict[str, str]:
     out: dict[str, str] = {}
     for name in names:
         if name not in out:
-            out[name] = PALETTE[len(out) % len(PALETTE)]
+            k = len(out)
+            # past the palette: golden-angle hues, alternating lightness, so no two names share a colour
+            out[name] = PALETTE[k] if k < len(PALETTE) else \
+                f"hsl({(k - len(PALETTE)) * 137.508 % 360:.1f},65%,{38 + 14 * (k % 2)}%)"
     return out
 
 
@@ -96,7 +101,7 @@ def line_chart_svg(
     colour: Mapping[str, str],
     x_label: str,
     y_label: str,
-    width: int = 620,
+    width: int = 760,
     height: int = 340,
     reference: float | None = 100.0,
 ) -> str:
@@ -110,7 +115,8 @@ def line_chart_svg(
         ys.append(reference)
     y_ticks = _nice_ticks(min(ys), max(ys))
     y0, y1 = y_ticks[0], y_ticks[-1]
-    ml, mr, mt, mb = 56, 14, 14, 44
+    longest = max((len(str(n)) for n in series), default=0)
+    ml, mr, mt, mb = 56, 18 + 6 * longest, 14, 44  # the right margin holds each line's label
     pw, ph = width - ml - mr, height - mt - mb
 
     def sx(x: float) -> float:  # budgets: equal spacing reads better than a linear axis for 5/10/20/40 %
@@ -132,9 +138,27 @@ def line_chart_svg(
     out.append(f'<text x="{ml + pw / 2}" y="{height - 6}" text-anchor="middle" fill="#1d2330">{_e(x_label)}</text>')
     out.append(f'<text transform="translate(14 {mt + ph / 2}) rotate(-90)" text-anchor="middle" '
                f'fill="#1d2330">{_e(y_label)}</text>')
+    # Each line is labelled at its right end (labels pushed apart so that none overlap) and is one <g>: hovering a
+    # line or its label shows it on top and dims the others (CSS only, no script).
+    ends = sorted(((sy(sorted(s)[-1][1]), name) for name, s in series.items() if s), reverse=True)
+    label_y: dict[str, float] = {}
+    below = math.inf
+    for y, name in ends:  # from the bottom up: each label at its line's end, or 12 px above the label below
+        below = label_y[name] = min(y + 4, below - 12)
+    if label_y and min(label_y.values()) < mt + 8:  # too many to fit: shift the whole column down
+        shift = mt + 8 - min(label_y.values())
+        label_y = {k: v + shift for k, v in label_y.items()}
+    out.append("<style>.series:hover path{stroke-width:4}svg:has(.series:hover) .series:not(:hover){opacity:.2}"
+               "</style>")
     for name, s in series.items():
         c = colour[name]
         s = sorted(s)
+        out.append(f'<g class="series"><title>{_e(name)}</title>')
+        if s:
+            x_end, y_end = sx(s[-1][0]), sy(s[-1][1])
+            out.append(f'<line x1="{x_end + 5:.1f}" x2="{ml + pw + 4:.1f}" y1="{y_end:.1f}" y2="{label_y[name] - 4:.1f}" '
+                       f'stroke="{c}" stroke-width="0.8"/><text x="{ml + pw + 6:.1f}" y="{label_y[name]:.1f}" '
+                       f'fill="{c}">{_e(name)}</text>')
         if len(s) > 1:
             d = " ".join(f"{'M' if i == 0 else 'L'}{sx(x):.1f},{sy(y):.1f}" for i, (x, y, _, _) in enumerate(s))
             out.append(f'<path d="{d}" fill="none" stroke="{c}" stroke-width="2"/>')
@@ -144,6 +168,7 @@ def line_chart_svg(
                            f'stroke="{c}" stroke-width="1.5"/>')
             out.append(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3.5" fill="{c}"><title>{_e(name)} @ '
                        f'{_e(_pct(x))}: {y:.1f}</title></circle>')
+        out.append("</g>")
     out.append("</svg>")
     return "".join(out)
 
@@ -177,9 +202,11 @@ def heatmap_svg(labels: Sequence[str], matrix: Sequence[Sequence[float]], *, cel
     """A square heatmap of values in [0, 1] (e.g. Jaccard overlap between methods' subsets)."""
     if not labels:
         return ""
-    ml, mt = 130, 110
+    longest = max(len(str(lab)) for lab in labels)
+    ml, mt = 16 + 6 * longest, 16 + 6 * longest  # room for the row labels and the slanted column headers
     n = len(labels)
-    width, height = ml + n * cell + 10, mt + n * cell + 10
+    # a header slanted at 60 degrees reaches about 0.5 x its length to the right of its column
+    width, height = ml + n * cell + 10 + int(3.2 * longest), mt + n * cell + 10
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-size="11" '
            f'font-family="sans-serif">']
     for i, lab in enumerate(labels):

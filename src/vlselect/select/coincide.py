@@ -71,20 +71,10 @@ _BLOCK_BYTES = 128 * 2**20
 
 
 def _progress(total: int, description: str):
-    """A transient rich progress bar on stderr (quiet when stderr is not a terminal)."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    """The shared progress display on stderr (a transient bar on a terminal, periodic lines otherwise)."""
+    from vlselect.progress import progress_bar
 
-    console = Console(stderr=True)
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-        disable=not console.is_terminal,
-    ), description, total
+    return progress_bar("coincide", unit="clusters", transient=True), description.removeprefix("coincide: "), total
 
 
 _BLAS: list = []

@@ -76,21 +76,17 @@ def iter_row_blocks(
     when ``arr`` already has that dtype and is C-contiguous, a converted copy otherwise).
 
     Works on in-memory arrays and on ``numpy.memmap`` (pages of a memmap are released after each block, so
-    peak memory is one block, never the whole matrix). A rich progress bar is shown when there are many blocks
-    and ``desc`` is given.
+    peak memory is one block, never the whole matrix). Progress (:mod:`vlselect.progress`) is shown when there
+    are many blocks and ``desc`` is given.
     """
     n = int(arr.shape[0])
     starts = list(range(0, n, max(1, int(block_rows))))
     progress = None
     if desc is not None and len(starts) >= 16:
-        try:
-            from rich.progress import Progress
+        from vlselect.progress import progress_bar
 
-            progress = Progress(transient=True)
-            progress.start()
-            task = progress.add_task(desc, total=n)
-        except Exception:  # pragma: no cover - rich missing or no console
-            progress = None
+        progress = progress_bar(desc, unit="rows", transient=True).__enter__()
+        task = progress.add_task("", total=n)
     try:
         for a in starts:
             b = min(n, a + int(block_rows))

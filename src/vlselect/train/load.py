@@ -67,7 +67,10 @@ def load_trained(model_dir, *, adapter=None, dtype=None, device=None):
         elif (ad / "adapter_config.json").is_file():
             from peft import PeftModel
 
-            loaded.model = PeftModel.from_pretrained(loaded.model, str(ad)).merge_and_unload()
+            from vlselect.models.peft_wrap import quiet_peft_wrap
+
+            with quiet_peft_wrap():
+                loaded.model = PeftModel.from_pretrained(loaded.model, str(ad)).merge_and_unload()
             loaded.model.eval()
         else:
             raise ModelError(f"{ad}: not an adapter folder (no adapter_config.json or vlselect_adapter.json); pass the "

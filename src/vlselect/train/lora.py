@@ -208,12 +208,9 @@ def _load_checkpoint(cp: Path, model, optimizer, scheduler) -> dict:
 
 
 def _progress(enabled: bool):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from vlselect.progress import progress_bar
 
-    return Progress(
-        TextColumn("[bold]train[/]"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
-        TimeElapsedColumn(), TimeRemainingColumn(), disable=not enabled, transient=False,
-    )
+    return progress_bar("train", enabled=enabled, unit="steps")
 
 
 def _adamw_with_projector_lr(model, lr: float, projector_lr: float, wd: float):
@@ -324,7 +321,7 @@ def train_lora(
     stop_after_steps : int, optional
         Stop (after checkpointing) once this many optimiser steps are done; run again to continue.
     progress : bool
-        Show a rich progress bar with loss and samples/s.
+        Show progress with loss and samples/s (:mod:`vlselect.progress`).
     on_batch : callable, optional
         Called after each micro-batch's forward as ``on_batch(step, rows, logits, labels, last)``: 1-based
         optimiser step, the micro-batch's pool positions, its logits and labels, and whether it is this rank's last
@@ -414,7 +411,10 @@ def train_lora(
         cfg = LoraConfig(r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, bias="none",
                          target_modules=_lora_target_regex(target_modules), modules_to_save=modules_to_save)
         torch.manual_seed(seed)
-        model = get_peft_model(model, cfg)
+        from vlselect.models.peft_wrap import quiet_peft_wrap
+
+        with quiet_peft_wrap():
+            model = get_peft_model(model, cfg)
         lr = 2e-4 if lr is None else lr
         projector_lr = 2e-5 if projector_lr is None else projector_lr
         wd = 0.0 if weight_decay is None else weight_decay

@@ -222,7 +222,10 @@ def export_checkpoint(model_dir, checkpoint: Path, out_dir: Path, *, r: int, lor
         modules_to_save = [p.split(".")[-1] for p in PROJECTOR_NAMES if any(n.endswith(p) for n in names)] or None
     cfg = LoraConfig(r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, bias="none",
                      target_modules=_lora_target_regex(target_modules), modules_to_save=modules_to_save)
-    pm = get_peft_model(model, cfg)
+    from vlselect.models.peft_wrap import quiet_peft_wrap
+
+    with quiet_peft_wrap():
+        pm = get_peft_model(model, cfg)
     trainable = load_trainable(pm, checkpoint, f"fix: pass the same LoRA options as the warm-up run (this model "
                                                f"has r={r})")
     params = dict(pm.named_parameters())

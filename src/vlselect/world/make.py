@@ -81,11 +81,10 @@ def _save_png(arr: np.ndarray, path: Path) -> None:
 
 
 def _render_all(jobs: list[tuple[Picture, Path]], image_size: int, label: str) -> None:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from vlselect.progress import progress_bar
 
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeRemainingColumn(), transient=True) as progress:
-        bar = progress.add_task(label, total=len(jobs))
+    with progress_bar(label, unit="pictures", transient=True) as progress:
+        bar = progress.add_task("", total=len(jobs))
         for i, (pic, path) in enumerate(jobs):
             _save_png(render(pic.scene, pic.variant, image_size, pic.style), path)
             if i % 256 == 255 or i == len(jobs) - 1:

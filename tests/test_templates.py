@@ -134,3 +134,33 @@ def test_generation_prompt_is_the_training_text_up_to_the_answer(family, tiny_ll
         assert prompt.endswith("questions. USER: <image>\nWhat is it? ASSISTANT:")
     else:
         assert prompt.endswith("<|im_start|>assistant\n")
+
+
+def test_evaluation_uses_the_training_prompt_and_image(tiny_llava, image_dir):  # noqa: F811
+    from vlselect.evaluate import generate_answers
+
+    loaded = load_vlm(tiny_llava, device="cpu")
+    seen = []
+
+    class Spy:  # records what evaluation hands to the processor
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def __call__(self, **kw):
+            seen.append(kw)
+            return self.inner(**kw)
+
+    loaded.processor = Spy(loaded.processor)
+    out = generate_answers(loaded, ["What is it?", "Say hi."], ["a.png", None], image_dir, max_new_tokens=2)
+    assert len(out) == 2
+    s = Sample("g", ["a.png"], [{"from": "human", "value": "<image>\nWhat is it?"}, {"from": "gpt", "value": "x"}])
+    r = render_sample(loaded, s)
+    with_image = next(kw for kw in seen if "images" in kw)
+    assert with_image["text"] == [r.text[: r.answer_spans[0][0]]]  # the training text up to the answer
+    img = with_image["images"][0]
+    assert img.size == (40, 40) and img.getpixel((20, 0)) != img.getpixel((20, 20))  # padded to a square (LLaVA)
+    text_only = next(kw for kw in seen if "images" not in kw)
+    assert text_only["text"][0].endswith("questions. USER: Say hi. ASSISTANT:")

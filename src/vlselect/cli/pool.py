@@ -66,6 +66,10 @@ def print_stats(stats: dict[str, Any], console=None) -> None:
     extra = f"skipped records: {skipped:,}" + (f" {stats['skipped']}" if skipped else "")
     extra += f" · ids made unique: {stats['renamed_ids']:,} · task labels from: {stats['task_source']}"
     console.print(extra, highlight=False)
+    if stats.get("task_note"):
+        from rich.text import Text
+
+        console.print(Text("task layout unknown: ", style="bold yellow") + Text(stats["task_note"]), soft_wrap=True)
     for reason, examples in stats.get("skipped_examples", {}).items():
         for ex in examples:
             console.print(f"  skipped ({reason}): {ex}", highlight=False, soft_wrap=True)
@@ -202,3 +206,7 @@ def tasks_cmd(
     pool = _open(file, fmt, task_field, unique_ids, False)
     write_task_labels(pool, out)
     typer.echo(f"wrote {len(pool):,} task labels ({len(pool.task_names)} tasks) to {out}")
+    if pool.task_layout == "unknown":
+        from vlselect.pool.stats import unknown_layout_note
+
+        typer.echo(f"warning: task layout unknown: {unknown_layout_note(pool)}", err=True)

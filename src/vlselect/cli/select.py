@@ -144,6 +144,11 @@ def select_command(
         from vlselect.pool import open_pool
 
         pool_obj = open_pool(pool)
+        if pool_obj.task_layout == "unknown" and info.needs_tasks:  # issue 13: never select on guessed tasks
+            from vlselect.pool.stats import unknown_layout_note
+
+            raise ConfigError(f"--pool {pool}: {method} needs task labels, but {unknown_layout_note(pool_obj)} "
+                              "(without --pool)")
         n_rows = len(pool_obj)
         rows_source = f"the pool {pool}"
         task_labels = list(pool_obj.tasks)

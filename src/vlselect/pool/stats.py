@@ -31,8 +31,9 @@ def pool_stats(pool: Pool) -> dict[str, Any]:
     (records without an image: count, share); ``turns`` (assistant answers per record), ``chars`` and ``words``
     (text of all turns, ``<image>`` not counted), each as min / median / p90 / max / mean (numpy linear
     percentiles); ``images`` (records with an image, image references); ``skipped`` and ``renamed_ids`` (nothing is
-    dropped silently); ``task_source`` (how many labels came from which rule, :mod:`vlselect.pool.tasks`); the
-    pool's ``fingerprint``.
+    dropped silently); ``task_source`` (how many labels came from which rule, :mod:`vlselect.pool.tasks`);
+    ``task_layout`` (:data:`vlselect.pool.tasks.LAYOUTS`) and, when it is ``"unknown"``, ``task_note`` (what to
+    give instead); the pool's ``fingerprint``.
 
     Examples
     --------
@@ -61,7 +62,20 @@ def pool_stats(pool: Pool) -> dict[str, Any]:
         "skipped_total": int(sum(pool.skipped.values())),
         "renamed_ids": pool.renamed,
         "task_source": dict(sorted(pool.task_source.items())),
+        "task_layout": pool.task_layout,
+        **({"task_note": unknown_layout_note(pool)} if pool.task_layout == "unknown" else {}),
     }
+
+
+def unknown_layout_note(pool: Pool) -> str:
+    """What to do when a pool's task layout is unknown (shown by ``pool stats``, written into manifests)."""
+    k = pool.task_names.index("unknown") if "unknown" in pool.task_names else -1
+    n = int(np.count_nonzero(pool.task_codes == k)) if k >= 0 else 0
+    return (f"the task of {n:,} of {len(pool):,} records cannot be inferred (the image paths match no known layout: "
+            "LLaVA-665K, ScienceQA, Vision-Flan, DataOptim, data_source fields); they are labelled 'unknown'. "
+            "Task-aware selection (TIVE, stratified random, COINCIDE's task budgets) needs real labels: give "
+            "--task-field FIELD (a field of every record), or write a labels file with 'vlselect pool tasks POOL "
+            "--task-field FIELD -o tasks.json' and pass --tasks tasks.json")
 
 
 def _default_root(pool: Pool) -> Path:

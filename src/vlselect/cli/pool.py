@@ -121,9 +121,12 @@ def check_cmd(
     unique_ids: bool = typer.Option(False, "--unique-ids", help=_UNIQUE_HELP),
     skip_invalid: bool = typer.Option(False, "--skip-invalid", help=_SKIP_HELP),
     max_examples: int = typer.Option(10, "--max-examples", min=0, help="Examples shown per kind of problem."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Also put every image through this model's "
+                                         "processor (as features/train do); count the images it rejects."),
     as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
 ) -> None:
-    """Find missing or unreadable images: counts and first examples; the scan goes on past problems.
+    """Find missing, undecodable (also truncated) or, with --model, processor-rejected images: counts and first
+    examples; the scan goes on past problems.
 
     Exit code: 0 when every image exists and decodes, 1 when problems were found.
 
@@ -138,7 +141,7 @@ def check_cmd(
         raise PoolError(f"image folder not found: {images} (give the folder the pool's image paths are relative "
                         "to, LLaVA's --image_folder)")  # fmt: skip
     pool = _open(file, fmt, None, unique_ids, skip_invalid, image_root=images)
-    report = check_images(pool, images, max_examples=max_examples, progress=True)
+    report = check_images(pool, images, max_examples=max_examples, progress=True, model=model)
     report["skipped"] = dict(pool.skipped)
     if as_json:
         import orjson
@@ -152,12 +155,14 @@ def check_cmd(
         con.print(f"records {report['records']:,} · with an image {report['records_with_image']:,} · image "
                   f"references {report['image_refs']:,} ({report['unique_images']:,} distinct)", highlight=False)  # fmt: skip
         colour = "green" if report["ok"] else "red"
-        con.print(f"[{colour}]missing {report['missing']:,} · unreadable {report['unreadable']:,} · records with a "
-                  f"problem {report['records_with_problems']:,}[/]", highlight=False)  # fmt: skip
-        for kind in ("missing", "unreadable"):
+        rej = f" · rejected by the processor {report['rejected']:,}" if model is not None else ""
+        con.print(f"[{colour}]missing {report['missing']:,} · unreadable {report['unreadable']:,}{rej} · records "
+                  f"with a problem {report['records_with_problems']:,}[/]", highlight=False)  # fmt: skip
+        for kind in ("missing", "unreadable", "rejected"):
             for ex in report["examples"][kind]:
                 err = f" ({ex['error']})" if "error" in ex else ""
-                con.print(f"  {kind}: row {ex['row']} id {ex['id']!r}: {ex['path']}{err}", highlight=False)
+                con.print(f"  {kind}: row {ex['row']} id {ex['id']!r}: {ex['path']}{err}", highlight=False,
+                          markup=False)
         if pool.skipped:
             con.print(f"skipped records: {dict(pool.skipped)}", highlight=False)
     if not report["ok"]:

@@ -87,6 +87,24 @@ def _load_processor(path: Path):
             ) from first
 
 
+def load_processor(model_dir):
+    """Only the processor of a model directory (no weights) and the model family: ``(processor, family)``.
+
+    Used by ``pool check --model`` to put images through the model's own image processor."""
+    from transformers import AutoConfig
+
+    path = Path(model_dir)
+    if not path.is_dir() or not (path / "config.json").exists():
+        raise ModelError(f"model directory '{path}' does not exist or has no config.json; fix: pass a directory "
+                         "written by save_pretrained, e.g. made by 'vlselect models tiny DIR'")
+    try:
+        config = AutoConfig.from_pretrained(str(path))
+    except Exception as exc:  # noqa: BLE001
+        raise ModelError(f"cannot read the config of '{path}': {type(exc).__name__}: {exc}; fix: check that the "
+                         "directory holds a complete image-text-to-text checkpoint") from exc
+    return _load_processor(path), family_of(config)
+
+
 def model_hash(model_dir) -> str:
     """SHA-256 over ``config.json`` and the weight files' bytes (names sorted), cached by file size and mtime.
 

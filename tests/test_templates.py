@@ -49,10 +49,17 @@ def image_dir(tmp_path_factory) -> Path:
     return d
 
 
+def _as_llava_hf(loaded):
+    """The tiny LLaVA with the chat template a real llava-1.5-hf checkpoint ships (its weights do not matter here)."""
+    loaded.processor.chat_template = (TEMPLATES / "llava-1.5-7b-hf.jinja").read_text()
+    loaded.extra.pop("default_template", None)
+    return loaded
+
+
 @pytest.mark.parametrize("rec", PACK, ids=[r["id"] for r in PACK])
 def test_llava_default_matches_official_preprocess_v1(rec, tiny_llava, image_dir):  # noqa: F811
-    loaded = load_vlm(tiny_llava, device="cpu")
-    assert resolve_template(loaded) == "llava_v1"
+    loaded = _as_llava_hf(load_vlm(tiny_llava, device="cpu"))
+    assert resolve_template(loaded) == "llava_v1"  # the default for a llava-hf checkpoint
     s = _sample(rec["record"])
     tok = loaded.processor.tokenizer
     rendered = render_sample(loaded, s)
@@ -102,8 +109,11 @@ def test_real_llava_hf_template_supervises_no_end_of_turn_and_warns(tiny_llava, 
     runs = [tok.decode(e["input_ids"][r]) for r in _runs(e["labels"])]
     assert [r.strip() for r in runs] == ["A red box.", "No, small."]  # no </s>: why llava_v1 is the default
     assert tok.eos_token_id not in e["input_ids"].tolist()
-    # the default for the family supervises </s> after both answers on the same conversation
-    e2 = encode_sample(loaded, _conversation(True), image_dir)
+    # with that template in the checkpoint, the default is LLaVA-1.5's format: </s> after both answers
+    _as_llava_hf(loaded)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TemplateWarning)
+        e2 = encode_sample(loaded, _conversation(True), image_dir)
     assert [tok.decode(e2["input_ids"][r]).strip() for r in _runs(e2["labels"])] == ["A red box.</s>", "No, small.</s>"]
 
 
@@ -112,34 +122,38 @@ def test_template_choice_overrides_and_errors(tiny_llava, monkeypatch):  # noqa:
 
     loaded = load_vlm(tiny_llava, device="cpu")
     s = _conversation(False)
-    own = render_sample(loaded, s, "chat_template").text  # the tiny model's own (Vicuna-style, no system) template
-    assert own.startswith("USER: What is it? ASSISTANT: A red box.</s>")
-    monkeypatch.setenv("VLSELECT_TEMPLATE", "chat_template")
+    # the tiny model's own Vicuna-style template supervises </s>: it stays the default for that checkpoint
     assert resolve_template(loaded) == "chat_template"
-    loaded.extra["template"] = "llava_v1"  # a per-model choice wins over the environment
+    own = render_sample(loaded, s).text
+    assert own.startswith("USER: What is it? ASSISTANT: A red box.</s>")
+    monkeypatch.setenv("VLSELECT_TEMPLATE", "llava_v1")
     assert resolve_template(loaded) == "llava_v1"
+    assert render_sample(loaded, s).text.startswith("<s>A chat between a curious user")
+    loaded.extra["template"] = "chat_template"  # a per-model choice wins over the environment
+    assert resolve_template(loaded) == "chat_template"
     with pytest.raises(ConfigError, match="unknown chat template 'vicuna'.*llava_v1"):
         resolve_template(loaded, "vicuna")
 
 
-@pytest.mark.parametrize("family", ["llava", "qwen2-vl"])
-def test_generation_prompt_is_the_training_text_up_to_the_answer(family, tiny_llava, tiny_qwen2vl):  # noqa: F811
+@pytest.mark.parametrize("family,template,end", [
+    ("llava", "llava_v1", "questions. USER: <image>\nWhat is it? ASSISTANT:"),
+    ("llava", "chat_template", "USER: <image>\nWhat is it? ASSISTANT:"),
+    ("qwen2-vl", "chat_template", "<|vision_end|>What is it?<|im_end|>\n<|im_start|>assistant\n")])
+def test_generation_prompt_is_the_training_text_up_to_the_answer(family, template, end, tiny_llava,  # noqa: F811
+                                                                 tiny_qwen2vl):  # noqa: F811
     loaded = load_vlm(tiny_llava if family == "llava" else tiny_qwen2vl, device="cpu")
     s = Sample("g", ["a.png"], [{"from": "human", "value": "<image>\nWhat is it?"}, {"from": "gpt", "value": "A box."}])
-    rendered = render_sample(loaded, s)
-    prompt = generation_prompt(loaded, "What is it?", n_images=1)
+    rendered = render_sample(loaded, s, template)
+    prompt = generation_prompt(loaded, "What is it?", n_images=1, template=template)
     start = rendered.answer_spans[0][0]
-    assert rendered.text[:start] == prompt
-    if family == "llava":
-        assert prompt.endswith("questions. USER: <image>\nWhat is it? ASSISTANT:")
-    else:
-        assert prompt.endswith("<|im_start|>assistant\n")
+    assert rendered.text[:start] == prompt and prompt.endswith(end)
 
 
 def test_evaluation_uses_the_training_prompt_and_image(tiny_llava, image_dir):  # noqa: F811
     from vlselect.evaluate import generate_answers
 
     loaded = load_vlm(tiny_llava, device="cpu")
+    loaded.extra["template"] = "llava_v1"  # a chosen template reaches evaluation too
     seen = []
 
     class Spy:  # records what evaluation hands to the processor

@@ -6,13 +6,15 @@ Templates
 ---------
 How a conversation becomes text is a choice (``template=``, ``loaded.extra["template"]`` or ``$VLSELECT_TEMPLATE``):
 
-``"llava_v1"`` (default for the LLaVA family)
+``"llava_v1"`` (default for LLaVA-family checkpoints, e.g. llava-hf's, whose chat template supervises no
+end-of-turn token)
     LLaVA-1.5's training format, as ``preprocess_multimodal`` + ``preprocess_v1`` of the official ``llava``
     package render it: the Vicuna-v1 system prompt, ``USER: <image>\\n{question} ASSISTANT: {answer}</s>USER: …``
     (the ``<image>`` tag is removed from the first human turn, the text stripped and the image put first); each
     answer **and the ``</s>`` after it** is supervised, as in LLaVA-1.5 training. A leading BOS is added when the
     tokenizer does not add one. Checked against the official preprocessing (``tests/data/llava_preprocess``).
-``"chat_template"`` (default for the other families, e.g. Qwen2-VL)
+``"chat_template"`` (default for the other families, e.g. Qwen2-VL, and for LLaVA-family checkpoints whose own
+template ends each answer with an end-of-turn marker, such as the tiny test models)
     The processor's own chat template; a path to a Jinja file uses that template instead.
 
 How it works
@@ -80,18 +82,40 @@ class TemplateWarning(UserWarning):
     """The chosen template supervises no end-of-turn token: a model trained on it does not learn to stop."""
 
 
-def default_template(family: str) -> str:
-    """``"llava_v1"`` for the LLaVA family (LLaVA-1.5's own training format), else ``"chat_template"``."""
-    return "llava_v1" if family == "llava" else "chat_template"
+def default_template(loaded) -> str:
+    """The default template of a loaded model.
+
+    The LLaVA family: ``"chat_template"`` when the checkpoint's own chat template ends each answer with an
+    end-of-turn marker (so training on it teaches the model to stop; e.g. the tiny test models), else
+    ``"llava_v1"``, LLaVA-1.5's training format (the llava-hf checkpoints' template ends answers with a space only).
+    Every other family: ``"chat_template"`` (Qwen2-VL's ends each turn with ``<|im_end|>``).
+    """
+    if loaded.family != "llava":
+        return "chat_template"
+    if "default_template" not in loaded.extra:
+        probe = [{"role": "user", "content": [{"type": "text", "text": "Q"}]},
+                 {"role": "assistant", "content": [{"type": "text", "text": "PROBE"}]}]
+        choice = "llava_v1"
+        if getattr(loaded.processor, "chat_template", None):
+            try:
+                prefix = _render(loaded.processor, probe[:1], add_generation_prompt=True)
+                full = _render(loaded.processor, probe)
+                answer = full[len(prefix):].rstrip() if full.startswith(prefix) else ""
+                if "PROBE" in answer and answer[answer.rindex("PROBE") + 5:].strip():  # a marker after the answer
+                    choice = "chat_template"
+            except ModelError:
+                pass
+        loaded.extra["default_template"] = choice
+    return loaded.extra["default_template"]
 
 
 def resolve_template(loaded, template: str | os.PathLike | None = None) -> str:
     """The template to use: ``template``, else ``loaded.extra["template"]``, else ``$VLSELECT_TEMPLATE``, else the
-    family default (:func:`default_template`). Raises :class:`ConfigError` for an unknown name."""
+    default (:func:`default_template`). Raises :class:`ConfigError` for an unknown name."""
     from vlselect.errors import ConfigError
 
     t = template if template is not None else (loaded.extra.get("template") or os.environ.get(TEMPLATE_ENV) or
-                                              default_template(loaded.family))
+                                              default_template(loaded))
     t = str(t)
     if t in TEMPLATES:
         return t
@@ -355,8 +379,9 @@ def encode_sample(loaded, sample, image_root=None, *, max_length: int | None = N
         How the conversation becomes text (see the module docstring, "Templates"): ``"llava_v1"`` (LLaVA-1.5's
         training format: its system prompt, ``USER:``/``ASSISTANT:``, ``</s>`` supervised after every answer),
         ``"chat_template"`` (the processor's own chat template), or the path of a Jinja chat-template file.
-        Default: ``loaded.extra["template"]``, else ``$VLSELECT_TEMPLATE``, else ``"llava_v1"`` for the LLaVA
-        family and ``"chat_template"`` otherwise. A template that supervises no end-of-turn token raises a
+        Default: ``loaded.extra["template"]``, else ``$VLSELECT_TEMPLATE``, else :func:`default_template`
+        (``"llava_v1"`` for LLaVA checkpoints whose own template supervises no end-of-turn token, otherwise
+        ``"chat_template"``). A template that supervises no end-of-turn token raises a
         :class:`TemplateWarning` (once per model and template).
 
     Returns

@@ -133,6 +133,9 @@ def test_template_choice_overrides_and_errors(tiny_llava, monkeypatch):  # noqa:
     assert resolve_template(loaded) == "chat_template"
     with pytest.raises(ConfigError, match="unknown chat template 'vicuna'.*llava_v1"):
         resolve_template(loaded, "vicuna")
+    assert resolve_template(load_vlm(tiny_llava, device="cpu", template="llava_v1")) == "llava_v1"
+    with pytest.raises(ConfigError, match="unknown chat template"):
+        load_vlm(tiny_llava, device="cpu", template="vicuna")
 
 
 @pytest.mark.parametrize("family,template,end", [

@@ -202,7 +202,7 @@ def decoder_layers(model):
                      "style model (language_model.layers)")
 
 
-def load_vlm(model_dir, *, dtype=None, device=None) -> LoadedVLM:
+def load_vlm(model_dir, *, dtype=None, device=None, template=None) -> LoadedVLM:
     """Load an image-text-to-text model and its processor from a local directory.
 
     Parameters
@@ -213,6 +213,10 @@ def load_vlm(model_dir, *, dtype=None, device=None) -> LoadedVLM:
         Weights dtype (default: as saved; float32 for tiny models).
     device : str or torch.device, optional
         Default CUDA if available else CPU.
+    template : str or path, optional
+        How conversations become text for this model (``"llava_v1"``, ``"chat_template"`` or a Jinja file; see
+        :func:`vlselect.models.encode_sample`); stored in ``extra["template"]``. Default: ``$VLSELECT_TEMPLATE``,
+        else the model's default (:func:`vlselect.models.default_template`).
 
     Returns
     -------
@@ -259,7 +263,7 @@ def load_vlm(model_dir, *, dtype=None, device=None) -> LoadedVLM:
     tok = processor.tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
     image_token_id = getattr(config, "image_token_id", None) or getattr(config, "image_token_index", None)
-    return LoadedVLM(
+    loaded = LoadedVLM(
         model=model, processor=processor, family=family_of(config), model_hash=model_hash(path),
         num_layers=int(text_cfg.num_hidden_layers), device=device, model_dir=path,
         image_token_id=image_token_id, pad_token_id=int(pad),
@@ -267,3 +271,8 @@ def load_vlm(model_dir, *, dtype=None, device=None) -> LoadedVLM:
                                                                   "boi_token_index", "eoi_token_index")
                                  if getattr(config, k, None) is not None),
     )
+    if template is not None:
+        from vlselect.models.encode import resolve_template
+
+        loaded.extra["template"] = resolve_template(loaded, template)  # an unknown name fails here, early
+    return loaded

@@ -181,3 +181,21 @@ def test_evaluation_uses_the_training_prompt_and_image(tiny_llava, image_dir):  
     assert img.size == (40, 40) and img.getpixel((20, 0)) != img.getpixel((20, 20))  # padded to a square (LLaVA)
     text_only = next(kw for kw in seen if "images" not in kw)
     assert text_only["text"][0].endswith("questions. USER: Say hi. ASSISTANT:")
+
+
+def test_feature_store_records_the_template_and_resume_must_match(tiny_llava, image_dir, tmp_path,  # noqa: F811
+                                                                  monkeypatch):
+    from vlselect.errors import FeatureError
+    from vlselect.features import FeatureStore
+    from vlselect.features.activations import extract_activations
+
+    pool = tmp_path / "p.json"
+    pool.write_text(json.dumps([{"id": "a", "image": "a.png", "conversations": [
+        {"from": "human", "value": "<image>\nWhat is it?"}, {"from": "gpt", "value": "A box."}]}]))
+    out = tmp_path / "acts"
+    monkeypatch.setenv("VLSELECT_TEMPLATE", "chat_template")
+    extract_activations(tiny_llava, pool, out, images=image_dir, layers=[0], progress=False, device="cpu")
+    assert FeatureStore.open(out).manifest["template"] == "chat_template"
+    monkeypatch.setenv("VLSELECT_TEMPLATE", "llava_v1")  # other text, other features: not a resume of that store
+    with pytest.raises(FeatureError, match="template"):
+        extract_activations(tiny_llava, pool, out, images=image_dir, layers=[0], progress=False, device="cpu")

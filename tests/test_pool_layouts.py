@@ -87,6 +87,7 @@ def test_unknown_layout_is_said_not_guessed(tmp_path, capsys):
     code, out, _ = run(["pool", "stats", str(p)], capsys)
     flat = " ".join(out.split())
     assert code == 0 and "task layout unknown" in flat and "--task-field FIELD" in flat
+    assert "task layout: unknown" in flat
     code, out, _ = run(["pool", "stats", str(p), "--task-field", "kind", "--json"], capsys)
     st = json.loads(out)
     assert code == 0 and st["task_layout"] == "task_field" and "task_note" not in st

@@ -65,6 +65,8 @@ def print_stats(stats: dict[str, Any], console=None) -> None:
     skipped = stats.get("skipped_total", 0)
     extra = f"skipped records: {skipped:,}" + (f" {stats['skipped']}" if skipped else "")
     extra += f" · ids made unique: {stats['renamed_ids']:,} · task labels from: {stats['task_source']}"
+    if "task_layout" in stats:
+        extra += f" · task layout: {stats['task_layout']}"
     console.print(extra, highlight=False)
     if stats.get("task_note"):
         from rich.text import Text

@@ -199,3 +199,20 @@ def test_feature_store_records_the_template_and_resume_must_match(tiny_llava, im
     monkeypatch.setenv("VLSELECT_TEMPLATE", "llava_v1")  # other text, other features: not a resume of that store
     with pytest.raises(FeatureError, match="template"):
         extract_activations(tiny_llava, pool, out, images=image_dir, layers=[0], progress=False, device="cpu")
+
+
+def test_evaluation_resume_is_per_template(tiny_llava, image_dir, tmp_path):  # noqa: F811
+    from vlselect.evaluate import evaluate
+
+    es = tmp_path / "set.json"
+    es.write_text(json.dumps({"name": "s", "metric": "vqa_accuracy", "samples": [
+        {"id": "e0", "image": "a.png", "question": "What is it?", "answers": ["box"]}]}))
+    out = tmp_path / "ev"
+    evaluate(tiny_llava, [es], image_dir, out, max_new_tokens=2, progress=False, device="cpu")
+    pf = out / "predictions" / "s.jsonl"
+    stamp = pf.stat().st_mtime_ns
+    evaluate(tiny_llava, [es], image_dir, out, max_new_tokens=2, progress=False, device="cpu")
+    assert pf.stat().st_mtime_ns == stamp  # same template: reused
+    evaluate(tiny_llava, [es], image_dir, out, max_new_tokens=2, progress=False, device="cpu", template="llava_v1")
+    assert pf.stat().st_mtime_ns != stamp  # another prompt: regenerated, never picked up
+    assert json.loads((out / "eval_state.json").read_text())["template"] == "llava_v1"

@@ -100,7 +100,7 @@ def _reuse(out: Path, es: EvalSet, state: dict) -> list[str] | None:
 
 def evaluate(model_dir, eval_files: Sequence, image_root, out_dir, *, adapter=None, reference=None,
              batch_size: int = 8, max_new_tokens: int = 32, resume: bool = True, progress: bool = True,
-             device=None) -> dict:
+             device=None, template=None) -> dict:
     """Evaluate a model on evaluation sets and write ``results.json`` and per-sample predictions.
 
     Parameters
@@ -120,8 +120,11 @@ def evaluate(model_dir, eval_files: Sequence, image_root, out_dir, *, adapter=No
     batch_size, max_new_tokens : int
         Generation batch (8) and length (32).
     resume : bool
-        Reuse the predictions of sets already finished in ``out_dir`` by a call with the same model, adapter and
-        ``max_new_tokens`` (sets are saved one by one as they finish).
+        Reuse the predictions of sets already finished in ``out_dir`` by a call with the same model, adapter,
+        ``max_new_tokens`` and template (sets are saved one by one as they finish).
+    template : str or path, optional
+        The prompt template (:func:`vlselect.models.encode_sample`); default ``$VLSELECT_TEMPLATE``, else the
+        model's default: the same as training used.
 
     Returns
     -------
@@ -141,14 +144,19 @@ def evaluate(model_dir, eval_files: Sequence, image_root, out_dir, *, adapter=No
         raise ConfigError(f"two evaluation sets are named {dup!r}; each --eval file needs its own 'name'")
     ref = reference_scores(reference) if reference is not None else None
     out = Path(out_dir)
+    from vlselect.models.encode import TEMPLATE_ENV, resolve_template
+
+    chosen = template if template is not None else os.environ.get(TEMPLATE_ENV)  # None: the model's default
     state = {"model": str(Path(model_dir).resolve()), "adapter": None if adapter is None else str(Path(adapter).resolve()),
-             "max_new_tokens": max_new_tokens}
+             "max_new_tokens": max_new_tokens, "template": None if chosen is None else str(chosen)}
     reused = {es.name: _reuse(out, es, state) for es in sets} if resume else {}
     for es in sets:  # predictions of another model / options must never be picked up by a later resume
         if reused.get(es.name) is None:
             (out / "predictions" / f"{es.name}.jsonl").unlink(missing_ok=True)
     loaded = None if all(v is not None for v in reused.values()) and reused else \
         load_trained(model_dir, adapter=adapter, device=device)
+    if loaded is not None and chosen is not None:
+        loaded.extra["template"] = resolve_template(loaded, chosen)
     _atomic_write(out / "eval_state.json", json.dumps(state) + "\n")
     results = {"model": str(model_dir), "adapter": None if adapter is None else str(adapter), "sets": {}}
     total = sum(len(s.samples) for s in sets)

@@ -291,7 +291,7 @@ def test_sample_fields_and_roles(tmp_path):
     s = pool[0]
     assert isinstance(s, Sample) and s.id == "x" and s.images == ["a/1.png", "a/2.png"] and s.has_image
     assert [t["from"] for t in s.conversations] == ["system", "human", "gpt"]
-    assert s.record == rec and s.task == "a"
+    assert s.record == rec and s.task == "unknown" and pool.task_layout == "unknown"  # folder 'a' is no task
     assert pool.image_paths(0) == [tmp_path / "imgs" / "a/1.png", tmp_path / "imgs" / "a/2.png"]
     assert [x.id for x in pool] == ["x"] and pool[-1].id == "x"
     with pytest.raises(IndexError):

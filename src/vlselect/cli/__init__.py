@@ -76,7 +76,10 @@ def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, prog_name="vlselect")
     except VlselectError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        from rich.text import Text
+
+        # the message is printed literally: brackets (pip install 'vlselect[lmms]') are not rich markup
+        err_console.print(Text("error:", style="bold red") + Text(" " + str(exc)), highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted[/]: finished work is kept; run the same command again to resume")

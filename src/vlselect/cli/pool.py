@@ -68,7 +68,13 @@ def print_stats(stats: dict[str, Any], console=None) -> None:
     skipped = stats.get("skipped_total", 0)
     extra = f"skipped records: {skipped:,}" + (f" {stats['skipped']}" if skipped else "")
     extra += f" · ids made unique: {stats['renamed_ids']:,} · task labels from: {stats['task_source']}"
+    if "task_layout" in stats:
+        extra += f" · task layout: {stats['task_layout']}"
     console.print(extra, highlight=False)
+    if stats.get("task_note"):
+        from rich.text import Text
+
+        console.print(Text("task layout unknown: ", style="bold yellow") + Text(stats["task_note"]), soft_wrap=True)
     for reason, examples in stats.get("skipped_examples", {}).items():
         for ex in examples:
             console.print(f"  skipped ({reason}): {ex}", highlight=False, soft_wrap=True)
@@ -122,9 +128,12 @@ def check_cmd(
     unique_ids: bool = UNIQUE_IDS,
     skip_invalid: bool = SKIP_INVALID,
     max_examples: int = typer.Option(10, "--max-examples", min=0, help="Examples shown per kind of problem."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Also put every image through this model's "
+                                         "processor (as features/train do); count the images it rejects."),
     as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
 ) -> None:
-    """Find missing or unreadable images: counts and first examples; the scan goes on past problems.
+    """Find missing, undecodable (also truncated) or, with --model, processor-rejected images: counts and first
+    examples; the scan goes on past problems.
 
     Exit code: 0 when every image exists and decodes, 1 when problems were found.
 
@@ -140,7 +149,7 @@ def check_cmd(
         raise PoolError(f"image folder not found: {images} (give the folder the pool's image paths are relative "
                         "to, LLaVA's --image_folder)")  # fmt: skip
     pool = _open(file, fmt, None, unique_ids, skip_invalid, image_root=images)
-    report = check_images(pool, images, max_examples=max_examples, progress=True)
+    report = check_images(pool, images, max_examples=max_examples, progress=True, model=model)
     report["skipped"] = dict(pool.skipped)
     if as_json:
         import orjson
@@ -154,12 +163,14 @@ def check_cmd(
         con.print(f"records {report['records']:,} · with an image {report['records_with_image']:,} · image "
                   f"references {report['image_refs']:,} ({report['unique_images']:,} distinct)", highlight=False)  # fmt: skip
         colour = "green" if report["ok"] else "red"
-        con.print(f"[{colour}]missing {report['missing']:,} · unreadable {report['unreadable']:,} · records with a "
-                  f"problem {report['records_with_problems']:,}[/]", highlight=False)  # fmt: skip
-        for kind in ("missing", "unreadable"):
+        rej = f" · rejected by the processor {report['rejected']:,}" if model is not None else ""
+        con.print(f"[{colour}]missing {report['missing']:,} · unreadable {report['unreadable']:,}{rej} · records "
+                  f"with a problem {report['records_with_problems']:,}[/]", highlight=False)  # fmt: skip
+        for kind in ("missing", "unreadable", "rejected"):
             for ex in report["examples"][kind]:
                 err = f" ({ex['error']})" if "error" in ex else ""
-                con.print(f"  {kind}: row {ex['row']} id {ex['id']!r}: {ex['path']}{err}", highlight=False)
+                con.print(f"  {kind}: row {ex['row']} id {ex['id']!r}: {ex['path']}{err}", highlight=False,
+                          markup=False)
         if pool.skipped:
             con.print(f"skipped records: {dict(pool.skipped)}", highlight=False)
     if not report["ok"]:
@@ -211,3 +222,7 @@ def tasks_cmd(
     pool = _open(file, fmt, task_field, unique_ids, skip_invalid)
     write_task_labels(pool, out)
     typer.echo(f"wrote {len(pool):,} task labels ({len(pool.task_names)} tasks) to {out}")
+    if pool.task_layout == "unknown":
+        from vlselect.pool.stats import unknown_layout_note
+
+        typer.echo(f"warning: task layout unknown: {unknown_layout_note(pool)}", err=True)

@@ -160,6 +160,11 @@ def select_command(
         if not Path(pool).exists():
             raise PoolError(f"--pool {pool}: no such file; give the pool JSON/JSONL the features were extracted from")
         pool_obj, _ = open_cli_pool(Path(pool), unique_ids=unique_ids, skip_invalid=skip_invalid, progress=False)
+        if pool_obj.task_layout == "unknown" and info.needs_tasks:  # issue 13: never select on guessed tasks
+            from vlselect.pool.stats import unknown_layout_note
+
+            raise ConfigError(f"--pool {pool}: {method} needs task labels, but {unknown_layout_note(pool_obj)} "
+                              "(without --pool)")
         n_rows = len(pool_obj)
         rows_source = f"the pool {pool}"
         task_labels = list(pool_obj.tasks)

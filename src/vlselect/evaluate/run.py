@@ -29,39 +29,19 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _prompt_messages(question: str, has_image: bool) -> list[dict]:
-    content = ([{"type": "image"}] if has_image else []) + [{"type": "text", "text": question}]
-    return [{"role": "user", "content": content}]
-
-
-def _load_image(path: Path, family: str, processor):
-    from PIL import Image
-
-    from vlselect.errors import PoolError
-
-    try:
-        with Image.open(path) as im:
-            img = im.convert("RGB")
-    except (FileNotFoundError, OSError) as exc:
-        raise PoolError(f"evaluation image '{path}' cannot be read ({exc}); fix: check --images") from None
-    if family == "llava" and img.width != img.height:  # same 'pad' aspect as training (LLaVA-1.5)
-        mean = getattr(processor.image_processor, "image_mean", [0.5, 0.5, 0.5])
-        side = max(img.size)
-        canvas = Image.new("RGB", (side, side), tuple(int(255 * m) for m in mean))
-        canvas.paste(img, ((side - img.width) // 2, (side - img.height) // 2))
-        img = canvas
-    return img
-
-
 def generate_answers(loaded, questions: Sequence[str], images: Sequence[str | None], image_root, *,
                      batch_size: int = 8, max_new_tokens: int = 32, progress=None) -> list[str]:
     """Greedy answers of ``loaded`` (a :class:`~vlselect.models.LoadedVLM`) to questions with optional images.
 
-    Prompts use the processor's chat template with the generation prompt; batches are left-padded and grouped by
-    whether they have an image. MMA models (``loaded.extra["mma"]``) are routed by the modality of each batch.
+    Prompts and images go through the same functions as training and feature extraction
+    (:func:`vlselect.models.generation_prompt`: the training template up to the assistant turn;
+    :func:`vlselect.models.model_image`: decoded, padded to a square for LLaVA); batches are left-padded and
+    grouped by whether they have an image. MMA models (``loaded.extra["mma"]``) are routed by the modality of each
+    batch.
     """
     import torch
 
+    from vlselect.models import generation_prompt, model_image
     from vlselect.train.mma import mma_routing
 
     processor = loaded.processor
@@ -82,11 +62,10 @@ def generate_answers(loaded, questions: Sequence[str], images: Sequence[str | No
                 if not group:
                     continue
                 g_has = images[group[0]] is not None
-                texts = [processor.apply_chat_template(_prompt_messages(questions[i], g_has), tokenize=False,
-                                                       add_generation_prompt=True) for i in group]
+                texts = [generation_prompt(loaded, questions[i], n_images=1 if g_has else 0) for i in group]
                 kwargs = {"text": texts, "return_tensors": "pt", "padding": True}
                 if g_has:
-                    kwargs["images"] = [_load_image(Path(image_root) / images[i], loaded.family, processor) for i in group]
+                    kwargs["images"] = [model_image(loaded, Path(image_root) / images[i]) for i in group]
                 enc = processor(**kwargs)
                 enc = {k: v.to(loaded.device) if hasattr(v, "to") else v for k, v in enc.items()}
                 routing = mma_routing(model, [1 if g_has else 0] * len(group)) if loaded.extra.get("mma") else None
@@ -121,7 +100,7 @@ def _reuse(out: Path, es: EvalSet, state: dict) -> list[str] | None:
 
 def evaluate(model_dir, eval_files: Sequence, image_root, out_dir, *, adapter=None, reference=None,
              batch_size: int = 8, max_new_tokens: int = 32, resume: bool = True, progress: bool = True,
-             device=None) -> dict:
+             device=None, template=None) -> dict:
     """Evaluate a model on evaluation sets and write ``results.json`` and per-sample predictions.
 
     Parameters
@@ -141,8 +120,11 @@ def evaluate(model_dir, eval_files: Sequence, image_root, out_dir, *, adapter=No
     batch_size, max_new_tokens : int
         Generation batch (8) and length (32).
     resume : bool
-        Reuse the predictions of sets already finished in ``out_dir`` by a call with the same model, adapter and
-        ``max_new_tokens`` (sets are saved one by one as they finish).
+        Reuse the predictions of sets already finished in ``out_dir`` by a call with the same model, adapter,
+        ``max_new_tokens`` and template (sets are saved one by one as they finish).
+    template : str or path, optional
+        The prompt template (:func:`vlselect.models.encode_sample`); default ``$VLSELECT_TEMPLATE``, else the
+        model's default: the same as training used.
 
     Returns
     -------
@@ -162,14 +144,19 @@ def evaluate(model_dir, eval_files: Sequence, image_root, out_dir, *, adapter=No
         raise ConfigError(f"two evaluation sets are named {dup!r}; each --eval file needs its own 'name'")
     ref = reference_scores(reference) if reference is not None else None
     out = Path(out_dir)
+    from vlselect.models.encode import TEMPLATE_ENV, resolve_template
+
+    chosen = template if template is not None else os.environ.get(TEMPLATE_ENV)  # None: the model's default
     state = {"model": str(Path(model_dir).resolve()), "adapter": None if adapter is None else str(Path(adapter).resolve()),
-             "max_new_tokens": max_new_tokens}
+             "max_new_tokens": max_new_tokens, "template": None if chosen is None else str(chosen)}
     reused = {es.name: _reuse(out, es, state) for es in sets} if resume else {}
     for es in sets:  # predictions of another model / options must never be picked up by a later resume
         if reused.get(es.name) is None:
             (out / "predictions" / f"{es.name}.jsonl").unlink(missing_ok=True)
     loaded = None if all(v is not None for v in reused.values()) and reused else \
         load_trained(model_dir, adapter=adapter, device=device)
+    if loaded is not None and chosen is not None:
+        loaded.extra["template"] = resolve_template(loaded, chosen)
     _atomic_write(out / "eval_state.json", json.dumps(state) + "\n")
     results = {"model": str(model_dir), "adapter": None if adapter is None else str(adapter), "sets": {}}
     total = sum(len(s.samples) for s in sets)

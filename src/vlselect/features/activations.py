@@ -415,7 +415,7 @@ def extract_activations(model, pool, out, *, images=None, layers=None, batch_siz
     >>> extract_activations("tiny-llava", "world/pool.json", "feats", images="world/images")  # doctest: +SKIP
     """
     from vlselect.features.store import FeatureStore
-    from vlselect.models import load_vlm
+    from vlselect.models import load_vlm, resolve_template
 
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
@@ -435,6 +435,7 @@ def extract_activations(model, pool, out, *, images=None, layers=None, batch_siz
         "model": str(Path(model).resolve()),
         "model_hash": loaded.model_hash,
         "family": loaded.family,
+        "template": resolve_template(loaded),  # how conversations became text; a resume must use the same
         "layers": layer_list,
         "hidden_size": hidden,
         "module": "self_attn.o_proj",

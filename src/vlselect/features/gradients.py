@@ -625,7 +625,7 @@ def extract_gradients(
     >>> extract_gradients("tiny", "tiny-warmup/lora", "pool.json", "grads", image_root="images")  # doctest: +SKIP
     """
     from vlselect.features.store import FeatureStore
-    from vlselect.models import collate, encode_sample, load_vlm
+    from vlselect.models import collate, encode_sample, load_vlm, resolve_template
     from vlselect.errors import PoolError
 
     if batch_size < 1:
@@ -669,6 +669,7 @@ def extract_gradients(
         "kind": "gradients",
         "model": str(loaded.model_dir),
         "model_hash": loaded.model_hash,
+        "template": resolve_template(loaded),  # how conversations became text; a resume must use the same
         "lora": None if lora is None else str(lora),
         "lora_hash": lora_hash,
         "params": params,

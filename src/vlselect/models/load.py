@@ -87,6 +87,24 @@ def _load_processor(path: Path):
             ) from first
 
 
+def load_processor(model_dir):
+    """Only the processor of a model directory (no weights) and the model family: ``(processor, family)``.
+
+    Used by ``pool check --model`` to put images through the model's own image processor."""
+    from transformers import AutoConfig
+
+    path = Path(model_dir)
+    if not path.is_dir() or not (path / "config.json").exists():
+        raise ModelError(f"model directory '{path}' does not exist or has no config.json; fix: pass a directory "
+                         "written by save_pretrained, e.g. made by 'vlselect models tiny DIR'")
+    try:
+        config = AutoConfig.from_pretrained(str(path))
+    except Exception as exc:  # noqa: BLE001
+        raise ModelError(f"cannot read the config of '{path}': {type(exc).__name__}: {exc}; fix: check that the "
+                         "directory holds a complete image-text-to-text checkpoint") from exc
+    return _load_processor(path), family_of(config)
+
+
 def model_hash(model_dir) -> str:
     """SHA-256 over ``config.json`` and the weight files' bytes (names sorted), cached by file size and mtime.
 
@@ -184,7 +202,7 @@ def decoder_layers(model):
                      "style model (language_model.layers)")
 
 
-def load_vlm(model_dir, *, dtype=None, device=None) -> LoadedVLM:
+def load_vlm(model_dir, *, dtype=None, device=None, template=None) -> LoadedVLM:
     """Load an image-text-to-text model and its processor from a local directory.
 
     Parameters
@@ -195,6 +213,10 @@ def load_vlm(model_dir, *, dtype=None, device=None) -> LoadedVLM:
         Weights dtype (default: as saved; float32 for tiny models).
     device : str or torch.device, optional
         Default CUDA if available else CPU.
+    template : str or path, optional
+        How conversations become text for this model (``"llava_v1"``, ``"chat_template"`` or a Jinja file; see
+        :func:`vlselect.models.encode_sample`); stored in ``extra["template"]``. Default: ``$VLSELECT_TEMPLATE``,
+        else the model's default (:func:`vlselect.models.default_template`).
 
     Returns
     -------
@@ -241,7 +263,7 @@ def load_vlm(model_dir, *, dtype=None, device=None) -> LoadedVLM:
     tok = processor.tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
     image_token_id = getattr(config, "image_token_id", None) or getattr(config, "image_token_index", None)
-    return LoadedVLM(
+    loaded = LoadedVLM(
         model=model, processor=processor, family=family_of(config), model_hash=model_hash(path),
         num_layers=int(text_cfg.num_hidden_layers), device=device, model_dir=path,
         image_token_id=image_token_id, pad_token_id=int(pad),
@@ -249,3 +271,8 @@ def load_vlm(model_dir, *, dtype=None, device=None) -> LoadedVLM:
                                                                   "boi_token_index", "eoi_token_index")
                                  if getattr(config, k, None) is not None),
     )
+    if template is not None:
+        from vlselect.models.encode import resolve_template
+
+        loaded.extra["template"] = resolve_template(loaded, template)  # an unknown name fails here, early
+    return loaded

@@ -39,7 +39,10 @@ import orjson
 
 from vlselect.errors import PoolError
 from vlselect.pool.sample import Sample
-from vlselect.pool.tasks import dataoptim_task, infer_llava665k_task
+from vlselect.pool.tasks import (KIND_TEXT, SOURCE_FIELDS, classify_record, dataoptim_task, decide_layout,
+                                 text_only_label)
+
+_TEXT_PENDING = "\x00text-only"  # label of inferred text-only rows until the pool's layout is known
 
 FORMATS = ("json", "jsonl", "vision-flan", "dataoptim")
 _FORMAT_ALIASES = {"llava": "json", "llava-json": "json", "ndjson": "jsonl", "visionflan": "vision-flan",
@@ -267,6 +270,9 @@ class Pool:
         self.fingerprint = ""
         self.task_names: list[str] = []
         self.task_source: dict[str, int] = {}
+        #: How the task labels were found (:data:`vlselect.pool.tasks.LAYOUTS`); ``"unknown"`` when the rows'
+        #: sources could not be inferred (give ``--task-field`` or ``--tasks``).
+        self.task_layout = "llava665k"
         self._file_idx: np.ndarray | None = None
         self._start = np.zeros(0, np.int64)
         self._end = np.zeros(0, np.int64)
@@ -507,6 +513,7 @@ class _Builder:
         self.task_index: dict[str, int] = {}
         self.task_names: list[str] = []
         self.task_source: Counter = Counter()
+        self.inferred_kinds: Counter = Counter()
         self.skipped: Counter = Counter()
         self.examples = _Examples()
         self.content_hash = hashlib.sha256()
@@ -585,6 +592,11 @@ class _Builder:
         if isinstance(val, str) and val:
             self.task_source["task_name"] += 1
             return val
+        for key in SOURCE_FIELDS:
+            val = rec.get(key)
+            if isinstance(val, str) and val:
+                self.task_source["data_source"] += 1
+                return val
         if file_task is not None:
             self.task_source["dataoptim_file"] += 1
             return file_task
@@ -593,8 +605,39 @@ class _Builder:
             if t is not None:
                 self.task_source["dataoptim_id"] += 1
                 return t
-        self.task_source["llava665k"] += 1
-        return infer_llava665k_task(images, first_human)
+        label, kind = classify_record(images, first_human)
+        self.inferred_kinds[kind] += 1
+        return _TEXT_PENDING if kind == KIND_TEXT else label
+
+    def settle_tasks(self) -> str:
+        """After the scan: decide the inferred rows' layout, name the text-only rows by it, and return the pool's
+        task layout (:data:`vlselect.pool.tasks.LAYOUTS`)."""
+        inferred = sum(self.inferred_kinds.values())
+        layout = decide_layout(self.inferred_kinds)
+        if inferred:
+            self.task_source[layout] += inferred
+        if _TEXT_PENDING in self.task_index:
+            pending = self.task_index.pop(_TEXT_PENDING)
+            final = text_only_label(layout)
+            if final in self.task_index:  # merge into the existing label; later codes move down by one
+                target = self.task_index[final]
+                codes = np.frombuffer(self.codes, np.int32).copy()
+                codes[codes == pending] = target
+                codes[codes > pending] -= 1
+                self.codes = array("i", codes.tobytes())
+                del self.task_names[pending]
+                self.task_index = {n: k for k, n in enumerate(self.task_names)}
+            else:
+                self.task_names[pending] = final
+                self.task_index[final] = pending
+        rule_layout = {"task_field": "task_field", "task": "task", "task_name": "vision-flan",
+                       "data_source": "data_source", "dataoptim_file": "dataoptim", "dataoptim_id": "dataoptim"}
+        found = {rule_layout[k] for k, v in self.task_source.items() if v and k in rule_layout}
+        if inferred:
+            found.add(layout)
+        if "unknown" in found:
+            return "unknown"
+        return found.pop() if len(found) == 1 else ("mixed" if found else "llava665k")
 
 
 def _progress(enabled: bool, total: int, label: str):
@@ -899,6 +942,7 @@ def open_pool(
                else "it holds no records")
         raise PoolError(f"{p}: {why}; a pool needs at least one record (a LLaVA JSON array of records, or JSONL "
                         "with one record per line)")
+    pool.task_layout = b.settle_tasks()
     _finish(pool, b, layout, unique_ids)
     return pool
 

@@ -264,6 +264,12 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"cannot write {type(obj).__name__} to JSON")
 
 
+def _unknown_note(pool) -> str:
+    from vlselect.pool.stats import unknown_layout_note
+
+    return unknown_layout_note(pool)
+
+
 def write_manifest(out_path: str | os.PathLike, *, pool: Pool | None, method: str, params: Mapping[str, Any],
                    budget: Any, seed: int | None, extra: Mapping[str, Any] | None = None) -> Path:  # fmt: skip
     """Write ``manifest.json`` next to a subset: what was selected from what, how, and with which software.
@@ -287,6 +293,8 @@ def write_manifest(out_path: str | os.PathLike, *, pool: Pool | None, method: st
             "fingerprint": pool.fingerprint,
             "skipped": dict(pool.skipped),
             "renamed_ids": pool.renamed,
+            "task_layout": getattr(pool, "task_layout", None),
+            **({"task_note": _unknown_note(pool)} if getattr(pool, "task_layout", None) == "unknown" else {}),
         },
         "method": method,
         "params": dict(params),

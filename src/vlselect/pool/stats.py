@@ -31,8 +31,9 @@ def pool_stats(pool: Pool) -> dict[str, Any]:
     (records without an image: count, share); ``turns`` (assistant answers per record), ``chars`` and ``words``
     (text of all turns, ``<image>`` not counted), each as min / median / p90 / max / mean (numpy linear
     percentiles); ``images`` (records with an image, image references); ``skipped`` and ``renamed_ids`` (nothing is
-    dropped silently); ``task_source`` (how many labels came from which rule, :mod:`vlselect.pool.tasks`); the
-    pool's ``fingerprint``.
+    dropped silently); ``task_source`` (how many labels came from which rule, :mod:`vlselect.pool.tasks`);
+    ``task_layout`` (:data:`vlselect.pool.tasks.LAYOUTS`) and, when it is ``"unknown"``, ``task_note`` (what to
+    give instead); the pool's ``fingerprint``.
 
     Examples
     --------
@@ -61,7 +62,20 @@ def pool_stats(pool: Pool) -> dict[str, Any]:
         "skipped_total": int(sum(pool.skipped.values())),
         "renamed_ids": pool.renamed,
         "task_source": dict(sorted(pool.task_source.items())),
+        "task_layout": pool.task_layout,
+        **({"task_note": unknown_layout_note(pool)} if pool.task_layout == "unknown" else {}),
     }
+
+
+def unknown_layout_note(pool: Pool) -> str:
+    """What to do when a pool's task layout is unknown (shown by ``pool stats``, written into manifests)."""
+    k = pool.task_names.index("unknown") if "unknown" in pool.task_names else -1
+    n = int(np.count_nonzero(pool.task_codes == k)) if k >= 0 else 0
+    return (f"the task of {n:,} of {len(pool):,} records cannot be inferred (the image paths match no known layout: "
+            "LLaVA-665K, ScienceQA, Vision-Flan, DataOptim, data_source fields); they are labelled 'unknown'. "
+            "Task-aware selection (TIVE, stratified random, COINCIDE's task budgets) needs real labels: give "
+            "--task-field FIELD (a field of every record), or write a labels file with 'vlselect pool tasks POOL "
+            "--task-field FIELD -o tasks.json' and pass --tasks tasks.json")
 
 
 def default_image_root(pool: Pool) -> Path:
@@ -78,8 +92,10 @@ def default_image_root(pool: Pool) -> Path:
 
 
 def check_images(pool: Pool, image_root: str | os.PathLike | None = None, *, max_examples: int = 10,
-                 progress: bool = False) -> dict[str, Any]:  # fmt: skip
-    """Check that every image a record names exists under ``image_root`` and can be decoded (Pillow ``verify``).
+                 progress: bool = False, model: str | os.PathLike | None = None) -> dict[str, Any]:  # fmt: skip
+    """Check that every image a record names exists under ``image_root`` and decodes fully (the same loader as
+    training and feature extraction, :func:`vlselect.models.load_image`: a truncated file fails here, not later);
+    with ``model``, also that the model's image processor accepts it (Qwen2-VL refuses an aspect ratio over 200).
 
     The scan goes on past problems; each distinct path is checked once.
 
@@ -94,21 +110,31 @@ def check_images(pool: Pool, image_root: str | os.PathLike | None = None, *, max
         How many examples of each problem to keep.
     progress:
         Show progress on stderr (:mod:`vlselect.progress`).
+    model:
+        A model directory: each image is also put through its processor (as ``features``/``train`` would, padded
+        to a square for LLaVA); refused images are counted as ``rejected``. Only the processor is loaded.
 
     Returns
     -------
     dict
-        ``image_root``, ``records``, ``records_with_image``, ``image_refs``, ``unique_images``, ``missing`` and
-        ``unreadable`` (image references), ``records_with_problems``, ``ok`` (no problem found), ``examples``
-        (``missing``/``unreadable``: row, id, path, and the error for unreadable files).
+        ``image_root``, ``records``, ``records_with_image``, ``image_refs``, ``unique_images``, ``missing``,
+        ``unreadable`` and ``rejected`` (image references), ``records_with_problems``, ``ok`` (no problem found),
+        ``model`` (or None), ``examples`` (``missing``/``unreadable``/``rejected``: row, id, path, and the error).
     """
-    from PIL import Image
+    from vlselect.errors import PoolError
+    from vlselect.models.encode import ImageRejectedError, check_image_with_processor, image_fill, load_image
 
+    processor = family = None
+    if model is not None:
+        from vlselect.models.load import load_processor
+
+        processor, family = load_processor(model)
     root = Path(image_root) if image_root is not None else (pool.image_root or default_image_root(pool))
     status: dict[str, str | None] = {}
-    missing = unreadable = refs = bad_records = with_image = 0
+    missing = unreadable = rejected = refs = bad_records = with_image = 0
     ex_missing: list[dict] = []
     ex_unreadable: list[dict] = []
+    ex_rejected: list[dict] = []
     rows = np.flatnonzero(pool.n_images > 0)
     prog = None
     if progress:
@@ -131,11 +157,15 @@ def check_images(pool: Pool, image_root: str | os.PathLike | None = None, *, max
                         st = "missing"
                     else:
                         try:
-                            with Image.open(full) as im:
-                                im.verify()
+                            img = load_image(full, pad_to_square=family == "llava",
+                                             fill=image_fill(processor) if processor is not None else (0, 0, 0))
+                            if processor is not None:
+                                check_image_with_processor(processor, img, path=rel)
                             st = None
-                        except Exception as exc:  # any decoder error means unreadable
-                            st = f"unreadable: {type(exc).__name__}: {exc}"
+                        except ImageRejectedError as exc:
+                            st = f"rejected: {str(exc.__cause__ or exc)}"
+                        except PoolError as exc:  # the loader's decode errors (truncated, not an image, ...)
+                            st = f"unreadable: {str(exc.__cause__ or exc)}"
                     status[rel] = st
                 if st is None:
                     continue
@@ -144,6 +174,10 @@ def check_images(pool: Pool, image_root: str | os.PathLike | None = None, *, max
                     missing += 1
                     if len(ex_missing) < max_examples:
                         ex_missing.append({"row": i, "id": sample.id, "path": rel})
+                elif st.startswith("rejected: "):
+                    rejected += 1
+                    if len(ex_rejected) < max_examples:
+                        ex_rejected.append({"row": i, "id": sample.id, "path": rel, "error": st[10:]})
                 else:
                     unreadable += 1
                     if len(ex_unreadable) < max_examples:
@@ -163,7 +197,9 @@ def check_images(pool: Pool, image_root: str | os.PathLike | None = None, *, max
         "unique_images": len(status),
         "missing": missing,
         "unreadable": unreadable,
+        "rejected": rejected,
         "records_with_problems": bad_records,
-        "ok": missing == 0 and unreadable == 0,
-        "examples": {"missing": ex_missing, "unreadable": ex_unreadable},
+        "ok": missing == 0 and unreadable == 0 and rejected == 0,
+        "model": None if model is None else str(model),
+        "examples": {"missing": ex_missing, "unreadable": ex_unreadable, "rejected": ex_rejected},
     }

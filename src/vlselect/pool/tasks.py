@@ -7,19 +7,31 @@ A record's task label is decided in this order (first rule that applies wins):
    that field is an error.
 2. a ``task`` field already in the record (a string), e.g. written by ``vlselect world make``.
 3. a ``task_name`` field (Vision-Flan's ``annotation_191-task_1k.json`` carries the task name per record).
-4. DataOptim: for a DataOptim directory, the JSON file's stem (the global id index, ``specs/dataoptim.md`` §2.2);
+4. ``data_source`` / ``source`` (Cambrian-7M, LLaVA-OneVision-style mixtures carry the source dataset per record).
+5. DataOptim: for a DataOptim directory, the JSON file's stem (the global id index, ``specs/dataoptim.md`` §2.2);
    for a single file in DataOptim form, the longest known DataOptim file stem that prefixes the id followed by
    ``_`` (so ``llava_v1.5_12`` is ``llava_v1.5``, not ``llava`` as the official ``id.split('_')[0]`` rule gives).
-5. LLaVA-665K inference (``specs/dataoptim.md`` §11.4, ``specs/tive.md`` §3): no image → ``sharegpt``; image path
-   prefix ``gqa/`` → ``gqa``, ``ocr_vqa/`` → ``ocrvqa``, ``textvqa/`` → ``textcaps``, ``vg/`` → ``vg``; inside
-   ``coco/``: the option-letter prompt → ``aokvqa``, a region prompt → ``refcoco``, the single-word prompt →
-   ``vqav2`` (OKVQA uses the same prompt and cannot be told apart from public fields, so it is counted as
-   ``vqav2``), otherwise ``llava`` (LLaVA-Instruct). Any other image path: its first folder (``sam``,
-   ``flickr30k``, ...). Labels are lower case and the captioning task is spelled ``textcaps`` as TIVE requires.
+6. Inference from the image path (:func:`classify_record`), then per pool (:func:`decide_layout`):
+
+   - LLaVA-665K (``specs/dataoptim.md`` §11.4, ``specs/tive.md`` §3): image path prefix ``gqa/`` → ``gqa``,
+     ``ocr_vqa/`` → ``ocrvqa``, ``textvqa/`` → ``textcaps``, ``vg/`` → ``vg``; inside ``coco/``: the option-letter
+     prompt → ``aokvqa``, a region prompt → ``refcoco``, the single-word prompt → ``vqav2`` (OKVQA uses the same
+     prompt and cannot be told apart from public fields, so it is counted as ``vqav2``), otherwise ``llava``
+     (LLaVA-Instruct). The image folders of other public mixtures that name their source (:data:`KNOWN_FOLDERS`:
+     ``sam``, ``flickr30k``, ``wikiart``, ...) give that folder. Text-only records are ``sharegpt``.
+   - ScienceQA as in LLaVA's ``llava_scienceqa`` files (image paths ``{id}/image.png`` or
+     ``train/{id}/image.png``): every record, text-only questions included, is ``scienceqa``.
+   - Anything else is **unknown**: the rows get the label ``unknown`` (text-only rows of such a pool too), the
+     pool's :attr:`~vlselect.pool.Pool.task_layout` is ``"unknown"``, ``pool stats`` and selection manifests say
+     so, and task-aware selection asks for ``--task-field`` / ``--tasks`` instead of guessing from folder names.
+
+   Labels are lower case and the captioning task is spelled ``textcaps`` as TIVE requires.
 """
 
 from __future__ import annotations
 
+import re
+from collections import Counter
 from typing import Sequence
 
 #: LLaVA-1.5 response-format prompts (``specs/dataoptim.md`` §11.3, LLaVA-1.5 paper Table 7).
@@ -45,6 +57,73 @@ DATAOPTIM_STEMS = (
 
 # longest first, so that 'llava_v1.5_3' resolves to 'llava_v1.5' before 'llava'
 _STEMS_LONGEST_FIRST = tuple(sorted(DATAOPTIM_STEMS, key=len, reverse=True))
+
+
+#: Record fields that name the source dataset in Cambrian / LLaVA-OneVision-style mixtures (rule 4).
+SOURCE_FIELDS = ("data_source", "source")
+
+#: First image folders of public mixtures that name the source dataset (ShareGPT4V, LLaVA-NeXT, Cambrian, ...).
+KNOWN_FOLDERS = frozenset({
+    "sam", "flickr30k", "wikiart", "share_textvqa", "web-celebrity", "web-landmark", "llava", "ai2d", "chartqa",
+    "docvqa", "dvqa", "synthdog-en", "geoqa+", "allava", "textcaps", "ocrvqa", "okvqa", "vizwiz", "clevr",
+    "iconqa", "tabmwp", "scienceqa", "sharegpt4v", "laion", "cc3m", "sbu",
+})  # fmt: skip
+
+#: LLaVA's ScienceQA image paths (``scripts/convert_sqa_to_llava.py``: ``{id}/image.png``, or under a split folder).
+SCIENCEQA_IMAGE = re.compile(r"^(?:(?:train|val|test|minival|minitest)/)?\d+/image\.png$")
+
+#: The label of rows whose source cannot be inferred.
+UNKNOWN_TASK = "unknown"
+
+#: Kinds returned by :func:`classify_record`.
+KIND_665K, KIND_SCIENCEQA, KIND_TEXT, KIND_UNKNOWN = "llava665k", "scienceqa", "text_only", "unknown"
+
+#: Pool task layouts (:attr:`vlselect.pool.Pool.task_layout`).
+LAYOUTS = ("task_field", "task", "vision-flan", "data_source", "dataoptim", "llava665k", "scienceqa", "mixed",
+           "unknown")
+
+
+def classify_record(images: Sequence[str], first_human: str) -> tuple[str, str]:
+    """``(label, kind)`` of a record without a task field, from its image path and first human turn.
+
+    ``kind`` is ``"llava665k"`` (a 665K or known-mixture image folder), ``"scienceqa"`` (LLaVA's ScienceQA image
+    path), ``"text_only"`` (no image; the label waits for the pool's layout) or ``"unknown"`` (label
+    :data:`UNKNOWN_TASK`).
+
+    Examples
+    --------
+    >>> classify_record(["gqa/1.jpg"], ""), classify_record(["12345/image.png"], "")
+    (('gqa', 'llava665k'), ('scienceqa', 'scienceqa'))
+    >>> classify_record(["0042/photo.jpg"], ""), classify_record([], "hi")
+    (('unknown', 'unknown'), ('sharegpt', 'text_only'))
+    """
+    if not images:
+        return TEXT_ONLY_TASK, KIND_TEXT
+    p = images[0].replace("\\", "/").lstrip("./")
+    if SCIENCEQA_IMAGE.match(p):
+        return "scienceqa", KIND_SCIENCEQA
+    top = image_folder(images[0]).lower()
+    if top in LLAVA665K_PREFIX_TASKS or top == "coco" or top in KNOWN_FOLDERS:
+        return infer_llava665k_task(images, first_human), KIND_665K
+    return UNKNOWN_TASK, KIND_UNKNOWN
+
+
+def decide_layout(kinds: Counter) -> str:
+    """The layout of the inferred rows: ``"scienceqa"`` when every image row has a ScienceQA path, ``"unknown"``
+    when any image row has an unrecognised path, else ``"llava665k"`` (also for a pool of text-only rows)."""
+    if kinds.get(KIND_UNKNOWN, 0):
+        return "unknown"
+    if kinds.get(KIND_SCIENCEQA, 0) and not kinds.get(KIND_665K, 0):
+        return "scienceqa"
+    if kinds.get(KIND_SCIENCEQA, 0):
+        return "unknown"  # ScienceQA paths mixed with 665K folders: not a layout we know
+    return "llava665k"
+
+
+def text_only_label(layout: str) -> str:
+    """What the text-only rows of an inferred layout are called: ``sharegpt`` (665K), ``scienceqa``, or
+    ``unknown``."""
+    return {"llava665k": TEXT_ONLY_TASK, "scienceqa": "scienceqa"}.get(layout, UNKNOWN_TASK)
 
 
 def dataoptim_task(record_id: str, stems: Sequence[str] | None = None) -> str | None:

@@ -31,14 +31,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 
+from vlselect.artifact import (CREATE_LOCK, ArtifactMismatchError, FolderLock, atomic_save_npy as _atomic_save_npy,
+                               atomic_write_bytes as _atomic_write_bytes, atomic_write_json as _atomic_write_json,
+                               clear_folder, code_version, describe_difference, ids_digest, mismatch_error)
 from vlselect.errors import FeatureError
+from vlselect.executor import parse_shard
 
 FORMAT = "vlselect.features/1"
 _PLAN = "plan.json"
@@ -58,40 +61,6 @@ class Shard:
         return self.stop - self.start
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _atomic_write_json(path: Path, obj) -> None:
-    _atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
-
-
-def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.lib.format.write_array(fh, np.ascontiguousarray(array), allow_pickle=False)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -102,19 +71,8 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def parse_shard(spec: str | None) -> tuple[int, int]:
-    """Parse ``"i/N"`` (0-based i) into ``(i, N)``; ``None`` → ``(0, 1)``."""
-    if spec is None or spec == "":
-        return 0, 1
-    try:
-        i, n = (int(x) for x in str(spec).split("/"))
-    except ValueError:
-        i, n = -1, -1
-    if n < 1 or not 0 <= i < n:
-        from vlselect.errors import ConfigError
-
-        raise ConfigError(f"bad --shard value {spec!r}; fix: write it as i/N with 0 <= i < N, e.g. --shard 0/4")
-    return i, n
+class StoreMismatchError(FeatureError, ArtifactMismatchError):
+    """The store folder holds (part of) a store of other inputs: other settings, pool, sample ids or code."""
 
 
 def _normalise_arrays(arrays) -> dict[str, tuple[int | None, str]]:
@@ -135,12 +93,18 @@ class FeatureStore:
         self.path = Path(path)
         self.plan = plan
         self._manifest = manifest
+        self._lock = None
 
     # ------------------------------------------------------------------ writing
     @classmethod
     def create(cls, path, *, arrays: dict, n_rows: int, shard_size: int = 1024, meta: dict | None = None,
-               sample_ids: Iterable[str] | None = None) -> "FeatureStore":
-        """Start a store, or reopen an unfinished one with the same plan to resume it.
+               sample_ids: Iterable[str] | None = None, code: str | None = None,
+               overwrite: bool = False) -> "FeatureStore":
+        """Start a store, or reopen an unfinished (or finished) one of the same inputs to resume (or reuse) it.
+
+        The store's content key is its plan: the arrays, ``n_rows``, ``shard_size``, ``meta``, the digest of the
+        exact sample ids and the code version. A folder holding a store of another plan is refused
+        (:class:`StoreMismatchError`, naming what differs) unless ``overwrite``.
 
         Parameters
         ----------
@@ -156,50 +120,82 @@ class FeatureStore:
             Recorded in the manifest (model, model_hash, layers, pooling, pool_fingerprint, …). A resumed run must
             pass the same ``meta`` (compared as JSON).
         sample_ids : iterable of str, optional
-            Row → sample id; length ``n_rows``.
+            Row → sample id; length ``n_rows``. Compared (as a digest) when resuming.
+        code : str, optional
+            The computing stage's code version (:func:`vlselect.artifact.code_version`).
+        overwrite : bool
+            Empty the folder first and recompute (refused while another process writes it).
 
         Raises
         ------
-        FeatureError
-            The directory holds a store with a different plan.
+        StoreMismatchError
+            The directory holds a store of other inputs (a :class:`FeatureError`).
+        ArtifactBusyError
+            ``overwrite`` while another process writes the folder.
         """
         path = Path(path)
         if n_rows < 0 or shard_size < 1:
             raise FeatureError(f"feature store '{path}': bad n_rows={n_rows} or shard_size={shard_size}; fix: "
                                "n_rows >= 0 and shard_size >= 1")
+        ids = None if sample_ids is None else [str(s) for s in sample_ids]
+        if ids is not None and len(ids) != n_rows:
+            raise FeatureError(f"feature store '{path}': {len(ids)} sample ids for {n_rows} rows")
         plan = {
             "format": FORMAT,
             "arrays": {k: [w, d] for k, (w, d) in _normalise_arrays(arrays).items()},
             "n_rows": int(n_rows),
             "shard_size": int(shard_size),
             "meta": json.loads(json.dumps(meta or {})),
+            "sample_ids": None if ids is None else ids_digest(ids),
+            "code": code,
         }
         existing = path / _PLAN
-        if existing.exists():
-            try:
-                old = json.loads(existing.read_text())
-            except ValueError as exc:
-                raise FeatureError(f"feature store '{path}': plan.json is corrupt ({exc}); fix: delete the "
-                                   "directory and run again") from exc
-            if old != plan:
-                diff = sorted(k for k in set(old) | set(plan) if old.get(k) != plan.get(k))
-                if "meta" in diff:
-                    diff += sorted(k for k in set(old.get("meta", {})) | set(plan["meta"])
-                                   if old.get("meta", {}).get(k) != plan["meta"].get(k))
-                raise FeatureError(f"feature store '{path}' was started with different settings ({', '.join(diff)}); "
-                                   "fix: use another --out directory, or delete this one to start over")
-        else:
-            path.mkdir(parents=True, exist_ok=True)
-            if sample_ids is not None:
-                ids = [str(s) for s in sample_ids]
-                if len(ids) != n_rows:
-                    raise FeatureError(f"feature store '{path}': {len(ids)} sample ids for {n_rows} rows")
-                _atomic_write_json(path / _IDS, ids)
-            _atomic_write_json(existing, plan)
+        # one process at a time checks / creates the plan; the writers then share the folder (ranks, --shard jobs),
+        # and --overwrite needs it to itself
+        creating = FolderLock(path, exclusive=True, wait=60.0, name=CREATE_LOCK).acquire()
+        try:
+            lock = FolderLock(path, exclusive=overwrite, wait=0.0).acquire()
+        except BaseException:
+            creating.release()
+            raise
+        try:
+            if overwrite:
+                clear_folder(path)
+            if existing.exists():
+                try:
+                    old = json.loads(existing.read_text())
+                except ValueError as exc:
+                    raise FeatureError(f"feature store '{path}': plan.json is corrupt ({exc}); fix: pass --overwrite "
+                                       "to recompute it, or another --out") from exc
+                if old != plan:
+                    raise StoreMismatchError(str(mismatch_error(path, describe_difference(old, plan))))
+            else:
+                others = [p.name for p in path.iterdir() if not p.name.startswith(".")]
+                if others:
+                    raise StoreMismatchError(str(mismatch_error(
+                        path, f"it is not a feature store (it has {', '.join(sorted(others)[:4])})")))
+                if ids is not None:
+                    _atomic_write_json(path / _IDS, ids)
+                _atomic_write_json(existing, plan)
+        except BaseException:
+            lock.release()
+            raise
+        finally:
+            creating.release()
+        lock.share()
         manifest = None
         if (path / _MANIFEST).exists():
             manifest = json.loads((path / _MANIFEST).read_text())
-        return cls(path, plan, manifest)
+        store = cls(path, plan, manifest)
+        store._lock = lock
+        return store
+
+    def close(self) -> None:
+        """Release this process's hold on the folder (also released when the process ends)."""
+        lock = getattr(self, "_lock", None)
+        if lock is not None:
+            lock.release()
+            self._lock = None
 
     @property
     def n_rows(self) -> int:
@@ -435,7 +431,10 @@ def merge(dirs, out) -> FeatureStore:
             ids = json.loads((d / _IDS).read_text())
             break
     dest = FeatureStore.create(out, arrays=w, n_rows=plan["n_rows"], shard_size=plan["shard_size"],
-                               meta=plan["meta"], sample_ids=ids)
+                               meta=plan["meta"], sample_ids=ids, code=plan.get("code"))
+    if dest.plan != plan:
+        raise FeatureError(f"cannot merge into '{out}': the parts' plan.json differs from the store they describe "
+                           "(sample ids); fix: merge only parts of one run")
     if dest.finished:
         return FeatureStore.open(out)
     srcs = [FeatureStore(d, plan) for d in dirs]

@@ -141,7 +141,7 @@ def _train_and_eval(job: dict[str, Any]) -> dict[str, Any]:
                          modules_to_save=job["modules_to_save"] or None, projector_lr=job["lr"])
         results = evaluate(res.final_dir, job["eval_files"], job["images"], out / "eval", progress=False,
                            max_new_tokens=job["max_new_tokens"], batch_size=16)
-    _drop_weights(out / "train", keep=("train_result.json",))
+    _drop_weights(out / "train", keep=("train_result.json", "artifact.json"))
     return {"scores": {k: v for k, v in _scores(results).items()}, "train_loss": res.losses[-1] if res.losses else None,
             "samples": res.samples, "seconds": cost.seconds, "peak_rss_mb": cost.peak_rss_mb}
 

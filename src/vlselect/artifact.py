@@ -73,8 +73,14 @@ def _fail_hook(path: Path) -> None:
         raise OSError(errno.ENOSPC, f"No space left on device (simulated): '{path}'")
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
+def atomic_open(path: str | os.PathLike, mode: str = "wb", **open_kwargs) -> Iterator[Any]:
     """A file handle onto a temporary file next to ``path``; on a clean exit it is flushed, ``fsync``-ed and renamed
     onto ``path``; on any error (a full disk included) the temporary file is removed and ``path`` is untouched.
 
@@ -84,12 +90,12 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, mode) as fh:
+        with os.fdopen(fd, mode, **open_kwargs) as fh:
             yield fh
             _fail_hook(path)
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private (0600); outputs are meant to be shared
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -22,6 +22,8 @@ import csv
 import json
 import math
 import os
+import shlex
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -30,6 +32,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from vlselect.artifact import atomic_open, atomic_save_npy, atomic_write_json
 from vlselect.bench.stages import StageCache, measure
 
 DEFAULT_METHODS = (
@@ -168,7 +171,7 @@ def _scores(results: dict) -> dict[str, float]:
 
 
 def run_bench(out: str | os.PathLike, config: BenchConfig | None = None, *,
-              log: Callable[[str], None] = _log_default) -> dict[str, Any]:
+              log: Callable[[str], None] = _log_default, overwrite: bool = False) -> dict[str, Any]:
     """Run the benchmark into ``out`` and return the results dict (also saved as ``results.json``).
 
     Parameters
@@ -177,6 +180,9 @@ def run_bench(out: str | os.PathLike, config: BenchConfig | None = None, *,
         Output folder: ``cache/`` (stages), ``results.json``, ``results.csv``, ``report.html``.
     config : BenchConfig
         The recipe (default: the full benchmark; :meth:`BenchConfig.quick` for the quick one).
+    overwrite : bool
+        Recompute every stage instead of reusing the cached ones (a stage is reused only when its recipe and the
+        code version match).
 
     Returns
     -------
@@ -191,7 +197,7 @@ def run_bench(out: str | os.PathLike, config: BenchConfig | None = None, *,
     for m in cfg.methods:
         get_method(m)  # unknown names fail before any work
     out = Path(out)
-    cache = StageCache(out / "cache", log=log)
+    cache = StageCache(out / "cache", log=log, overwrite=overwrite)
     started = time.time()
 
     # 1. worlds -------------------------------------------------------------------------------------------
@@ -270,7 +276,7 @@ def run_bench(out: str | os.PathLike, config: BenchConfig | None = None, *,
             inputs, params = inputs_for(m, cfg)
             sels = run_method(m, inputs, list(cfg.budgets), tasks=tasks, seed=cfg.seed, params=params)
             for b, s in zip(cfg.budgets, sels):
-                np.save(d / f"indices_{b}.npy", s.indices)
+                atomic_save_npy(d / f"indices_{b}.npy", np.asarray(s.indices))
             return {str(b): s.count for b, s in zip(cfg.budgets, sels)}
 
         try:
@@ -301,7 +307,7 @@ def run_bench(out: str | os.PathLike, config: BenchConfig | None = None, *,
                                  if b == _overlap_budget(cfg)})
     results["overlap"] = {"budget": _overlap_budget(cfg), "methods": names, "jaccard": mat}
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=1))
+    atomic_write_json(out / "results.json", results, sort_keys=False)
     _write_csv(out / "results.csv", results)
     write_report(results, out / "report.html")
     return results
@@ -561,7 +567,7 @@ def _assemble(cfg: BenchConfig, runs: list[dict], subsets, tasks: np.ndarray, n:
     return {
         "title": f"vlselect bench: {len(cfg.methods)} methods on the world ({n} records)",
         "created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "command": "vlselect bench" + (" --quick" if cfg.size < 20000 else ""),
+        "command": shlex.join(sys.argv),  # the real command line of this run
         "config": asdict(cfg),
         "sets": sets,
         "chance": chance,
@@ -600,7 +606,7 @@ def _notes(cfg: BenchConfig, base_info: dict, results: dict | None = None) -> li
 
 def _write_csv(path: Path, results: dict) -> None:
     sets = results["sets"]
-    with open(path, "w", newline="") as f:
+    with atomic_open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["method", "budget", "n_seeds", "relative_mean", "relative_low", "relative_high", *sets])
         ref = results["reference"]["scores"]

@@ -18,6 +18,8 @@ def register(app: typer.Typer) -> None:
         size: int = typer.Option(0, "--size", help="World size (default 20000; quick 5000)."),
         jobs: int = typer.Option(2, "--jobs", help="Training/evaluation workers side by side (one thread each)."),
         seed: int = typer.Option(0, "--seed", help="Seed of the world, the model and the selections."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Recompute every stage instead of reusing the "
+                                       "cache (a stage is reused only when its recipe and the code version match)."),
     ) -> None:
         """Run every method on the synthetic world, train on each subset, evaluate, and write the table and report.
 
@@ -41,6 +43,6 @@ def register(app: typer.Typer) -> None:
         if size:
             over["size"] = size
         cfg = BenchConfig.quick(**over) if quick else BenchConfig(**over)
-        results = run_bench(out, cfg)
+        results = run_bench(out, cfg, overwrite=overwrite)
         print_results(results, Console())
         Console().print(f"\nreport: {out / 'report.html'}  ·  table: {out / 'results.csv'}")

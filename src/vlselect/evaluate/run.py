@@ -12,7 +12,6 @@ Output folder
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Sequence
 
@@ -23,10 +22,20 @@ from vlselect.evaluate.sets import EvalSet, read_eval_set, read_results, scores_
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    from vlselect.artifact import atomic_write_text
+
+    atomic_write_text(path, text)
+
+
+def _weights_hash(folder) -> str | None:
+    """The hash of a model / adapter folder's weights (so a retrained model at the same path is not reused)."""
+    from vlselect.errors import ModelError
+    from vlselect.models.load import model_hash
+
+    try:
+        return model_hash(folder)
+    except (ModelError, OSError):
+        return None  # not a folder of weights: loading it reports the problem
 
 
 def _prompt_messages(question: str, has_image: bool) -> list[dict]:
@@ -121,7 +130,7 @@ def _reuse(out: Path, es: EvalSet, state: dict) -> list[str] | None:
 
 def evaluate(model_dir, eval_files: Sequence, image_root, out_dir, *, adapter=None, reference=None,
              batch_size: int = 8, max_new_tokens: int = 32, resume: bool = True, progress: bool = True,
-             device=None) -> dict:
+             device=None, overwrite: bool = False) -> dict:
     """Evaluate a model on evaluation sets and write ``results.json`` and per-sample predictions.
 
     Parameters
@@ -142,7 +151,11 @@ def evaluate(model_dir, eval_files: Sequence, image_root, out_dir, *, adapter=No
         Generation batch (8) and length (32).
     resume : bool
         Reuse the predictions of sets already finished in ``out_dir`` by a call with the same model, adapter and
-        ``max_new_tokens`` (sets are saved one by one as they finish).
+        ``max_new_tokens`` (sets are saved one by one as they finish); predictions of another model (its path
+        or its weights' hash), adapter or ``max_new_tokens`` are an
+        :class:`~vlselect.artifact.ArtifactMismatchError` naming what differs (exit 2).
+    overwrite : bool
+        Evaluate again from scratch whatever ``out_dir`` holds (same as ``resume=False``).
 
     Returns
     -------
@@ -163,7 +176,31 @@ def evaluate(model_dir, eval_files: Sequence, image_root, out_dir, *, adapter=No
     ref = reference_scores(reference) if reference is not None else None
     out = Path(out_dir)
     state = {"model": str(Path(model_dir).resolve()), "adapter": None if adapter is None else str(Path(adapter).resolve()),
-             "max_new_tokens": max_new_tokens}
+             "max_new_tokens": max_new_tokens, "model_hash": _weights_hash(model_dir),
+             "adapter_hash": None if adapter is None else _weights_hash(adapter)}
+    from vlselect.artifact import FolderLock, describe_difference, mismatch_error
+
+    with FolderLock(out, exclusive=True):  # one evaluation writes a folder at a time
+        resume = resume and not overwrite
+        sf = out / "eval_state.json"
+        if resume and sf.is_file():
+            try:
+                old = json.loads(sf.read_text())
+            except ValueError as exc:
+                raise ConfigError(f"{sf} is corrupt ({exc}); fix: pass --overwrite, or another --out") from None
+            if old != state:
+                raise mismatch_error(out, describe_difference(old, state))
+        return _evaluate(model_dir, sets, image_root, out, state, ref, reference, adapter=adapter,
+                         batch_size=batch_size, max_new_tokens=max_new_tokens, resume=resume, progress=progress,
+                         device=device)
+
+
+def _evaluate(model_dir, sets, image_root, out: Path, state: dict, ref, reference, *, adapter, batch_size,
+              max_new_tokens, resume, progress, device) -> dict:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from vlselect.train.load import load_trained
+
     reused = {es.name: _reuse(out, es, state) for es in sets} if resume else {}
     for es in sets:  # predictions of another model / options must never be picked up by a later resume
         if reused.get(es.name) is None:

@@ -80,27 +80,38 @@ def _umask() -> int:
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike, mode: str = "wb", **open_kwargs) -> Iterator[Any]:
-    """A file handle onto a temporary file next to ``path``; on a clean exit it is flushed, ``fsync``-ed and renamed
-    onto ``path``; on any error (a full disk included) the temporary file is removed and ``path`` is untouched.
-
-    The one atomic write of the package: every writer below and every stage goes through it.
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path next to ``path`` for a writer that needs a file name (e.g. a memmap); on a clean exit the
+    file is ``fsync``-ed, given shared permissions and renamed onto ``path``; on any error it is removed and
+    ``path`` is untouched. The one atomic write of the package: every writer below and every stage goes through it.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, mode, **open_kwargs) as fh:
-            yield fh
-            _fail_hook(path)
-            fh.flush()
-            os.fsync(fh.fileno())
+        yield Path(tmp)
+        _fail_hook(path)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private (0600); outputs are meant to be shared
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "wb", **open_kwargs) -> Iterator[Any]:
+    """A file handle onto a temporary file next to ``path`` (:func:`atomic_path`): renamed onto ``path`` on a clean
+    exit; on any error (a full disk included) removed, and ``path`` is untouched."""
+    with atomic_path(path) as tmp:
+        with open(tmp, mode, **open_kwargs) as fh:
+            yield fh
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -412,6 +423,7 @@ class Artifact:
 
 
 __all__ = ["Artifact", "ArtifactBusyError", "ArtifactError", "ArtifactMismatchError", "FolderLock", "atomic_open",
+           "atomic_path",
            "atomic_save_npy", "atomic_torch_save", "atomic_write_bytes", "atomic_write_json", "atomic_write_text",
            "clear_folder", "code_version", "content_key", "describe_difference", "digest", "ids_digest",
            "mismatch_error", "replace_dir"]

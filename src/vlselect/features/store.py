@@ -37,9 +37,11 @@ from typing import Iterable
 
 import numpy as np
 
-from vlselect.artifact import (CREATE_LOCK, ArtifactMismatchError, FolderLock, atomic_save_npy as _atomic_save_npy,
-                               atomic_write_bytes as _atomic_write_bytes, atomic_write_json as _atomic_write_json,
-                               clear_folder, code_version, describe_difference, ids_digest, mismatch_error)
+from vlselect.artifact import CREATE_LOCK, ArtifactMismatchError, FolderLock, atomic_path, clear_folder
+from vlselect.artifact import atomic_save_npy as _atomic_save_npy
+from vlselect.artifact import atomic_write_bytes as _atomic_write_bytes
+from vlselect.artifact import atomic_write_json as _atomic_write_json
+from vlselect.artifact import describe_difference, ids_digest, mismatch_error
 from vlselect.errors import FeatureError
 from vlselect.executor import parse_shard
 
@@ -298,13 +300,12 @@ class FeatureStore:
         for name, (width, dtype) in self.plan["arrays"].items():
             shape = (self.n_rows,) if width is None else (self.n_rows, width)
             final = self.path / f"{name}.npy"
-            tmp = self.path / f".{name}.npy.tmp"
-            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.dtype(dtype), shape=shape)
-            for s in self.shards():
-                out[s.start:s.stop] = np.load(self._shard_file(s.index, name), mmap_mode="r")
-            out.flush()
-            del out
-            os.replace(tmp, final)
+            with atomic_path(final) as tmp:
+                out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.dtype(dtype), shape=shape)
+                for s in self.shards():
+                    out[s.start:s.stop] = np.load(self._shard_file(s.index, name), mmap_mode="r")
+                out.flush()
+                del out
             arrays_info[name] = {"file": final.name, "shape": list(shape), "dtype": np.dtype(dtype).str}
         _atomic_save_npy(self.path / "missing.npy", missing)
         if "has_image" in self.plan["arrays"]:  # activation stores: count text-only rows (coincide.md §1.5)

@@ -680,6 +680,10 @@ def extract_gradients(
         engine = GradientEngine(net, params=params, projection=projection, dim=dim, seed=seed, factor_dim=factor_dim,
                                 adam_state=adam)
     n = len(pool)
+
+    def sample_at(i: int):
+        return pool[i] if not hasattr(pool, "sample") else pool.sample(i)
+
     ids_attr = getattr(pool, "ids", None)
     ids = list(ids_attr() if callable(ids_attr) else ids_attr) if ids_attr is not None else [s.id for s in pool]
     arrays = {"gradients": (engine.out_dim, "float32")}
@@ -701,6 +705,12 @@ def extract_gradients(
         "loss": "mean cross-entropy over the sample's answer tokens",
         "pool_fingerprint": getattr(pool, "fingerprint", None),
     }
+    if meta["pool_fingerprint"] is None:  # a list of samples (e.g. a validation set): key the store on its content
+        from dataclasses import asdict, is_dataclass
+
+        from vlselect.artifact import digest
+
+        meta["samples_digest"] = digest([asdict(x) if is_dataclass(x) else repr(x) for x in map(sample_at, range(n))])
     if not ex.finalises:
         ex.barrier()  # rank 0 creates (or clears, under --overwrite) the folder first
     store = FeatureStore.create(out, arrays=arrays, n_rows=n, shard_size=shard_size, meta=meta, sample_ids=ids,
@@ -709,9 +719,6 @@ def extract_gradients(
         ex.barrier()
     todo = store.pending(ex.slot, ex.slots)
     kill_after = int(os.environ.get("VLSELECT_TEST_KILL_AFTER_SHARDS", "0") or 0)
-
-    def sample_at(i: int):
-        return pool[i] if not hasattr(pool, "sample") else pool.sample(i)
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 

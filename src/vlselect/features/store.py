@@ -251,6 +251,8 @@ class FeatureStore:
         missing : iterable of int
             Absolute row indices of this shard that could not be computed (their rows should be zeros).
         """
+        if (self.path / _MANIFEST).exists():
+            return  # another process (same inputs, same key) finished the store meanwhile: nothing to add
         shard = self.shard(k)
         specs = self.plan["arrays"]
         if set(arrays) != set(specs):
@@ -276,6 +278,8 @@ class FeatureStore:
         finalise, or ``vlselect features merge`` will). Safe to call from several processes: one wins a lock.
         """
         if self.finished:
+            if (self.path / "shards").exists() and (self.path / _MANIFEST).exists():
+                shutil.rmtree(self.path / "shards", ignore_errors=True)  # a late duplicate writer's leftovers
             return True
         if len(self.done_shards()) != self.n_shards:
             return False

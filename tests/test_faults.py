@@ -262,3 +262,43 @@ def test_two_extractions_on_one_out_at_once_give_the_uninterrupted_store(world, 
     assert codes == [0, 0], [p.stderr.read().decode()[-2000:] for p in procs]
     assert _main([*args, "--out", tmp_path / "ref"])[0] == 0
     assert _files(out) == _files(tmp_path / "ref")
+
+
+# ------------------------------------------------------------------------------------------------ torchrun
+@pytest.mark.slow
+def test_gradients_and_warmup_under_a_real_two_process_torchrun(world, tmp_path):
+    """torchrun with 2 CPU ranks (gloo): the gradient store equals the single-process one byte for byte (ranks
+    write their own shards, rank 0 finalises after a barrier); the warm-up trains on both ranks and only rank 0
+    exports (one adapter, no leftover temporary folder, the adapter is the checkpoint of the rule's step)."""
+    import torch
+    from safetensors.torch import load_file
+
+    torchrun = [str(VENV_BIN / "torchrun"), "--standalone", "--nproc_per_node=2", "--no-python",
+                str(VENV_BIN / "vlselect")]
+    ref, tr = tmp_path / "ref", tmp_path / "tr"
+    assert _main(_grad_args(world, world["pool"], ref, "--norms"))[0] == 0
+    r = subprocess.run([*torchrun, *map(str, _grad_args(world, world["pool"], tr, "--norms"))], env=_env(),
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert _files(tr) == _files(ref)
+    warm = tmp_path / "warm"
+    import shlex
+
+    script = tmp_path / "warmup.sh"  # torchrun's own parser would take '--r' for one of its options
+    script.write_text("#!/bin/sh\nexec " + shlex.join([
+        str(VENV_BIN / "vlselect"), "train", "warmup", "--model", str(world["model"]), "--pool", str(world["pool"]),
+        "--images", str(world["images"]), "--rule", "icons", "--r", "4", "--batch-size", "1", "--step", "1",
+        "--device", "cpu", "--quiet", "--out", str(warm)]) + "\n")
+    script.chmod(0o755)
+    r = subprocess.run([*torchrun[:-1], str(script)], env=_env(), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    meta = json.loads((warm / "warmup.json").read_text())
+    assert meta["step"] == 1 and meta["key"] == json.loads((warm / "artifact.json").read_text())["key"]
+    assert sorted(p.name for p in warm.iterdir() if not p.name.startswith(".vlselect")) == [
+        "adam_state.pt", "artifact.json", "lora", "run", "warmup.json", "warmup_indices.json"]
+    cp = torch.load(warm / "run" / "checkpoint-1" / "trainable.pt")
+    saved = load_file(str(warm / "lora" / "adapter_model.safetensors"))
+    for key, t in saved.items():
+        if "lora_B" in key:
+            src = next(n for n in cp if n.replace(".default", "").endswith(key.split("base_model.model.")[-1]))
+            assert torch.equal(t, cp[src])

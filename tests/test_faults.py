@@ -124,6 +124,24 @@ def test_a_failed_training_leaves_no_out_folder(world, tmp_path, capsys):
     assert not out.exists()
 
 
+def test_evaluation_of_another_model_in_the_same_out_is_refused(world, tmp_path):
+    from vlselect.artifact import ArtifactMismatchError
+    from vlselect.evaluate import evaluate
+
+    ev = tmp_path / "ev"
+    kw = dict(max_new_tokens=2, progress=False, device="cpu")
+    first = evaluate(world["model"], [world["color"]], world["images"], ev, **kw)
+    pf = ev / "predictions" / "color.jsonl"
+    before = pf.read_bytes()
+    with pytest.raises(ArtifactMismatchError, match=r"ev holds a result of other inputs: adapter.*--overwrite"):
+        evaluate(world["model"], [world["color"]], world["images"], ev, adapter=world["lora"], **kw)
+    assert pf.read_bytes() == before  # the first model's predictions are kept
+    again = evaluate(world["model"], [world["color"]], world["images"], ev, adapter=world["lora"], overwrite=True,
+                     **kw)
+    assert set(again["sets"]) == set(first["sets"]) == {"color"}
+    assert json.loads((ev / "eval_state.json").read_text())["adapter_hash"].startswith("sha256:")
+
+
 # ------------------------------------------------------------------------------------------------ SIGKILL
 def test_gradients_killed_after_a_shard_resume_byte_identical(world, tmp_path):
     ref, killed = tmp_path / "ref", tmp_path / "killed"

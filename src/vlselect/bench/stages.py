@@ -14,7 +14,6 @@ recorded in ``done.json`` and gathered into the report's cost table.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -26,13 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from vlselect.artifact import FolderLock, atomic_write_json, clear_folder, code_version
+from vlselect.artifact import FolderLock, atomic_write_json, clear_folder, code_version, digest
 
 
 def recipe_key(recipe: Any) -> str:
     """A short stable hash of a JSON-serialisable recipe."""
-    blob = json.dumps(recipe, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:12]
+    return digest(recipe).split(":", 1)[1][:12]  # the package's one content hash (vlselect.artifact.digest)
 
 
 @dataclass

@@ -178,10 +178,24 @@ def evaluate(model_dir, eval_files: Sequence, image_root, out_dir, *, adapter=No
     state = {"model": str(Path(model_dir).resolve()), "adapter": None if adapter is None else str(Path(adapter).resolve()),
              "max_new_tokens": max_new_tokens, "model_hash": _weights_hash(model_dir),
              "adapter_hash": None if adapter is None else _weights_hash(adapter)}
+    created = not out.exists()
+    try:
+        return _evaluate_locked(model_dir, sets, image_root, out, state, ref, reference, adapter=adapter,
+                                batch_size=batch_size, max_new_tokens=max_new_tokens, resume=resume and not overwrite,
+                                progress=progress, device=device)
+    except BaseException:
+        if created and out.is_dir() and all(p.name.startswith(".vlselect") for p in out.iterdir()):
+            import shutil
+
+            shutil.rmtree(out, ignore_errors=True)  # a failed first evaluation leaves no empty folder
+        raise
+
+
+def _evaluate_locked(model_dir, sets, image_root, out: Path, state: dict, ref, reference, *, adapter, batch_size,
+                     max_new_tokens, resume, progress, device) -> dict:
     from vlselect.artifact import FolderLock, describe_difference, mismatch_error
 
     with FolderLock(out, exclusive=True):  # one evaluation writes a folder at a time
-        resume = resume and not overwrite
         sf = out / "eval_state.json"
         if resume and sf.is_file():
             try:

@@ -2,7 +2,9 @@
 
 Layout of a store directory::
 
-    plan.json                  what is being computed: arrays {name: [width, dtype]}, n_rows, shard_size, meta
+    plan.json                  the store's content key: arrays {name: [width, dtype]}, n_rows, shard_size, meta
+                               (model and adapter hashes, pool fingerprint, options), the digest of the exact
+                               sample ids and the code version of the computing stage
     sample_ids.json            row → sample id (a JSON list, pool order)
     shards/<k>.<name>.npy      shard k's rows of array <name> (rows [k·shard_size, (k+1)·shard_size))
     shards/<k>.done.json       shard k is complete; lists its rows recorded missing (--skip-bad)
@@ -10,7 +12,12 @@ Layout of a store directory::
     missing.npy                after finalise: bool per row, True where the row could not be computed
     manifest.json              written last, atomically: the store is finished
 
-Every file is written to a temporary name and renamed, and a shard's ``done`` marker is written only after all
+A folder is resumed (or reused, if finished) only when its plan equals the new one; otherwise
+:meth:`FeatureStore.create` raises :class:`StoreMismatchError` ("DIR holds a result of other inputs: <what differs>;
+pass --overwrite or another --out"), and ``overwrite=True`` empties it first. Writers hold a shared lock on the
+folder (ranks and ``--shard`` jobs cooperate); ``--overwrite`` needs it alone.
+
+Every file is written to a temporary name and renamed (:mod:`vlselect.artifact`), and a shard's ``done`` marker is written only after all
 its arrays, so a run killed at any point (even SIGKILL) resumes from the finished shards and produces byte-identical
 arrays. Which shards a process computes is decided outside the computation (DESIGN.md, "From datatrove"):
 :meth:`FeatureStore.pending` takes ``rank`` / ``world_size`` (``torchrun``) or a ``--shard i/N`` pair (SLURM

@@ -84,8 +84,10 @@ def test_sigkill_resume_torchrun_and_shard_merge_are_byte_identical(tmp_path, ti
     assert r.returncode == -signal.SIGKILL
     assert not (res / "manifest.json").exists()
     plan = json.loads((res / "plan.json").read_text())
-    st = FeatureStore.create(res, arrays=plan["arrays"], n_rows=6, shard_size=2, meta=plan["meta"])
+    st = FeatureStore.create(res, arrays=plan["arrays"], n_rows=6, shard_size=2, meta=plan["meta"],
+                             sample_ids=json.loads((res / "sample_ids.json").read_text()), code=plan["code"])
     assert [s.index for s in st.pending()] == [1, 2]  # shard 0 is kept and will not be recomputed
+    st.close()
     subprocess.run(cli + _args(tiny_llava, pool, images, res), env=_env(), check=True)
     # 2. an uninterrupted run with two processes under torchrun (gloo on CPU): ranks split the shards
     tr = tmp_path / "torchrun"

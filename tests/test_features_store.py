@@ -74,7 +74,7 @@ def test_errors(tmp_path):
     with pytest.raises(FeatureError, match="does not exist"):
         FeatureStore.open(tmp_path / "nothing")
     _create(tmp_path / "x")
-    with pytest.raises(FeatureError, match="different settings.*n_rows"):
+    with pytest.raises(FeatureError, match=r"x holds a result of other inputs: n_rows \(10 there, 11 now\).*pass --overwrite or another --out"):
         FeatureStore.create(tmp_path / "x", arrays=ARRAYS, n_rows=11, shard_size=4, meta={"pool_fingerprint": "fp"})
     with pytest.raises(FeatureError, match="shape"):
         _create(tmp_path / "x").write_shard(0, {"activations": np.zeros((3, 6)), "loss": np.zeros(4)})

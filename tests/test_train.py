@@ -108,8 +108,11 @@ def test_seed_determinism_and_resume(world, lora_run):
                **{**LORA, "gradient_checkpointing": True})
     gc = _trainable(world / "lora_gc" / "checkpoint-5")
     assert all(torch.allclose(gc[k], ref5[k], atol=1e-6) for k in gc)
-    # other options on the same folder: told to use the same options, --no-resume or a new --out
-    with pytest.raises(ConfigError, match=r"used other options \(lr: 0.01 there, 0.02 now\).*--no-resume"):
+    # other options on the same folder: told what differs, and to pass --overwrite or another --out
+    from vlselect.artifact import ArtifactMismatchError
+
+    with pytest.raises(ArtifactMismatchError, match=r"lora holds a result of other inputs: config.lr \(0.01 there, "
+                                                    r"0.02 now\); pass --overwrite or another --out"):
         train_lora(world / "model", world / "pool.json", world / "images", world / "lora", **{**LORA, "lr": 2e-2})
     # a finished run is returned as is
     again = train_lora(world / "model", world / "pool.json", world / "images", world / "lora", **LORA)

@@ -24,6 +24,8 @@ import csv
 import json
 import math
 import os
+import shlex
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -32,6 +34,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from vlselect.artifact import atomic_open, atomic_save_npy, atomic_write_json
 from vlselect.bench.stages import StageCache, measure
 
 DEFAULT_METHODS = (
@@ -147,7 +150,7 @@ def _train_and_eval(job: dict[str, Any]) -> dict[str, Any]:
                          modules_to_save=job["modules_to_save"] or None, projector_lr=job["lr"])
         results = evaluate(res.final_dir, job["eval_files"], job["images"], out / "eval", progress=False,
                            max_new_tokens=job["max_new_tokens"], batch_size=16)
-    _drop_weights(out / "train", keep=("train_result.json",))
+    _drop_weights(out / "train", keep=("train_result.json", "artifact.json"))
     return {"scores": {k: v for k, v in _scores(results).items()}, "train_loss": res.losses[-1] if res.losses else None,
             "samples": res.samples, "seconds": cost.seconds, "peak_rss_mb": cost.peak_rss_mb}
 
@@ -174,7 +177,8 @@ def _scores(results: dict) -> dict[str, float]:
 
 
 def run_bench(out: str | os.PathLike, config: BenchConfig | None = None, *,
-              log: Callable[[str], None] = _log_default, command: str | None = None) -> dict[str, Any]:
+              log: Callable[[str], None] = _log_default, command: str | None = None,
+              overwrite: bool = False) -> dict[str, Any]:
     """Run the benchmark into ``out`` and return the results dict (also saved as ``results.json``).
 
     Parameters
@@ -185,6 +189,9 @@ def run_bench(out: str | os.PathLike, config: BenchConfig | None = None, *,
         The recipe (default: the full benchmark; :meth:`BenchConfig.quick` for the quick one).
     command : str, optional
         The command line shown in the report (default: ``vlselect bench`` with ``--quick`` for the quick form).
+    overwrite : bool
+        Recompute every stage instead of reusing the cached ones (a stage is reused only when its recipe and the
+        code version match).
 
     Returns
     -------
@@ -203,7 +210,7 @@ def run_bench(out: str | os.PathLike, config: BenchConfig | None = None, *,
 
         raise ConfigError(f"d2_score={cfg.d2_score!r}: choose margin (score_aum.py's) or aum (training dynamics)")
     out = Path(out)
-    cache = StageCache(out / "cache", log=log)
+    cache = StageCache(out / "cache", log=log, overwrite=overwrite)
     started = time.time()
 
     # 1. worlds -------------------------------------------------------------------------------------------
@@ -294,7 +301,7 @@ def run_bench(out: str | os.PathLike, config: BenchConfig | None = None, *,
             sels = run_method(m, inputs, list(cfg.budgets), tasks=tasks, seed=cfg.seed, params=params,
                               exclude=acts.missing())
             for b, s in zip(cfg.budgets, sels):
-                np.save(d / f"indices_{b}.npy", s.indices)
+                atomic_save_npy(d / f"indices_{b}.npy", np.asarray(s.indices))
             return {str(b): s.count for b, s in zip(cfg.budgets, sels)}
 
         try:
@@ -327,7 +334,7 @@ def run_bench(out: str | os.PathLike, config: BenchConfig | None = None, *,
                                  if b == _overlap_budget(cfg)})
     results["overlap"] = {"budget": _overlap_budget(cfg), "methods": names, "jaccard": mat}
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=1))
+    atomic_write_json(out / "results.json", results, sort_keys=False)
     _write_csv(out / "results.csv", results)
     write_report(results, out / "report.html")
     return results
@@ -600,7 +607,7 @@ def _assemble(cfg: BenchConfig, runs: list[dict], subsets, tasks: np.ndarray, n:
     return {
         "title": f"vlselect bench: {len(cfg.methods)} methods on the world ({n} records)",
         "created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "command": "vlselect bench" + (" --quick" if cfg.size < 20000 else ""),
+        "command": shlex.join(sys.argv),  # the real command line of this run
         "config": asdict(cfg),
         "sets": sets,
         "chance": chance,
@@ -642,7 +649,7 @@ def _notes(cfg: BenchConfig, base_info: dict, results: dict | None = None) -> li
 
 def _write_csv(path: Path, results: dict) -> None:
     sets = results["sets"]
-    with open(path, "w", newline="") as f:
+    with atomic_open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["method", "budget", "n_seeds", "relative_mean", "relative_low", "relative_high", *sets])
         ref = results["reference"]["scores"]

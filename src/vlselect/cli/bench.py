@@ -22,6 +22,8 @@ def register(app: typer.Typer) -> None:
         d2_score: str = typer.Option("margin", "--d2-score", help="D2-Pruning's score: margin (one-checkpoint "
                                      "probability margin, as COINCIDE's score_aum.py) or aum (area under the margin "
                                      "while fine-tuning on the whole pool: one more training run)."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Recompute every stage instead of reusing the "
+                                       "cache (a stage is reused only when its recipe and the code version match)."),
     ) -> None:
         """Run every method on the synthetic world, train on each subset, evaluate, and write the table and report.
 
@@ -49,6 +51,6 @@ def register(app: typer.Typer) -> None:
         if size:
             over["size"] = size
         cfg = BenchConfig.quick(**over) if quick else BenchConfig(**over)
-        results = run_bench(out, cfg)
+        results = run_bench(out, cfg, overwrite=overwrite)
         print_results(results, Console())
         Console().print(f"\nreport: {out / 'report.html'}  ·  table: {out / 'results.csv'}")

@@ -43,6 +43,8 @@ def eval_command(
     batch_size: int = typer.Option(8, "--batch-size"),
     max_new_tokens: int = typer.Option(32, "--max-new-tokens"),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Reuse sets already finished in --out."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Evaluate again even if --out holds predictions of "
+                                   "another model or options (otherwise: exit 2 naming what differs)."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Evaluate --model on --eval sets; without a subcommand this runs the evaluation.
@@ -58,7 +60,7 @@ def eval_command(
     from vlselect.evaluate import evaluate
 
     res = evaluate(model, eval_files, images, out, adapter=adapter, reference=reference, batch_size=batch_size,
-                   max_new_tokens=max_new_tokens, resume=resume, progress=progress)
+                   max_new_tokens=max_new_tokens, resume=resume, progress=progress, overwrite=overwrite)
     t = Table(title=f"evaluation of {model}")
     t.add_column("set")
     t.add_column("metric")

@@ -40,6 +40,8 @@ def activations(
                                              help="Fail on longer samples (never truncates)."),
     workers: int = typer.Option(0, "--workers", help="Processes encoding samples (template, tokenizer, images) "
                                                      "while the model runs; 0 = none."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Recompute even if --out holds a store of other "
+                                   "inputs (otherwise: exit 2 naming what differs)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """COINCIDE activations (o_proj output, image/text means, tanh, L2, /sqrt(2L)) into a sharded store.
@@ -52,7 +54,8 @@ def activations(
                                      progress=not quiet)
     path = extract_activations(model, the_pool, out, images=images, layers=layers, batch_size=batch_size, losses=losses,
                                shard=shard, skip_bad=skip_bad, shard_size=shard_size, dtype=dtype, device=device,
-                               max_length=max_length, progress=not quiet, workers=workers, embeddings=embeddings)
+                               max_length=max_length, progress=not quiet, workers=workers, embeddings=embeddings,
+                               overwrite=overwrite)
     typer.echo(f"features in {path}")
 
 

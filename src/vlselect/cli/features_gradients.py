@@ -42,6 +42,8 @@ def gradients(
     dtype: Optional[str] = typer.Option(None, "--dtype", help="float32, float16 or bfloat16 (default: as saved)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: cuda if present)."),
     max_length: Optional[int] = typer.Option(None, "--max-length", help="Fail on longer samples (never truncates)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Recompute even if --out holds a store of other "
+                                   "inputs (otherwise: exit 2 naming what differs)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Per-sample LoRA gradients of the mean answer-token loss, a batch per backward pass, exact, projected with a
@@ -67,7 +69,8 @@ def gradients(
     store = extract_gradients(model, lora, source, out, image_root=images, dim=dim, projection=projection, seed=seed,
                               params=params, adam_state=adam_state, norms=norms, batch_size=batch_size,
                               shard=shard, shard_size=shard_size, factor_dim=factor_dim, skip_bad=skip_bad,
-                              device=device, dtype=dtype, max_length=max_length, progress=not quiet)
+                              device=device, dtype=dtype, max_length=max_length, progress=not quiet,
+                              overwrite=overwrite)
     state = "finished" if store.finished else f"{len(store.done_shards())}/{store.n_shards} shards done"
     typer.echo(f"gradients in {out} ({state})")
 

@@ -100,6 +100,7 @@ def select_command(
     params: List[str] = typer.Option([], "--param", "-p", help="NAME=VALUE, the official scripts' parameter names."),
     strict_official: bool = typer.Option(False, "--strict-official", help="Reproduce the official code exactly, bugs included."),
     out: Optional[str] = typer.Option(None, "--out", "-o", help="Output folder (one budget: files here; several: one sub-folder per budget)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a selection of other inputs in --out (otherwise: exit 2 naming what differs)."),
     list_methods: bool = typer.Option(False, "--list", help="List every method with its roles and parameters."),
 ) -> None:
     """Select a subset: [bold]vlselect select METHOD --input ROLE=PATH ... --budget B --out DIR[/].
@@ -206,7 +207,8 @@ def select_command(
     dirs = sio.output_dirs(out, sels)
     for sel, d in zip(sels, dirs):
         sio.write_selection(
-            sel, d, pool=pool_obj, pool_path=pool, tasks_path=tasks, inputs=loaded, n_rows=n, tasks=task_labels
+            sel, d, pool=pool_obj, pool_path=pool, tasks_path=tasks, inputs=loaded, n_rows=n, tasks=task_labels,
+            overwrite=overwrite,
         )
         short = f", [yellow]shortfall {sel.shortfall}[/]" if sel.shortfall else ""
         console.print(

@@ -75,7 +75,10 @@ def train_command(
     vit_routing: str = typer.Option("per_token", "--vit-routing", help="MMA ViT routing: per_token or official_batch0."),
     gradient_checkpointing: bool = typer.Option(True, "--gradient-checkpointing/--no-gradient-checkpointing"),
     bf16: str = typer.Option("auto", "--bf16", help="auto, yes or no."),
-    resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue from the last checkpoint in --out."),
+    resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue from the last checkpoint in --out "
+                                "(only a run of the same inputs); --no-resume starts over."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Train from scratch even if --out holds a run of "
+                                   "other inputs (otherwise: exit 2 naming what differs)."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
     record_dynamics: bool = typer.Option(False, "--record-dynamics",
                                          help="Also record each row's AUM (mean logit margin over training) into "
@@ -118,7 +121,7 @@ def train_command(
         bf16={"auto": "auto", "yes": True, "no": False}[bf16], resume=resume,
         modules_to_save=[m.strip() for m in modules_to_save.split(",") if m.strip()] or None,
         mma_kwargs={"temperature": temperature, "adapter_dim": adapter_dim, "vit_routing": vit_routing}
-        if adapter == "mma" else None, progress=progress,
+        if adapter == "mma" else None, progress=progress, overwrite=overwrite,
     )
     first, last = (res.losses[0], res.losses[-1]) if res.losses else (float("nan"), float("nan"))
     console.print(

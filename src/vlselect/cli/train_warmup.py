@@ -33,6 +33,8 @@ def warmup(
     grad_accum: int = typer.Option(1, "--grad-accum"),
     device: Optional[str] = typer.Option(None, "--device"),
     max_length: Optional[int] = typer.Option(None, "--max-length", help="Fail on longer samples (never truncates)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Recompute even if --out holds a warm-up of other "
+                                   "inputs (otherwise: exit 2 naming what differs)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Train the warm-up reference model and export its LoRA adapter (for --lora) and Adam state (--adam-state).
@@ -45,7 +47,8 @@ def warmup(
                                      progress=not quiet)
     res = train_warmup(model, the_pool, images, out, rule=rule, seed=seed, ratio=ratio, step=step,
                        strict_official=strict_official, r=r, lora_alpha=lora_alpha, lr=lr, batch_size=batch_size,
-                       grad_accum=grad_accum, max_length=max_length, progress=not quiet, device=device)
+                       grad_accum=grad_accum, max_length=max_length, progress=not quiet, device=device,
+                       overwrite=overwrite)
     typer.echo(f"warm-up ({res.rule}, step {res.step}/{res.total_steps}, {res.n_train} samples): adapter "
                f"{res.lora_dir}" + (f", Adam state {res.adam_state}" if res.adam_state else ""))
 

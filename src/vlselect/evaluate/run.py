@@ -23,10 +23,20 @@ from vlselect.evaluate.sets import EvalSet, read_eval_set, read_results, scores_
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    from vlselect.artifact import atomic_write_text
+
+    atomic_write_text(path, text)
+
+
+def _weights_hash(folder) -> str | None:
+    """The hash of a model / adapter folder's weights (so a retrained model at the same path is not reused)."""
+    from vlselect.errors import ModelError
+    from vlselect.models.load import model_hash
+
+    try:
+        return model_hash(folder)
+    except (ModelError, OSError):
+        return None  # not a folder of weights: loading it reports the problem
 
 
 def generate_answers(loaded, questions: Sequence[str], images: Sequence[str | None], image_root, *,
@@ -100,7 +110,7 @@ def _reuse(out: Path, es: EvalSet, state: dict) -> list[str] | None:
 
 def evaluate(model_dir, eval_files: Sequence, image_root, out_dir, *, adapter=None, reference=None,
              batch_size: int = 8, max_new_tokens: int = 32, resume: bool = True, progress: bool = True,
-             device=None, template=None) -> dict:
+             device=None, template=None, overwrite: bool = False) -> dict:
     """Evaluate a model on evaluation sets and write ``results.json`` and per-sample predictions.
 
     Parameters
@@ -125,16 +135,14 @@ def evaluate(model_dir, eval_files: Sequence, image_root, out_dir, *, adapter=No
     template : str or path, optional
         The prompt template (:func:`vlselect.models.encode_sample`); default ``$VLSELECT_TEMPLATE``, else the
         model's default: the same as training used.
+    overwrite : bool
+        Evaluate again from scratch whatever ``out_dir`` holds (same as ``resume=False``).
 
     Returns
     -------
     dict
         The results object written to ``results.json``.
     """
-    from vlselect.progress import progress_bar
-
-    from vlselect.train.load import load_trained
-
     if not eval_files:
         raise ConfigError("no evaluation sets given; pass one or more --eval FILE")
     sets: list[EvalSet] = [read_eval_set(f) for f in eval_files]
@@ -144,11 +152,50 @@ def evaluate(model_dir, eval_files: Sequence, image_root, out_dir, *, adapter=No
         raise ConfigError(f"two evaluation sets are named {dup!r}; each --eval file needs its own 'name'")
     ref = reference_scores(reference) if reference is not None else None
     out = Path(out_dir)
-    from vlselect.models.encode import TEMPLATE_ENV, resolve_template
+    from vlselect.models.encode import TEMPLATE_ENV
 
     chosen = template if template is not None else os.environ.get(TEMPLATE_ENV)  # None: the model's default
     state = {"model": str(Path(model_dir).resolve()), "adapter": None if adapter is None else str(Path(adapter).resolve()),
-             "max_new_tokens": max_new_tokens, "template": None if chosen is None else str(chosen)}
+             "max_new_tokens": max_new_tokens, "template": None if chosen is None else str(chosen),
+             "model_hash": _weights_hash(model_dir),
+             "adapter_hash": None if adapter is None else _weights_hash(adapter)}
+    created = not out.exists()
+    try:
+        return _evaluate_locked(model_dir, sets, image_root, out, state, ref, reference, adapter=adapter,
+                                batch_size=batch_size, max_new_tokens=max_new_tokens, resume=resume and not overwrite,
+                                progress=progress, device=device, chosen=chosen)
+    except BaseException:
+        if created and out.is_dir() and all(p.name.startswith(".vlselect") for p in out.iterdir()):
+            import shutil
+
+            shutil.rmtree(out, ignore_errors=True)  # a failed first evaluation leaves no empty folder
+        raise
+
+
+def _evaluate_locked(model_dir, sets, image_root, out: Path, state: dict, ref, reference, *, adapter, batch_size,
+                     max_new_tokens, resume, progress, device, chosen) -> dict:
+    from vlselect.artifact import FolderLock, describe_difference, mismatch_error
+
+    with FolderLock(out, exclusive=True):  # one evaluation writes a folder at a time
+        sf = out / "eval_state.json"
+        if resume and sf.is_file():
+            try:
+                old = json.loads(sf.read_text())
+            except ValueError as exc:
+                raise ConfigError(f"{sf} is corrupt ({exc}); fix: pass --overwrite, or another --out") from None
+            if old != state:
+                raise mismatch_error(out, describe_difference(old, state))
+        return _evaluate(model_dir, sets, image_root, out, state, ref, reference, adapter=adapter,
+                         batch_size=batch_size, max_new_tokens=max_new_tokens, resume=resume, progress=progress,
+                         device=device, chosen=chosen)
+
+
+def _evaluate(model_dir, sets, image_root, out: Path, state: dict, ref, reference, *, adapter, batch_size,
+              max_new_tokens, resume, progress, device, chosen) -> dict:
+    from vlselect.models.encode import resolve_template
+    from vlselect.progress import progress_bar
+    from vlselect.train.load import load_trained
+
     reused = {es.name: _reuse(out, es, state) for es in sets} if resume else {}
     for es in sets:  # predictions of another model / options must never be picked up by a later resume
         if reused.get(es.name) is None:

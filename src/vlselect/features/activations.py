@@ -42,6 +42,9 @@ import numpy as np
 from vlselect.errors import ConfigError, FeatureError, ModelError, PoolError
 
 PAPER_LAYERS = (3, 7, 11, 15, 19)
+#: what an activation store's content depends on (its code version, vlselect.artifact.code_version)
+CODE_MODULES = ("vlselect.features.activations", "vlselect.features.store", "vlselect.models.encode",
+                "vlselect.models.load")
 PAPER_DEPTH = 24
 LOSS_ARRAYS = ("loss", "perplexity", "el2n")
 
@@ -360,20 +363,10 @@ def _open_pool(pool_path, image_root):
     return open_pool(pool_path, image_root=image_root)
 
 
-def _rank_world(shard: str | None) -> tuple[int, int, int, int]:
-    """(rank, world, torchrun_rank, torchrun_world): ``--shard i/N`` times torchrun's RANK / WORLD_SIZE."""
-    from vlselect.features.store import parse_shard
-
-    i, n = parse_shard(shard)
-    r = int(os.environ.get("RANK", "0"))
-    w = int(os.environ.get("WORLD_SIZE", "1"))
-    return i * w + r, n * w, r, w
-
-
 def extract_activations(model, pool, out, *, images=None, layers=None, batch_size: int = 8, losses: bool = False,
                         shard: str | None = None, skip_bad: bool = False, shard_size: int = 256, dtype=None,
                         device=None, max_length: int | None = None, progress: bool = True, workers: int = 0,
-                        embeddings: bool = False) -> Path:
+                        embeddings: bool = False, overwrite: bool = False) -> Path:
     """Extract COINCIDE activations (and, with ``losses``, loss / perplexity / EL2N) for a pool into a store.
 
     Parameters
@@ -404,6 +397,9 @@ def extract_activations(model, pool, out, *, images=None, layers=None, batch_siz
     embeddings : bool
         Also write ``embed_last``, ``embed_mean`` and ``margin``: SemDeDup's and D2-Pruning's inputs
         (:mod:`vlselect.features.embeddings`) from the same forward pass.
+    overwrite : bool
+        Recompute into ``out`` even if it holds a store of other inputs (otherwise that is an error naming what
+        differs; a store of the same inputs is resumed or reused).
 
     Returns
     -------
@@ -419,12 +415,11 @@ def extract_activations(model, pool, out, *, images=None, layers=None, batch_siz
 
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
-    rank, world, tr_rank, tr_world = _rank_world(shard)
-    if device is None and tr_world > 1:
-        import torch
+    from vlselect.artifact import code_version
+    from vlselect.executor import current
 
-        if torch.cuda.is_available():
-            device = f"cuda:{int(os.environ.get('LOCAL_RANK', tr_rank)) % torch.cuda.device_count()}"
+    ex = current(shard)
+    device = ex.device(device)
     loaded = load_vlm(model, dtype=dtype, device=device)
     layer_list = parse_layers(layers, loaded.num_layers)
     text_cfg = loaded.model.config.get_text_config()
@@ -447,16 +442,20 @@ def extract_activations(model, pool, out, *, images=None, layers=None, batch_siz
         "pool_fingerprint": the_pool.fingerprint,
         "text_only": "vision half zeros; flagged in has_image",
     }
+    if not ex.is_main:
+        ex.barrier()  # rank 0 creates (or clears, under --overwrite) the folder first
     store = FeatureStore.create(out, arrays=array_specs(hidden, len(layer_list), losses, embeddings), n_rows=len(the_pool),
-                                shard_size=shard_size, meta=meta, sample_ids=the_pool.ids)
-    todo = store.pending(rank, world)
+                                shard_size=shard_size, meta=meta, sample_ids=the_pool.ids,
+                                code=code_version(*CODE_MODULES), overwrite=overwrite and ex.is_main)
+    if ex.is_main:
+        ex.barrier()
+    todo = store.pending(ex.slot, ex.slots)
     kill_after = int(os.environ.get("VLSELECT_TEST_KILL_AFTER_SHARDS", "0") or 0)
     if todo:
         _run_shards(store, todo, loaded, the_pool, images, layer_list, batch_size, losses, skip_bad, hidden,
-                    max_length, progress and tr_rank == 0, kill_after, workers, embeddings)
-    if tr_world > 1:
-        _barrier()
-    if tr_rank == 0:  # one process per job (torchrun: its rank 0) tries; finalise needs every shard done
+                    max_length, progress and ex.is_main, kill_after, workers, embeddings)
+    ex.barrier()
+    if ex.is_main:  # one process per job (torchrun: its rank 0) tries; finalise needs every shard done
         done = store.finalise()
         if not done and progress:
             from rich.console import Console
@@ -464,19 +463,9 @@ def extract_activations(model, pool, out, *, images=None, layers=None, batch_siz
             Console(stderr=True).print(f"{len(store.done_shards())}/{store.n_shards} shards done in {out}; the "
                                        "store is finalised when the other --shard jobs finish (or run "
                                        "'vlselect features merge')")
-    if tr_world > 1:
-        _barrier()
+    ex.barrier()
+    store.close()
     return Path(out)
-
-
-def _barrier():
-    import torch.distributed as dist
-
-    if not dist.is_available():
-        return
-    if not dist.is_initialized():
-        dist.init_process_group("gloo")
-    dist.barrier()
 
 
 def _run_shards(store, todo, loaded, pool, images, layers, batch_size, losses, skip_bad, hidden, max_length,

@@ -31,6 +31,7 @@ ICONS and TIVE use plain gradients (the default).
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from dataclasses import dataclass
@@ -43,6 +44,10 @@ import torch
 from vlselect.errors import ConfigError, FeatureError, ModelError
 from vlselect.features.losses import per_sample_loss  # the one per-sample loss (NaN for an empty answer)
 from vlselect.features.projection import DEFAULT_DIMS, FactoredProjection, Projection
+
+#: what a gradient store's content depends on (its code version, vlselect.artifact.code_version)
+CODE_MODULES = ("vlselect.features.gradients", "vlselect.features.projection", "vlselect.features.store",
+                "vlselect.models.encode", "vlselect.models.load")
 
 #: Which trainable parameters a method takes gradients of (icons.md §1: every LoRA A/B; tive.md §4.1: LoRA A/B of
 #: the attention projections only).
@@ -540,18 +545,6 @@ def attach_lora(model: torch.nn.Module, lora_dir: str | Path) -> tuple[torch.nn.
     return wrapped, _file_digest(files)
 
 
-def _rank_slot(shard: str | tuple[int, int] | None, rank: int | None, world_size: int | None) -> tuple[int, int]:
-    """Which shards this process computes: ``--shard i/N`` times the torchrun ranks (``RANK``/``WORLD_SIZE``)."""
-    import os
-
-    from vlselect.features.store import parse_shard
-
-    i, n = parse_shard(shard) if (shard is None or isinstance(shard, str)) else (int(shard[0]), int(shard[1]))
-    r = int(os.environ.get("RANK", 0)) if rank is None else int(rank)
-    w = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else int(world_size)
-    return i * w + r, n * w
-
-
 def extract_gradients(
     model: str | Path | Any,
     lora: str | Path | None,
@@ -577,6 +570,7 @@ def extract_gradients(
     dtype: str | None = None,
     progress: bool = True,
     stop_after_shards: int | None = None,
+    overwrite: bool = False,
 ):
     """Per-sample projected LoRA gradients of a pool (or a validation set) into a :class:`FeatureStore`.
 
@@ -614,6 +608,8 @@ def extract_gradients(
         Record samples whose image cannot be read as missing (zero rows) instead of stopping.
     stop_after_shards:
         Stop after writing this many shards (for tests of resumption).
+    overwrite:
+        Recompute into ``out`` even if it holds a store of other inputs (otherwise an error naming what differs).
 
     Returns
     -------
@@ -637,13 +633,15 @@ def extract_gradients(
     if projection == "factored" and adam_state is not None:
         raise ConfigError("Adam preconditioning (--adam-state) needs the full gradient and cannot be combined with "
                           "--projection factored; fix: use rademacher or gaussian")
-    _rank_slot(shard, rank, world_size)  # validates --shard before the model is loaded
+    from vlselect.artifact import code_version
+    from vlselect.executor import current
+
+    ex = current(shard, rank=rank, world_size=world_size)  # validates --shard before the model is loaded
     if isinstance(pool, (str, Path)):
         from vlselect.pool import open_pool
 
         pool = open_pool(pool, image_root=image_root)
-    if device is None and int(os.environ.get("WORLD_SIZE", "1")) > 1 and torch.cuda.is_available():
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"  # torchrun: one GPU per rank
+    device = ex.device(device)  # torchrun: one GPU per rank
     loaded = model if hasattr(model, "model") and hasattr(model, "processor") else load_vlm(model, device=device, dtype=dtype)
     net = loaded.model
     lora_hash = None
@@ -660,6 +658,10 @@ def extract_gradients(
         engine = GradientEngine(net, params=params, projection=projection, dim=dim, seed=seed, factor_dim=factor_dim,
                                 adam_state=adam)
     n = len(pool)
+
+    def sample_at(i: int):
+        return pool[i] if not hasattr(pool, "sample") else pool.sample(i)
+
     ids_attr = getattr(pool, "ids", None)
     ids = list(ids_attr() if callable(ids_attr) else ids_attr) if ids_attr is not None else [s.id for s in pool]
     arrays = {"gradients": (engine.out_dim, "float32")}
@@ -682,12 +684,20 @@ def extract_gradients(
         "loss": "mean cross-entropy over the sample's answer tokens",
         "pool_fingerprint": getattr(pool, "fingerprint", None),
     }
-    store = FeatureStore.create(out, arrays=arrays, n_rows=n, shard_size=shard_size, meta=meta, sample_ids=ids)
-    slot, slots = _rank_slot(shard, rank, world_size)
-    todo = store.pending(slot, slots)
+    if meta["pool_fingerprint"] is None:  # a list of samples (e.g. a validation set): key the store on its content
+        from dataclasses import asdict, is_dataclass
 
-    def sample_at(i: int):
-        return pool[i] if not hasattr(pool, "sample") else pool.sample(i)
+        from vlselect.artifact import digest
+
+        meta["samples_digest"] = digest([asdict(x) if is_dataclass(x) else repr(x) for x in map(sample_at, range(n))])
+    if not ex.finalises:
+        ex.barrier()  # rank 0 creates (or clears, under --overwrite) the folder first
+    store = FeatureStore.create(out, arrays=arrays, n_rows=n, shard_size=shard_size, meta=meta, sample_ids=ids,
+                                code=code_version(*CODE_MODULES), overwrite=overwrite and ex.is_main)
+    if ex.finalises:
+        ex.barrier()
+    todo = store.pending(ex.slot, ex.slots)
+    kill_after = int(os.environ.get("VLSELECT_TEST_KILL_AFTER_SHARDS", "0") or 0)
 
     from vlselect.progress import progress_bar
 
@@ -721,7 +731,18 @@ def extract_gradients(
                 data["grad_norms"] = nrm
             store.write_shard(sh.index, data, missing)
             written += 1
+            if kill_after and written >= kill_after:  # fault-injection tests: die like an OOM-killed job
+                import signal
+
+                os.kill(os.getpid(), signal.SIGKILL)
             if stop_after_shards is not None and written >= stop_after_shards:
+                store.close()
                 return store
-    store.finalise({"empty_answer_samples": engine.empty_samples} if engine.empty_samples else None)
+    ex.barrier()
+    if ex.finalises:  # one process per job finalises, once every shard of every rank is done
+        store.finalise({"empty_answer_samples": engine.empty_samples} if engine.empty_samples else None)
+    ex.barrier()
+    store.close()
+    if not store.finished and (store.path / "manifest.json").exists():
+        store._manifest = json.loads((store.path / "manifest.json").read_text())
     return store

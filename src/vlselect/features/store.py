@@ -2,7 +2,9 @@
 
 Layout of a store directory::
 
-    plan.json                  what is being computed: arrays {name: [width, dtype]}, n_rows, shard_size, meta
+    plan.json                  the store's content key: arrays {name: [width, dtype]}, n_rows, shard_size, meta
+                               (model and adapter hashes, pool fingerprint, options), the digest of the exact
+                               sample ids and the code version of the computing stage
     sample_ids.json            row → sample id (a JSON list, pool order)
     shards/<k>.<name>.npy      shard k's rows of array <name> (rows [k·shard_size, (k+1)·shard_size))
     shards/<k>.done.json       shard k is complete; lists its rows recorded missing (--skip-bad)
@@ -10,7 +12,12 @@ Layout of a store directory::
     missing.npy                after finalise: bool per row, True where the row could not be computed
     manifest.json              written last, atomically: the store is finished
 
-Every file is written to a temporary name and renamed, and a shard's ``done`` marker is written only after all
+A folder is resumed (or reused, if finished) only when its plan equals the new one; otherwise
+:meth:`FeatureStore.create` raises :class:`StoreMismatchError` ("DIR holds a result of other inputs: <what differs>;
+pass --overwrite or another --out"), and ``overwrite=True`` empties it first. Writers hold a shared lock on the
+folder (ranks and ``--shard`` jobs cooperate); ``--overwrite`` needs it alone.
+
+Every file is written to a temporary name and renamed (:mod:`vlselect.artifact`), and a shard's ``done`` marker is written only after all
 its arrays, so a run killed at any point (even SIGKILL) resumes from the finished shards and produces byte-identical
 arrays. Which shards a process computes is decided outside the computation (DESIGN.md, "From datatrove"):
 :meth:`FeatureStore.pending` takes ``rank`` / ``world_size`` (``torchrun``) or a ``--shard i/N`` pair (SLURM
@@ -31,14 +38,19 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 
+from vlselect.artifact import CREATE_LOCK, ArtifactMismatchError, FolderLock, atomic_path, clear_folder
+from vlselect.artifact import atomic_save_npy as _atomic_save_npy
+from vlselect.artifact import atomic_write_bytes as _atomic_write_bytes
+from vlselect.artifact import atomic_write_json as _atomic_write_json
+from vlselect.artifact import describe_difference, ids_digest, mismatch_error
 from vlselect.errors import FeatureError
+from vlselect.executor import parse_shard
 
 FORMAT = "vlselect.features/1"
 _PLAN = "plan.json"
@@ -74,40 +86,6 @@ class Shard:
         return self.stop - self.start
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _atomic_write_json(path: Path, obj) -> None:
-    _atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
-
-
-def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.lib.format.write_array(fh, np.ascontiguousarray(array), allow_pickle=False)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -118,19 +96,8 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def parse_shard(spec: str | None) -> tuple[int, int]:
-    """Parse ``"i/N"`` (0-based i) into ``(i, N)``; ``None`` → ``(0, 1)``."""
-    if spec is None or spec == "":
-        return 0, 1
-    try:
-        i, n = (int(x) for x in str(spec).split("/"))
-    except ValueError:
-        i, n = -1, -1
-    if n < 1 or not 0 <= i < n:
-        from vlselect.errors import ConfigError
-
-        raise ConfigError(f"bad --shard value {spec!r}; fix: write it as i/N with 0 <= i < N, e.g. --shard 0/4")
-    return i, n
+class StoreMismatchError(FeatureError, ArtifactMismatchError):
+    """The store folder holds (part of) a store of other inputs: other settings, pool, sample ids or code."""
 
 
 def _normalise_arrays(arrays) -> dict[str, tuple[int | None, str]]:
@@ -151,12 +118,18 @@ class FeatureStore:
         self.path = Path(path)
         self.plan = plan
         self._manifest = manifest
+        self._lock = None
 
     # ------------------------------------------------------------------ writing
     @classmethod
     def create(cls, path, *, arrays: dict, n_rows: int, shard_size: int = 1024, meta: dict | None = None,
-               sample_ids: Iterable[str] | None = None) -> "FeatureStore":
-        """Start a store, or reopen an unfinished one with the same plan to resume it.
+               sample_ids: Iterable[str] | None = None, code: str | None = None,
+               overwrite: bool = False) -> "FeatureStore":
+        """Start a store, or reopen an unfinished (or finished) one of the same inputs to resume (or reuse) it.
+
+        The store's content key is its plan: the arrays, ``n_rows``, ``shard_size``, ``meta``, the digest of the
+        exact sample ids and the code version. A folder holding a store of another plan is refused
+        (:class:`StoreMismatchError`, naming what differs) unless ``overwrite``.
 
         Parameters
         ----------
@@ -172,50 +145,82 @@ class FeatureStore:
             Recorded in the manifest (model, model_hash, layers, pooling, pool_fingerprint, …). A resumed run must
             pass the same ``meta`` (compared as JSON).
         sample_ids : iterable of str, optional
-            Row → sample id; length ``n_rows``.
+            Row → sample id; length ``n_rows``. Compared (as a digest) when resuming.
+        code : str, optional
+            The computing stage's code version (:func:`vlselect.artifact.code_version`).
+        overwrite : bool
+            Empty the folder first and recompute (refused while another process writes it).
 
         Raises
         ------
-        FeatureError
-            The directory holds a store with a different plan.
+        StoreMismatchError
+            The directory holds a store of other inputs (a :class:`FeatureError`).
+        ArtifactBusyError
+            ``overwrite`` while another process writes the folder.
         """
         path = Path(path)
         if n_rows < 0 or shard_size < 1:
             raise FeatureError(f"feature store '{path}': bad n_rows={n_rows} or shard_size={shard_size}; fix: "
                                "n_rows >= 0 and shard_size >= 1")
+        ids = None if sample_ids is None else [str(s) for s in sample_ids]
+        if ids is not None and len(ids) != n_rows:
+            raise FeatureError(f"feature store '{path}': {len(ids)} sample ids for {n_rows} rows")
         plan = {
             "format": FORMAT,
             "arrays": {k: [w, d] for k, (w, d) in _normalise_arrays(arrays).items()},
             "n_rows": int(n_rows),
             "shard_size": int(shard_size),
             "meta": json.loads(json.dumps(meta or {})),
+            "sample_ids": None if ids is None else ids_digest(ids),
+            "code": code,
         }
         existing = path / _PLAN
-        if existing.exists():
-            try:
-                old = json.loads(existing.read_text())
-            except ValueError as exc:
-                raise FeatureError(f"feature store '{path}': plan.json is corrupt ({exc}); fix: delete the "
-                                   "directory and run again") from exc
-            if old != plan:
-                diff = sorted(k for k in set(old) | set(plan) if old.get(k) != plan.get(k))
-                if "meta" in diff:
-                    diff += sorted(k for k in set(old.get("meta", {})) | set(plan["meta"])
-                                   if old.get("meta", {}).get(k) != plan["meta"].get(k))
-                raise FeatureError(f"feature store '{path}' was started with different settings ({', '.join(diff)}); "
-                                   "fix: use another --out directory, or delete this one to start over")
-        else:
-            path.mkdir(parents=True, exist_ok=True)
-            if sample_ids is not None:
-                ids = [str(s) for s in sample_ids]
-                if len(ids) != n_rows:
-                    raise FeatureError(f"feature store '{path}': {len(ids)} sample ids for {n_rows} rows")
-                _atomic_write_json(path / _IDS, ids)
-            _atomic_write_json(existing, plan)
+        # one process at a time checks / creates the plan; the writers then share the folder (ranks, --shard jobs),
+        # and --overwrite needs it to itself
+        creating = FolderLock(path, exclusive=True, wait=60.0, name=CREATE_LOCK).acquire()
+        try:
+            lock = FolderLock(path, exclusive=overwrite, wait=0.0).acquire()
+        except BaseException:
+            creating.release()
+            raise
+        try:
+            if overwrite:
+                clear_folder(path)
+            if existing.exists():
+                try:
+                    old = json.loads(existing.read_text())
+                except ValueError as exc:
+                    raise FeatureError(f"feature store '{path}': plan.json is corrupt ({exc}); fix: pass --overwrite "
+                                       "to recompute it, or another --out") from exc
+                if old != plan:
+                    raise StoreMismatchError(str(mismatch_error(path, describe_difference(old, plan))))
+            else:
+                others = [p.name for p in path.iterdir() if not p.name.startswith(".")]
+                if others:
+                    raise StoreMismatchError(str(mismatch_error(
+                        path, f"it is not a feature store (it has {', '.join(sorted(others)[:4])})")))
+                if ids is not None:
+                    _atomic_write_json(path / _IDS, ids)
+                _atomic_write_json(existing, plan)
+        except BaseException:
+            lock.release()
+            raise
+        finally:
+            creating.release()
+        lock.share()
         manifest = None
         if (path / _MANIFEST).exists():
             manifest = json.loads((path / _MANIFEST).read_text())
-        return cls(path, plan, manifest)
+        store = cls(path, plan, manifest)
+        store._lock = lock
+        return store
+
+    def close(self) -> None:
+        """Release this process's hold on the folder (also released when the process ends)."""
+        lock = getattr(self, "_lock", None)
+        if lock is not None:
+            lock.release()
+            self._lock = None
 
     @property
     def n_rows(self) -> int:
@@ -269,6 +274,8 @@ class FeatureStore:
         missing : iterable of int
             Absolute row indices of this shard that could not be computed (their rows should be zeros).
         """
+        if (self.path / _MANIFEST).exists():
+            return  # another process (same inputs, same key) finished the store meanwhile: nothing to add
         shard = self.shard(k)
         specs = self.plan["arrays"]
         if set(arrays) != set(specs):
@@ -294,6 +301,8 @@ class FeatureStore:
         finalise, or ``vlselect features merge`` will). Safe to call from several processes: one wins a lock.
         """
         if self.finished:
+            if (self.path / "shards").exists() and (self.path / _MANIFEST).exists():
+                shutil.rmtree(self.path / "shards", ignore_errors=True)  # a late duplicate writer's leftovers
             return True
         if len(self.done_shards()) != self.n_shards:
             return False
@@ -318,13 +327,12 @@ class FeatureStore:
         for name, (width, dtype) in self.plan["arrays"].items():
             shape = (self.n_rows,) if width is None else (self.n_rows, width)
             final = self.path / f"{name}.npy"
-            tmp = self.path / f".{name}.npy.tmp"
-            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.dtype(dtype), shape=shape)
-            for s in self.shards():
-                out[s.start:s.stop] = np.load(self._shard_file(s.index, name), mmap_mode="r")
-            out.flush()
-            del out
-            os.replace(tmp, final)
+            with atomic_path(final) as tmp:
+                out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.dtype(dtype), shape=shape)
+                for s in self.shards():
+                    out[s.start:s.stop] = np.load(self._shard_file(s.index, name), mmap_mode="r")
+                out.flush()
+                del out
             arrays_info[name] = {"file": final.name, "shape": list(shape), "dtype": np.dtype(dtype).str}
         _atomic_save_npy(self.path / "missing.npy", missing)
         if "has_image" in self.plan["arrays"]:  # activation stores: count text-only rows (coincide.md §1.5)
@@ -484,7 +492,10 @@ def merge(dirs, out) -> FeatureStore:
             ids = json.loads((d / _IDS).read_text())
             break
     dest = FeatureStore.create(out, arrays=w, n_rows=plan["n_rows"], shard_size=plan["shard_size"],
-                               meta=plan["meta"], sample_ids=ids)
+                               meta=plan["meta"], sample_ids=ids, code=plan.get("code"))
+    if dest.plan != plan:
+        raise FeatureError(f"cannot merge into '{out}': the parts' plan.json differs from the store they describe "
+                           "(sample ids); fix: merge only parts of one run")
     if dest.finished:
         return FeatureStore.open(out)
     srcs = [FeatureStore(d, plan) for d in dirs]

@@ -130,12 +130,12 @@ def model_hash(model_dir) -> str:
             for block in iter(lambda: fh.read(1 << 22), b""):
                 h.update(block)
     digest = "sha256:" + h.hexdigest()
+    from vlselect.artifact import atomic_write_text
+
     try:
-        tmp = cache.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps({"stamp": stamp, "hash": digest}))
-        os.replace(tmp, cache)
+        atomic_write_text(cache, json.dumps({"stamp": stamp, "hash": digest}))
     except OSError:
-        pass
+        pass  # a read-only model folder: the hash is recomputed next time
     return digest
 
 

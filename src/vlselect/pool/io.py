@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Iterator, Mapping, Sequence
@@ -23,22 +22,12 @@ from vlselect.pool.core import Pool
 
 @contextmanager
 def atomic_writer(path: str | os.PathLike) -> Iterator[IO[bytes]]:
-    """Open a temporary file next to ``path`` for binary writing; renamed onto ``path`` only on success."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb", buffering=1 << 20) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    """Open a temporary file next to ``path`` for binary writing; renamed onto ``path`` only on success
+    (:func:`vlselect.artifact.atomic_open`, the package's one atomic write)."""
+    from vlselect.artifact import atomic_open
+
+    with atomic_open(path, "wb", buffering=1 << 20) as f:
+        yield f
 
 
 def _check_indices(pool: Pool, indices: Sequence[int] | np.ndarray, what: str) -> np.ndarray:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import html
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -329,15 +328,10 @@ def render_html(results: Mapping[str, Any]) -> str:
 
 def write_report(results: Mapping[str, Any], path: str | os.PathLike) -> Path:
     """Render :func:`render_html` to ``path`` atomically and return the path."""
+    from vlselect.artifact import atomic_write_text
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".report-", suffix=".html")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(render_html(results))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private (0600); a report is meant to be shared
-    os.replace(tmp, path)
+    atomic_write_text(path, render_html(results))  # shared permissions (0666 less the umask), as any output
     return path
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -303,19 +302,6 @@ def task_counts(tasks: Sequence[str] | np.ndarray, indices: np.ndarray) -> list[
     return [(str(n), int(p), int(s)) for n, p, s in zip(names, pool_c, sub_c)]
 
 
-def _atomic_save_npy(path: Path, arr: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".npy")
-    os.close(fd)
-    try:
-        np.save(tmp, arr)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _jsonable(x: Any) -> Any:
     if isinstance(x, dict):
         return {str(k): _jsonable(v) for k, v in x.items()}
@@ -340,8 +326,15 @@ def write_selection(
     inputs: Mapping[str, LoadedInput] | None = None,
     n_rows: int | None = None,
     tasks: Sequence[str] | np.ndarray | None = None,
+    overwrite: bool = False,
 ) -> Path:
-    """Write one budget's files into ``out_dir`` (atomically, file by file) and return the folder.
+    """Write one budget's files into ``out_dir`` (atomically, file by file, ``manifest.json`` last) and return the
+    folder.
+
+    The folder is an artifact (:mod:`vlselect.artifact`): locked while written, keyed by the method, its
+    parameters, the budget, the seed, the pool fingerprint and the inputs; a folder holding a selection of other
+    inputs is an :class:`~vlselect.artifact.ArtifactMismatchError` (exit 2) unless ``overwrite``. The old
+    ``manifest.json`` is removed before anything is rewritten, so a half-written folder never looks finished.
 
     ``indices.npy`` (int64, priority order), ``scores.npy`` (float64, one per pool row; NaN where the method
     gives no score), ``manifest.json``, and with a ``pool``: ``subset.json`` (``write_llava_subset``) and
@@ -353,12 +346,34 @@ def write_selection(
     ``selected``, ``shortfall``, ``excluded_rows``, ``inputs`` (path, kind,
     array, shape, dtype, md5 or the store's pool fingerprint), ``info``, ``task_counts``, ``tasks`` and ``files``.
     """
+    from vlselect.artifact import Artifact, code_version, ids_digest
+
     d = Path(out_dir)
-    d.mkdir(parents=True, exist_ok=True)
     n = n_rows if n_rows is not None else sel.budget.n
-    _atomic_save_npy(d / "indices.npy", np.asarray(sel.indices, dtype=np.int64))
+    config = {"method": sel.method, "params": _jsonable(sel.params), "budget": sel.budget.given, "seed": sel.seed,
+              "strict_official": sel.strict_official, "n_rows": n}
+    key_inputs = {"pool": getattr(pool, "fingerprint", None), "pool_path": pool_path,
+                  "inputs": {r: _jsonable(li.describe()) for r, li in (inputs or {}).items()},
+                  "tasks": None if tasks is None else ids_digest(str(t) for t in tasks), "tasks_path": tasks_path}
+    art = Artifact(d, stage="select", config=config, inputs=key_inputs, code=code_version("vlselect.select"),
+                   done_marker="manifest.json")
+    with art.writing(overwrite=overwrite):
+        (d / "manifest.json").unlink(missing_ok=True)  # from here on the folder does not look finished
+        _write_selection_files(sel, d, n, pool=pool, tasks_path=tasks_path, inputs=inputs, tasks=tasks)
+    return d
+
+
+def _write_selection_files(sel: Selection, d: Path, n: int, *, pool, tasks_path, inputs, tasks) -> None:
+    from vlselect.artifact import atomic_save_npy
+
+    atomic_save_npy(d / "indices.npy", np.asarray(sel.indices, dtype=np.int64))
+    kill = os.environ.get("VLSELECT_TEST_KILL_IN_EXPORT")
+    if kill:  # fault-injection tests: die between two files of the export
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
     scores = np.full(n, np.nan, dtype=np.float64) if sel.scores is None else np.asarray(sel.scores, dtype=np.float64)
-    _atomic_save_npy(d / "scores.npy", scores)
+    atomic_save_npy(d / "scores.npy", scores)
     extra: dict[str, Any] = {
         "strict_official": sel.strict_official,
         "seeds": _jsonable(sel.seeds or {"seed": sel.seed}),
@@ -384,4 +399,3 @@ def write_selection(
               "pool_rows": sel.budget.n, "label": sel.budget.label}
     pool_mod.write_manifest(d / "manifest.json", pool=pool, method=sel.method, params=_jsonable(sel.params),
                             budget=budget, seed=sel.seed, extra=extra)
-    return d

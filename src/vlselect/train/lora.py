@@ -30,6 +30,7 @@ optimiser step, and rank 0 writes. The per-step sample count is ``batch_size × 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -90,25 +91,10 @@ class TrainResult:
         return d
 
 
-def _dist():
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if world > 1:
-        import torch
-        import torch.distributed as dist
-
-        if not dist.is_initialized():
-            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-        if torch.cuda.is_available():
-            torch.cuda.set_device(local)
-    return rank, world, local
-
-
 def _atomic_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+    from vlselect.artifact import atomic_write_json
+
+    atomic_write_json(path, obj, indent=2, sort_keys=False)
 
 
 def _peak_memory(device) -> int:
@@ -129,16 +115,6 @@ def _lora_target_regex(target_modules) -> str | list[str]:
         return list(target_modules) if not isinstance(target_modules, str) else target_modules
     # every linear of the language model, none in the vision tower / projector / lm_head (LLaVA find_all_linear_names)
     return r"^(?!.*(vision_tower|visual|multi_modal_projector)).*\.(" + "|".join(LORA_TARGETS) + r")$"
-
-
-def _check_config(where: Path, saved: dict | None, now: dict) -> None:
-    if saved is None:
-        return
-    diff = [k for k in now if k in saved and saved[k] != now[k]]
-    if diff:
-        what = ", ".join(f"{k}: {saved[k]!r} there, {now[k]!r} now" for k in diff)
-        raise ConfigError(f"{where}: the run in this folder used other options ({what}); resume with the same options, "
-                          "or pass --no-resume (start over) or a new --out")
 
 
 def _checkpoints(out: Path) -> list[Path]:
@@ -171,13 +147,14 @@ def _save_checkpoint(out: Path, step: int, model, optimizer, scheduler, state: d
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     trainable = {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
-    torch.save(trainable, tmp / "trainable.pt")
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-    torch.save(_rng_state(), tmp / "rng.pt")
+    from vlselect.artifact import atomic_torch_save, replace_dir
+
+    atomic_torch_save(tmp / "trainable.pt", trainable)
+    atomic_torch_save(tmp / "optimizer.pt", optimizer.state_dict())
+    atomic_torch_save(tmp / "scheduler.pt", scheduler.state_dict())
+    atomic_torch_save(tmp / "rng.pt", _rng_state())
     _atomic_json(tmp / "state.json", state)
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
+    replace_dir(tmp, final)
     return final
 
 
@@ -263,6 +240,7 @@ def train_lora(
     progress: bool = True,
     device=None,
     on_batch=None,
+    overwrite: bool = False,
 ) -> TrainResult:
     """Fine-tune ``model_dir`` on a pool (or the ``indices`` of it) with LoRA or MMA adapters.
 
@@ -306,7 +284,10 @@ def train_lora(
     bf16 : bool or "auto"
         ``"auto"`` = CUDA with bf16 support.
     resume : bool
-        Continue from the last ``checkpoint-*`` in ``out_dir``; a finished run is returned as is.
+        Continue from the last ``checkpoint-*`` in ``out_dir``; a finished run is returned as is. Only a run of the
+        same inputs is resumed (its content key: the model hash, the pool fingerprint, the exact indices, every
+        option above and the code version); a folder holding another run is an :class:`ArtifactMismatchError`
+        naming what differs. ``resume=False`` starts over (same as ``overwrite``).
     target_modules : list of str or regex, optional
         LoRA targets (default: all linear layers of the language model).
     modules_to_save : list of str, optional
@@ -326,6 +307,8 @@ def train_lora(
         Called after each micro-batch's forward as ``on_batch(step, rows, logits, labels, last)``: 1-based
         optimiser step, the micro-batch's pool positions, its logits and labels, and whether it is this rank's last
         micro-batch of the step (e.g. :class:`vlselect.features.dynamics.MarginRecorder`).
+    overwrite : bool
+        Empty ``out_dir`` and train from scratch whatever it holds.
 
     Returns
     -------
@@ -341,11 +324,7 @@ def train_lora(
     >>> res.final_dir  # doctest: +SKIP
     PosixPath('runs/lora/final')
     """
-    import torch
-
-    from vlselect.models import load_vlm
-    from vlselect.train import mma as mma_mod
-    from vlselect.train.data import encode_batch, global_schedule, micro_batches, open_training_pool
+    from vlselect.train.data import open_training_pool
 
     if adapter not in ("lora", "full", "mma"):
         raise ConfigError(f"unknown adapter {adapter!r}; choose --adapter lora, full or mma")
@@ -357,10 +336,11 @@ def train_lora(
     if max_steps is not None and max_steps < 1:
         raise ConfigError(f"--max-steps must be at least 1 (got {max_steps})")
 
-    rank, world, local = _dist()
+    from vlselect.executor import current
+
+    ex = current().init()
+    rank, world, local = ex.rank, ex.world_size, ex.local_rank
     out = Path(out_dir)
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
     done = out / "train_result.json"
 
     data_pool = open_training_pool(pool)
@@ -372,20 +352,67 @@ def train_lora(
     if not idx:
         raise ConfigError("nothing to train on: the pool / subset is empty")
     run_config = {"adapter": adapter, "seed": seed, "epochs": epochs, "batch_size": batch_size, "grad_accum": grad_accum,
-                  "world_size": world, "lr": lr, "r": r, "lora_alpha": lora_alpha, "max_steps": max_steps,
-                  "warmup_ratio": warmup_ratio, "schedule": schedule, "n_train": len(idx),
-                  "modules_to_save": list(modules_to_save or []), "mma_kwargs": dict(mma_kwargs or {})}
-    if not resume and rank == 0:  # start over: remove this trainer's own outputs, nothing else
-        for old in [*_checkpoints(out), out / "final", out / "adapter"]:
-            shutil.rmtree(old, ignore_errors=True)
-        done.unlink(missing_ok=True)
-    if resume and done.exists():
-        data = json.loads(done.read_text())
-        _check_config(done, data.pop("config", None), run_config)
-        return TrainResult(**{**data, "out_dir": out, "final_dir": Path(data["final_dir"]),
-                              "adapter_dir": Path(data["adapter_dir"]) if data.get("adapter_dir") else None,
-                              "checkpoints": [Path(p) for p in data["checkpoints"]]})
+                  "world_size": world, "lr": lr, "projector_lr": projector_lr, "train_projector": train_projector,
+                  "r": r, "lora_alpha": lora_alpha, "lora_dropout": lora_dropout, "weight_decay": weight_decay,
+                  "max_steps": max_steps, "warmup_ratio": warmup_ratio, "schedule": schedule, "n_train": len(idx),
+                  "target_modules": target_modules, "modules_to_save": list(modules_to_save or []),
+                  "mma_kwargs": dict(mma_kwargs or {}), "max_length": max_length, "bf16": bf16,
+                  "gradient_checkpointing": gradient_checkpointing}
+    art = training_artifact(out, model_dir, data_pool, idx, image_root, run_config)
+    with contextlib.ExitStack() as held:
+        if rank == 0:  # one writer: the folder is locked, checked against the key (or cleared), then trained into
+            held.enter_context(art.writing(overwrite=overwrite or not resume))
+        _barrier(world)
+        if art.done:
+            data = json.loads(done.read_text())
+            data.pop("config", None)
+            data.pop("key", None)
+            return TrainResult(**{**data, "out_dir": out, "final_dir": Path(data["final_dir"]),
+                                  "adapter_dir": Path(data["adapter_dir"]) if data.get("adapter_dir") else None,
+                                  "checkpoints": [Path(p) for p in data["checkpoints"]]})
+        return _train(model_dir, data_pool, image_root, out, art, idx, run_config, ex, adapter=adapter, r=r,
+                      lora_alpha=lora_alpha, lora_dropout=lora_dropout, lr=lr, projector_lr=projector_lr,
+                      train_projector=train_projector, epochs=epochs, batch_size=batch_size, grad_accum=grad_accum,
+                      warmup_ratio=warmup_ratio, schedule=schedule, weight_decay=weight_decay, max_steps=max_steps,
+                      save_steps=save_steps, seed=seed, gradient_checkpointing=gradient_checkpointing, bf16=bf16,
+                      target_modules=target_modules, modules_to_save=modules_to_save, mma_kwargs=mma_kwargs,
+                      max_length=max_length, stop_after_steps=stop_after_steps, progress=progress, device=device)
 
+
+#: what a training run's result depends on besides its options (its code version)
+CODE_MODULES = ("vlselect.train", "vlselect.models.encode", "vlselect.models.load")
+
+
+def training_artifact(out: Path, model_dir, data_pool, idx: Sequence[int], image_root, run_config: dict):
+    """The :class:`vlselect.artifact.Artifact` of a training run: its key covers the model (hash of its weights),
+    the pool (fingerprint, or a digest of the samples for an in-memory list), the exact indices, the image folder,
+    every option and the code version."""
+    from dataclasses import asdict, is_dataclass
+
+    from vlselect.artifact import Artifact, code_version, digest, ids_digest
+    from vlselect.models.load import model_hash
+
+    fp = getattr(data_pool, "fingerprint", None)
+    if not fp:
+        fp = digest([asdict(s) if is_dataclass(s) else repr(s) for s in data_pool])
+    inputs = {"model": model_hash(model_dir), "pool": fp, "indices": ids_digest(idx),
+              "images": None if image_root is None else str(Path(image_root).resolve())}
+    return Artifact(out, stage="train", config=run_config, inputs=inputs, code=code_version(*CODE_MODULES),
+                    done_marker="train_result.json")
+
+
+def _train(model_dir, data_pool, image_root, out: Path, art, idx, run_config, ex, *, adapter, r, lora_alpha,
+           lora_dropout, lr, projector_lr, train_projector, epochs, batch_size, grad_accum, warmup_ratio, schedule,
+           weight_decay, max_steps, save_steps, seed, gradient_checkpointing, bf16, target_modules, modules_to_save,
+           mma_kwargs, max_length, stop_after_steps, progress, device) -> TrainResult:
+    import torch
+
+    from vlselect.models import load_vlm
+    from vlselect.train import mma as mma_mod
+    from vlselect.train.data import encode_batch, global_schedule, micro_batches
+
+    rank, world, local = ex.rank, ex.world_size, ex.local_rank
+    done = out / "train_result.json"
     if device is None:
         device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)
@@ -447,10 +474,9 @@ def train_lora(
         raise ConfigError(f"unknown --schedule {schedule!r} ({exc}); use cosine, linear or constant_with_warmup") from None
 
     start, losses, checkpoints = 0, [], []
-    if resume:
+    if True:  # the folder holds only this run's checkpoints (its key was checked, or it was cleared)
         cps = _checkpoints(out)
         if cps:
-            _check_config(cps[-1], json.loads((cps[-1] / "state.json").read_text()).get("config"), run_config)
             st = _load_checkpoint(cps[-1], model, optimizer, scheduler)
             if st.get("total_steps") != total:
                 raise ConfigError(f"{cps[-1]}: checkpoint of a run with {st.get('total_steps')} steps, this run has "
@@ -464,6 +490,7 @@ def train_lora(
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     seen, t0 = 0, time.perf_counter()
+    kill_after = int(os.environ.get("VLSELECT_TEST_KILL_AFTER_STEPS", "0") or 0)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else None
     model.train()
     with _progress(progress and rank == 0) as bar:
@@ -510,6 +537,10 @@ def train_lora(
                 if rank == 0:
                     checkpoints.append(_save_checkpoint(out, done_steps, model, optimizer, scheduler, state))
                 _barrier(world)
+            if kill_after and done_steps >= kill_after:  # fault-injection tests: die like an OOM-killed job
+                import signal
+
+                os.kill(os.getpid(), signal.SIGKILL)
     elapsed = time.perf_counter() - t0
     result = TrainResult(out_dir=out, final_dir=None, adapter_dir=None, checkpoints=checkpoints, losses=losses,
                          steps=stop, total_steps=total, samples=seen, samples_per_second=seen / max(elapsed, 1e-9) * world,
@@ -518,7 +549,7 @@ def train_lora(
         return result
     if rank == 0:
         _save_final(out, model, loaded, adapter, model_dir, mma_cfg, result)
-        _atomic_json(done, {**result.to_json(), "config": run_config})
+        _atomic_json(done, {**result.to_json(), "config": run_config, "key": art.key})  # the done marker, last
     _barrier(world)
     return result
 
@@ -552,6 +583,7 @@ def _copy_processor_files(src: Path, dst: Path) -> None:
 def _save_final(out: Path, model, loaded, adapter: str, model_dir, mma_cfg: dict, result: TrainResult) -> None:
     from safetensors.torch import save_file
 
+    from vlselect.artifact import replace_dir
     from vlselect.train.mma import mma_state_dict
 
     model.eval()
@@ -564,8 +596,7 @@ def _save_final(out: Path, model, loaded, adapter: str, model_dir, mma_cfg: dict
         tmp_ad = out / ".tmp-adapter"
         shutil.rmtree(tmp_ad, ignore_errors=True)
         model.save_pretrained(str(tmp_ad))
-        shutil.rmtree(ad, ignore_errors=True)
-        os.replace(tmp_ad, ad)
+        replace_dir(tmp_ad, ad)
         merged = model.merge_and_unload()
         merged.save_pretrained(str(tmp))
         _copy_processor_files(Path(model_dir), tmp)
@@ -581,8 +612,7 @@ def _save_final(out: Path, model, loaded, adapter: str, model_dir, mma_cfg: dict
         meta["mma"] = mma_cfg
         result.adapter_dir = final
     _atomic_json(tmp / "vlselect_adapter.json", meta)
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
+    replace_dir(tmp, final)
     result.final_dir = final
     if adapter == "mma":
         result.adapter_dir = final

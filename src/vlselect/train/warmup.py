@@ -32,9 +32,9 @@ tive.md §1 (``select_warm_up_data.py``), §2 (``finetune_lora.sh``); icons.md �
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -192,9 +192,9 @@ class WarmupResult:
 
 
 def _atomic_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n")
-    os.replace(tmp, path)
+    from vlselect.artifact import atomic_write_json
+
+    atomic_write_json(path, obj, indent=1, sort_keys=False)
 
 
 def export_checkpoint(model_dir, checkpoint: Path, out_dir: Path, *, r: int, lora_alpha: int, lora_dropout: float,
@@ -229,12 +229,13 @@ def export_checkpoint(model_dir, checkpoint: Path, out_dir: Path, *, r: int, lor
     trainable = load_trainable(pm, checkpoint, f"fix: pass the same LoRA options as the warm-up run (this model "
                                                f"has r={r})")
     params = dict(pm.named_parameters())
+    from vlselect.artifact import atomic_torch_save, replace_dir
+
     lora_dir = out_dir / "lora"
     tmp = out_dir / ".tmp-lora"
     shutil.rmtree(tmp, ignore_errors=True)
     pm.save_pretrained(str(tmp))
-    shutil.rmtree(lora_dir, ignore_errors=True)
-    os.replace(tmp, lora_dir)
+    replace_dir(tmp, lora_dir)
     adam_path = None
     opt_file = checkpoint / "optimizer.pt"
     if opt_file.exists():
@@ -256,9 +257,7 @@ def export_checkpoint(model_dir, checkpoint: Path, out_dir: Path, *, r: int, lor
                     state[n] = {"exp_avg": st["exp_avg"].float(), "exp_avg_sq": st["exp_avg_sq"].float()}
             if state:
                 adam_path = out_dir / "adam_state.pt"
-                tmp_a = out_dir / ".adam_state.pt.tmp"
-                torch.save(state, tmp_a)
-                os.replace(tmp_a, adam_path)
+                atomic_torch_save(adam_path, state)
     return lora_dir, adam_path
 
 
@@ -283,6 +282,7 @@ def train_warmup(
     progress: bool = True,
     device=None,
     train_fn: Callable[..., Any] | None = None,
+    overwrite: bool = False,
 ) -> WarmupResult:
     """Train the warm-up reference model with TIVE's or ICONS's rule and export its adapter and Adam state.
 
@@ -310,6 +310,10 @@ def train_warmup(
         Override the rule's defaults (:data:`RULE_DEFAULTS`); tiny CPU runs use a small ``r``.
     train_fn:
         The trainer (default :func:`vlselect.train.lora.train_lora`); injectable for tests.
+    overwrite:
+        Recompute even if ``out_dir`` holds a warm-up of other inputs (otherwise an
+        :class:`~vlselect.artifact.ArtifactMismatchError` naming what differs). A warm-up of the same inputs is
+        resumed, or returned as is when finished.
 
     Returns
     -------
@@ -334,9 +338,58 @@ def train_warmup(
         from vlselect.pool import open_pool
 
         pool = open_pool(pool, image_root=image_root)
+    from vlselect.executor import current
+
+    ex = current()
+    world = ex.world_size
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    art = _warmup_artifact(out, model_dir, pool, rule=rule, params=d, seed=seed, ratio=ratio, step=step,
+                           strict_official=strict_official, grad_accum=grad_accum, max_length=max_length, world=world)
+    with contextlib.ExitStack() as held:
+        if ex.is_main:  # one writer (rank 0): the folder is locked and checked against the key, or cleared
+            held.enter_context(art.writing(overwrite=overwrite))
+        ex.barrier()
+        if art.done:
+            return _result_from(out / "warmup.json")
+        return _run_warmup(ex, art, model_dir, pool, image_root, out, rule=rule, d=d, seed=seed, ratio=ratio,
+                           step=step, strict_official=strict_official, grad_accum=grad_accum,
+                           max_length=max_length, progress=progress, device=device, train_fn=train_fn)
+
+
+def _warmup_artifact(out: Path, model_dir, pool, *, rule, params, seed, ratio, step, strict_official, grad_accum,
+                     max_length, world):
+    """The warm-up folder's :class:`~vlselect.artifact.Artifact`: the key covers the base model's hash, the pool's
+    fingerprint, the rule and every option, and the code version."""
+    from vlselect.artifact import Artifact, code_version
+    from vlselect.models.load import model_hash
+    from vlselect.train.lora import CODE_MODULES
+
+    fp = getattr(pool, "fingerprint", None)
+    if not fp:
+        from dataclasses import is_dataclass
+
+        from vlselect.artifact import digest
+
+        fp = digest([asdict(x) if is_dataclass(x) else repr(x) for x in pool])
+    model = model_hash(model_dir) if Path(model_dir).is_dir() else str(model_dir)  # a missing model fails in training
+    config = {"rule": rule, "params": params, "seed": seed, "ratio": ratio if rule == "tive" else None,
+              "step": step, "strict_official": strict_official, "grad_accum": grad_accum, "max_length": max_length,
+              "world_size": world}
+    return Artifact(out, stage="warmup", config=config, inputs={"model": model, "pool": fp},
+                    code=code_version(*CODE_MODULES), done_marker="warmup.json")
+
+
+def _result_from(path: Path) -> WarmupResult:
+    data = json.loads(path.read_text())
+    fields = {f: data[f] for f in WarmupResult.__dataclass_fields__}
+    for f in ("out_dir", "base_model", "lora_dir", "adam_state", "indices_file"):
+        fields[f] = None if fields[f] is None else Path(fields[f])
+    return WarmupResult(**fields)
+
+
+def _run_warmup(ex, art, model_dir, pool, image_root, out: Path, *, rule, d, seed, ratio, step, strict_official,
+                grad_accum, max_length, progress, device, train_fn) -> WarmupResult:
+    world = ex.world_size
     n = len(pool)
     if rule == "tive":
         tasks = [pool.task(i) for i in range(n)] if hasattr(pool, "task") else [s.task for s in pool]
@@ -349,7 +402,7 @@ def train_warmup(
         per_step = d["batch_size"] * grad_accum * world
         total = math.ceil(n_train / per_step) * d["epochs"]
         at = total
-        if hasattr(pool, "fingerprint"):
+        if hasattr(pool, "fingerprint") and ex.is_main:
             from vlselect.pool import write_llava_subset
 
             write_llava_subset(pool, indices, out / "warmup_subset.json")
@@ -358,7 +411,8 @@ def train_warmup(
         n_train = n
         at, total = icons_warmup_step(n, batch_size=d["batch_size"], grad_accum=grad_accum, world_size=world,
                                       step=step, epochs=d["epochs"])
-    _atomic_json(out / "warmup_indices.json", idx_list)
+    if ex.is_main:
+        _atomic_json(out / "warmup_indices.json", idx_list)
     if train_fn is None:
         from vlselect.train.lora import train_lora as train_fn
     run_dir = out / "run"
@@ -376,12 +430,18 @@ def train_warmup(
                  grad_accum=grad_accum, warmup_ratio=d["warmup_ratio"], schedule=d["schedule"],
                  weight_decay=d["weight_decay"], save_steps=[at], seed=seed, stop_after_steps=at - start,
                  max_length=max_length, progress=progress, device=device)
+    ex.barrier()
     if not (cp / "trainable.pt").exists():
         raise ConfigError(f"the warm-up run did not write '{cp}'; fix: check the training log, or use a new --out")
+    if not ex.is_main:  # under torchrun every rank trains; rank 0 alone exports (one writer per folder)
+        ex.barrier()
+        return _result_from(out / "warmup.json")
     lora_dir, adam = export_checkpoint(model_dir, cp, out, r=d["r"], lora_alpha=d["lora_alpha"],
                                        lora_dropout=d["lora_dropout"], device=device)
     res = WarmupResult(rule=rule, out_dir=out, base_model=Path(model_dir), lora_dir=lora_dir, adam_state=adam,
                        step=at, total_steps=total, n_train=n_train, indices_file=out / "warmup_indices.json")
     _atomic_json(out / "warmup.json", {**res.to_json(), "params": d, "seed": seed, "ratio": ratio if rule == "tive"
-                                       else None, "pool_fingerprint": getattr(pool, "fingerprint", None)})
+                                       else None, "pool_fingerprint": getattr(pool, "fingerprint", None),
+                                       "key": art.key})  # the done marker, written last
+    ex.barrier()
     return res

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from vlselect.artifact import replace_dir
 from vlselect.errors import ConfigError
 from vlselect.world.build import (
     EASY_KIND,
@@ -260,9 +261,9 @@ def _card(cfg: WorldConfig, stats: dict[str, dict[str, int]], eval_sizes: dict[s
 
 
 def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    from vlselect.artifact import atomic_write_text
+
+    atomic_write_text(path, text)
 
 
 def _check_out_dir(out_dir: str | os.PathLike, overwrite: bool) -> Path:
@@ -367,9 +368,7 @@ def make_world(out_dir: str | os.PathLike, *, size: int = 20000, seed: int = 0, 
         majority = {n: Counter(str(x["answers"][0]) for x in p["samples"]).most_common(1)[0][1] / len(p["samples"])
                     for n, p in eval_files.items()}
         _write_text(tmp / "README.md", _card(cfg, stats, eval_sizes, len(used), majority))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -452,9 +451,7 @@ def make_pretrain_pool(out_dir: str | os.PathLike, *, size: int = 50000, seed: i
             "no near-duplicates, no noise, no easy share. Scenes of the world's evaluation sets (same seed, "
             f"eval size {eval_size}) never occur. Prompts: the six caption instructions of the world's pool. "
             "Use it to pre-train the base model before instruction tuning on `pool.json` of a world.", ""]))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

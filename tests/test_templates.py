@@ -213,6 +213,13 @@ def test_evaluation_resume_is_per_template(tiny_llava, image_dir, tmp_path):  # 
     stamp = pf.stat().st_mtime_ns
     evaluate(tiny_llava, [es], image_dir, out, max_new_tokens=2, progress=False, device="cpu")
     assert pf.stat().st_mtime_ns == stamp  # same template: reused
-    evaluate(tiny_llava, [es], image_dir, out, max_new_tokens=2, progress=False, device="cpu", template="llava_v1")
-    assert pf.stat().st_mtime_ns != stamp  # another prompt: regenerated, never picked up
+    from vlselect.artifact import ArtifactMismatchError
+
+    with pytest.raises(ArtifactMismatchError, match="template"):  # another prompt: never picked up
+        evaluate(tiny_llava, [es], image_dir, out, max_new_tokens=2, progress=False, device="cpu",
+                 template="llava_v1")
+    assert pf.stat().st_mtime_ns == stamp
+    evaluate(tiny_llava, [es], image_dir, out, max_new_tokens=2, progress=False, device="cpu", template="llava_v1",
+             overwrite=True)
+    assert pf.stat().st_mtime_ns != stamp  # regenerated under --overwrite
     assert json.loads((out / "eval_state.json").read_text())["template"] == "llava_v1"

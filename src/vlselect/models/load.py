@@ -111,6 +111,9 @@ def model_hash(model_dir) -> str:
     The cache (``.vlselect_model_hash.json`` in the directory, when writable) makes repeated calls cheap.
     """
     path = Path(model_dir)
+    if not path.is_dir():
+        raise ModelError(f"model directory '{path}' does not exist; fix: pass a directory written by save_pretrained, "
+                         "e.g. made by 'vlselect models tiny DIR'")
     files = sorted(p for p in path.iterdir() if p.name == "config.json" or p.suffix in (".safetensors", ".bin"))
     if not files:
         raise ModelError(f"model directory '{path}' has no config.json or weight files; fix: pass a directory written "

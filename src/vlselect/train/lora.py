@@ -376,7 +376,8 @@ def train_lora(
                       warmup_ratio=warmup_ratio, schedule=schedule, weight_decay=weight_decay, max_steps=max_steps,
                       save_steps=save_steps, seed=seed, gradient_checkpointing=gradient_checkpointing, bf16=bf16,
                       target_modules=target_modules, modules_to_save=modules_to_save, mma_kwargs=mma_kwargs,
-                      max_length=max_length, stop_after_steps=stop_after_steps, progress=progress, device=device)
+                      max_length=max_length, stop_after_steps=stop_after_steps, progress=progress, device=device,
+                      on_batch=on_batch)
 
 
 #: what a training run's result depends on besides its options (its code version)
@@ -404,7 +405,7 @@ def training_artifact(out: Path, model_dir, data_pool, idx: Sequence[int], image
 def _train(model_dir, data_pool, image_root, out: Path, art, idx, run_config, ex, *, adapter, r, lora_alpha,
            lora_dropout, lr, projector_lr, train_projector, epochs, batch_size, grad_accum, warmup_ratio, schedule,
            weight_decay, max_steps, save_steps, seed, gradient_checkpointing, bf16, target_modules, modules_to_save,
-           mma_kwargs, max_length, stop_after_steps, progress, device) -> TrainResult:
+           mma_kwargs, max_length, stop_after_steps, progress, device, on_batch=None) -> TrainResult:
     import torch
 
     from vlselect.models import load_vlm

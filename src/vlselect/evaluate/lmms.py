@@ -13,8 +13,12 @@ newer torch, and pip then replaces a CPU (or other) torch build with a 3 GB CUDA
     python -c "import torch; print('torch==' + torch.__version__.split('+')[0])" > keep-torch.txt
     pip install 'vlselect[lmms]' -c keep-torch.txt
 
-pip then keeps the installed torch and chooses the torchvision built for it (``pip install lmms-eval -c
-keep-torch.txt`` works the same).
+pip then keeps the installed torch and picks the torchvision release made for it. On a CUDA torch that is all.
+With a CPU torch, PyPI's torchvision wheel is linked against CUDA torch and fails on import (``operator
+torchvision::nms does not exist``); lmms-eval's ``llava_hf`` and ``qwen2_vl`` do not need torchvision, so either
+remove it (``pip uninstall -y torchvision``: transformers then uses its PIL image processors) or install the CPU
+build of the same version from PyTorch's CPU wheel index. (Checked with lmms-eval 0.7.3, torch 2.13.0+cpu: the
+constraint kept torch; torchvision 0.28.0 came from PyPI and had to go.)
 
 Example
 -------

@@ -15,10 +15,11 @@ newer torch, and pip then replaces a CPU (or other) torch build with a 3 GB CUDA
 
 pip then keeps the installed torch and picks the torchvision release made for it. On a CUDA torch that is all.
 With a CPU torch, PyPI's torchvision wheel is linked against CUDA torch and fails on import (``operator
-torchvision::nms does not exist``); lmms-eval's ``llava_hf`` and ``qwen2_vl`` do not need torchvision, so either
-remove it (``pip uninstall -y torchvision``: transformers then uses its PIL image processors) or install the CPU
-build of the same version from PyTorch's CPU wheel index. (Checked with lmms-eval 0.7.3, torch 2.13.0+cpu: the
-constraint kept torch; torchvision 0.28.0 came from PyPI and had to go.)
+torchvision::nms does not exist``) and breaks transformers too. Install the CPU build of the same torchvision
+version from PyTorch's CPU wheel index, or, for LLaVA models only, remove it (``pip uninstall -y torchvision``):
+lmms-eval's ``llava_hf`` runs without it, while its ``qwen2_vl`` needs it (the Qwen2-VL processor loads a video
+processor that requires torchvision). Checked with lmms-eval 0.7.3 and torch 2.13.0+cpu: the constraint kept
+torch, torchvision 0.28.0 came from PyPI, and ``llava_hf`` ran on CPU once it was removed.
 
 Example
 -------

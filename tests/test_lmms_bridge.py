@@ -102,6 +102,14 @@ def test_cli_run_checks_for_a_results_file(tiny_llava, tmp_path, monkeypatch, ca
         assert import_lmms_results(found)["sets"]["gqa"]["score"] == pytest.approx(62.5)
 
 
+@pytest.mark.skipif(importlib.util.find_spec("lmms_eval") is not None, reason="lmms-eval is installed here")
+def test_cli_run_without_lmms_eval_says_how_to_install_it_keeping_torch(tiny_llava, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", "lmms", "--model", str(tiny_llava), "--tasks", "gqa", "--out", str(tmp_path / "o"), "--run"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and sys.executable in err and "-c keep-torch.txt" in err and "Traceback" not in err
+
+
 def test_run_reports_a_nonzero_exit(tmp_path):
     cmd = [sys.executable, "-c", "import sys; print('boom: no such task'); sys.exit(3)"]
     with pytest.raises(LmmsEvalError, match=r"exited with code 3.*\n.*boom: no such task"):

@@ -146,11 +146,16 @@ def lmms_command(
         typer.echo(format_command(cmd))
         return
     import importlib.util
+    import sys
 
-    from vlselect.errors import missing_dependency
+    from vlselect.errors import MissingDependencyError
 
     if importlib.util.find_spec("lmms_eval") is None:
-        raise missing_dependency("lmms-eval", "lmms", "running real benchmarks")
+        raise MissingDependencyError(
+            f"lmms-eval is not installed in the Python vlselect runs in ({sys.executable}); install it there keeping "
+            "your torch: python -c \"import torch; print('torch==' + torch.__version__.split('+')[0])\" > "
+            "keep-torch.txt && pip install 'vlselect[lmms]' -c keep-torch.txt (with a CPU torch, see "
+            "vlselect.evaluate.lmms about torchvision); or run the printed command (without --run) yourself")
     typer.echo(format_command(cmd))
     found = run_lmms_eval(cmd, out, echo=typer.echo)
     typer.echo(f"lmms-eval results: {found}\n  import them with: vlselect eval lmms-import {found} --out RESULTS.json")

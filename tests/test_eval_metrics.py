@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 
 import pytest
 
@@ -130,15 +131,15 @@ def test_eval_set_validation(tmp_path):
 
 def test_lmms_command(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llava"}))
-    cmd = lmms_eval_command(tmp_path, "mme,pope", tmp_path / "out", batch_size=2, limit=10)
-    assert cmd[:3] == ["python", "-m", "lmms_eval"]
+    cmd = lmms_eval_command(tmp_path, "mme,pope", tmp_path / "out", batch_size=2, limit=10, device="cpu")
+    assert cmd[:3] == [sys.executable, "-m", "lmms_eval"]  # the interpreter vlselect runs in, not a bare python
     assert cmd[cmd.index("--model") + 1] == "llava_hf"
-    assert cmd[cmd.index("--model_args") + 1] == f"pretrained={tmp_path},device_map=auto"
+    assert cmd[cmd.index("--model_args") + 1] == f"pretrained={tmp_path},device=cpu,device_map=cpu"
     assert cmd[cmd.index("--tasks") + 1] == "mme,pope"
     assert cmd[cmd.index("--batch_size") + 1] == "2"
     assert cmd[cmd.index("--limit") + 1] == "10"
     multi = lmms_eval_command(tmp_path, ["gqa"], "o", num_processes=4, lmms_model="qwen2_vl")
-    assert multi[:6] == ["accelerate", "launch", "--num_processes", "4", "-m", "lmms_eval"]
+    assert multi[:6] == [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "4", "-m"]
     assert multi[multi.index("--model") + 1] == "qwen2_vl"
 
 

@@ -62,9 +62,9 @@ def _root(
 
 
 def _register_all() -> None:
-    from vlselect.cli import bench, demo, evaluate, features, models, pool, select, train, world
+    from vlselect.cli import bench, demo, evaluate, features, models, plan, pool, select, train, world
 
-    for module in (demo, world, pool, models, features, select, train, evaluate, bench):
+    for module in (demo, world, pool, models, features, select, train, evaluate, bench, plan):
         module.register(app)
 
 

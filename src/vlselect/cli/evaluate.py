@@ -91,6 +91,9 @@ def summarize_command(
 ) -> None:
     """Mean and t-distribution interval over several result files (seeds).
 
+    The mean over sets is taken over percent-scale sets only: a set whose scale is "points" (MME's ~1500-of-2000
+    sum, from eval lmms-import) is shown on its own row and left out of the mean; relative performance includes it.
+
     Example: vlselect eval summarize ev-seed0/results.json ev-seed1/results.json ev-seed2/results.json --reference full/results.json
     """
     from vlselect.evaluate import summarize
@@ -101,7 +104,9 @@ def summarize_command(
     t.add_column("score", justify="right")
     for name, iv in s["sets"].items():
         t.add_row(name, _fmt_interval(iv))
-    t.add_row("[bold]mean[/]", _fmt_interval(s["mean_score"]))
+    apart = s.get("mean_excludes") or []
+    label = "[bold]mean[/]" + (f" (without {', '.join(apart)}: another scale)" if apart else "")
+    t.add_row(label, _fmt_interval(s["mean_score"]) if s["mean_score"] is not None else "n/a (no percent-scale set)")
     if "relative" in s:
         t.add_row("[bold]relative[/]", _fmt_interval(s["relative"]))
     console.print(t)
@@ -120,29 +125,52 @@ def lmms_command(
     batch_size: int = typer.Option(1, "--batch-size"),
     seed: int = typer.Option(0, "--seed"),
     limit: Optional[int] = typer.Option(None, "--limit"),
-    num_processes: int = typer.Option(1, "--num-processes"),
+    num_processes: int = typer.Option(1, "--num-processes", help="> 1: data parallel over GPUs (accelerate launch)."),
     lmms_model: Optional[str] = typer.Option(None, "--lmms-model", help="lmms-eval model wrapper (default by family)."),
-    run: bool = typer.Option(False, "--run", help="Run it (needs pip install 'vlselect[lmms]'); default: print it."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: cuda if available, else cpu)."),
+    model_args: Optional[str] = typer.Option(None, "--model-args", help="Extra lmms-eval model arguments K=V,K2=V2 (override the defaults, e.g. device_map=auto)."),
+    include_path: Optional[List[Path]] = typer.Option(None, "--include-path", help="Folder of extra task YAMLs (repeat for several)."),
+    run: bool = typer.Option(False, "--run", help="Run it with this Python (lmms-eval must be installed in it); default: print it."),
 ) -> None:
     """Build (and optionally run) the lmms-eval command for a vlselect-trained model.
 
+    Install lmms-eval keeping your torch: pip install 'vlselect\\[lmms]' -c keep-torch.txt, where keep-torch.txt holds
+    torch==YOUR_VERSION (see vlselect.evaluate.lmms). With --run, a run that writes no results file fails (exit 2).
+
     Example: vlselect eval lmms --model runs/lora/final --tasks textvqa_val,mmbench_en_dev --out lmms-out
     """
-    from vlselect.evaluate.lmms import format_command, lmms_eval_command
+    from vlselect.evaluate.lmms import format_command, lmms_eval_command, parse_model_args, run_lmms_eval
 
     cmd = lmms_eval_command(model, tasks, out, batch_size=batch_size, seed=seed, limit=limit,
-                            num_processes=num_processes, lmms_model=lmms_model)
+                            num_processes=num_processes, lmms_model=lmms_model, device=device,
+                            extra_model_args=parse_model_args(model_args), include_path=include_path or None)
     if not run:
         typer.echo(format_command(cmd))
         return
     import importlib.util
-    import subprocess
+    import sys
 
-    from vlselect.errors import missing_dependency
+    from vlselect.errors import MissingDependencyError
 
     if importlib.util.find_spec("lmms_eval") is None:
-        raise missing_dependency("lmms-eval", "lmms", "running real benchmarks")
-    raise typer.Exit(subprocess.call(cmd))
+        raise MissingDependencyError(
+            f"lmms-eval is not installed in the Python vlselect runs in ({sys.executable}); install it there keeping "
+            "your torch: python -c \"import torch; print('torch==' + torch.__version__.split('+')[0])\" > "
+            "keep-torch.txt && pip install 'vlselect[lmms]' -c keep-torch.txt (with a CPU torch, see "
+            "vlselect.evaluate.lmms about torchvision); or run the printed command (without --run) yourself")
+    typer.echo(format_command(cmd))
+    found = run_lmms_eval(cmd, out, echo=typer.echo)
+    typer.echo(f"lmms-eval results: {found}\n  import them with: vlselect eval lmms-import {found} --out RESULTS.json")
+
+
+def _pairs(items, option: str, example: str) -> dict[str, str]:
+    chosen = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"{option} {item!r}: write TASK=VALUE, e.g. {option} {example}")
+        k, v = item.split("=", 1)
+        chosen[k.strip()] = v.strip()
+    return chosen
 
 
 @eval_app.command("lmms-import")
@@ -150,23 +178,27 @@ def lmms_import_command(
     results: Path = typer.Argument(..., help="lmms-eval results JSON."),
     out: Path = typer.Option(..., "--out", help="vlselect results.json to write."),
     metric: Optional[List[str]] = typer.Option(None, "--metric", help="TASK=METRIC to choose a task's score."),
+    scale: Optional[List[str]] = typer.Option(None, "--scale", help="TASK=fraction|percent|points for a metric vlselect does not know."),
     reference: Optional[str] = typer.Option(None, "--reference", help="results.json or pinned name (llava-1.5-7b-lora)."),
 ) -> None:
     """Convert lmms-eval results into a vlselect results.json (optionally with relative performance).
+
+    Each metric's scale comes from a table of lmms-eval metrics (fractions become percent; MME stays in points and
+    is kept out of the mean); an unknown metric must be declared with --scale TASK=fraction|percent|points.
 
     Example: vlselect eval lmms-import lmms-out/results.json --reference llava-1.5-7b-lora --out ev/results.json
     """
     from vlselect.evaluate.lmms import import_lmms_results
 
-    chosen = {}
-    for item in metric or []:
-        if "=" not in item:
-            raise ConfigError(f"--metric {item!r}: write TASK=METRIC, e.g. --metric mme=mme_percetion_score")
-        k, v = item.split("=", 1)
-        chosen[k.strip()] = v.strip()
-    res = import_lmms_results(results, out, metrics=chosen, reference=reference)
+    chosen = _pairs(metric, "--metric", "mme=mme_perception_score")
+    scales = _pairs(scale, "--scale", "mytask=fraction")
+    res = import_lmms_results(results, out, metrics=chosen, reference=reference, scales=scales)
     for name, v in res["sets"].items():
-        typer.echo(f"{name}: {v['score']:.2f} ({v['metric']})" + (f" · relative {v['relative']:.1f}" if "relative" in v else ""))
+        typer.echo(f"{name}: {v['score']:.2f} ({v['metric']}, {v['scale']})"
+                   + (f" · relative {v['relative']:.1f}" if "relative" in v else ""))
+    if res["mean_score"] is not None:
+        apart = f" (without {', '.join(res['mean_excludes'])}: points)" if res["mean_excludes"] else ""
+        typer.echo(f"mean score {res['mean_score']:.2f}{apart}")
     if "relative" in res:
         typer.echo(f"relative performance {res['relative']:.1f} (reference {res['reference']})")
 

@@ -322,6 +322,18 @@ def relative_performance(scores: dict[str, float], reference: dict[str, float], 
     return {"relative": sum(per.values()) / len(per), "per_set": per, "skipped": skipped}
 
 
+def percent_mean(sets: dict) -> tuple[float | None, list[str]]:
+    """Mean score over the sets on a percent scale, and the names of the sets left out.
+
+    The rule (documented in ``vlselect eval summarize``): a set counts unless its ``scale`` is ``"points"`` (MME's
+    ~1500-of-2000 sum; see :func:`vlselect.evaluate.lmms.import_lmms_results`). Points and percentages are never averaged
+    together; relative performance (score / reference) is the cross-benchmark number that includes them.
+    """
+    keep = [v["score"] for v in sets.values() if v.get("scale", "percent") != "points"]
+    apart = [k for k, v in sets.items() if v.get("scale", "percent") == "points"]
+    return (sum(keep) / len(keep) if keep else None), apart
+
+
 def mean_interval(values: Sequence[float], confidence: float = 0.95) -> dict:
     """Mean and two-sided t-distribution confidence interval over runs (e.g. seeds).
 

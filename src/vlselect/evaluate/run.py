@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Sequence
 
 from vlselect.errors import ConfigError
-from vlselect.evaluate.metrics import mean_interval, relative_performance, score_sample, score_set
+from vlselect.evaluate.metrics import mean_interval, percent_mean, relative_performance, score_sample, score_set
 from vlselect.evaluate.references import reference_scores
 from vlselect.evaluate.sets import EvalSet, read_eval_set, read_results, scores_of
 
@@ -260,7 +260,9 @@ def summarize(result_files: Sequence, *, reference=None, confidence: float = 0.9
     out = {"n": len(runs), "files": [str(f) for f in result_files], "sets": {}}
     for name in names:
         out["sets"][name] = mean_interval([r["sets"][name]["score"] for r in runs], confidence)
-    out["mean_score"] = mean_interval([sum(scores_of(r).values()) / len(names) for r in runs], confidence)
+    means = [percent_mean(r["sets"]) for r in runs]  # points-scale sets (MME) are reported apart, never averaged
+    out["mean_score"] = None if means[0][0] is None else mean_interval([m for m, _ in means], confidence)
+    out["mean_excludes"] = means[0][1]
     if ref_scores is not None:
         rels = [relative_performance(scores_of(r), ref_scores, source=str(reference))["relative"] for r in runs]
         out["relative"] = mean_interval(rels, confidence)

@@ -452,9 +452,9 @@ def _train(model_dir, data_pool, image_root, out: Path, art, idx, run_config, ex
         projector_lr = lr if projector_lr is None else projector_lr
         wd = 0.0 if weight_decay is None else weight_decay
         extra = tuple(modules_to_save or ())
-        frozen = ("vision_tower", "visual.")
+        frozen = ("vision_tower", "visual.")  # the vision encoder; its projector (Qwen2-VL's visual.merger) trains
         for n, p in model.named_parameters():
-            p.requires_grad_(not any(f in n for f in frozen) or any(m in n for m in extra))
+            p.requires_grad_(not any(f in n for f in frozen) or any(m in n for m in extra + PROJECTOR_NAMES))
         optimizer = _adamw_with_projector_lr(model, lr, projector_lr, wd)
     else:
         mma_mod.attach_mma(model, seed=seed, **mma_cfg)

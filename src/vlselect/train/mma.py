@@ -139,6 +139,9 @@ class MMAdapter(nn.Module):
         return (xf + self.scale * y).to(x.dtype)
 
 
+_PROJECTORS = ("multi_modal_projector", "visual.merger")  # LLaVA's projector, Qwen2-VL's (= train.lora.PROJECTOR_NAMES)
+
+
 def _adapter_hook(module, args, output):
     return module.adapter(output)
 
@@ -212,7 +215,7 @@ def attach_mma(model: nn.Module, *, adapter_dim: int = 8, groups: int = 2, adapt
     for n, p in model.named_parameters():
         if "adapter" in n:
             p.data = p.data.float().to(ref.device)
-        p.requires_grad_("adapter" in n or (train_projector and "multi_modal_projector" in n))
+        p.requires_grad_("adapter" in n or (train_projector and any(x in n for x in _PROJECTORS)))
     model.mma_ctx = ctx
     model.mma_n_layers = len(llm)
     return ctx

@@ -150,7 +150,9 @@ def train_with_dynamics(model_dir, pool, image_root, out_dir, **train_kwargs):
 
     out = Path(out_dir)
     steps, store_dir = out / STEPS_DIR, out / STORE_DIR
-    rank = int(os.environ.get("RANK", "0"))
+    from vlselect.executor import current
+
+    rank = current().rank
     if not train_kwargs.get("resume", True) and rank == 0:
         shutil.rmtree(steps, ignore_errors=True)
         shutil.rmtree(store_dir, ignore_errors=True)

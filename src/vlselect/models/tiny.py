@@ -278,5 +278,8 @@ def build_tiny(out_dir, family: str = "llava", *, seed: int = 0, corpus=None, si
             processor.save_pretrained(tmp)
         for name in os.listdir(tmp):
             os.replace(os.path.join(tmp, name), out / name)
-    (out / "vlselect_tiny.json").write_text(json.dumps({"family": family, "seed": seed, "size": size}) + "\n")
+    from vlselect.artifact import atomic_write_text
+
+    # written last, atomically: a build cut short never looks like a finished tiny model
+    atomic_write_text(out / "vlselect_tiny.json", json.dumps({"family": family, "seed": seed, "size": size}) + "\n")
     return out

@@ -210,3 +210,30 @@ def test_checkpointing_and_train_mode_are_switched_off(samples, reference):
     full, _ = eng.full_gradients(collate(samples))
     ref = reference[1]
     assert float((full - ref).abs().max() / ref.abs().max()) < 1e-5
+
+
+@pytest.mark.parametrize("factor_dim, dim, route", [(8, 4096, "auto"), (16, 256, "auto"), (8, 256, "tokens"),
+                                                     (8, 4096, "grad")])
+def test_factored_features_equal_kronecker_projection_of_exact_gradients(model, samples, reference, factor_dim, dim,
+                                                                         route):
+    """The engine's factored features (either route per layer: token factors + Gram norms, or the formed LoRA
+    gradient) equal the exact per-sample gradients (one-sample autograd) times the block-diagonal Kronecker matrix
+    diag_l(P_out,l (x) P_in,l), then the final dense step when the concatenation is longer than ``dim``; the norms
+    are the exact gradient norms on both routes."""
+    _, ref, _ = reference
+    eng = GradientEngine(model, projection="factored", dim=dim, factor_dim=factor_dim, seed=4)
+    fp = eng.factored
+    if route != "auto":  # force one route for every layer
+        fp.route_costs = (lambda layer, tokens: (0, 1)) if route == "tokens" else (lambda layer, tokens: (1, 0))
+    norms = torch.cat([n for _, _, n in eng.run([collate(samples)])])
+    torch.testing.assert_close(norms, ref.norm(dim=1), rtol=1e-5, atol=1e-7)
+    feats = torch.cat([f for _, f, _ in eng.run([collate(samples[:4]), collate(samples[4:])])])
+    blocks = []
+    for layer, (o, i) in enumerate(fp.shapes):
+        po, pi = fp.side(layer, 0), fp.side(layer, 1)
+        blocks.append(torch.kron(torch.eye(o) if po is None else po, torch.eye(i) if pi is None else pi).double())
+    expected = ref.double() @ torch.block_diag(*blocks)
+    if fp.final is not None:
+        expected = expected @ fp.final.matrix().double() / math.sqrt(dim)
+    assert (fp.final is not None) == (dim == 256)
+    torch.testing.assert_close(feats.double(), expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))

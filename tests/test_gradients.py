@@ -237,3 +237,27 @@ def test_factored_features_equal_kronecker_projection_of_exact_gradients(model, 
         expected = expected @ fp.final.matrix().double() / math.sqrt(dim)
     assert (fp.final is not None) == (dim == 256)
     torch.testing.assert_close(feats.double(), expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))
+
+
+def test_help_states_what_is_identical_and_what_agrees_to_rounding(model):
+    """Issue 15 item 7: 'features gradients --help' says the matrix is bit for bit the same on any shard or batch
+    size and the projected values agree within 1e-5 of the largest |value|; both halves are checked here (devices:
+    CPU only on this machine; the Rademacher matrix is built from integer operations, see projection.py)."""
+    from vlselect.cli.features_gradients import gradients as cli_gradients
+
+    doc = " ".join(cli_gradients.__doc__.split())
+    assert "The matrix depends on the seed alone: bit for bit the same on any device, shard or batch size." in doc
+    assert "they agree within 1e-5 of the largest |value|." in doc
+    samples = random_samples(12, seed=7, min_len=8, max_len=30)  # varied lengths: padding differs by batch size
+    feats, mats = {}, []
+    for bs in (1, 2, 5, 12):
+        eng = GradientEngine(model, projection="rademacher", dim=512, seed=0, block_bytes=bs * 2**20)
+        feats[bs] = torch.cat([f for _, f, _ in eng.run([collate(samples[i : i + bs]) for i in range(0, 12, bs)])])
+        mats.append(eng.dense.matrix())
+    # the matrix: bit for bit, whatever the block size; a shard's rows generated alone are the same rows
+    assert all(torch.equal(m, mats[0]) for m in mats[1:])
+    assert torch.equal(Projection(mats[0].shape[0], 512, seed=0).matrix(1000, 3000), mats[0][1000:3000])
+    # the values: within 1e-5 of the largest |value| (float32 rounding), for every batch size
+    scale = float(feats[1].abs().max())
+    for bs in (2, 5, 12):
+        assert float((feats[bs] - feats[1]).abs().max()) <= 1e-5 * scale

@@ -28,8 +28,11 @@ Implementations, each timed in its **own child process** on the same encoded sam
 
 Every implementation runs ``--repeat`` times, interleaved (official, floor, ours, factored, official, ...), so the
 ratios within one repeat are measured at nearly the same machine load; the table gives the median over repeats of
-each time and of each ratio. ``seconds`` is the in-process figure (gradient and projection work only, no model
-loading or encoding); ``child s`` is the whole child process (imports, model load, encoding, the work).
+each time and of each ratio. Times are in-process figures (gradient and projection work only, no model loading or
+encoding): ``CPU s`` is the CPU time of the thread that runs torch (one intra-op thread; the CPU autograd engine
+runs in the calling thread), which hardly depends on other jobs on a shared machine, and the ratios are taken from
+it; ``wall s`` is the wall time of the same run. The whole child process's wall time (imports, model load,
+encoding, every run) is printed in the header.
 ``--threads`` sets torch's thread count in every child (default 1: on a shared machine, multi-threaded BLAS on tiny
 matrices mostly spins). Peak RSS is the child's ``ru_maxrss``.
 """
@@ -122,8 +125,20 @@ SETTINGS = {
 }
 
 
+def _clock() -> dict:
+    return {"wall_s": time.perf_counter(), "cpu_s": time.thread_time()}
+
+
+def _since(t0: dict) -> dict:
+    """Wall seconds and CPU seconds of this thread (torch runs its ops in the calling thread with one intra-op
+    thread, the autograd engine too on CPU) since ``t0``. CPU seconds hardly depend on what else the shared machine
+    runs; the ratios are taken from them."""
+    now = _clock()
+    return {k: now[k] - t0[k] for k in t0}
+
+
 class _RssPeak:
-    """Peak resident memory above the level at entry, sampled every millisecond from /proc/self/statm (torch ops
+    """Peak resident memory above the level at entry, sampled every 5 ms from /proc/self/statm (torch ops
     release the GIL, so the sampler runs during them)."""
 
     def __enter__(self):
@@ -150,7 +165,7 @@ class _RssPeak:
     def _run(self):
         while not self.stop.is_set():
             self.peak = max(self.peak, self._rss())
-            time.sleep(0.001)
+            time.sleep(0.005)
 
     def __exit__(self, *exc):
         self.stop.set()
@@ -178,7 +193,7 @@ def _impls(setting: str, model, loaded, enc, args):
         params = dict(model.named_parameters())
         plist = [params[n] for n in eng.param_names]
         feats, norms, buf = [], [], []
-        t0 = time.perf_counter()
+        t0 = _clock()
         for k, single in enumerate(singles):
             out = model(**model_inputs(single))
             loss, _ = per_sample_loss(out.logits, single["labels"])
@@ -189,7 +204,7 @@ def _impls(setting: str, model, loaded, enc, args):
             if len(buf) == every or k == len(singles) - 1:  # a fresh projector per call, as TRAK's BasicProjector
                 feats.append(Projection(eng.num_params, cfg["dim"], seed=0).project(torch.stack(buf)))
                 buf = []
-        secs = time.perf_counter() - t0
+        secs = _since(t0)
         return secs, torch.cat(feats).numpy(), np.asarray(norms, dtype=np.float32), {}
 
     def floor():
@@ -197,27 +212,29 @@ def _impls(setting: str, model, loaded, enc, args):
         plist = [p for _, p in model.named_parameters() if p.requires_grad]
         R = Projection(eng.num_params, cfg["dim"], seed=0).matrix() / cfg["dim"] ** 0.5  # in memory, not timed
         G = torch.randn(len(enc), eng.num_params, generator=torch.Generator().manual_seed(0))  # materialised grads
-        t0 = time.perf_counter()
+        t0 = _clock()
         for batch in batches:
             for p in plist:
                 p.grad = None
             out = model(**model_inputs(batch))
             loss, _ = per_sample_loss(out.logits, batch["labels"])
             loss.sum().backward()
-        t1 = time.perf_counter()
+        fwd_bwd = _since(t0)
+        t1 = _clock()
         f = G @ R
-        t2 = time.perf_counter()
+        gemm = _since(t1)
         for p in plist:
             p.grad = None
-        return t2 - t0, f.numpy(), np.zeros(len(enc), np.float32), {"fwd_bwd_s": t1 - t0, "gemm_s": t2 - t1}
+        total = {k: fwd_bwd[k] + gemm[k] for k in fwd_bwd}
+        return total, f.numpy(), np.zeros(len(enc), np.float32), {"fwd_bwd": fwd_bwd, "gemm": gemm}
 
     def engine(projection):
         def run():
             eng = GradientEngine(model, projection=projection, params=cfg["params"], dim=cfg["dim"], seed=0,
                                  factor_dim=args.factor_dim)
-            t0 = time.perf_counter()
+            t0 = _clock()
             rows = list(eng.run(batches))
-            secs = time.perf_counter() - t0
+            secs = _since(t0)
             return (secs, torch.cat([r[1] for r in rows]).numpy(), torch.cat([r[2] for r in rows]).numpy(),
                     {"out_dim": eng.out_dim})
 
@@ -239,7 +256,7 @@ def child(setting: str, work: Path, args) -> None:
         for name in IMPLS:
             with _RssPeak() as mem:
                 secs, f, nr, extra = impls[name]()
-            runs[name].append({"seconds": secs, "extra_rss_bytes": mem.extra, **extra})
+            runs[name].append({**secs, "extra_rss_bytes": mem.extra, **extra})
             if rep == 0:
                 np.save(work / f"{setting}-{name}.npy", f)
                 np.save(work / f"{setting}-{name}_norms.npy", nr)
@@ -334,36 +351,37 @@ def main() -> None:
               f"-> {cfg['dim']}-d Rademacher; tiny {args.family} ({args.size}), LoRA r={args.r}, {r['n']} samples, "
               f"batch {args.batch_size}, {args.threads} torch thread(s); medians of {args.repeat} interleaved runs in "
               f"one process (whole child process: {r['child_s']:.0f} s, peak RSS {r['peak_rss_bytes'] / 2**20:.0f} MB)")
-        fb = [x["fwd_bwd_s"] for x in runs["floor"]]
-        gm = [x["gemm_s"] for x in runs["floor"]]
+        fb = [x["fwd_bwd"]["cpu_s"] for x in runs["floor"]]
+        gm = [x["gemm"]["cpu_s"] for x in runs["floor"]]
         print(f"  floor = plain batched forward+backward {med(fb):.3f} s + one projection GEMM {med(gm):.3f} s "
-              f"= {med([x['seconds'] for x in runs['floor']]):.3f} s")
+              f"= {med([x['cpu_s'] for x in runs['floor']]):.3f} s (CPU)")
         fac_dim = runs["ours-factored"][0]["out_dim"]
         labels = {"official": f"official (1 sample/backward, project every {cfg['every']})",
                   "floor": "floor (fwd+bwd + one GEMM, R in memory)",
                   "ours": f"ours dense (batch {args.batch_size}, hooks)",
                   "ours-factored": f"ours factored (f={args.factor_dim}, {fac_dim}-d; other sketch)"}
-        print(f"  {'implementation':<48} {'seconds':>8} {'extra RSS':>10} {'/ floor':>8} {'/ fwd+bwd':>9} "
+        print(f"  {'implementation':<48} {'CPU s':>8} {'wall s':>8} {'extra RSS':>10} {'/ floor':>8} {'/ fwd+bwd':>9} "
               f"{'official /':>10}")
         r["medians"] = {}
         for impl in IMPLS:
-            secs = [x["seconds"] for x in runs[impl]]
-            vs_floor = med([a["seconds"] / f["seconds"] for a, f in zip(runs[impl], runs["floor"])])
-            vs_fb = med([a["seconds"] / f["fwd_bwd_s"] for a, f in zip(runs[impl], runs["floor"])])
-            speedup = med([f["seconds"] / a["seconds"] for a, f in zip(runs[impl], runs["official"])])
+            cpu = [x["cpu_s"] for x in runs[impl]]
+            wall = [x["wall_s"] for x in runs[impl]]
+            vs_floor = med([a["cpu_s"] / f["cpu_s"] for a, f in zip(runs[impl], runs["floor"])])
+            vs_fb = med([a["cpu_s"] / f["fwd_bwd"]["cpu_s"] for a, f in zip(runs[impl], runs["floor"])])
+            speedup = med([f["cpu_s"] / a["cpu_s"] for a, f in zip(runs[impl], runs["official"])])
             extra = max(x["extra_rss_bytes"] for x in runs[impl])
-            r["medians"][impl] = {"seconds": med(secs), "vs_floor": vs_floor, "vs_fwd_bwd": vs_fb,
+            r["medians"][impl] = {"cpu_s": med(cpu), "wall_s": med(wall), "vs_floor": vs_floor, "vs_fwd_bwd": vs_fb,
                                   "official_over": speedup, "extra_rss_mb": extra / 2**20}
-            print(f"  {labels[impl]:<48} {med(secs):>8.3f} {extra / 2**20:>8.0f}MB {vs_floor:>7.2f}x {vs_fb:>8.2f}x "
-                  f"{speedup:>9.1f}x")
+            print(f"  {labels[impl]:<48} {med(cpu):>8.3f} {med(wall):>8.3f} {extra / 2**20:>8.0f}MB {vs_floor:>7.2f}x "
+                  f"{vs_fb:>8.2f}x {speedup:>9.1f}x")
         print(f"  ours dense vs official: max |difference| {r['max_abs_diff_official']:.3g} (max |value| "
               f"{r['max_abs_official']:.3g}); max |norm difference| {r['max_norm_diff']:.3g}; factored norms vs "
               f"dense: max relative difference {r['factored_norm_rel_diff']:.2g}")
         print(f"  influence agreement (Spearman of train x val cosines, {r['n_train']} x {r['n'] - r['n_train']} "
               f"pairs): dense sketch vs exact {r['spearman_dense_exact']:.4f}; factored vs exact "
               f"{r['spearman_factored_exact']:.4f}; factored vs dense {r['spearman_factored_dense']:.4f}")
-        print("  per-run seconds: " + "; ".join(f"{i} " + ", ".join(f"{x['seconds']:.2f}" for x in runs[i])
-                                              for i in IMPLS))
+        print("  per-run CPU seconds: " + "; ".join(f"{i} " + ", ".join(f"{x['cpu_s']:.2f}" for x in runs[i])
+                                                  for i in IMPLS))
     print(json.dumps({s: {k: v for k, v in report[s].items() if k != "runs"} for s in settings}))
 
 

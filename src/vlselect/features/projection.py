@@ -369,6 +369,9 @@ class FactoredProjection:
             else None
         )
         self.out_dim = self.dim if self.final is not None else self.dim_factored
+        for layer in range(len(self.shapes)):  # side matrices made once here (setup), not in the first batch
+            self.side(layer, 0)
+            self.side(layer, 1)
 
     def side(self, layer: int, which: int) -> torch.Tensor | None:
         """The side matrix (``(n, f)``, scaled by ``1/sqrt(f)``) of layer ``layer``: ``which=0`` output, 1 input;

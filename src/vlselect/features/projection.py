@@ -324,7 +324,11 @@ class FactoredProjection:
 
     This is a **different sketch** from :class:`Projection` of the full gradient: both preserve inner products in
     expectation, but their outputs are not interchangeable. Adam preconditioning needs the full gradient and so is
-    not available with it.
+    not available with it. In matrix form the layer's sketch is ``vec(G) @ (P_out (x) P_in)`` (Kronecker product;
+    tested against it written out). When one layer's per-sample gradient is smaller than its token factors (a LoRA
+    layer, ``r x in``, over many tokens) the engine forms that one layer's gradient and applies
+    :meth:`sketch_gradient` instead (the same sketch up to float rounding; see :meth:`route_costs`); the gradient of
+    the whole model is never formed.
 
     Parameters
     ----------

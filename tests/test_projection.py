@@ -150,3 +150,45 @@ def test_bad_arguments_raise_config_error():
         Projection(10, 8, seed=-1)
     with pytest.raises(ConfigError, match="outside"):
         Projection(10, 8).project(torch.zeros(1, 11))
+
+
+def _kron_matrix(fp: FactoredProjection, layer: int) -> torch.Tensor:
+    """The dense matrix of a layer's factored sketch, materialised: vec_r(P_out^T G P_in) = vec_r(G) @ (P_out (x) P_in)
+    (identity on a side that is not projected)."""
+    o, i = fp.shapes[layer]
+    po = fp.side(layer, 0)
+    pi = fp.side(layer, 1)
+    po = torch.eye(o) if po is None else po
+    pi = torch.eye(i) if pi is None else pi
+    return torch.kron(po, pi)
+
+
+def test_factored_sketch_equals_dense_projection_with_kronecker_matrix():
+    """Hand-size case (issue 14 item 2): the factored sketch of a per-sample gradient, from the token factors or
+    from the formed gradient, equals the dense projection of the flattened gradient with the Kronecker matrix
+    P_out (x) P_in written out; the final dense step then projects the concatenation."""
+    g = torch.Generator().manual_seed(8)
+    # LoRA-like A (r=3 x in=10: only the input side projected), B (out=12 x r=3), a small layer with both sides
+    fp = FactoredProjection([(3, 10), (12, 3), (5, 6)], dim=20, factor_dim=4, seed=5)
+    assert fp.out_shapes == [(3, 4), (4, 3), (4, 4)] and fp.dim_factored == 12 + 12 + 16 and fp.final is not None
+    b, T = 3, 7
+    parts_tok, flat = [], []
+    for layer, (o, i) in enumerate(fp.shapes):
+        d = torch.randn(b, T, o, generator=g)
+        x = torch.randn(b, T, i, generator=g)
+        grad = torch.einsum("bto,bti->boi", d, x)  # the per-sample gradient sum_t d_t x_t^T
+        K = _kron_matrix(fp, layer)
+        assert K.shape == (o * i, fp.out_shapes[layer][0] * fp.out_shapes[layer][1])
+        dense = grad.reshape(b, -1).double() @ K.double()
+        torch.testing.assert_close(fp.sketch_layer(layer, d, x).double(), dense, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(fp.sketch_gradient(layer, grad).double(), dense, rtol=1e-5, atol=1e-5)
+        parts_tok.append(fp.sketch_layer(layer, d, x))
+        flat.append(grad.reshape(b, -1))
+    # whole vector: block-diagonal Kronecker matrix, then the final dense JL step (scaled by 1/sqrt(dim))
+    blocks = torch.block_diag(*[_kron_matrix(fp, k).double() for k in range(3)])
+    final = Projection(fp.dim_factored, 20, seed=5).matrix().double() / math.sqrt(20)
+    expected = torch.cat(flat, 1).double() @ blocks @ final
+    torch.testing.assert_close(fp.finish(torch.cat(parts_tok, 1)).double(), expected, rtol=1e-5, atol=1e-5)
+    # a side matrix is the seeded Projection matrix of that side, scaled by 1/sqrt(f)
+    assert fp.side(0, 0) is None and fp.side(1, 1) is None
+    assert fp.side(0, 1).shape == (10, 4) and set(np.unique((fp.side(0, 1) * 2).numpy()).tolist()) == {-1.0, 1.0}

@@ -406,6 +406,15 @@ class GradientEngine:
                     x = torch.ones(*x.shape[:2], 1, dtype=x.dtype, device=x.device)
                     if "attention_mask" in batch and x.shape[1] == batch["attention_mask"].shape[1]:
                         x = x * batch["attention_mask"].to(x.device, x.dtype).unsqueeze(-1)
+                via_tokens, via_grad = self.factored.route_costs(i, x.shape[1])
+                if via_grad < via_tokens:
+                    # this layer's per-sample gradient is smaller than its token factors (a LoRA layer: r x in):
+                    # form it, take the exact norm and the (identical, linear) sketch from it, drop it
+                    grad = torch.bmm(g.float().transpose(1, 2), x.float())
+                    sq += grad.reshape(b, -1).square().sum(dim=1, dtype=torch.float64)
+                    parts.append(self.factored.sketch_gradient(i, grad))
+                    del grad
+                    continue
                 parts.append(self.factored.sketch_layer(i, g, x))
                 # exact norm of the full gradient from the token factors: ||sum_t g_t x_t^T||_F^2 via Gram matrices
                 gg = torch.einsum("bso,bto->bst", g.double(), g.double())

@@ -150,6 +150,11 @@ def generate_tile(seed: int, tile: int, dim: int, kind: Kind = "rademacher", *, 
         ctr = (((int(tile) << 24) + col)[:, None] << 4) | torch.arange(words, dtype=torch.int64, device=device)
         h = _splitmix(ctr ^ _s64(seed_mix))  # (dim, 16): bit i of word w -> row 64*w + i
         idx = h.view(torch.uint8).reshape(-1).long()  # little-endian bytes, on CPU and CUDA alike
+        if out is not None and out.is_contiguous() and out.dtype == torch.float32 and out.device == device:
+            # straight into the caller's buffer: a fresh 32 MiB tensor per tile costs more in page faults than
+            # the lookup itself on a CPU
+            torch.index_select(_sign_lut(device), 0, idx, out=out.view(dim * (TILE_ROWS // 8), 8))
+            return out
         res = torch.index_select(_sign_lut(device), 0, idx).reshape(dim, TILE_ROWS)
     else:
         col = torch.arange(dim, dtype=torch.int64)
@@ -220,6 +225,7 @@ class Projection:
         self.tiles_per_block = max(1, int(block_bytes) // (4 * self.dim * TILE_ROWS))
         self.device = torch.device(device)
         self.scale = 1.0 / math.sqrt(self.dim) if scale else 1.0
+        self._buffer: torch.Tensor | None = None  # generated tiles, reused across calls (at most block_bytes)
 
     def __repr__(self) -> str:
         return f"Projection(dim_in={self.dim_in}, dim={self.dim}, kind={self.kind!r}, seed={self.seed})"
@@ -229,8 +235,13 @@ class Projection:
         return -(-self.dim_in // TILE_ROWS)
 
     def _tiles(self, first_tile: int, n_tiles: int) -> list[torch.Tensor]:
-        """Unscaled transposed tiles ``first_tile ..``, each ``(k, TILE_ROWS)`` on the device."""
-        return [generate_tile(self.seed, first_tile + j, self.dim, self.kind, device=self.device)
+        """Unscaled transposed tiles ``first_tile ..``, each ``(k, TILE_ROWS)`` on the device, generated into one
+        buffer that is kept and reused by the next call (valid until then)."""
+        buf = self._buffer
+        if buf is None or buf.shape[0] < n_tiles:
+            n_buf = max(n_tiles, min(self.tiles_per_block, self.num_tiles))
+            buf = self._buffer = torch.empty(n_buf, self.dim, TILE_ROWS, dtype=torch.float32, device=self.device)
+        return [generate_tile(self.seed, first_tile + j, self.dim, self.kind, device=self.device, out=buf[j])
                 for j in range(n_tiles)]
 
     def matrix(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
@@ -313,7 +324,11 @@ class FactoredProjection:
 
     This is a **different sketch** from :class:`Projection` of the full gradient: both preserve inner products in
     expectation, but their outputs are not interchangeable. Adam preconditioning needs the full gradient and so is
-    not available with it.
+    not available with it. In matrix form the layer's sketch is ``vec(G) @ (P_out (x) P_in)`` (Kronecker product;
+    tested against it written out). When one layer's per-sample gradient is smaller than its token factors (a LoRA
+    layer, ``r x in``, over many tokens) the engine forms that one layer's gradient and applies
+    :meth:`sketch_gradient` instead (the same sketch up to float rounding; see :meth:`route_costs`); the gradient of
+    the whole model is never formed.
 
     Parameters
     ----------
@@ -358,6 +373,9 @@ class FactoredProjection:
             else None
         )
         self.out_dim = self.dim if self.final is not None else self.dim_factored
+        for layer in range(len(self.shapes)):  # side matrices made once here (setup), not in the first batch
+            self.side(layer, 0)
+            self.side(layer, 1)
 
     def side(self, layer: int, which: int) -> torch.Tensor | None:
         """The side matrix (``(n, f)``, scaled by ``1/sqrt(f)``) of layer ``layer``: ``which=0`` output, 1 input;
@@ -382,6 +400,29 @@ class FactoredProjection:
         if pi is not None:
             x = x @ pi
         return torch.einsum("bto,bti->boi", d, x).reshape(d.shape[0], -1)
+
+    def sketch_gradient(self, layer: int, grad: torch.Tensor) -> torch.Tensor:
+        """The same sketch from formed per-sample gradients ``grad`` ``(b, out, in)``: ``P_out^T G P_in`` ->
+        ``(b, f_out * f_in)``. Equal to :meth:`sketch_layer` of the token factors up to float rounding (the sketch
+        is linear in ``G = sum_t d_t x_t^T``); cheaper when the gradient is smaller than the token factors, as for
+        a LoRA layer (``r x in``) over many tokens."""
+        po, pi = self.side(layer, 0), self.side(layer, 1)
+        g = grad.to(self.device, torch.float32)
+        if pi is not None:
+            g = g @ pi
+        if po is not None:
+            g = po.T @ g
+        return g.reshape(g.shape[0], -1)
+
+    def route_costs(self, layer: int, tokens: int) -> tuple[int, int]:
+        """Multiply-adds per sample of the two ways to get a layer's sketch **and** the exact norm of its gradient,
+        for ``tokens`` tokens: ``(token factors + Gram matrices, formed gradient)``."""
+        o, i = self.shapes[layer]
+        fo, fi = self.out_shapes[layer]
+        side = (o * fo if o > self.factor_dim else 0) + (i * fi if i > self.factor_dim else 0)
+        via_tokens = tokens * side + tokens * fo * fi + tokens * tokens * (o + i)
+        via_grad = tokens * o * i + (o * i * fi if i > self.factor_dim else 0) + (o * fo * fi if o > self.factor_dim else 0)
+        return via_tokens, via_grad
 
     def finish(self, factored: torch.Tensor) -> torch.Tensor:
         """Concatenated layer sketches ``(b, dim_factored)`` -> final features ``(b, out_dim)``."""

@@ -559,6 +559,7 @@ class CoincideStages:
     kmeans_objective: float = float("nan")
     kmeans_iterations: int = 0
     kmeans_seed: int = 1234
+    kmeans_info: dict[str, Any] = field(default_factory=dict)
     timings_s: dict[str, float] = field(default_factory=dict)
     kernels: dict[int, _ClusterKernel] = field(default_factory=dict, repr=False)
     members_order: np.ndarray | None = field(default=None, repr=False)
@@ -567,6 +568,51 @@ class CoincideStages:
     def members(self, c: int) -> np.ndarray:
         """Row indices of cluster ``c``, ascending."""
         return self.members_order[self.members_offsets[c] : self.members_offsets[c + 1]]
+
+
+_READ_SINCE_RELEASE = [0]
+#: A memmap's pages are dropped from the resident set after every this many bytes of cluster rows read.
+RELEASE_EVERY_BYTES = 128 * 2**20
+
+
+def _cluster_rows(features: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """One cluster's rows as float64; a memmap's pages are released as reading goes on (bounded RSS)."""
+    x64 = np.asarray(features[idx], dtype=np.float64)
+    if isinstance(features, np.memmap):
+        _READ_SINCE_RELEASE[0] += idx.size * features.shape[1] * features.dtype.itemsize
+        if _READ_SINCE_RELEASE[0] >= RELEASE_EVERY_BYTES:
+            from vlselect.cluster import _release_rows
+
+            _release_rows(features)
+            _READ_SINCE_RELEASE[0] = 0
+    return x64
+
+
+def _memory_plan(features: np.ndarray, k: int, niter: int, mppc: int | None) -> dict[str, Any]:
+    """What the k-means ahead costs (:func:`vlselect.cluster.kmeans_cost`), as numbers and one sentence."""
+    from vlselect.cluster import _gib, available_memory_bytes, kmeans_cost
+
+    n, d = (int(s) for s in features.shape)
+    c = kmeans_cost(n, d, k, niter=niter, max_points_per_centroid=mppc, dtype_bytes=features.dtype.itemsize)
+    avail = available_memory_bytes()
+    text = (
+        f"coincide: k-means of {n:,} x {d:,} rows into K={k} trains on {c['train_rows']:,} rows "
+        f"({'a faiss subsample' if c['subsampled'] else 'all rows'}, {c['flops']:.2g} FLOP); exact official result "
+        f"with about {_gib(c['ram_out_of_core_bytes'])} of RAM here streaming from the input "
+        f"({_gib(c['ram_in_memory_bytes'])} in memory; the official script needs {_gib(c['ram_exact_official_bytes'])});"
+        f" {_gib(avail)} available"
+    )
+    return {"text": text, "ram_out_of_core_bytes": int(c["ram_out_of_core_bytes"]),
+            "ram_in_memory_bytes": int(c["ram_in_memory_bytes"]),
+            "ram_exact_official_bytes": int(c["ram_exact_official_bytes"]), "flops": c["flops"],
+            "train_rows": c["train_rows"], "available_bytes": avail}
+
+
+def _say(text: Any) -> None:
+    """One line to stderr (strict mode's memory statement before k-means starts)."""
+    import sys
+
+    print(text["text"] if isinstance(text, dict) else text, file=sys.stderr, flush=True)
 
 
 def _check_features(features: np.ndarray) -> None:
@@ -605,6 +651,8 @@ def coincide_stages(
     centroids: np.ndarray | None = None,
     transferability: np.ndarray | None = None,
     gpu: bool | None = None,
+    max_points_per_centroid: int | None = None,
+    out_of_core: bool | None = None,
 ) -> CoincideStages:
     """Run the budget-independent stages: k-means, transferability, density, scores (spec §2, §3.1-§3.3).
 
@@ -619,6 +667,15 @@ def coincide_stages(
         instead of running k-means; both or neither.
     transferability : start from a stored ``transfer.npy`` instead of computing it from the centroids.
     gpu : k-means on a GPU (None: when faiss has one).
+    max_points_per_centroid : faiss trains on at most ``n_clusters`` x this many rows (default 256, faiss's and
+        the official value); lower it to shrink the training sample (module docstring, "Memory").
+    out_of_core : k-means streams from ``features`` (:func:`vlselect.cluster.kmeans`); None decides by size.
+
+    Memory. Density and greedy MMD read one cluster's rows at a time (float64, ``n_c x D x 8`` bytes for the
+    largest cluster ``n_c``) and drop a memmap's pages as they go; k-means holds only its training sample (see
+    :func:`vlselect.cluster.kmeans_cost`). With ``strict_official`` the memory and FLOPs of the exact official
+    path are printed to stderr before k-means starts, and a sample that does not fit the available memory is
+    refused with that number (so is any other, in every mode).
 
     Returns
     -------
@@ -626,7 +683,10 @@ def coincide_stages(
     """
     from vlselect.cluster import kmeans
 
-    _check_features(features)
+    if getattr(features, "ndim", None) != 2 or features.shape[0] == 0:
+        _check_features(features)
+    if assignment is not None:
+        _check_features(features)  # k-means, when it runs, checks every row itself (no extra pass)
     n, d = features.shape
     _layout(d, num_layers, hidden_size)
     if sigma <= 0 or not math.isfinite(sigma):
@@ -638,10 +698,22 @@ def coincide_stages(
     t0 = time.perf_counter()
     if (assignment is None) != (centroids is None):
         raise SelectionError("coincide: give both a stored assignment and stored centroids, or neither")
+    kmeans_info: dict[str, Any] = {}
     if assignment is None:
-        km = kmeans(features, n_clusters, niter=niter, seed=kmeans_seed, spherical=True, gpu=gpu, name="features")
+        if not 1 <= n_clusters <= n:
+            raise SelectionError(
+                f"coincide: n_clusters={n_clusters} must be between 1 and the number of rows ({n}); give a smaller "
+                f"n_clusters (K)"
+            )
+        plan = _memory_plan(features, n_clusters, niter, max_points_per_centroid)
+        kmeans_info["plan"] = plan
+        if strict_official:
+            _say(plan)
+        km = kmeans(features, n_clusters, niter=niter, seed=kmeans_seed, spherical=True, gpu=gpu, name="features",
+                    max_points_per_centroid=max_points_per_centroid, out_of_core=out_of_core)
         assignment, centroids, ip = km.assignment, km.centroids, km.score
         objective, iters = km.objective, km.n_iter
+        kmeans_info.update(train_rows=km.train_rows, out_of_core=km.out_of_core, notes=list(km.notes))
     else:
         assignment = np.asarray(assignment, dtype=np.int64)
         centroids = np.asarray(centroids, dtype=np.float32)
@@ -689,8 +761,9 @@ def coincide_stages(
             if idx.size:
                 nbytes = idx.size * idx.size * 8
                 keep = idx.size <= FULL_KERNEL_MAX and cached + nbytes <= KERNEL_CACHE_BYTES
-                x64 = np.asarray(features[idx], dtype=np.float64)
+                x64 = _cluster_rows(features, idx)
                 density[c], kernels[c] = _kernel_stats(x64, sigma, keep)
+                del x64
                 if keep:
                     cached += nbytes
             progress.advance(task)
@@ -715,6 +788,7 @@ def coincide_stages(
         kmeans_objective=objective,
         kmeans_iterations=iters,
         kmeans_seed=kmeans_seed,
+        kmeans_info=kmeans_info,
         kernels=kernels,
         timings_s=timings,
         members_order=order,
@@ -786,7 +860,7 @@ def _select_budget(
                 g = greedy.get(c)
                 if g is None:
                     g = greedy[c] = GreedyMMD(
-                        lambda idx=idx: features[idx], st.kernels[c], float(st.cluster_density[c]), sigma,
+                        lambda idx=idx: _cluster_rows(features, idx), st.kernels[c], float(st.cluster_density[c]), sigma,
                         ties="official" if strict_official else "lowest",
                     )
                 picks.append(idx[np.asarray(g.extend(m), dtype=np.int64)])
@@ -826,6 +900,8 @@ PARAMS = [
     Param("sigma", 1.0, float, "Gaussian kernel width for density and MMD (official --gamma)", aliases=("gamma",)),
     Param("num_layers", 5, int, "layers in a feature row (official 5: layers 3, 7, 11, 15, 19)"),
     Param("hidden_size", 2048, int, "width of each vision / text half (official 2048, TinyLLaVA-2.0B)"),
+    Param("max_points_per_centroid", 256, int, "k-means trains on at most K x this many rows, a faiss subsample "
+          "(faiss's default and the official 256; lower it to shrink the in-RAM training sample)"),
 ]
 
 
@@ -853,6 +929,7 @@ def coincide(
     sigma: float = 1.0,
     num_layers: int = 5,
     hidden_size: int = 2048,
+    max_points_per_centroid: int = 256,
 ) -> list[Selection]:
     """COINCIDE selection at one or more budgets (specs/coincide.md §2-§5, fixes of §8 unless strict).
 
@@ -874,6 +951,8 @@ def coincide(
     temp : softmax temperature τ (0.1).
     sigma : Gaussian kernel σ (1.0).
     num_layers, hidden_size : the feature-row layout (official 5 × [2048 vision | 2048 text]).
+    max_points_per_centroid : faiss's training subsample per cluster (256). A float16 memmap too large to copy
+        to float32 is clustered out of core with the same result (:func:`vlselect.cluster.kmeans`).
 
     Returns
     -------
@@ -904,11 +983,12 @@ def coincide(
         num_layers=num_layers,
         hidden_size=hidden_size,
         strict_official=strict_official,
+        max_points_per_centroid=max_points_per_centroid,
     )
     resolved = {
         "n_clusters": n_clusters, "niter": niter, "kmeans_seed": k_seed, "knn_k": knn_k,
         "near_duplicate_cosine_cut": near_duplicate_cosine_cut, "temp": temp, "sigma": sigma,
-        "num_layers": num_layers, "hidden_size": hidden_size,
+        "num_layers": num_layers, "hidden_size": hidden_size, "max_points_per_centroid": max_points_per_centroid,
     }
     return coincide_select(
         features, st, budgets, temp=temp, sigma=sigma, strict_official=strict_official, params=resolved, seed=seed
@@ -942,6 +1022,10 @@ def coincide_select(
         "kmeans_objective": objective,
         "kmeans_iterations": st.kmeans_iterations,
         "kmeans_seed": st.kmeans_seed,
+        "kmeans_train_rows": st.kmeans_info.get("train_rows"),
+        "kmeans_out_of_core": st.kmeans_info.get("out_of_core"),
+        "kmeans_notes": st.kmeans_info.get("notes", []),
+        "kmeans_memory_plan": st.kmeans_info.get("plan", {}).get("text"),
         "n_clusters": int(st.sizes.size),
         "empty_clusters": np.flatnonzero(st.sizes == 0).tolist(),
         "cluster_size_min": int(st.sizes[st.sizes > 0].min()),

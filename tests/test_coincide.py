@@ -333,3 +333,40 @@ def test_readme_world_k20_prints_no_faiss_warning_and_records_the_note(capfd):
     err = capfd.readouterr().err
     assert "please provide" not in err and "WARNING" not in err
     assert any("400 rows for 20 clusters" in note for note in sel.info["kmeans_notes"])
+
+
+def _cli(argv):
+    from vlselect.cli import main
+
+    try:
+        main(argv)
+    except SystemExit as exc:
+        return exc.code or 0
+    return 0
+
+
+def test_dry_run_prints_the_kmeans_estimate_and_does_no_work(vectors_dir, tmp_path, capsys, monkeypatch):
+    import vlselect.cluster as cl
+
+    monkeypatch.setattr(cl, "kmeans", lambda *a, **k: pytest.fail("--dry-run ran k-means"))
+    feats = vectors_dir / "coincide" / PACKS[0] / "inputs" / "features.npy"  # 2000 x 128 float32
+    code = _cli(["select", "coincide", "--input", f"features={feats}", "--param", "K=40", "--param", "num_layers=4",
+                 "--param", "hidden_size=16", "--dry-run"])
+    out = capsys.readouterr().out
+    assert code == 0
+    # by hand: 2000 <= 40 x 256 rows, so every row trains; 2 x 2000 x 128 x 40 FLOP per search, 50 + 1 searches
+    assert f"{2 * 2000 * 128 * 40 * 51:.3g}" in out and "trains on 2,000 rows" in out
+    assert "2,000 x 128 float32" in out
+    assert not (tmp_path / "o").exists()
+
+
+def test_repeated_budgets_fail_before_kmeans(vectors_dir, tmp_path, capsys, monkeypatch):
+    import vlselect.cluster as cl
+
+    monkeypatch.setattr(cl, "kmeans", lambda *a, **k: pytest.fail("k-means ran before the budget check"))
+    feats = vectors_dir / "coincide" / PACKS[0] / "inputs" / "features.npy"
+    code = _cli(["select", "coincide", "--input", f"features={feats}", "--budget", "0.2,400,0.2", "--param", "K=40",
+                 "--param", "num_layers=4", "--param", "hidden_size=16", "--out", str(tmp_path / "o")])
+    assert code == 2
+    assert "frac0.2, n400, frac0.2 repeat" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

@@ -200,6 +200,8 @@ def run_method(
     bad = np.zeros(n, dtype=bool)
     val_drop: dict[str, np.ndarray] = {}
     for role, arr in arrays.items():
+        if role in lengths and method.role_for(role).checks_finite:
+            continue  # the method excludes (default) or passes through (strict) these rows in its own pass
         rows = find_nonfinite_rows(arr)
         if not rows.size:
             continue

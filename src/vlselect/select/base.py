@@ -124,13 +124,17 @@ class Param:
 class Role:
     """An input a method reads. ``name`` may end in ``/*`` (e.g. ``val/*``: one array per target task).
 
-    ``aligned`` roles have one row per pool row; others (validation gradients) do not.
+    ``aligned`` roles have one row per pool row; others (validation gradients) do not. ``checks_finite``: the
+    method finds and excludes this input's NaN/inf rows itself, inside its own pass over it (reported in
+    ``info["excluded_rows"]``), so :func:`vlselect.select.run_method` does not scan it first: one read fewer of a
+    large memmap (issue 14).
     """
 
     name: str
     help: str
     required: bool = True
     aligned: bool = True
+    checks_finite: bool = False
 
     def matches(self, role: str) -> bool:
         if self.name.endswith("/*"):

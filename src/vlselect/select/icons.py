@@ -57,6 +57,8 @@ def _release(arr: np.ndarray, a: int, b: int) -> None:
 def _convert(view: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """A converted copy of a block; float → float casts go through torch (multithreaded, exact for widening)."""
     floats = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+    if view.dtype == np.float16 and dtype == np.float64:
+        return np.asarray(view).astype(np.float64)  # NumPy's half -> double is ~3x faster than torch's (exact)
     if view.dtype in floats and dtype in floats:
         import warnings
 

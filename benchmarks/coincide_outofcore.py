@@ -6,7 +6,7 @@
 
 Two parts, each printed as a table:
 
-1. **Same selection, in memory and out of core** (small case, default 20,000 x 2,048 float16, K=20): the
+1. **Same selection, in memory and out of core** (small case, default 20,000 x 2,560 float16, K=20): the
    stages are computed twice from the same memmap, once with the float32 copy (faiss's ``Kmeans.train`` on all
    rows) and once streamed (faiss's own subsample at float16, assignment in 4096-row chunks); the table says
    whether the assignment, centroids, densities and the selected rows are identical, and the wall time of each.
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--dir", type=Path, default=None, help="where to write the memmap (8.2 GB at full size)")
     ap.add_argument("--small-rows", type=int, default=20_000)
-    ap.add_argument("--small-width", type=int, default=2_048)
+    ap.add_argument("--small-width", type=int, default=2_560, help="a multiple of 10 (5 layers x 2 halves)")
     ap.add_argument("--small-k", type=int, default=20)
     ap.add_argument("--small-only", action="store_true")
     ap.add_argument("--child", nargs=2, metavar=("PATH", "OUT"), help=argparse.SUPPRESS)

@@ -17,7 +17,7 @@ Targets (issue 5, item 7): ICONS and TIVE within 10 minutes and 8 GB each; COINC
 Issue 14, item 4: TIVE and ICONS read the gradient memmap at most twice (counted: the child wraps the memmap in a
 row-counting subclass) and should take at most 1.5x the time NumPy needs to read it once. The floor ("read") is
 measured in its own child right before the methods: every block copied out of the memmap into one buffer, pages
-released, nothing computed. ``--cold`` evicts the file from the page cache (``posix_fadvise DONTNEED``, this file
+released, nothing computed. A second floor ("convert") also converts each block to float32, as every method must. ``--cold`` evicts the file from the page cache (``posix_fadvise DONTNEED``, this file
 only) before the floor and before each method, so both read from disk; otherwise both read what the page cache
 holds. The machine may be shared: compare the ratios within one run.
 """
@@ -142,6 +142,13 @@ def child(method: str, d: Path, out: Path, strict: bool) -> None:
         x = _grads(d)
         read_once(x)
         sel = None
+    elif method == "convert":  # a second floor: one read plus the float16 -> float32 conversion every method pays
+        from vlselect.select.icons import block_rows_for, iter_row_blocks
+
+        x = _grads(d)
+        for _ in iter_row_blocks(x, block_rows_for(int(x.shape[1])), np.float32):
+            pass
+        sel = None
     elif method == "tive":
         x = _grads(d)
         labels = json.loads((d / "tasks.json").read_text())
@@ -208,9 +215,9 @@ def main(argv: list[str] | None = None) -> int:
         results = []
         floor = None
         if any(m in ("tive", "icons") for m in methods):
-            methods = ["read"] + methods
+            methods = ["read", "convert"] + methods
         for m in methods:
-            if args.cold and m in ("read", "tive", "icons"):
+            if args.cold and m in ("read", "convert", "tive", "icons"):
                 evict(base / "grads.npy")
             out = base / f"{m}.json"
             cmd = [sys.executable, __file__, "--child", m, str(base), str(out)] + (["--strict"] if args.strict else [])
@@ -220,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
                     err = None if proc.returncode == 0 else (proc.stderr.strip().splitlines() or ["failed"])[-1]
                 except subprocess.TimeoutExpired:
                     err = f"timed out after {args.timeout:.0f} s"
-            width = args.width if m in ("tive", "icons", "read") else 512
+            width = args.width if m in ("tive", "icons", "read", "convert") else 512
             t_lim, m_lim = TARGETS.get(m, (None, None))
             target = (f"<= {t_lim / 60:.0f} min" + (f", <= {m_lim / 1024:.0f} GB" if m_lim else "")) if t_lim else "-"
             if m in ("tive", "icons"):
@@ -232,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
             r = json.loads(out.read_text())
             if m == "read":
                 floor = r["wall_s"]
-            ratio = r["wall_s"] / floor if floor and m in ("tive", "icons", "read") else None
+            ratio = r["wall_s"] / floor if floor and m in ("tive", "icons", "read", "convert") else None
             met = t_lim is None or (r["wall_s"] <= t_lim and (m_lim is None or r["peak_rss_mb"] <= m_lim))
             if m in ("tive", "icons"):
                 met = met and r["passes"] is not None and r["passes"] <= 2 and ratio is not None and ratio <= 1.5
@@ -240,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
             table.add_row(m, f"{args.rows:,} x {width}", f"{r['wall_s']:.1f}", f"{r['peak_rss_mb']:.0f}",
                           "-" if r["passes"] is None else f"{r['passes']:g}",
                           "-" if ratio is None else f"{ratio:.2f}", str(r["selected"] or "-"), target,
-                          ("-" if m == "read" else ("yes" if met else "NO")) + scale_note)
+                          ("-" if m in ("read", "convert") else ("yes" if met else "NO")) + scale_note)
             results.append({"method": m, "rows": args.rows, "width": width, "x_read_once": ratio,
                             "cold": bool(args.cold), **r})
         console.print(table)

@@ -204,8 +204,11 @@ def _check_block(block: np.ndarray, start: int, name: str) -> None:
         )
 
 
-def _gather_rows(x: np.ndarray, rows: np.ndarray, dtype: np.dtype, name: str, block: int = 2048) -> np.ndarray:
-    """``x[rows]`` as ``dtype`` (row order kept), read in ascending row order block by block from a memmap."""
+def _gather_rows(x: np.ndarray, rows: np.ndarray, dtype: np.dtype, name: str, block: int = 256) -> np.ndarray:
+    """``x[rows]`` as ``dtype`` (row order kept), read in ascending row order block by block from a memmap.
+
+    The memmap's pages are dropped after every small block: scattered rows pull the kernel's read-ahead into
+    the resident set with them."""
     out = np.empty((rows.size, x.shape[1]), dtype=dtype)
     order = np.argsort(rows, kind="stable")
     srt = rows[order]

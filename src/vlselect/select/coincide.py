@@ -580,21 +580,17 @@ class CoincideStages:
         return self.members_order[self.members_offsets[c] : self.members_offsets[c + 1]]
 
 
-_READ_SINCE_RELEASE = [0]
-#: A memmap's pages are dropped from the resident set after every this many bytes of cluster rows read.
-RELEASE_EVERY_BYTES = 128 * 2**20
-
-
 def _cluster_rows(features: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """One cluster's rows as float64; a memmap's pages are released as reading goes on (bounded RSS)."""
+    """One cluster's rows as float64; a memmap's pages are dropped from the resident set right after.
+
+    Released after every cluster, not after so many bytes: reading scattered rows through a memmap maps the
+    kernel's read-ahead around each one too, so 47 MB of rows can leave 500 MB of pages mapped.
+    """
     x64 = np.asarray(features[idx], dtype=np.float64)
     if isinstance(features, np.memmap):
-        _READ_SINCE_RELEASE[0] += idx.size * features.shape[1] * features.dtype.itemsize
-        if _READ_SINCE_RELEASE[0] >= RELEASE_EVERY_BYTES:
-            from vlselect.cluster import _release_rows
+        from vlselect.cluster import _release_rows
 
-            _release_rows(features)
-            _READ_SINCE_RELEASE[0] = 0
+        _release_rows(features)
     return x64
 
 

@@ -204,7 +204,7 @@ def _check_block(block: np.ndarray, start: int, name: str) -> None:
         )
 
 
-def _gather_rows(x: np.ndarray, rows: np.ndarray, dtype: np.dtype, name: str, block: int = 256) -> np.ndarray:
+def _gather_rows(x: np.ndarray, rows: np.ndarray, dtype: np.dtype, name: str, block: int = 64) -> np.ndarray:
     """``x[rows]`` as ``dtype`` (row order kept), read in ascending row order block by block from a memmap.
 
     The memmap's pages are dropped after every small block: scattered rows pull the kernel's read-ahead into
@@ -219,7 +219,7 @@ def _gather_rows(x: np.ndarray, rows: np.ndarray, dtype: np.dtype, name: str, bl
         if not finite.all():
             _check_block(np.asarray(x[[int(idx[np.flatnonzero(~finite)[0]])]]), int(idx[np.flatnonzero(~finite)[0]]), name)
         out[order[s : s + block]] = part
-        _release_rows(x)
+        _release_rows(x, int(idx[0]), min(int(x.shape[0]), int(idx[-1]) + 257))
     return out
 
 

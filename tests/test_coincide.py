@@ -292,3 +292,81 @@ def test_layout_mismatch_is_a_clear_error_through_the_cli(vectors_dir, tmp_path,
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert "num_layers" in err and "hidden_size" in err and "128" in err
+
+
+# ---------------------------------------------------------------------------------- out of core (issue 14)
+
+
+def test_out_of_core_selection_equals_the_in_memory_one(tmp_path, monkeypatch):
+    import vlselect.cluster as cl
+
+    x = _mixture(9000, 14, 2, 32, seed=11).astype(np.float16)  # 9000 x 128; K=15 -> faiss subsamples 3840 rows
+    np.save(tmp_path / "f.npy", x)
+    mm = np.load(tmp_path / "f.npy", mmap_mode="r")
+    monkeypatch.setattr(cl, "DEFAULT_CHUNK_ROWS", 4096)  # three assignment chunks
+    common = dict(n_clusters=15, num_layers=2, hidden_size=32)
+    a = coincide_stages(mm, out_of_core=False, **common)
+    b = coincide_stages(mm, out_of_core=True, **common)
+    for key in ("assignment", "centroids", "sizes", "transferability", "cluster_density", "initial_ratio"):
+        np.testing.assert_array_equal(getattr(b, key), getattr(a, key), err_msg=key)
+    budgets = [resolve_budget(f, 9000) for f in (0.05, 0.2)]
+    sa = coincide_select(mm, a, budgets)
+    sb = coincide_select(mm, b, budgets)
+    for p, q in zip(sa, sb):
+        np.testing.assert_array_equal(q.indices, p.indices)
+        assert p.count == q.count == p.budget.count
+    assert sb[0].info["kmeans_out_of_core"] and not sa[0].info["kmeans_out_of_core"]
+    assert sb[0].info["kmeans_train_rows"] == 15 * 256
+
+
+def test_strict_mode_states_the_memory_of_the_exact_path_before_kmeans(capfd):
+    x = _mixture(600, 5, 2, 16, seed=3)
+    run_method("coincide", {"features": x}, 0.2, strict_official=True,
+               params={"K": 6, "num_layers": 2, "hidden_size": 16})
+    err = capfd.readouterr().err
+    assert "k-means of 600 x 64 rows into K=6 trains on 600 rows" in err and "official script needs" in err
+
+
+def test_readme_world_k20_prints_no_faiss_warning_and_records_the_note(capfd):
+    x = _mixture(400, 8, 2, 16, seed=5)
+    sel, = run_method("coincide", {"features": x}, 0.25, params={"K": 20, "num_layers": 2, "hidden_size": 16})
+    err = capfd.readouterr().err
+    assert "please provide" not in err and "WARNING" not in err
+    assert any("400 rows for 20 clusters" in note for note in sel.info["kmeans_notes"])
+
+
+def _cli(argv):
+    from vlselect.cli import main
+
+    try:
+        main(argv)
+    except SystemExit as exc:
+        return exc.code or 0
+    return 0
+
+
+def test_dry_run_prints_the_kmeans_estimate_and_does_no_work(vectors_dir, tmp_path, capsys, monkeypatch):
+    import vlselect.cluster as cl
+
+    monkeypatch.setattr(cl, "kmeans", lambda *a, **k: pytest.fail("--dry-run ran k-means"))
+    feats = vectors_dir / "coincide" / PACKS[0] / "inputs" / "features.npy"  # 2000 x 128 float32
+    code = _cli(["select", "coincide", "--input", f"features={feats}", "--param", "K=40", "--param", "num_layers=4",
+                 "--param", "hidden_size=16", "--dry-run"])
+    out = capsys.readouterr().out
+    assert code == 0
+    # by hand: 2000 <= 40 x 256 rows, so every row trains; 2 x 2000 x 128 x 40 FLOP per search, 50 + 1 searches
+    assert f"{2 * 2000 * 128 * 40 * 51:.3g}" in out and "trains on 2,000 rows" in out
+    assert "2,000 x 128 float32" in out
+    assert not (tmp_path / "o").exists()
+
+
+def test_repeated_budgets_fail_before_kmeans(vectors_dir, tmp_path, capsys, monkeypatch):
+    import vlselect.cluster as cl
+
+    monkeypatch.setattr(cl, "kmeans", lambda *a, **k: pytest.fail("k-means ran before the budget check"))
+    feats = vectors_dir / "coincide" / PACKS[0] / "inputs" / "features.npy"
+    code = _cli(["select", "coincide", "--input", f"features={feats}", "--budget", "0.2,400,0.2", "--param", "K=40",
+                 "--param", "num_layers=4", "--param", "hidden_size=16", "--out", str(tmp_path / "o")])
+    assert code == 2
+    assert "frac0.2, n400, frac0.2 repeat" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

@@ -102,6 +102,7 @@ def select_command(
     out: Optional[str] = typer.Option(None, "--out", "-o", help="Output folder (one budget: files here; several: one sub-folder per budget)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a selection of other inputs in --out (otherwise: exit 2 naming what differs)."),
     list_methods: bool = typer.Option(False, "--list", help="List every method with its roles and parameters."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the k-means memory and FLOP estimate (coincide, semdedup, d2pruning) and the input size, then exit without selecting."),
 ) -> None:
     """Select a subset: [bold]vlselect select METHOD --input ROLE=PATH ... --budget B --out DIR[/].
 
@@ -141,9 +142,9 @@ def select_command(
 
         SEED.convert(seed)
     info.resolve_params(given)  # unknown names / bad values fail before any file is read
-    if budget is None:
+    if budget is None and not dry_run:
         raise ConfigError("--budget is required: a fraction (0.2), a count (4000) or a comma list (0.05,0.1,0.2)")
-    if out is None:
+    if out is None and not dry_run:
         raise ConfigError("--out DIR is required: the folder that receives indices.npy, scores.npy and manifest.json")
     if pool is not None and tasks is not None:
         raise ConfigError("give --pool FILE or --tasks TASKS.json, not both (the pool already carries the task labels)")
@@ -189,6 +190,10 @@ def select_command(
         loaded["lengths"] = sio.LoadedInput("lengths", sio.pool_lengths(pool_obj), str(pool), "pool", None,
                                             None, {"measure": "words + 128 if image (COINCIDE train.py lengths)"})
     arrays = {r: li.array for r, li in loaded.items()}  # a store's array carries its missing-row mask
+    if dry_run:
+        _dry_run(info, arrays, given)
+        return
+    _check_budget_labels(budget, n_rows, arrays, aligned)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with console.status(f"running {method}…"):
@@ -216,6 +221,52 @@ def select_command(
         )
         if task_labels is not None:
             console.print(_task_table(sio.task_counts(task_labels, np.asarray(sel.indices)), f"per-task counts, budget {sel.budget.given}"))
+
+
+def _check_budget_labels(budget: str, n_rows: Optional[int], arrays: dict, aligned: dict) -> None:
+    """Repeated budgets (each writes DIR/<label>/) fail before any work, not after the method ran."""
+    from vlselect.errors import SelectionError
+    from vlselect.select import parse_budgets
+
+    n = n_rows if n_rows is not None else next((int(a.shape[0]) for r, a in arrays.items() if aligned.get(r, True)), None)
+    if n is None:
+        return
+    labels = [b.label for b in parse_budgets(budget, n)]
+    if len(set(labels)) != len(labels):
+        raise SelectionError(f"--budget {budget}: the budgets {', '.join(labels)} repeat; give each budget once")
+
+
+def _dry_run(info: Any, arrays: dict, given: dict) -> None:
+    """``--dry-run``: the input size and, for a clustering method, :func:`vlselect.cluster.kmeans_cost`."""
+    from vlselect.cluster import _gib, available_memory_bytes, kmeans_cost
+
+    rows = [(f"input {role}", " x ".join(f"{int(s):,}" for s in a.shape) + f" {a.dtype} ({_gib(a.nbytes)})")
+            for role, a in arrays.items()]
+    params = info.resolve_params(given)
+    feats = next((a for r, a in arrays.items() if r in ("features", "embeddings")), None)
+    if feats is None:
+        feats = next(iter(arrays.values()), None)
+    hint = f"{info.name} reads its inputs in row blocks; no clustering step to estimate."
+    if "n_clusters" in params and feats is not None and getattr(feats, "ndim", 0) == 2:
+        k = int(params["n_clusters"])
+        c = kmeans_cost(int(feats.shape[0]), int(feats.shape[1]), k, niter=int(params.get("niter") or 50),
+                        max_points_per_centroid=params.get("max_points_per_centroid"),
+                        dtype_bytes=feats.dtype.itemsize)
+        rows += [
+            ("k-means", f"K={k}, {c['niter']} iterations, trains on {c['train_rows']:,} rows"
+                        + (" (a faiss subsample)" if c["subsampled"] else "")),
+            ("k-means FLOP", f"{c['flops']:.3g}"),
+            ("RAM out of core (large inputs)", _gib(c["ram_out_of_core_bytes"])),
+            ("RAM in memory (float32 copy)", _gib(c["ram_in_memory_bytes"])),
+            ("RAM of the official script", _gib(c["ram_exact_official_bytes"])),
+            ("input on disk", _gib(c["disk_bytes"])),
+            ("available RAM now", _gib(available_memory_bytes())),
+        ]
+        hint = c["gpu_hint"]
+    console.print(f"[bold]{info.name}[/]: estimate only, nothing is run")
+    for what, value in rows:
+        console.print(f"  {what + ':':<34} {value}", highlight=False, soft_wrap=True)
+    console.print(hint, highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

@@ -263,6 +263,8 @@ def run_method(
     nonfinite = np.zeros(n, dtype=bool)
     nonfinite_by: dict[str, np.ndarray] = {}
     for role, arr in arrays.items():
+        if role in lengths and method.role_for(role).checks_finite:
+            continue  # the method excludes (default) or passes through (strict) these rows in its own pass
         rows = find_nonfinite_rows(arr)
         if not rows.size:
             continue
@@ -344,7 +346,15 @@ def run_method(
                 s.scores = full
             s.budget = Budget(count=b.count, fraction=b.fraction, n=n, given=b.given)
     for s in sels:
+        own = s.info.get("excluded_rows")
         s.info["excluded_rows"] = dict(excluded_info)
+        if isinstance(own, dict) and own.get("count"):  # NaN/inf rows a checks_finite method found in its own pass
+            k = int(own["count"])
+            s.info["excluded_rows"].update(count=excluded_info["count"] + k,
+                                           nonfinite=excluded_info["nonfinite"] + k,
+                                           selectable=excluded_info["selectable"] - k, found_by_method=own)
+        elif isinstance(own, (int, np.integer)) and not isinstance(own, bool):
+            s.info["out_of_scope_rows"] = int(own)  # TIVE: rows of tasks left out of the budget
         if not s.params:
             s.params = dict(resolved)
         s.seed = seed

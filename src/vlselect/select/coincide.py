@@ -251,6 +251,16 @@ def _members(assignment: np.ndarray, n_clusters: int) -> tuple[np.ndarray, np.nd
     return order, offsets
 
 
+def _row_sq(x64: np.ndarray, block: int = 256) -> np.ndarray:
+    """``(x64 * x64).sum(1)`` in row blocks: the same bits (each row's sum is its own), without a temporary the
+    size of the cluster's rows (2 GB of float64 for a 12,000-row cluster at 20,480 columns)."""
+    out = np.empty(x64.shape[0], dtype=np.float64)
+    for s in range(0, x64.shape[0], block):
+        part = x64[s : s + block]
+        out[s : s + block] = (part * part).sum(1)
+    return out
+
+
 def _kernel_stats(x64: np.ndarray, sigma: float, keep: bool) -> tuple[float, _ClusterKernel]:
     """Kernel mean (density) plus column sums and diagonal of one cluster's Gaussian kernel, in row blocks."""
     n = x64.shape[0]
@@ -260,7 +270,7 @@ def _kernel_stats(x64: np.ndarray, sigma: float, keep: bool) -> tuple[float, _Cl
 
 def _kernel_stats_impl(x64: np.ndarray, sigma: float, keep: bool) -> tuple[float, _ClusterKernel]:
     n = x64.shape[0]
-    sq = (x64 * x64).sum(1)
+    sq = _row_sq(x64)
     if keep or n * n * 8 <= _BLOCK_BYTES:
         k = np.exp(-(sq[:, None] + sq[None, :] - 2.0 * (x64 @ x64.T)) / (2 * sigma**2))
         return float(k.mean()), _ClusterKernel(k.sum(0), np.diagonal(k).copy(), k if keep else None)
@@ -451,7 +461,7 @@ class GreedyMMD:
     def x64(self) -> np.ndarray:
         if self._x64 is None:
             self._x64 = np.asarray(self._rows(), dtype=np.float64)
-            self._sq = (self._x64 * self._x64).sum(1)
+            self._sq = _row_sq(self._x64)
         return self._x64
 
     def _row_and_col(self, c: int) -> tuple[np.ndarray, np.ndarray]:
@@ -549,6 +559,7 @@ class CoincideStages:
     kmeans_objective: float = float("nan")
     kmeans_iterations: int = 0
     kmeans_seed: int = 1234
+    kmeans_info: dict[str, Any] = field(default_factory=dict)
     timings_s: dict[str, float] = field(default_factory=dict)
     kernels: dict[int, _ClusterKernel] = field(default_factory=dict, repr=False)
     members_order: np.ndarray | None = field(default=None, repr=False)
@@ -557,6 +568,50 @@ class CoincideStages:
     def members(self, c: int) -> np.ndarray:
         """Row indices of cluster ``c``, ascending."""
         return self.members_order[self.members_offsets[c] : self.members_offsets[c + 1]]
+
+
+def _cluster_rows(features: np.ndarray, idx: np.ndarray, block: int = 64) -> np.ndarray:
+    """One cluster's rows as float64. From a memmap they are read ``block`` rows at a time and each block's pages
+    (with the kernel's read-ahead around them) are dropped from the resident set right after: scattered rows
+    read through a memmap otherwise map far more than themselves (47 MB of rows left 500 MB mapped)."""
+    if not isinstance(features, np.memmap):
+        return np.asarray(features[idx], dtype=np.float64)
+    from vlselect.cluster import _release_rows
+
+    n = int(features.shape[0])
+    out = np.empty((idx.size, features.shape[1]), dtype=np.float64)
+    for s in range(0, idx.size, block):
+        part = idx[s : s + block]
+        out[s : s + part.size] = features[part]
+        _release_rows(features, int(part.min()), min(n, int(part.max()) + 257))
+    return out
+
+
+def _memory_plan(features: np.ndarray, k: int, niter: int, mppc: int | None) -> dict[str, Any]:
+    """What the k-means ahead costs (:func:`vlselect.cluster.kmeans_cost`), as numbers and one sentence."""
+    from vlselect.cluster import _gib, available_memory_bytes, kmeans_cost
+
+    n, d = (int(s) for s in features.shape)
+    c = kmeans_cost(n, d, k, niter=niter, max_points_per_centroid=mppc, dtype_bytes=features.dtype.itemsize)
+    avail = available_memory_bytes()
+    text = (
+        f"coincide: k-means of {n:,} x {d:,} rows into K={k} trains on {c['train_rows']:,} rows "
+        f"({'a faiss subsample' if c['subsampled'] else 'all rows'}, {c['flops']:.2g} FLOP); exact official result "
+        f"with about {_gib(c['ram_out_of_core_bytes'])} of RAM here streaming from the input "
+        f"({_gib(c['ram_in_memory_bytes'])} in memory; the official script needs {_gib(c['ram_exact_official_bytes'])});"
+        f" {_gib(avail)} available"
+    )
+    return {"text": text, "ram_out_of_core_bytes": int(c["ram_out_of_core_bytes"]),
+            "ram_in_memory_bytes": int(c["ram_in_memory_bytes"]),
+            "ram_exact_official_bytes": int(c["ram_exact_official_bytes"]), "flops": c["flops"],
+            "train_rows": c["train_rows"], "available_bytes": avail}
+
+
+def _say(text: Any) -> None:
+    """One line to stderr (strict mode's memory statement before k-means starts)."""
+    import sys
+
+    print(text["text"] if isinstance(text, dict) else text, file=sys.stderr, flush=True)
 
 
 def _check_features(features: np.ndarray) -> None:
@@ -595,6 +650,8 @@ def coincide_stages(
     centroids: np.ndarray | None = None,
     transferability: np.ndarray | None = None,
     gpu: bool | None = None,
+    max_points_per_centroid: int | None = None,
+    out_of_core: bool | None = None,
 ) -> CoincideStages:
     """Run the budget-independent stages: k-means, transferability, density, scores (spec §2, §3.1-§3.3).
 
@@ -609,6 +666,15 @@ def coincide_stages(
         instead of running k-means; both or neither.
     transferability : start from a stored ``transfer.npy`` instead of computing it from the centroids.
     gpu : k-means on a GPU (None: when faiss has one).
+    max_points_per_centroid : faiss trains on at most ``n_clusters`` x this many rows (default 256, faiss's and
+        the official value); lower it to shrink the training sample (module docstring, "Memory").
+    out_of_core : k-means streams from ``features`` (:func:`vlselect.cluster.kmeans`); None decides by size.
+
+    Memory. Density and greedy MMD read one cluster's rows at a time (float64, ``n_c x D x 8`` bytes for the
+    largest cluster ``n_c``) and drop a memmap's pages as they go; k-means holds only its training sample (see
+    :func:`vlselect.cluster.kmeans_cost`). With ``strict_official`` the memory and FLOPs of the exact official
+    path are printed to stderr before k-means starts, and a sample that does not fit the available memory is
+    refused with that number (so is any other, in every mode).
 
     Returns
     -------
@@ -616,7 +682,10 @@ def coincide_stages(
     """
     from vlselect.cluster import kmeans
 
-    _check_features(features)
+    if getattr(features, "ndim", None) != 2 or features.shape[0] == 0:
+        _check_features(features)
+    if assignment is not None:
+        _check_features(features)  # k-means, when it runs, checks every row itself (no extra pass)
     n, d = features.shape
     _layout(d, num_layers, hidden_size)
     if sigma <= 0 or not math.isfinite(sigma):
@@ -628,10 +697,22 @@ def coincide_stages(
     t0 = time.perf_counter()
     if (assignment is None) != (centroids is None):
         raise SelectionError("coincide: give both a stored assignment and stored centroids, or neither")
+    kmeans_info: dict[str, Any] = {}
     if assignment is None:
-        km = kmeans(features, n_clusters, niter=niter, seed=kmeans_seed, spherical=True, gpu=gpu, name="features")
+        if not 1 <= n_clusters <= n:
+            raise SelectionError(
+                f"coincide: n_clusters={n_clusters} must be between 1 and the number of rows ({n}); give a smaller "
+                f"n_clusters (K)"
+            )
+        plan = _memory_plan(features, n_clusters, niter, max_points_per_centroid)
+        kmeans_info["plan"] = plan
+        if strict_official:
+            _say(plan)
+        km = kmeans(features, n_clusters, niter=niter, seed=kmeans_seed, spherical=True, gpu=gpu, name="features",
+                    max_points_per_centroid=max_points_per_centroid, out_of_core=out_of_core)
         assignment, centroids, ip = km.assignment, km.centroids, km.score
         objective, iters = km.objective, km.n_iter
+        kmeans_info.update(train_rows=km.train_rows, out_of_core=km.out_of_core, notes=list(km.notes))
     else:
         assignment = np.asarray(assignment, dtype=np.int64)
         centroids = np.asarray(centroids, dtype=np.float32)
@@ -679,8 +760,9 @@ def coincide_stages(
             if idx.size:
                 nbytes = idx.size * idx.size * 8
                 keep = idx.size <= FULL_KERNEL_MAX and cached + nbytes <= KERNEL_CACHE_BYTES
-                x64 = np.asarray(features[idx], dtype=np.float64)
+                x64 = _cluster_rows(features, idx)
                 density[c], kernels[c] = _kernel_stats(x64, sigma, keep)
+                del x64
                 if keep:
                     cached += nbytes
             progress.advance(task)
@@ -705,6 +787,7 @@ def coincide_stages(
         kmeans_objective=objective,
         kmeans_iterations=iters,
         kmeans_seed=kmeans_seed,
+        kmeans_info=kmeans_info,
         kernels=kernels,
         timings_s=timings,
         members_order=order,
@@ -776,7 +859,7 @@ def _select_budget(
                 g = greedy.get(c)
                 if g is None:
                     g = greedy[c] = GreedyMMD(
-                        lambda idx=idx: features[idx], st.kernels[c], float(st.cluster_density[c]), sigma,
+                        lambda idx=idx: _cluster_rows(features, idx), st.kernels[c], float(st.cluster_density[c]), sigma,
                         ties="official" if strict_official else "lowest",
                     )
                 picks.append(idx[np.asarray(g.extend(m), dtype=np.int64)])
@@ -816,6 +899,8 @@ PARAMS = [
     Param("sigma", 1.0, float, "Gaussian kernel width for density and MMD (official --gamma)", aliases=("gamma",), gt=0),
     Param("num_layers", 5, int, "layers in a feature row (official 5: layers 3, 7, 11, 15, 19)", ge=1),
     Param("hidden_size", 2048, int, "width of each vision / text half (official 2048, TinyLLaVA-2.0B)", ge=1),
+    Param("max_points_per_centroid", 256, int, "k-means trains on at most K x this many rows, a faiss subsample "
+          "(faiss's default and the official 256; lower it to shrink the in-RAM training sample)", ge=1),
 ]
 
 
@@ -843,6 +928,7 @@ def coincide(
     sigma: float = 1.0,
     num_layers: int = 5,
     hidden_size: int = 2048,
+    max_points_per_centroid: int = 256,
 ) -> list[Selection]:
     """COINCIDE selection at one or more budgets (specs/coincide.md §2-§5, fixes of §8 unless strict).
 
@@ -864,6 +950,8 @@ def coincide(
     temp : softmax temperature τ (0.1).
     sigma : Gaussian kernel σ (1.0).
     num_layers, hidden_size : the feature-row layout (official 5 × [2048 vision | 2048 text]).
+    max_points_per_centroid : faiss's training subsample per cluster (256). A float16 memmap too large to copy
+        to float32 is clustered out of core with the same result (:func:`vlselect.cluster.kmeans`).
 
     Returns
     -------
@@ -894,11 +982,12 @@ def coincide(
         num_layers=num_layers,
         hidden_size=hidden_size,
         strict_official=strict_official,
+        max_points_per_centroid=max_points_per_centroid,
     )
     resolved = {
         "n_clusters": n_clusters, "niter": niter, "kmeans_seed": k_seed, "knn_k": knn_k,
         "near_duplicate_cosine_cut": near_duplicate_cosine_cut, "temp": temp, "sigma": sigma,
-        "num_layers": num_layers, "hidden_size": hidden_size,
+        "num_layers": num_layers, "hidden_size": hidden_size, "max_points_per_centroid": max_points_per_centroid,
     }
     return coincide_select(
         features, st, budgets, temp=temp, sigma=sigma, strict_official=strict_official, params=resolved, seed=seed
@@ -932,6 +1021,10 @@ def coincide_select(
         "kmeans_objective": objective,
         "kmeans_iterations": st.kmeans_iterations,
         "kmeans_seed": st.kmeans_seed,
+        "kmeans_train_rows": st.kmeans_info.get("train_rows"),
+        "kmeans_out_of_core": st.kmeans_info.get("out_of_core"),
+        "kmeans_notes": st.kmeans_info.get("notes", []),
+        "kmeans_memory_plan": st.kmeans_info.get("plan", {}).get("text"),
         "n_clusters": int(st.sizes.size),
         "empty_clusters": np.flatnonzero(st.sizes == 0).tolist(),
         "cluster_size_min": int(st.sizes[st.sizes > 0].min()),

@@ -38,7 +38,7 @@ def less_scores(
     val: Mapping[str, Sequence[tuple[str, np.ndarray]]],
     *,
     normalize: bool = True,
-    block_rows: int = 65536,
+    block_rows: int | None = None,
 ) -> dict[str, np.ndarray]:
     """Per target task, the LESS score of every training row.
 
@@ -46,8 +46,10 @@ def less_scores(
     as a single array), the score is ``max_S mean_{v in S} <g_train, g_v>`` with every gradient L2-normalised
     when ``normalize`` (LESS normalises at merge time, so the inner product is a cosine). Because the mean is
     linear it is computed as ``<g_train, mean_v g_v>``: O(N d) over the training rows, in blocks (memmaps
-    welcome).
+    welcome: about 96 MB of float64 per block, pages released after each, one read of the training rows).
     """
+    from vlselect.select.icons import block_rows_for, iter_row_blocks
+
     n = int(train.shape[0])
     d = int(np.prod(train.shape[1:]))
     targets: dict[str, np.ndarray] = {}
@@ -69,11 +71,11 @@ def less_scores(
             layout.append((task, len(cols) - 1))
     mean_val = np.stack(cols, axis=1)  # d x S
     sims = np.empty((n, mean_val.shape[1]), dtype=np.float64)
-    for s in range(0, n, block_rows):
-        b = np.asarray(train[s:s + block_rows], dtype=np.float64).reshape(-1, d)
+    flat = train.reshape(n, d) if train.ndim != 2 else train
+    for s, e, b in iter_row_blocks(flat, block_rows or block_rows_for(d, 8), np.float64, desc="LESS: similarity"):
         if normalize:
             b = _unit(b)
-        sims[s:s + b.shape[0]] = b @ mean_val
+        sims[s:e] = b @ mean_val
     for task in val:
         idx = [c for t, c in layout if t == task]
         targets[task] = sims[:, idx].max(axis=1)

@@ -274,7 +274,8 @@ def tive_instance_scores(
     # centroid c_t = (1/n_t) Σ_j x̂_j, so s_i = x̂_i · c_t = (x_i · c_t) / ‖x_i‖
     centroids = (sums / np.maximum(counts, 1)[:, None]).astype(np.float32)
     ct = np.ascontiguousarray(centroids.T)
-    for a, b, block in iter_row_blocks(train, block_rows, np.float32, desc="TIVE: instance values"):
+    # pass 2, last block first: the rows read last in pass 1 are the likeliest to be still in the page cache
+    for a, b, block in iter_row_blocks(train, block_rows, np.float32, desc="TIVE: instance values", reverse=True):
         c = codes[a:b]
         take = (c >= 0) & finite[a:b]
         if not take.any():
@@ -380,6 +381,13 @@ def _choice(rng: np.random.RandomState, rows: np.ndarray, k: int, w: np.ndarray,
     return np.concatenate([first, rows[zero]])
 
 
+def _warn_excluded(rows: np.ndarray) -> None:
+    import warnings
+
+    warnings.warn(f"tive: {rows.size} pool row(s) with NaN or inf in the train input excluded; first "
+                  f"{_fmt_rows(rows)}", RuntimeWarning, stacklevel=3)
+
+
 def _fmt_rows(idx: np.ndarray, limit: int = 10) -> str:
     head = ", ".join(str(int(i)) for i in idx[:limit])
     return head + (f", … ({idx.size} in all)" if idx.size > limit else "")
@@ -388,7 +396,8 @@ def _fmt_rows(idx: np.ndarray, limit: int = 10) -> str:
 @register_method(
     "tive",
     roles=[
-        Role("train", "projected per-sample gradients, one row per pool row (official: 8192-d, fast_jl)"),
+        Role("train", "projected per-sample gradients, one row per pool row (official: 8192-d, fast_jl)",
+             checks_finite=True),
         Role("norms", "per-sample L2 norm of the unprojected LoRA gradient, one value per pool row"),
     ],
     params=[
@@ -505,9 +514,10 @@ def select_tive(
                 "weights into NaN and crashes (spec §8 item 11). Drop --strict-official to exclude them, or fix those "
                 "rows"
             )
-        # rebuild the task table without them, then score again (the sums must not include those rows)
+        # Rebuild the task table without them. The scores stand: pass 1 already left non-finite rows out of every
+        # task sum and count and pass 2 gave them NaN, so scoring again (two more passes) would change nothing.
         tt = tive_tasks(norms, labels, excluded_task=excluded, valid=~bad_norm & finite_rows)
-        scores, _ = tive_instance_scores(train, tt.codes, len(tt.names), form=score_form, block_rows=block_rows)
+        _warn_excluded(bad_feat)
     invalid = np.flatnonzero(in_scope & (tt.codes < 0))
     sizes = tt.counts
     weights = [tive_instance_weights(scores[r], q) if r.size else np.zeros(0, np.float32) for r in tt.rows]

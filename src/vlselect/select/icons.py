@@ -576,6 +576,10 @@ def select_icons(
         else:
             pct = 100 - round(100 * budget.fraction, 10)
         k = int(budget.count)
+        if bad_rows.size and not strict_official and budget.given_as_fraction:
+            # as run_method's rule: a fraction counts only the selectable rows (those found NaN/inf here are not)
+            k = int(budget.fraction * (train.shape[0] - bad_rows.size))
+            budget = Budget(count=k, fraction=budget.fraction, n=budget.n, given=budget.given)
         extra: dict[str, Any] = {}
         if strict_official and form == "hybrid":
             thr, mark, votes, _, extra = icons_strict_votes(train, targets, scores, pct)

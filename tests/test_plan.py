@@ -73,7 +73,11 @@ def test_plan_estimates_agree_with_the_coincide_cost_table():
     assert feats["output_bytes"] == LLAVA_665K * 20_480 * 2
     assert 0.65 * 2.7e12 < feats["flops"] / LLAVA_665K < 1.35 * 2.7e12
     assert feats["gpu_hours"] == pytest.approx(feats["flops"] / 100e12 / 3600)
-    assert p["stages"]["selection"]["flops"] is None  # left for vlselect.cluster.kmeans_cost
+    # COINCIDE's k-means by hand: faiss trains on K x 256 rows for 50 iterations, then assigns every row once
+    sel = p["stages"]["selection"]
+    n, d, k = LLAVA_665K, 20_480, 10_000
+    assert sel["flops"] == pytest.approx(2 * min(n, k * 256) * d * k * 50 + 2 * n * d * k)
+    assert sel["flops"] == pytest.approx(1.39e16, rel=0.01)  # issue 14: "about 1.4e16 FLOP of k-means"
     big = plan("llava-1.5-7b-hf", LLAVA_665K, budget=0.2)
     st = big["stages"]
     # 20 % of the pool costs a fifth of the whole pool's training; full fine-tuning (backward 2x) costs more than

@@ -30,8 +30,8 @@ the CLS token is dropped, ``"full"`` keeps all patches); Qwen2-VL = patches of t
 * GPU-hours = FLOPs / (effective throughput); the default 100 TFLOP/s is about 30-40 % of an A100's or 10-15 % of
   an H100's bf16 peak, typical of variable-length VLM batches. Pass ``--tflops`` for your hardware.
 
-The selection stage's k-means cost (COINCIDE) is computed by :func:`vlselect.cluster.kmeans_cost`; this module
-leaves its row in the plan (``stages["selection"]``) for that function to fill.
+The selection stage's k-means cost (COINCIDE) comes from :func:`vlselect.cluster.kmeans_cost`, the one place that
+estimates it (``vlselect select coincide --dry-run`` prints the same numbers).
 """
 
 from __future__ import annotations
@@ -237,7 +237,7 @@ def plan(model, pool_size: int, *, budget: float = 0.2, text_tokens: int = 250, 
          image_size: tuple[int, int] = (640, 480), lora_r: int = 128, batch_size: int = 16,
          gradient_checkpointing: bool = True, proj_dim: int = 8192, warmup_fraction: float = 0.0962,
          epochs: int = 1, eval_questions: int = EVAL_QUESTIONS, eval_new_tokens: int = 10,
-         tflops: float = 100.0, name: str | None = None) -> dict:
+         tflops: float = 100.0, coincide_k: int = 10_000, name: str | None = None) -> dict:
     """Memory and FLOPs per stage of a selection run on a pool of ``pool_size`` rows.
 
     Parameters
@@ -262,13 +262,15 @@ def plan(model, pool_size: int, *, budget: float = 0.2, text_tokens: int = 250, 
         Evaluation size (default: LLaVA-1.5's benchmark suite) and generated tokens per answer.
     tflops : float
         Effective throughput per GPU in TFLOP/s for the GPU-hour estimate.
+    coincide_k : int
+        COINCIDE's number of clusters for the selection stage's k-means (the paper's 10,000 for LLaVA-665K).
 
     Returns
     -------
     dict
         ``{"model": ModelFacts as dict, "assumptions": {...}, "stages": {name: {"flops", "gpu_hours",
-        "memory_bytes", "output_bytes", "note"}}}``; ``stages["selection"]`` is left for
-        :func:`vlselect.cluster.kmeans_cost`.
+        "memory_bytes", "output_bytes", "note"}}}``; ``stages["selection"]`` is COINCIDE's k-means
+        (:func:`vlselect.cluster.kmeans_cost`), the only selection step that is not seconds on a CPU.
     """
     if pool_size < 1:
         raise ConfigError(f"--pool-size {pool_size}: give the number of rows in the pool (e.g. 665298)")
@@ -299,9 +301,14 @@ def plan(model, pool_size: int, *, budget: float = 0.2, text_tokens: int = 250, 
         "flops": fl, "gpu_hours": hours(fl), "memory_bytes": weights + act_infer,
         "output_bytes": pool_size * f.feature_width * 2.0,
         "note": f"COINCIDE activations: decoder layers 0..{last - 1} of {L}, rows of {f.feature_width} float16"}
+    from vlselect.cluster import kmeans_cost
+
+    km = kmeans_cost(pool_size, f.feature_width, min(coincide_k, pool_size))
     stages["selection"] = {
-        "flops": None, "gpu_hours": None, "memory_bytes": None, "output_bytes": pool_size * 8.0,
-        "note": "k-means (COINCIDE): vlselect.cluster.kmeans_cost (to be wired); other methods: seconds on CPU"}
+        "flops": float(km["flops"]), "gpu_hours": hours(km["flops"]), "memory_bytes": float(km["ram_out_of_core_bytes"]),
+        "output_bytes": pool_size * 8.0,
+        "note": f"COINCIDE k-means, K={min(coincide_k, pool_size):,} (memory: host RAM out of core; in memory "
+                f"{km['ram_in_memory_bytes'] / 1e9:,.0f} GB); other methods: minutes on a CPU"}
     warm_rows = warmup_fraction * pool_size
     fl = fwd(warm_rows) * (2 + ckpt_extra)
     stages["warmup"] = {

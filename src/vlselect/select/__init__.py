@@ -78,10 +78,8 @@ def _take_rows_to_memmap(arr: np.ndarray, rows: np.ndarray, path: str, block_row
 
 def _release_pages(arr: np.ndarray, a: int, b: int) -> None:
     """Drop a memmap's pages for rows [a, b) from the resident set (the one helper lives in icons.py)."""
-    try:
-        from vlselect.select.icons import _release
-    except ImportError:  # pragma: no cover
-        return
+    from vlselect.select.icons import _release
+
     if isinstance(arr, np.memmap):
         _release(arr, a, b)
 

@@ -36,8 +36,13 @@ def _release(arr: np.ndarray, a: int, b: int) -> None:
 
     Without this a pass over a 6.8 GB memmap leaves every page mapped and counted in the resident set.
     """
+    _advise(arr, a, b, "MADV_DONTNEED")
+
+
+def _advise(arr: np.ndarray, a: int, b: int, advice: str) -> None:
+    """``madvise(advice)`` on the pages of rows ``[a, b)`` of a memmap; a no-op for other arrays or platforms."""
     mm = getattr(arr, "_mmap", None)
-    if mm is None or not hasattr(mm, "madvise") or not hasattr(mmap, "MADV_DONTNEED"):
+    if mm is None or not hasattr(mm, "madvise") or not hasattr(mmap, advice) or b <= a:
         return
     try:
         view = np.frombuffer(mm, dtype=np.uint8)
@@ -46,10 +51,9 @@ def _release(arr: np.ndarray, a: int, b: int) -> None:
         row_bytes = int(arr.strides[0])
         start = arr.ctypes.data - base + a * row_bytes
         stop = arr.ctypes.data - base + b * row_bytes
-        page = mmap.PAGESIZE
-        start = (start // page) * page
+        start = (start // mmap.PAGESIZE) * mmap.PAGESIZE
         if stop > start:
-            mm.madvise(mmap.MADV_DONTNEED, start, min(stop - start, len(mm) - start))
+            mm.madvise(getattr(mmap, advice), start, min(stop - start, len(mm) - start))
     except (ValueError, OSError, BufferError):  # best effort: never fail a selection over page hygiene
         pass
 
@@ -74,21 +78,7 @@ def _convert(view: np.ndarray, dtype: np.dtype) -> np.ndarray:
 def _willneed(arr: np.ndarray, a: int, b: int) -> None:
     """Ask the kernel to read rows ``[a, b)`` of a memmap ahead (``MADV_WILLNEED``): the disk works on the next
     block while the current one is computed. Best effort, like :func:`_release`."""
-    mm = getattr(arr, "_mmap", None)
-    if mm is None or not hasattr(mm, "madvise") or not hasattr(mmap, "MADV_WILLNEED") or b <= a:
-        return
-    try:
-        view = np.frombuffer(mm, dtype=np.uint8)
-        base = view.ctypes.data
-        del view
-        row_bytes = int(arr.strides[0])
-        start = arr.ctypes.data - base + a * row_bytes
-        stop = arr.ctypes.data - base + b * row_bytes
-        start = (start // mmap.PAGESIZE) * mmap.PAGESIZE
-        if stop > start:
-            mm.madvise(mmap.MADV_WILLNEED, start, min(stop - start, len(mm) - start))
-    except (ValueError, OSError, BufferError):
-        pass
+    _advise(arr, a, b, "MADV_WILLNEED")
 
 
 def iter_row_blocks(

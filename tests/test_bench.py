@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -98,6 +99,28 @@ def test_miniature_bench_end_to_end_and_a_second_run_reuses_every_stage(tmp_path
     again = run_bench(out, cfg, log=logs.append)
     assert all(c["cached"] == c["runs"] for c in again["costs"])
     assert [r["relative_mean"] for r in again["rows"]] == [r["relative_mean"] for r in res["rows"]]
+    assert res["failures"] == [] and again["failures"] == []
+    # a method that refuses its input is recorded in results.json (and the rest of the table is still made)
+    import vlselect.select as select_pkg
+    from vlselect.errors import SelectionError
+
+    real = select_pkg.run_method
+
+    def refusing(name, *a, **kw):
+        if name == "length":
+            raise SelectionError("length: refused for the test")
+        return real(name, *a, **kw)
+
+    select_pkg.run_method = refusing
+    try:
+        third = run_bench(out, dataclasses.replace(cfg, methods=("random", "coincide", "tive", "length")),
+                          log=logs.append)
+    finally:
+        select_pkg.run_method = real
+    assert third["failures"] == [{"stage": "select", "method": "length",
+                                  "error": "SelectionError: length: refused for the test"}]
+    assert {r["method"] for r in third["rows"]} == {"random", "coincide", "tive"}
+    assert json.loads((out / "results.json").read_text())["failures"] == third["failures"]
 
 
 def test_chance_levels_and_learned_sets_by_hand(tmp_path):

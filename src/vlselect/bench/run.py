@@ -36,6 +36,7 @@ import numpy as np
 
 from vlselect.artifact import atomic_open, atomic_save_npy, atomic_write_json
 from vlselect.bench.stages import StageCache, measure
+from vlselect.errors import VlselectError
 
 DEFAULT_METHODS = (
     "random", "random_stratified", "length", "el2n", "perplexity", "semdedup", "d2pruning", "coincide", "icons",
@@ -289,6 +290,7 @@ def run_bench(out: str | os.PathLike, config: BenchConfig | None = None, *,
     layout = {"num_layers": len(man["layers"]), "hidden_size": man["hidden_size"]}
     inputs_for = _method_inputs(acts, grads, val_grads, pool, layout, tive_grads, aum)
     subsets: dict[tuple[str, float], Path] = {}
+    failures: list[dict] = []
     for m in cfg.methods:
         sel_recipe = {"method": m, "budgets": list(cfg.budgets), "seed": cfg.seed, "act": acts_stage,
                       "grad": cfg.grad_dim if m in grad_methods else None, "n_clusters": cfg.n_clusters,
@@ -306,8 +308,9 @@ def run_bench(out: str | os.PathLike, config: BenchConfig | None = None, *,
 
         try:
             sdir, _ = cache.run("select", sel_recipe, do_select, label=f"select: {m}", group=f"select {m}")
-        except Exception as exc:  # one broken method must not sink the table
+        except VlselectError as exc:  # a method that refuses this input must not sink the table: recorded
             log(f"[red]✗ select {m} failed:[/] {exc}")
+            failures.append({"stage": "select", "method": m, "error": f"{type(exc).__name__}: {exc}"})
             continue
         for b in cfg.budgets:
             subsets[(m, b)] = sdir / f"indices_{b}.npy"
@@ -322,11 +325,12 @@ def run_bench(out: str | os.PathLike, config: BenchConfig | None = None, *,
     for (m, b), idx in subsets.items():
         for s in (cfg.seeds if b in cfg.seed_budgets else cfg.seeds[:1]):
             jobs.append((m, b, s, {"indices": str(idx)}))
-    runs = _run_jobs(cache, cfg, jobs, base, pool_path, images, eval_files, train_recipe, log)
+    runs = _run_jobs(cache, cfg, jobs, base, pool_path, images, eval_files, train_recipe, log, failures)
 
     # 7. results -----------------------------------------------------------------------------------------------
     results = _assemble(cfg, runs, subsets, tasks, n, cache, started, eval_files)
     results["targets"] = check_targets(results)
+    results["failures"] = failures  # every stage that failed, so a missing row in the table is never silent
     results["notes"] = _notes(cfg, base_info, results)
     if command:
         results["command"] = command
@@ -452,7 +456,7 @@ def _method_inputs(acts, grads, val_grads, pool, layout, tive_grads=None, aum=No
 
 
 def _run_jobs(cache: StageCache, cfg: BenchConfig, jobs, base, pool_path, images, eval_files, train_recipe,
-              log) -> list[dict]:
+              log, failures: list[dict] | None = None) -> list[dict]:
     """Training + evaluation runs, two single-thread workers side by side; each run is its own cached stage."""
     pending, runs = [], []
     for method, budget, seed, extra in jobs:
@@ -497,8 +501,11 @@ def _run_jobs(cache: StageCache, cfg: BenchConfig, jobs, base, pool_path, images
         for (method, budget, seed, recipe, job), fut in futs:
             try:
                 res = fut.result()
-            except Exception as exc:
+            except Exception as exc:  # a worker's failure, whatever its type: logged and recorded in results.json
                 log(f"[red]✗ train+eval {method} @ {budget:g} seed {seed} failed:[/] {exc}")
+                if failures is not None:
+                    failures.append({"stage": "train+eval", "method": method, "budget": budget, "seed": seed,
+                                     "error": f"{type(exc).__name__}: {exc}"})
                 continue
             finish(method, budget, seed, recipe, res)
             log(f"[green]✓[/] {method} @ {budget:g} seed {seed}: "

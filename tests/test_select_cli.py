@@ -37,6 +37,7 @@ def work(tmp_path: Path) -> Path:
     np.save(tmp_path / "short.npy", rng.normal(size=(N - 1, 8)).astype(np.float32))
     np.save(tmp_path / "el2n.npy", np.arange(N, dtype=np.float64)[::-1].copy())
     (tmp_path / "tasks.json").write_text(json.dumps([["a", "b", "c"][i % 3] for i in range(N)]))
+    (tmp_path / "short_tasks.json").write_text(json.dumps(["a"] * (N - 1)))
     return tmp_path
 
 
@@ -144,8 +145,8 @@ def test_feature_store_for_another_pool_is_refused(work: Path, capsys):
          ["nothere.npy", "no such file"]),
         (["select", "d2pruning", "--input", "features={w}/feats.npy", "--input", "scores={w}/short.npy",
           "--budget", "3", "--out", "o"], ["short.npy", "feats.npy"]),
-        (["select", "random", "--pool", "{w}/pool.json", "--tasks", "{w}/tasks.json", "--budget", "3", "--out", "o"],
-         ["not both"]),
+        (["select", "random", "--pool", "{w}/pool.json", "--tasks", "{w}/short_tasks.json", "--budget", "3", "--out",
+          "o"], ["short_tasks.json", "59 labels", "60 records", "pool.json"]),
         (["select", "random", "--tasks", "{w}/tasks.json", "--budget", "3", "--seed", "1", "--param", "seed=2",
           "--out", "o"], ["disagree"]),
         (["select", "random", "--pool", "{w}/nopool.json", "--budget", "3", "--out", "o"], ["nopool.json"]),
@@ -240,3 +241,33 @@ def test_coincide_takes_layout_from_the_activation_store_manifest(tmp_path):
     assert auto.tolist() == manual.tolist() and len(auto) == 12
     man = json.loads((tmp_path / "auto" / "manifest.json").read_text())
     assert "num_layers" in json.dumps(man)
+
+
+def test_pool_with_tasks_selects_on_the_given_labels_and_keeps_the_subset(work, capsys):
+    """An unknown layout (issue 13): --tasks next to --pool gives the labels, and the pool still gives subset.json."""
+    pool = work / "odd.json"
+    pool.write_text(json.dumps([{"id": f"r{i}", "image": f"misc/{i}.png", "conversations": [
+        {"from": "human", "value": "<image>\nQ?"}, {"from": "gpt", "value": "A"}]} for i in range(N)]))
+    code, text = _run(["select", "random_stratified", "--pool", str(pool), "--budget", "0.1", "--out",
+                       str(work / "refused")], capsys)
+    assert code == 2 and "--tasks" in text and not (work / "refused").exists()
+    labels = ["x" if i < 30 else "y" for i in range(N)]
+    (work / "odd_tasks.json").write_text(json.dumps(labels))
+    code, text = _run(["select", "random_stratified", "--pool", str(pool), "--tasks", str(work / "odd_tasks.json"),
+                       "--budget", "0.1", "--out", str(work / "sel")], capsys)
+    assert code == 0, text
+    idx = np.load(work / "sel" / "indices.npy")
+    assert sorted(labels[i] for i in idx) == ["x"] * 3 + ["y"] * 3  # stratified over the given labels, 3 + 3
+    sub = json.loads((work / "sel" / "subset.json").read_text())
+    assert sorted(r["id"] for r in sub) == sorted(f"r{i}" for i in idx)
+    man = json.loads((work / "sel" / "manifest.json").read_text())
+    assert man["extra"]["tasks"]["path"] == str(work / "odd_tasks.json")
+    # or from a field of the records
+    recs = json.loads(pool.read_text())
+    for r, t in zip(recs, labels):
+        r["kind"] = t
+    pool.write_text(json.dumps(recs))
+    code, text = _run(["select", "random_stratified", "--pool", str(pool), "--task-field", "kind", "--budget", "0.1",
+                       "--out", str(work / "sel2")], capsys)
+    assert code == 0, text
+    assert np.array_equal(np.load(work / "sel2" / "indices.npy"), idx)  # the same labels, the same seed

@@ -94,7 +94,8 @@ def select_command(
     pool: Optional[str] = typer.Option(None, "--pool", help="Pool file; rows of every input align with it."),
     unique_ids: bool = UNIQUE_IDS,
     skip_invalid: bool = SKIP_INVALID,
-    tasks: Optional[str] = typer.Option(None, "--tasks", help="JSON list of task labels, one per row (runs without a pool)."),
+    task_field: Optional[str] = typer.Option(None, "--task-field", help="Take each record's task label from this field of the pool's records."),
+    tasks: Optional[str] = typer.Option(None, "--tasks", help="JSON list of task labels, one per row; with --pool it replaces the pool's inferred labels."),
     budget: Optional[str] = typer.Option(None, "--budget", "-b", help=BUDGET_HELP),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (default 0; --param seed=S works too)."),
     params: List[str] = typer.Option([], "--param", "-p", help="NAME=VALUE, the official scripts' parameter names."),
@@ -146,8 +147,6 @@ def select_command(
         raise ConfigError("--budget is required: a fraction (0.2), a count (4000) or a comma list (0.05,0.1,0.2)")
     if out is None and not dry_run:
         raise ConfigError("--out DIR is required: the folder that receives indices.npy, scores.npy and manifest.json")
-    if pool is not None and tasks is not None:
-        raise ConfigError("give --pool FILE or --tasks TASKS.json, not both (the pool already carries the task labels)")
     for spec in inputs:
         role, _, _ = sio.parse_input_spec(spec)
         info.role_for(role)
@@ -161,15 +160,21 @@ def select_command(
 
         if not Path(pool).exists():
             raise PoolError(f"--pool {pool}: no such file; give the pool JSON/JSONL the features were extracted from")
-        pool_obj, _ = open_cli_pool(Path(pool), unique_ids=unique_ids, skip_invalid=skip_invalid, progress=False)
-        if pool_obj.task_layout == "unknown" and info.needs_tasks:  # issue 13: never select on guessed tasks
-            from vlselect.pool.stats import unknown_layout_note
-
-            raise ConfigError(f"--pool {pool}: {method} needs task labels, but {unknown_layout_note(pool_obj)} "
-                              "(without --pool)")
+        pool_obj, _ = open_cli_pool(Path(pool), unique_ids=unique_ids, skip_invalid=skip_invalid, progress=False,
+                                    task_field=task_field)
         n_rows = len(pool_obj)
         rows_source = f"the pool {pool}"
-        task_labels = list(pool_obj.tasks)
+        if tasks is not None:  # labels given by the user override the pool's inferred ones
+            task_labels = sio.load_tasks(tasks)
+            if len(task_labels) != n_rows:
+                raise ConfigError(f"--tasks {tasks}: {len(task_labels):,} labels for the {n_rows:,} records of --pool "
+                                  f"{pool}; give one label per record, in pool order")
+        elif pool_obj.task_layout == "unknown" and info.needs_tasks:  # issue 13: never select on guessed tasks
+            from vlselect.pool.stats import unknown_layout_note
+
+            raise ConfigError(f"--pool {pool}: {method} needs task labels, but {unknown_layout_note(pool_obj)}")
+        else:
+            task_labels = list(pool_obj.tasks)
     elif tasks is not None:
         task_labels = sio.load_tasks(tasks)
         n_rows = len(task_labels)

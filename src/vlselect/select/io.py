@@ -384,7 +384,7 @@ def _write_selection_files(sel: Selection, d: Path, n: int, *, pool, tasks_path,
         "info": _jsonable({k: v for k, v in sel.info.items() if k != "excluded_rows"}),
         "files": ["indices.npy", "scores.npy", "manifest.json"],
     }
-    if pool is None and tasks_path is not None:
+    if tasks_path is not None:
         extra["tasks"] = {"path": tasks_path, **_file_digest(Path(tasks_path))}
     if tasks is not None:
         extra["task_counts"] = {t: {"pool": p, "subset": s} for t, p, s in task_counts(tasks, sel.indices)}

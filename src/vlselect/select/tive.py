@@ -506,8 +506,10 @@ def select_tive(
     scores, finite_rows = tive_instance_scores(
         train, tt.codes, len(tt.names), form=score_form, block_rows=block_rows, rows=tt.rows
     )
+    found_in_pass = 0  # NaN/inf feature rows found in this method's own pass (run_method did not scan them)
     if finite is None and not finite_rows[in_scope].all():
         bad_feat = np.flatnonzero(~finite_rows & in_scope)
+        found_in_pass = int(bad_feat.size)
         if strict_official:
             raise SelectionError(
                 f"tive: feature rows {_fmt_rows(bad_feat)} are not finite; the official code turns their whole task's "
@@ -524,7 +526,11 @@ def select_tive(
 
     out: list[Selection] = []
     for budget in budgets:
-        budget_rows = budget.fraction * budget.n if budget.given_as_fraction else float(budget.count)
+        if found_in_pass and budget.given_as_fraction:  # as run_method's rule: a fraction of the selectable rows
+            budget = Budget(count=int(budget.fraction * (budget.n - found_in_pass)), fraction=budget.fraction,
+                            n=budget.n, given=budget.given)
+        budget_rows = (budget.fraction * (budget.n - found_in_pass) if budget.given_as_fraction
+                       else float(budget.count))
         quotas = tive_quotas(tt, budget_rows) if tt.total_value > 0 else np.zeros(len(tt.names))
         if strict_official:
             copies, sampled = tive_official_counts(quotas, sizes)

@@ -83,13 +83,15 @@ def _setup(work: Path, args) -> None:
     from peft import LoraConfig, get_peft_model
 
     from vlselect.models import load_vlm
+    from vlselect.models.peft_wrap import quiet_peft_wrap
     from vlselect.models.tiny import build_tiny
 
     mdir = Path(args.model) if args.model else build_tiny(work / "model", family=args.family, seed=0, size=args.size)
     pool, images = _write_pool(work, args.n)
     loaded = load_vlm(mdir, device="cpu")
-    pm = get_peft_model(loaded.model, LoraConfig(r=args.r, lora_alpha=2 * args.r, lora_dropout=0.05,
-                                                 target_modules=LLM_TARGETS))
+    with quiet_peft_wrap():
+        pm = get_peft_model(loaded.model, LoraConfig(r=args.r, lora_alpha=2 * args.r, lora_dropout=0.05,
+                                                     target_modules=LLM_TARGETS))
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for n, p in pm.named_parameters():

@@ -12,17 +12,10 @@ import pytest
 import typer
 from fixtures_models import tiny_llava, write_pool  # noqa: F401
 
-from vlselect.cli import app, main
+from vlselect.cli import app
+from cli_run import run
 
 
-def run(argv, capsys):
-    code = 0
-    try:
-        main([str(a) for a in argv])
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    out, err = capsys.readouterr()
-    return code, out, " ".join(err.split())
 
 
 def _commands(cmd, path=()):

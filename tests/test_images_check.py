@@ -10,20 +10,12 @@ import pytest
 from fixtures_models import tiny_llava, tiny_qwen2vl  # noqa: F401
 from PIL import Image
 
-from vlselect.cli import main
 from vlselect.errors import PoolError
 from vlselect.models import ImageRejectedError, encode_sample, load_vlm
 from vlselect.pool import Sample
+from cli_run import run
 
 
-def run(argv, capsys):
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, " ".join(err.split())
 
 
 def conv():

@@ -8,17 +8,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from vlselect.cli import main
+from cli_run import run
 
 
-def run(argv: list[str], capsys) -> tuple[int, str, str]:
-    code = 0
-    try:
-        main(argv)
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    out, err = capsys.readouterr()
-    return code, out, " ".join(err.split())  # rich may wrap; compare on normalised whitespace
 
 
 def conv(q: str = "<image>\nWhat is it?", a: str = "A cube.") -> list[dict]:

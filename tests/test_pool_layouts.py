@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from vlselect.cli import main
 from vlselect.pool import open_pool, pool_stats
+from cli_run import run
 
 
 def conv(q="<image>\nWhat is shown?", a="A thing."):
@@ -19,14 +19,6 @@ def write(path: Path, recs) -> Path:
     return path
 
 
-def run(argv, capsys):
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, " ".join(err.split())
 
 
 # LLaVA's ScienceQA file (scripts/convert_sqa_to_llava.py): image rows '{id}/image.png' (some copies prefix the split

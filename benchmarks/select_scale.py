@@ -143,11 +143,12 @@ def child(method: str, d: Path, out: Path, strict: bool) -> None:
         read_once(x)
         sel = None
     elif method == "convert":  # a second floor: one read plus the float16 -> float32 conversion every method pays
-        from vlselect.select.icons import block_rows_for, iter_row_blocks
+        from vlselect.select.icons import chunk_rows_for, iter_row_blocks, torch_threads
 
         x = _grads(d)
-        for _ in iter_row_blocks(x, block_rows_for(int(x.shape[1])), np.float32):
-            pass
+        with torch_threads(1):  # as TIVE and ICONS stream: cache-sized chunks into one reused buffer, one thread
+            for _ in iter_row_blocks(x, chunk_rows_for(int(x.shape[1])), np.float32):
+                pass
         sel = None
     elif method == "tive":
         x = _grads(d)

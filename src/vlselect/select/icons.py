@@ -24,11 +24,59 @@ from vlselect.select.base import Budget, Param, Role, Selection, register_method
 # ------------------------------------------------------------------------------------------- row blocks
 
 _BLOCK_BYTES = 96 * 2**20  # float32 bytes per row block: big enough for BLAS, small next to the 8 GB budget
+_CHUNK_BYTES = 5 * 2**20  # converted bytes per chunk of a streaming pass: stays in cache from conversion to use
+_IO_BYTES = 32 * 2**20  # stored bytes per read-ahead / release group of a memmap
 
 
 def block_rows_for(d: int, itemsize: int = 4, target_bytes: int = _BLOCK_BYTES) -> int:
     """Rows per block so that one ``(rows, d)`` block of ``itemsize``-byte floats is about ``target_bytes``."""
     return int(max(256, target_bytes // max(1, d * itemsize)))
+
+
+def chunk_rows_for(d: int, itemsize: int = 4) -> int:
+    """Rows per chunk of a streaming pass (:func:`iter_row_blocks` into a reused buffer): about ``_CHUNK_BYTES``
+    of converted values, so a chunk is still in the CPU cache (L2/L3) when it is multiplied right after its
+    conversion. Measured at 5,120 columns on this project's 2-core box: 256-row chunks convert at the speed of a
+    plain NumPy read, where 96 MB blocks (fresh memory each) took 9x as long (benchmarks/RESULTS.md)."""
+    return int(max(64, _CHUNK_BYTES // max(1, d * itemsize)))
+
+
+def pad_columns(m: np.ndarray) -> np.ndarray:
+    """``m`` (k, d) with zero rows appended up to a multiple of 16 when k > 8: a (rows × d) @ (d × k) product
+    with k = 9-15 takes MKL's slow skinny path (10 columns: 1.7x the time of 16 on this AVX2 CPU); the extra
+    zero columns are discarded, so only the last float32 bit of the real ones may move."""
+    k = int(m.shape[0])
+    if k <= 8 or k % 16 == 0:
+        return m
+    out = np.zeros((-(-k // 16) * 16,) + tuple(m.shape[1:]), dtype=m.dtype)
+    out[:k] = m
+    return out
+
+
+class torch_threads:
+    """``with torch_threads(n):`` runs torch on ``n`` intra-op threads, restoring the previous count after.
+
+    The streaming passes of TIVE and ICONS run many small (cache-sized) products: on one thread they are
+    fastest, and with a second thread that another process keeps busy, every product waits at an OpenMP
+    barrier (measured 10-60x slower under load)."""
+
+    def __init__(self, n: int):
+        self.n = int(n)
+        self.prev: int | None = None
+
+    def __enter__(self) -> "torch_threads":
+        import torch
+
+        self.prev = torch.get_num_threads()
+        if self.prev != self.n:
+            torch.set_num_threads(self.n)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import torch
+
+        if self.prev is not None and torch.get_num_threads() != self.prev:
+            torch.set_num_threads(self.prev)
 
 
 def _release(arr: np.ndarray, a: int, b: int) -> None:
@@ -58,21 +106,29 @@ def _advise(arr: np.ndarray, a: int, b: int, advice: str) -> None:
         pass
 
 
-def _convert(view: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """A converted copy of a block; float → float casts go through torch (multithreaded, exact for widening)."""
-    floats = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
-    if view.dtype == np.float16 and dtype == np.float64:
-        return np.asarray(view).astype(np.float64)  # NumPy's half -> double is ~3x faster than torch's (exact)
-    if view.dtype in floats and dtype in floats:
+_FLOATS = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _convert_into(out: np.ndarray, view: np.ndarray) -> None:
+    """``out[...] = view`` with a dtype cast; float -> float casts go through torch's vectorised ``copy_``
+    (NumPy's float16 conversion is scalar: about 1 GB/s here, torch's 5-12 GB/s; both exact for widening)."""
+    if view.dtype in _FLOATS and out.dtype in _FLOATS and all(st >= 0 for st in view.strides):
         import warnings
 
         import torch
 
         with warnings.catch_warnings():  # read-only memmap blocks: torch only reads them
             warnings.simplefilter("ignore", UserWarning)
-            src = torch.from_numpy(np.asarray(view))
-            return src.to(getattr(torch, dtype.name)).numpy()
-    return np.array(view, dtype=dtype, copy=True)
+            torch.from_numpy(out).copy_(torch.from_numpy(np.asarray(view)))
+    else:
+        np.copyto(out, view, casting="unsafe")
+
+
+def _convert(view: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """A converted copy of a block (a fresh array; :func:`iter_row_blocks` converts into a reused one)."""
+    out = np.empty(view.shape, dtype=dtype)
+    _convert_into(out, view)
+    return out
 
 
 def _willneed(arr: np.ndarray, a: int, b: int) -> None:
@@ -89,42 +145,62 @@ def iter_row_blocks(
     desc: str | None = None,
     reverse: bool = False,
 ) -> Iterator[tuple[int, int, np.ndarray]]:
-    """Yield ``(start, stop, block)`` over the rows of ``arr`` with ``block`` of ``dtype`` (read only: a view
-    when ``arr`` already has that dtype and is C-contiguous, a converted copy otherwise).
+    """Yield ``(start, stop, block)`` over the rows of ``arr`` with ``block`` of ``dtype``: a read-only view
+    when ``arr`` already has that dtype and is C-contiguous, otherwise the rows converted into one buffer that
+    is **reused for every block** (a block is valid until the next one is asked for; copy it to keep it).
 
-    Works on in-memory arrays and on ``numpy.memmap`` (pages of a memmap are released after each block, so
-    peak memory is one block, never the whole matrix; the next block is read ahead by the kernel while the
-    current one is used). Each row is read exactly once per call. ``reverse`` walks the blocks last to first
-    (a second pass then starts with the rows the page cache most likely still holds). Progress (:mod:`vlselect.progress`) is
-    shown when there are many blocks and ``desc`` is given.
+    Reusing the buffer matters: a fresh 96 MB block costs a page fault per 4 KB written, which made the
+    float16 -> float32 conversion 9x a plain read; into a reused cache-sized buffer (:func:`chunk_rows_for`)
+    it runs at the speed of the read.
+
+    Works on in-memory arrays and on ``numpy.memmap``: rows are read ahead (``MADV_WILLNEED``) and their pages
+    released after use in groups of about ``_IO_BYTES`` stored bytes, so peak memory is one group plus one
+    block, never the whole matrix, and the disk reads the next group while the current one is computed. Each
+    row is read exactly once per call. ``reverse`` walks the blocks last to first (a second pass then starts
+    with the rows the page cache most likely still holds). Progress (:mod:`vlselect.progress`) is shown when
+    there are many blocks and ``desc`` is given.
     """
     n = int(arr.shape[0])
     step = max(1, int(block_rows))
-    starts = list(range(0, n, step))
+    dtype = np.dtype(dtype)
+    row_bytes = max(1, int(np.prod(arr.shape[1:], dtype=np.int64)) * arr.dtype.itemsize)
+    group = max(1, _IO_BYTES // row_bytes // step) * step  # rows per read-ahead / release group
+    groups = list(range(0, n, group))
     if reverse:
-        starts.reverse()
+        groups.reverse()
     progress = None
-    if desc is not None and len(starts) >= 16:
+    if desc is not None and n >= 16 * step:
         from vlselect.progress import progress_bar
 
         progress = progress_bar(desc, unit="rows", transient=True).__enter__()
         task = progress.add_task("", total=n)
+    buf: np.ndarray | None = None
     try:
-        for i, a in enumerate(starts):
-            b = min(n, a + step)
-            if i + 1 < len(starts):
-                _willneed(arr, starts[i + 1], min(n, starts[i + 1] + step))
-            view = arr[a:b]
-            if view.dtype == np.dtype(dtype) and view.flags.c_contiguous:
-                block = np.asarray(view)
-                yield a, b, block
-                del block
-            else:
-                block = _convert(view, np.dtype(dtype))
-                yield a, b, block
-            _release(arr, a, b)
+        if groups:
+            first = groups[0]
+            _willneed(arr, first, min(n, first + group))
+        for gi, ga in enumerate(groups):
+            gb = min(n, ga + group)
+            if gi + 1 < len(groups):
+                _willneed(arr, groups[gi + 1], min(n, groups[gi + 1] + group))
+            starts = list(range(ga, gb, step))
+            if reverse:
+                starts.reverse()
+            for a in starts:
+                b = min(gb, a + step)
+                view = arr[a:b]
+                if view.dtype == dtype and view.flags.c_contiguous:
+                    yield a, b, np.asarray(view)
+                else:
+                    if buf is None:
+                        buf = np.empty((min(step, n),) + tuple(arr.shape[1:]), dtype=dtype)
+                    block = buf[: b - a]
+                    _convert_into(block, view)
+                    yield a, b, block
+                del view
+            _release(arr, ga, gb)
             if progress is not None:
-                progress.update(task, advance=b - a)
+                progress.update(task, advance=gb - ga)
     finally:
         if progress is not None:
             progress.stop()
@@ -209,6 +285,7 @@ def icons_task_scores(
     *,
     form: str = "matvec",
     block_rows: int | None = None,
+    precision: str = "float32",
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Specialist stage: one influence score per training row and voting task (spec §4, §10 steps 1–2).
 
@@ -222,11 +299,16 @@ def icons_task_scores(
     targets:
         From :func:`icons_targets`.
     form:
-        ``"matvec"`` (default): ``<ĝ_i, mean_j v_j>`` in float64, one (d × columns) product per block, O(n·d).
+        ``"matvec"`` (default): ``<g_i, mean_j v_j> / ‖g_i‖``, one (rows × d) @ (d × columns) product and one
+        row norm per cache-sized chunk, O(n·d), in ``precision``, the division in float64.
         ``"gemm"``: the official op sequence, a float32 GEMM with every validation row then a float32 mean
         (torch), bit-identical to the official scores, O(n·m·d).
     block_rows:
-        Rows per block (default about 96 MB of float32).
+        Rows per block (default: a cache-sized chunk for matvec, about 96 MB of float32 for gemm).
+    precision:
+        ``"float32"`` (default) or ``"float64"``: the arithmetic of the matvec products and norms. float32
+        differs from float64 by float32 rounding (≤ 5e-8 absolute on 100K × 5120 synthetic features, about
+        1e-6 of the largest score) at a third of the time; strict mode's hybrid uses float64 for its margin.
 
     Returns
     -------
@@ -246,8 +328,10 @@ def icons_task_scores(
     # one column per validation matrix: regular tasks normalised, sub-tasks raw
     mats = [(_torch_normalize(t.vals[0]) if not t.is_split else np.asarray(v, dtype=np.float32)) for t in targets for v in t.vals]
     owners = [ti for ti, t in enumerate(targets) for _ in t.vals]
-    block_rows = block_rows or block_rows_for(d, 8 if form == "matvec" else 4)
+    if precision not in ("float32", "float64"):
+        raise SelectionError(f"icons: precision={precision!r}; choose float32 or float64")
     if form == "gemm":
+        block_rows = block_rows or block_rows_for(d)
         import torch
 
         cols = np.empty((n, len(mats)), dtype=np.float32)
@@ -257,18 +341,23 @@ def icons_task_scores(
             for j, v in enumerate(tv):
                 cols[a:b, j] = torch.mean(g @ v.T, dim=1).numpy()
     elif form == "matvec":
-        import warnings
-
         import torch
 
-        means = torch.from_numpy(np.stack([m.astype(np.float64).mean(axis=0) for m in mats], axis=1))  # (d, cols)
-        cols = np.empty((n, len(mats)), dtype=np.float64)
-        with warnings.catch_warnings():  # read-only memmap blocks: torch only reads them
-            warnings.simplefilter("ignore", UserWarning)
-            for a, b, block in iter_row_blocks(train, block_rows, np.float64, desc="ICONS: influence"):
-                x = torch.from_numpy(block)  # one (torch, multithreaded) cast from the stored dtype to float64
-                nrm = torch.linalg.vector_norm(x, 2, dim=1, keepdim=True).clamp_min(NORMALIZE_EPS)
-                cols[a:b] = ((x @ means) / nrm).numpy()
+        prec = np.dtype(np.float64 if precision == "float64" else np.float32)
+        tprec = getattr(torch, prec.name)
+        means = np.stack([m.astype(np.float64).mean(axis=0) for m in mats], axis=0)  # (cols, d) in float64
+        mt = torch.from_numpy(np.ascontiguousarray(pad_columns(means.astype(prec))))
+        dots = torch.empty((n, mt.shape[0]), dtype=tprec)
+        nrm = torch.empty(n, dtype=tprec)
+        # one streaming pass in cache-sized chunks: convert, multiply and take the norm while the chunk is in cache
+        with torch_threads(1):
+            for a, b, block in iter_row_blocks(train, block_rows or chunk_rows_for(d, prec.itemsize), prec,
+                                               desc="ICONS: influence"):
+                x = torch.from_numpy(block)
+                torch.mm(x, mt.T, out=dots[a:b])
+                torch.linalg.vector_norm(x, 2, dim=1, out=nrm[a:b])
+        cols = dots.numpy()[:, : len(mats)].astype(np.float64)
+        cols /= np.maximum(nrm.numpy().astype(np.float64), NORMALIZE_EPS)[:, None]
     else:
         raise SelectionError(f"icons: score_form={form!r}; choose matvec or gemm")
     scores = np.empty((n, len(targets)), dtype=cols.dtype)
@@ -399,12 +488,20 @@ def icons_mean_rank(scores: np.ndarray, valid: np.ndarray) -> np.ndarray:
     if m == 0:
         return out
     acc = np.zeros(m, dtype=np.float64)
+    rank = np.empty(m, dtype=np.float64)
     for t in range(T):
         col = np.asarray(scores[idx, t], dtype=np.float64)
-        srt = np.sort(col)
-        lo = np.searchsorted(srt, col, side="left")
-        hi = np.searchsorted(srt, col, side="right")
-        acc += (lo + hi - 1) / 2.0 / m
+        # average 0-based rank of each tie group [lo, hi) of the sorted column: (lo + hi - 1) / 2 (one sort,
+        # no binary searches: those cost 2 random accesses per row)
+        order = np.argsort(col, kind="stable")
+        srt = col[order]
+        new = np.empty(m, dtype=bool)
+        new[0] = True
+        np.not_equal(srt[1:], srt[:-1], out=new[1:])
+        lo = np.flatnonzero(new)
+        hi = np.append(lo[1:], m)
+        rank[order] = ((lo + hi - 1) / 2.0)[np.cumsum(new) - 1]
+        acc += rank / m
     out[idx] = acc / T
     return out
 
@@ -537,7 +634,9 @@ def select_icons(
         )
     targets = icons_targets(inputs)
     form = score_form or ("hybrid" if strict_official else "matvec")
-    scores, subs = icons_task_scores(train, targets, form="matvec" if form == "hybrid" else form)
+    # hybrid: float64 mat-vec so its margin against the official float32 scores stays ~100x (icons_strict_votes)
+    scores, subs = icons_task_scores(train, targets, form="matvec" if form == "hybrid" else form,
+                                     precision="float64" if form == "hybrid" else "float32")
     names = [t.name for t in targets]
     valid = None if strict_official else np.isfinite(scores).all(axis=1)
     mean_rank = None if strict_official else icons_mean_rank(scores, valid)

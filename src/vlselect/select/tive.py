@@ -40,7 +40,7 @@ import numpy as np
 
 from vlselect.errors import SelectionError
 from vlselect.select.base import Budget, Param, Role, Selection, register_method
-from vlselect.select.icons import block_rows_for, iter_row_blocks
+from vlselect.select.icons import block_rows_for, chunk_rows_for, iter_row_blocks, pad_columns, torch_threads
 
 __all__ = [
     "TiveTasks",
@@ -208,11 +208,11 @@ def tive_instance_scores(
     codes:
         Per row, its task's position (0..n_tasks-1) or -1 for rows that take no part.
     form:
-        ``"centroid"`` (default): the exact O(n·d) form ``ŝ = Ĝ (Σ_j Ĝ_j) / n_t``, sums in float64, two block
-        passes. ``"gram"``: the official op sequence (float32 ``torch.mean(G @ G.T, dim=1)`` per task; needs
+        ``"centroid"`` (default): the exact O(n·d) form ``ŝ = Ĝ (Σ_j Ĝ_j) / n_t``, per-chunk sums in float32
+        accumulated in float64, two streaming passes. ``"gram"``: the official op sequence (float32 ``torch.mean(G @ G.T, dim=1)`` per task; needs
         ``rows``), bit-identical to the official scores but O(n_t²·d).
     block_rows:
-        Rows per block (default: about 96 MB of float32).
+        Rows per block (default: a cache-sized chunk, :func:`~vlselect.select.icons.chunk_rows_for`).
 
     Returns
     -------
@@ -222,7 +222,6 @@ def tive_instance_scores(
         bool per row: the feature row is finite (non-finite rows never enter a task sum).
     """
     n, d = int(train.shape[0]), int(train.shape[1])
-    block_rows = block_rows or block_rows_for(d)
     codes = np.asarray(codes, dtype=np.int64)
     scores = np.full(n, np.nan, dtype=np.float32)
     if form == "gram":
@@ -247,44 +246,58 @@ def tive_instance_scores(
         return scores, finite
     if form != "centroid":
         raise SelectionError(f"score_form={form!r}: choose centroid or gram")
-    # Pass 1: per task, the sum of its unit rows, Σ_j x_j / max(‖x_j‖, eps), as one (T × b) @ (b × d) float32
-    # GEMM per block (the scaling rides in the left factor, so the block is never divided), accumulated over
-    # blocks in float64. Row norms are kept (n floats) for pass 2.
-    sums = np.zeros((n_tasks, d), dtype=np.float64)
+    # Both passes stream cache-sized chunks (iter_row_blocks converts each into one reused float32 buffer) and
+    # use each chunk while it is in cache, on one torch thread (torch_threads: small products, see its note).
+    import torch
+
+    chunk = block_rows or chunk_rows_for(d)
+    # Pass 1: per task, the sum of its unit rows, Σ_j x_j / max(‖x_j‖, eps): each chunk's rows are scaled by
+    # their inverse norms and added to their task's row (index_add_, float32 within the chunk), the chunk sums
+    # accumulated over chunks in float64. Row norms are kept (n floats) for pass 2.
+    sums = torch.zeros((n_tasks, d), dtype=torch.float64)
+    acc = torch.zeros((n_tasks + 1, d), dtype=torch.float32)  # row n_tasks collects the rows of no task
+    scaled = torch.empty((min(chunk, max(n, 1)), d), dtype=torch.float32)
     counts = np.zeros(n_tasks, dtype=np.int64)
     finite = np.ones(n, dtype=bool)
     inv_norm = np.zeros(n, dtype=np.float32)
-    for a, b, block in iter_row_blocks(train, block_rows, np.float32, desc="TIVE: task sums"):
-        nrm = _row_norms(block)
-        fin = np.isfinite(nrm)
-        finite[a:b] = fin
-        inv = (1.0 / np.maximum(nrm, np.float32(NORMALIZE_EPS))).astype(np.float32)
-        inv[~fin] = 0.0
-        inv_norm[a:b] = inv
-        c = np.where(fin, codes[a:b], -1)
-        take = c >= 0
-        if not take.any():
-            continue
-        if not fin.all():  # 0 · NaN is NaN inside a GEMM: zero the bad rows first (rare, so a copy is fine)
-            block = np.where(fin[:, None], block, np.float32(0.0))
-        present = np.unique(c[take])
-        left = np.where(c[None, :] == present[:, None], inv[None, :], np.float32(0.0)).astype(np.float32)
-        sums[present] += left @ block
-        counts += np.bincount(c[take], minlength=n_tasks)
-    # centroid c_t = (1/n_t) Σ_j x̂_j, so s_i = x̂_i · c_t = (x_i · c_t) / ‖x_i‖
-    centroids = (sums / np.maximum(counts, 1)[:, None]).astype(np.float32)
-    ct = np.ascontiguousarray(centroids.T)
-    # pass 2, last block first: the rows read last in pass 1 are the likeliest to be still in the page cache
-    for a, b, block in iter_row_blocks(train, block_rows, np.float32, desc="TIVE: instance values", reverse=True):
-        c = codes[a:b]
-        take = (c >= 0) & finite[a:b]
-        if not take.any():
-            continue
-        if not finite[a:b].all():
-            block = np.where(finite[a:b, None], block, np.float32(0.0))
-        prod = block @ ct  # (b, T) float32
-        rows = np.flatnonzero(take)
-        scores[rows + a] = (prod[rows, c[rows]].astype(np.float64) * inv_norm[rows + a]).astype(np.float32)
+    with torch_threads(1):
+        for a, b, block in iter_row_blocks(train, chunk, np.float32, desc="TIVE: task sums"):
+            x = torch.from_numpy(block)
+            nrm = torch.linalg.vector_norm(x, 2, dim=1).numpy()
+            fin = np.isfinite(nrm)
+            finite[a:b] = fin
+            inv = (1.0 / np.maximum(nrm, np.float32(NORMALIZE_EPS))).astype(np.float32)
+            inv[~fin] = 0.0
+            inv_norm[a:b] = inv
+            c = np.where(fin, codes[a:b], -1)
+            take = c >= 0
+            if not take.any():
+                continue
+            sc = scaled[: b - a]
+            torch.mul(x, torch.from_numpy(inv)[:, None], out=sc)
+            if not fin.all():  # 0 · NaN is NaN: zero the bad rows (they go to the no-task row anyway)
+                sc[torch.from_numpy(~fin)] = 0.0
+            acc.zero_()
+            acc.index_add_(0, torch.from_numpy(np.where(take, c, n_tasks)), sc)
+            sums += acc[:n_tasks]
+            counts += np.bincount(c[take], minlength=n_tasks)
+        # centroid c_t = (1/n_t) Σ_j x̂_j, so s_i = x̂_i · c_t = (x_i · c_t) / ‖x_i‖
+        centroids = (sums.numpy() / np.maximum(counts, 1)[:, None]).astype(np.float32)
+        ct = torch.from_numpy(np.ascontiguousarray(pad_columns(centroids)))  # (T, d), zero rows up to 16
+        prod = torch.empty((min(chunk, max(n, 1)), ct.shape[0]), dtype=torch.float32)
+        # pass 2, last chunk first: the rows read last in pass 1 are the likeliest to be still in the page cache
+        for a, b, block in iter_row_blocks(train, chunk, np.float32, desc="TIVE: instance values", reverse=True):
+            c = codes[a:b]
+            take = (c >= 0) & finite[a:b]
+            if not take.any():
+                continue
+            if not finite[a:b].all():
+                block = np.where(finite[a:b, None], block, np.float32(0.0))
+            p = prod[: b - a]
+            torch.mm(torch.from_numpy(block), ct.T, out=p)  # (rows, T) float32
+            rows = np.flatnonzero(take)
+            own = p.numpy()[rows, c[rows]]
+            scores[rows + a] = (own.astype(np.float64) * inv_norm[rows + a]).astype(np.float32)
     return scores, finite
 
 
@@ -504,7 +517,7 @@ def select_tive(
     valid = ~bad_norm if finite is None else (~bad_norm & finite)
     tt = tive_tasks(norms, labels, excluded_task=excluded, valid=valid)
     scores, finite_rows = tive_instance_scores(
-        train, tt.codes, len(tt.names), form=score_form, block_rows=block_rows, rows=tt.rows
+        train, tt.codes, len(tt.names), form=score_form, rows=tt.rows
     )
     found_in_pass = 0  # NaN/inf feature rows found in this method's own pass (run_method did not scan them)
     if finite is None and not finite_rows[in_scope].all():

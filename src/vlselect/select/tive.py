@@ -135,7 +135,15 @@ def tive_tasks(
         eligible &= ~np.isin(labels, np.asarray(sorted(excluded), dtype=object))
     if valid is not None:
         eligible &= np.asarray(valid, dtype=bool)
-    uniq, first, inverse = np.unique(labels, return_index=True, return_inverse=True)
+    # np.unique's sorted labels and inverse, by one dict pass (np.unique sorts Python strings: 10x slower)
+    keys = list(dict.fromkeys(labels.tolist()))  # distinct labels in first-appearance order
+    position = {t: i for i, t in enumerate(keys)}
+    seen = np.fromiter(map(position.__getitem__, labels.tolist()), dtype=np.int64, count=labels.size)
+    by_name = sorted(range(len(keys)), key=keys.__getitem__)
+    rank = np.empty(len(keys), dtype=np.int64)
+    rank[by_name] = np.arange(len(keys))
+    uniq = np.asarray([keys[i] for i in by_name], dtype=object)
+    inverse = rank[seen]
     names: list[str] = []
     code_of_label = np.full(uniq.shape[0], -1, dtype=np.int64)
     # first appearance among *eligible* rows decides the order
@@ -257,47 +265,40 @@ def tive_instance_scores(
     sums = torch.zeros((n_tasks, d), dtype=torch.float64)
     acc = torch.zeros((n_tasks + 1, d), dtype=torch.float32)  # row n_tasks collects the rows of no task
     scaled = torch.empty((min(chunk, max(n, 1)), d), dtype=torch.float32)
-    counts = np.zeros(n_tasks, dtype=np.int64)
-    finite = np.ones(n, dtype=bool)
-    inv_norm = np.zeros(n, dtype=np.float32)
+    # per row, the row of `acc` it is added to: its task, or n_tasks for rows of no task (and, per chunk below,
+    # non-finite rows: their NaN lands in that discarded row, never in a task sum)
+    dest = torch.from_numpy(np.where(codes >= 0, codes, n_tasks))
+    nrm_all = torch.empty(n, dtype=torch.float32)
+    inv_all = torch.empty(n, dtype=torch.float32)
     with torch_threads(1):
         for a, b, block in iter_row_blocks(train, chunk, np.float32, desc="TIVE: task sums"):
             x = torch.from_numpy(block)
-            nrm = torch.linalg.vector_norm(x, 2, dim=1).numpy()
-            fin = np.isfinite(nrm)
-            finite[a:b] = fin
-            inv = (1.0 / np.maximum(nrm, np.float32(NORMALIZE_EPS))).astype(np.float32)
-            inv[~fin] = 0.0
-            inv_norm[a:b] = inv
-            c = np.where(fin, codes[a:b], -1)
-            take = c >= 0
-            if not take.any():
-                continue
-            sc = scaled[: b - a]
-            torch.mul(x, torch.from_numpy(inv)[:, None], out=sc)
-            if not fin.all():  # 0 · NaN is NaN: zero the bad rows (they go to the no-task row anyway)
-                sc[torch.from_numpy(~fin)] = 0.0
+            nrm = torch.linalg.vector_norm(x, 2, dim=1, out=nrm_all[a:b])
+            inv = torch.reciprocal(torch.clamp_min(nrm, NORMALIZE_EPS), out=inv_all[a:b])
+            # scale in place when the block is iter_row_blocks's own buffer, else into a scratch one
+            sc = x if block.flags.writeable and not np.may_share_memory(block, train) else scaled[: b - a]
+            torch.mul(x, inv[:, None], out=sc)
             acc.zero_()
-            acc.index_add_(0, torch.from_numpy(np.where(take, c, n_tasks)), sc)
+            acc.index_add_(0, torch.where(torch.isfinite(nrm), dest[a:b], n_tasks), sc)
             sums += acc[:n_tasks]
-            counts += np.bincount(c[take], minlength=n_tasks)
+        finite = np.isfinite(nrm_all.numpy())
+        inv_norm = inv_all.numpy()
+        inv_norm[~finite] = 0.0
+        counts = np.bincount(codes[(codes >= 0) & finite], minlength=n_tasks)
         # centroid c_t = (1/n_t) Σ_j x̂_j, so s_i = x̂_i · c_t = (x_i · c_t) / ‖x_i‖
         centroids = (sums.numpy() / np.maximum(counts, 1)[:, None]).astype(np.float32)
         ct = torch.from_numpy(np.ascontiguousarray(pad_columns(centroids)))  # (T, d), zero rows up to 16
         prod = torch.empty((min(chunk, max(n, 1)), ct.shape[0]), dtype=torch.float32)
-        # pass 2, last chunk first: the rows read last in pass 1 are the likeliest to be still in the page cache
+        col = torch.from_numpy(np.maximum(codes, 0)[:, None])  # the column of each row's own task
+        own = torch.empty((n, 1), dtype=torch.float32)
+        # pass 2, last chunk first: the rows read last in pass 1 are the likeliest to be still in the page cache.
+        # A GEMM's output row depends on its input row only, so non-finite rows spoil nothing but their own.
         for a, b, block in iter_row_blocks(train, chunk, np.float32, desc="TIVE: instance values", reverse=True):
-            c = codes[a:b]
-            take = (c >= 0) & finite[a:b]
-            if not take.any():
-                continue
-            if not finite[a:b].all():
-                block = np.where(finite[a:b, None], block, np.float32(0.0))
             p = prod[: b - a]
             torch.mm(torch.from_numpy(block), ct.T, out=p)  # (rows, T) float32
-            rows = np.flatnonzero(take)
-            own = p.numpy()[rows, c[rows]]
-            scores[rows + a] = (own.astype(np.float64) * inv_norm[rows + a]).astype(np.float32)
+            torch.gather(p, 1, col[a:b], out=own[a:b])
+    take = (codes >= 0) & finite
+    scores[take] = (own.numpy()[take, 0].astype(np.float64) * inv_norm[take]).astype(np.float32)
     return scores, finite
 
 

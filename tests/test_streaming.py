@@ -1,0 +1,145 @@
+"""The streaming passes of TIVE and ICONS (issue 14, item 4): cache-sized chunks converted into one reused
+buffer, read-ahead groups, one torch thread, 16-column padding of skinny products. Each result is checked
+against an independent computation (NumPy's own conversion, a float64 Gram matrix, scipy's ranks)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.stats
+import torch
+
+import vlselect.select.icons as icons_mod
+from vlselect.select.icons import (
+    chunk_rows_for,
+    icons_mean_rank,
+    icons_targets,
+    icons_task_scores,
+    iter_row_blocks,
+    pad_columns,
+    torch_threads,
+)
+from vlselect.select.tive import tive_instance_scores
+
+
+@pytest.fixture
+def small_groups(monkeypatch):
+    """Read-ahead / release groups of ~2 KB, so a few hundred rows span many groups."""
+    monkeypatch.setattr(icons_mod, "_IO_BYTES", 2048)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_row_blocks_convert_exactly_into_one_reused_buffer_each_row_once(tmp_path, small_groups, reverse):
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((1000, 24)) * 100).astype(np.float16)
+    np.save(tmp_path / "x.npy", x)
+    mm = np.load(tmp_path / "x.npy", mmap_mode="r")
+    seen = np.zeros(1000, dtype=np.int64)
+    out = np.full((1000, 24), np.nan, dtype=np.float32)
+    addresses = set()
+    starts = []
+    for a, b, block in iter_row_blocks(mm, 37, np.float32, reverse=reverse):
+        assert block.dtype == np.float32 and block.shape == (b - a, 24)
+        seen[a:b] += 1
+        out[a:b] = block
+        addresses.add(block.ctypes.data)
+        starts.append(a)
+    assert (seen == 1).all()
+    np.testing.assert_array_equal(out, x.astype(np.float32))  # NumPy's conversion: exact widening, same values
+    assert len(addresses) == 1  # every block lives in the same buffer
+    assert (np.diff(starts) < 0).all() if reverse else (np.diff(starts) > 0).all()
+
+
+def test_row_blocks_of_the_stored_dtype_are_views_not_copies():
+    x = np.arange(60, dtype=np.float32).reshape(20, 3)
+    blocks = list(iter_row_blocks(x, 6, np.float32))
+    assert [(a, b) for a, b, _ in blocks] == [(0, 6), (6, 12), (12, 18), (18, 20)]
+    assert all(np.shares_memory(blk, x) for _, _, blk in blocks)
+
+
+def test_chunks_are_cache_sized():
+    assert chunk_rows_for(5120) == 256  # 5 MiB of float32 at the official width
+    assert chunk_rows_for(5120, 8) == 128
+    assert chunk_rows_for(10**7) == 64  # never fewer rows than that
+
+
+def test_pad_columns_to_sixteen_only_above_eight():
+    m = np.arange(30, dtype=np.float32).reshape(10, 3)
+    p = pad_columns(m)
+    assert p.shape == (16, 3) and np.array_equal(p[:10], m) and not p[10:].any()
+    assert pad_columns(m[:8]).shape == (8, 3) and pad_columns(np.zeros((17, 2))).shape == (32, 2)
+
+
+def test_torch_threads_sets_and_restores_even_after_an_error():
+    before = torch.get_num_threads()
+    with pytest.raises(RuntimeError):
+        with torch_threads(1):
+            assert torch.get_num_threads() == 1
+            raise RuntimeError("boom")
+    assert torch.get_num_threads() == before
+
+
+def _gram_mean_cosines(x: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """The definition (spec §5.3) in float64: mean cosine of each row with every row of its task, itself included."""
+    out = np.full(x.shape[0], np.nan)
+    for t in np.unique(codes[codes >= 0]):
+        r = np.flatnonzero(codes == t)
+        g = x[r].astype(np.float64)
+        g /= np.linalg.norm(g, axis=1, keepdims=True)
+        out[r] = (g @ g.T).mean(axis=1)
+    return out
+
+
+def test_tive_streamed_scores_equal_the_float64_gram_definition(tmp_path, small_groups):
+    rng = np.random.default_rng(1)
+    n, d, T = 700, 40, 11  # 11 tasks: the centroid product is padded to 16 columns
+    centres = rng.standard_normal((T, d))
+    codes = rng.integers(0, T, n)
+    x = (centres[codes] + rng.standard_normal((n, d))).astype(np.float16)
+    codes[::50] = -1  # rows of no task
+    x[123, 5] = np.nan  # a non-finite row: out of every sum, no score
+    np.save(tmp_path / "x.npy", x)
+    mm = np.load(tmp_path / "x.npy", mmap_mode="r")
+    scores, finite = tive_instance_scores(mm, codes, T, block_rows=29)
+    assert np.flatnonzero(~finite).tolist() == [123]
+    keep = codes.copy()
+    keep[123] = -1
+    ref = _gram_mean_cosines(x, keep)
+    assert np.array_equal(np.isnan(scores), np.isnan(ref))
+    np.testing.assert_allclose(scores, ref, atol=2e-6, equal_nan=True)
+
+
+@pytest.mark.parametrize("precision,atol", [("float32", 1e-6), ("float64", 1e-12)])
+def test_icons_streamed_matvec_equals_a_float64_reference(tmp_path, small_groups, precision, atol):
+    rng = np.random.default_rng(2)
+    n, d = 900, 48
+    x = rng.standard_normal((n, d)).astype(np.float16)
+    np.save(tmp_path / "x.npy", x)
+    mm = np.load(tmp_path / "x.npy", mmap_mode="r")
+    vals = {f"val/t{i:02d}": rng.standard_normal((5, d)) for i in range(10)}  # 10 + 2 sub-task columns: padded
+    vals["val/s/a"], vals["val/s/b"] = rng.standard_normal((3, d)), rng.standard_normal((4, d))
+    targets = icons_targets(vals)
+    scores, subs = icons_task_scores(mm, targets, block_rows=31, precision=precision)
+    g = x.astype(np.float64)
+    g /= np.linalg.norm(g, axis=1, keepdims=True)
+    for j, t in enumerate(targets):
+        # validation rows as the official merge_info prepares them: float32, regular tasks' rows normalised by torch
+        if t.is_split:
+            ref = np.max([g @ v.astype(np.float32).mean(axis=0, dtype=np.float64) for v in t.vals], axis=0)
+        else:
+            v = torch.nn.functional.normalize(torch.from_numpy(t.vals[0].astype(np.float32)), dim=1).numpy()
+            ref = g @ v.mean(axis=0, dtype=np.float64)
+        np.testing.assert_allclose(scores[:, j], ref, rtol=0, atol=atol, err_msg=t.name)
+
+
+def test_mean_rank_equals_scipy_average_ranks_with_ties_and_invalid_rows():
+    rng = np.random.default_rng(3)
+    s = rng.integers(0, 7, size=(300, 3)).astype(np.float64)  # many ties
+    s[10] = np.nan
+    valid = np.isfinite(s).all(axis=1)
+    valid[20] = False
+    got = icons_mean_rank(s, valid)
+    m = int(valid.sum())
+    ref = np.mean([(scipy.stats.rankdata(s[valid, t]) - 1) / m for t in range(3)], axis=0)
+    assert np.isnan(got[~valid]).all()
+    np.testing.assert_allclose(got[valid], ref, rtol=0, atol=1e-15)

@@ -17,9 +17,13 @@ Targets (issue 5, item 7): ICONS and TIVE within 10 minutes and 8 GB each; COINC
 Issue 14, item 4: TIVE and ICONS read the gradient memmap at most twice (counted: the child wraps the memmap in a
 row-counting subclass) and should take at most 1.5x the time NumPy needs to read it once. The floor ("read") is
 measured in its own child right before the methods: every block copied out of the memmap into one buffer, pages
-released, nothing computed. A second floor ("convert") also converts each block to float32, as every method must. ``--cold`` evicts the file from the page cache (``posix_fadvise DONTNEED``, this file
-only) before the floor and before each method, so both read from disk; otherwise both read what the page cache
-holds. The machine may be shared: compare the ratios within one run.
+released, nothing computed. A second floor ("convert") also converts each block to float32 as the methods do
+(cache-sized chunks into one reused buffer, one torch thread). Two more rows show the arithmetic alone, no read:
+"icons-math" and "tive-math" repeat the methods' per-chunk products on one chunk already in cache, as many times
+as the pool has chunks (ICONS: a 4-column product and the row norms; TIVE: norms, scaling and ``index_add_``
+of pass 1 plus the 16-column product of pass 2). ``--cold`` evicts the file from the page cache
+(``posix_fadvise DONTNEED``, this file only) before the floors and before each method, so they read from disk;
+otherwise they read what the page cache holds. The machine may be shared: compare the ratios within one run.
 """
 
 from __future__ import annotations
@@ -150,6 +154,29 @@ def child(method: str, d: Path, out: Path, strict: bool) -> None:
             for _ in iter_row_blocks(x, chunk_rows_for(int(x.shape[1])), np.float32):
                 pass
         sel = None
+    elif method in ("icons-math", "tive-math"):  # the arithmetic of the streaming passes alone, on a cached chunk
+        import torch
+
+        from vlselect.select.icons import chunk_rows_for, torch_threads
+
+        shape = np.load(d / "grads.npy", mmap_mode="r").shape
+        rows = chunk_rows_for(shape[1])
+        chunk = torch.randn(rows, shape[1])
+        reps = -(-shape[0] // rows)
+        with torch_threads(1):
+            if method == "icons-math":
+                means = torch.randn(4, shape[1])
+                for _ in range(reps):
+                    torch.mm(chunk, means.T)
+                    torch.linalg.vector_norm(chunk, 2, dim=1)
+            else:
+                ct, acc, dest = torch.randn(16, shape[1]), torch.zeros(11, shape[1]), torch.randint(0, 10, (rows,))
+                for _ in range(reps):  # pass 1, then pass 2 (twice the chunks in all, as the method)
+                    inv = torch.linalg.vector_norm(chunk, 2, dim=1).clamp_min(1e-12).reciprocal()
+                    acc.index_add_(0, dest, chunk * inv[:, None])
+                for _ in range(reps):
+                    torch.mm(chunk, ct.T)
+        sel = None
     elif method == "tive":
         x = _grads(d)
         labels = json.loads((d / "tasks.json").read_text())
@@ -216,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         results = []
         floor = None
         if any(m in ("tive", "icons") for m in methods):
-            methods = ["read", "convert"] + methods
+            methods = ["read", "convert"] + [f"{m}-math" for m in methods if m in ("tive", "icons")] + methods
         for m in methods:
             if args.cold and m in ("read", "convert", "tive", "icons"):
                 evict(base / "grads.npy")
@@ -228,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
                     err = None if proc.returncode == 0 else (proc.stderr.strip().splitlines() or ["failed"])[-1]
                 except subprocess.TimeoutExpired:
                     err = f"timed out after {args.timeout:.0f} s"
-            width = args.width if m in ("tive", "icons", "read", "convert") else 512
+            floors = ("read", "convert", "icons-math", "tive-math")
+            width = args.width if m in ("tive", "icons") + floors else 512
             t_lim, m_lim = TARGETS.get(m, (None, None))
             target = (f"<= {t_lim / 60:.0f} min" + (f", <= {m_lim / 1024:.0f} GB" if m_lim else "")) if t_lim else "-"
             if m in ("tive", "icons"):
@@ -240,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
             r = json.loads(out.read_text())
             if m == "read":
                 floor = r["wall_s"]
-            ratio = r["wall_s"] / floor if floor and m in ("tive", "icons", "read", "convert") else None
+            ratio = r["wall_s"] / floor if floor and m in ("tive", "icons") + floors else None
             met = t_lim is None or (r["wall_s"] <= t_lim and (m_lim is None or r["peak_rss_mb"] <= m_lim))
             if m in ("tive", "icons"):
                 met = met and r["passes"] is not None and r["passes"] <= 2 and ratio is not None and ratio <= 1.5
@@ -248,10 +276,15 @@ def main(argv: list[str] | None = None) -> int:
             table.add_row(m, f"{args.rows:,} x {width}", f"{r['wall_s']:.1f}", f"{r['peak_rss_mb']:.0f}",
                           "-" if r["passes"] is None else f"{r['passes']:g}",
                           "-" if ratio is None else f"{ratio:.2f}", str(r["selected"] or "-"), target,
-                          ("-" if m in ("read", "convert") else ("yes" if met else "NO")) + scale_note)
+                          ("-" if m in floors else ("yes" if met else "NO")) + scale_note)
             results.append({"method": m, "rows": args.rows, "width": width, "x_read_once": ratio,
+                            "load_avg_1min": os.getloadavg()[0],
                             "cold": bool(args.cold), **r})
         console.print(table)
+        loads = [r.get("load_avg_1min") for r in results if r.get("load_avg_1min") is not None]
+        if loads:
+            console.print(f"load average (1 min) after each row: {', '.join(f'{v:.1f}' for v in loads)} "
+                          f"on {os.cpu_count()} CPUs")
         print(json.dumps(results))
     finally:
         shutil.rmtree(base, ignore_errors=True)

@@ -12,6 +12,7 @@ The row-block helper :func:`iter_row_blocks` is shared with TIVE.
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Sequence
@@ -334,7 +335,9 @@ def icons_task_scores(
                     f"the training features are {d}-wide; both must come from the same projection"
                 )
     # one column per validation matrix: regular tasks normalised, sub-tasks raw
-    mats = [(_torch_normalize(t.vals[0]) if not t.is_split else np.asarray(v, dtype=np.float32)) for t in targets for v in t.vals]
+    with torch_threads(1) if form == "matvec" else contextlib.nullcontext():  # small ops: see torch_threads
+        mats = [(_torch_normalize(t.vals[0]) if not t.is_split else np.asarray(v, dtype=np.float32))
+                for t in targets for v in t.vals]
     owners = [ti for ti, t in enumerate(targets) for _ in t.vals]
     if precision not in ("float32", "float64"):
         raise SelectionError(f"icons: precision={precision!r}; choose float32 or float64")
@@ -500,8 +503,9 @@ def icons_mean_rank(scores: np.ndarray, valid: np.ndarray) -> np.ndarray:
     for t in range(T):
         col = np.asarray(scores[idx, t], dtype=np.float64)
         # average 0-based rank of each tie group [lo, hi) of the sorted column: (lo + hi - 1) / 2 (one sort,
-        # no binary searches: those cost 2 random accesses per row)
-        order = np.argsort(col, kind="stable")
+        # no binary searches: those cost 2 random accesses per row; equal scores share one value, so the sort
+        # need not be stable)
+        order = np.argsort(col)
         srt = col[order]
         new = np.empty(m, dtype=bool)
         new[0] = True

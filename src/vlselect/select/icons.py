@@ -125,13 +125,6 @@ def _convert_into(out: np.ndarray, view: np.ndarray) -> None:
         np.copyto(out, view, casting="unsafe")
 
 
-def _convert(view: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """A converted copy of a block (a fresh array; :func:`iter_row_blocks` converts into a reused one)."""
-    out = np.empty(view.shape, dtype=dtype)
-    _convert_into(out, view)
-    return out
-
-
 def _willneed(arr: np.ndarray, a: int, b: int) -> None:
     """Ask the kernel to read rows ``[a, b)`` of a memmap ahead (``MADV_WILLNEED``): the disk works on the next
     block while the current one is computed. Best effort, like :func:`_release`."""

@@ -143,3 +143,12 @@ def test_mean_rank_equals_scipy_average_ranks_with_ties_and_invalid_rows():
     ref = np.mean([(scipy.stats.rankdata(s[valid, t]) - 1) / m for t in range(3)], axis=0)
     assert np.isnan(got[~valid]).all()
     np.testing.assert_allclose(got[valid], ref, rtol=0, atol=1e-15)
+
+
+def test_tive_with_no_task_rows_scores_nothing_and_skips_the_second_pass(tmp_path):
+    x = np.ones((10, 4), dtype=np.float16)
+    x[3, 1] = np.inf
+    scores, finite = tive_instance_scores(x, -np.ones(10, dtype=np.int64), 0)
+    assert np.isnan(scores).all() and finite.tolist() == [i != 3 for i in range(10)]
+    scores, finite = tive_instance_scores(x, np.where(np.arange(10) == 3, 0, -1), 1)  # its only row is not finite
+    assert np.isnan(scores).all()

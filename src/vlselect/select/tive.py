@@ -293,11 +293,12 @@ def tive_instance_scores(
         own = torch.empty((n, 1), dtype=torch.float32)
         # pass 2, last chunk first: the rows read last in pass 1 are the likeliest to be still in the page cache.
         # A GEMM's output row depends on its input row only, so non-finite rows spoil nothing but their own.
-        for a, b, block in iter_row_blocks(train, chunk, np.float32, desc="TIVE: instance values", reverse=True):
+        take = (codes >= 0) & finite
+        for a, b, block in iter_row_blocks(train if take.any() else train[:0], chunk, np.float32,
+                                           desc="TIVE: instance values", reverse=True):
             p = prod[: b - a]
             torch.mm(torch.from_numpy(block), ct.T, out=p)  # (rows, T) float32
             torch.gather(p, 1, col[a:b], out=own[a:b])
-    take = (codes >= 0) & finite
     scores[take] = (own.numpy()[take, 0].astype(np.float64) * inv_norm[take]).astype(np.float32)
     return scores, finite
 

@@ -152,3 +152,13 @@ def test_tive_with_no_task_rows_scores_nothing_and_skips_the_second_pass(tmp_pat
     assert np.isnan(scores).all() and finite.tolist() == [i != 3 for i in range(10)]
     scores, finite = tive_instance_scores(x, np.where(np.arange(10) == 3, 0, -1), 1)  # its only row is not finite
     assert np.isnan(scores).all()
+
+
+def test_tive_never_writes_into_the_callers_float32_rows():
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((300, 16)).astype(np.float32)  # same dtype: the blocks are views of x
+    before = x.copy()
+    codes = rng.integers(0, 3, 300)
+    scores, _ = tive_instance_scores(x, codes, 3, block_rows=64)
+    np.testing.assert_array_equal(x, before)
+    np.testing.assert_allclose(scores, _gram_mean_cosines(x, codes), atol=1e-6)

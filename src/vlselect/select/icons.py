@@ -125,6 +125,18 @@ def _convert_into(out: np.ndarray, view: np.ndarray) -> None:
         np.copyto(out, view, casting="unsafe")
 
 
+def tensor_view(a: np.ndarray):
+    """``torch.from_numpy(a)`` without torch's warning about read-only arrays (a memmap opened read-only): the
+    selection code only reads such blocks, never writes them."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
+        return torch.from_numpy(a)
+
+
 def _willneed(arr: np.ndarray, a: int, b: int) -> None:
     """Ask the kernel to read rows ``[a, b)`` of a memmap ahead (``MADV_WILLNEED``): the disk works on the next
     block while the current one is computed. Best effort, like :func:`_release`."""
@@ -354,7 +366,7 @@ def icons_task_scores(
         with torch_threads(1):
             for a, b, block in iter_row_blocks(train, block_rows or chunk_rows_for(d, prec.itemsize), prec,
                                                desc="ICONS: influence"):
-                x = torch.from_numpy(block)
+                x = tensor_view(block)
                 torch.mm(x, mt.T, out=dots[a:b])
                 torch.linalg.vector_norm(x, 2, dim=1, out=nrm[a:b])
         cols = dots.numpy()[:, : len(mats)].astype(np.float64)

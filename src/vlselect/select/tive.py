@@ -40,7 +40,9 @@ import numpy as np
 
 from vlselect.errors import SelectionError
 from vlselect.select.base import Budget, Param, Role, Selection, register_method
-from vlselect.select.icons import block_rows_for, chunk_rows_for, iter_row_blocks, pad_columns, torch_threads
+from vlselect.select.icons import (
+    block_rows_for, chunk_rows_for, iter_row_blocks, pad_columns, tensor_view, torch_threads,
+)
 
 __all__ = [
     "TiveTasks",
@@ -174,7 +176,7 @@ def _normalise_rows(block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``torch.nn.functional.normalize(block, dim=1)`` (eps 1e-12) in float32, and the row norms."""
     import torch
 
-    t = torch.from_numpy(block)
+    t = tensor_view(block)
     nrm = torch.linalg.vector_norm(t, 2, dim=1, keepdim=True)
     out = t / nrm.clamp_min(NORMALIZE_EPS).expand_as(t)
     return out.numpy(), nrm.numpy().reshape(-1)
@@ -188,7 +190,7 @@ def _row_norms(block: np.ndarray) -> np.ndarray:
 
     with warnings.catch_warnings():  # a read-only memmap block: torch only reads it
         warnings.simplefilter("ignore", UserWarning)
-        return torch.linalg.vector_norm(torch.from_numpy(block), 2, dim=1).numpy()
+        return torch.linalg.vector_norm(tensor_view(block), 2, dim=1).numpy()
 
 
 def _finite_rows(train: np.ndarray, block_rows: int) -> np.ndarray:
@@ -272,7 +274,7 @@ def tive_instance_scores(
     inv_all = torch.empty(n, dtype=torch.float32)
     with torch_threads(1):
         for a, b, block in iter_row_blocks(train, chunk, np.float32, desc="TIVE: task sums"):
-            x = torch.from_numpy(block)
+            x = tensor_view(block)
             nrm = torch.linalg.vector_norm(x, 2, dim=1, out=nrm_all[a:b])
             inv = torch.reciprocal(torch.clamp_min(nrm, NORMALIZE_EPS), out=inv_all[a:b])
             # scale in place when the block is iter_row_blocks's own buffer, else into a scratch one
@@ -297,7 +299,7 @@ def tive_instance_scores(
         for a, b, block in iter_row_blocks(train if take.any() else train[:0], chunk, np.float32,
                                            desc="TIVE: instance values", reverse=True):
             p = prod[: b - a]
-            torch.mm(torch.from_numpy(block), ct.T, out=p)  # (rows, T) float32
+            torch.mm(tensor_view(block), ct.T, out=p)  # (rows, T) float32
             torch.gather(p, 1, col[a:b], out=own[a:b])
     scores[take] = (own.numpy()[take, 0].astype(np.float64) * inv_norm[take]).astype(np.float32)
     return scores, finite

@@ -68,7 +68,7 @@ def test_cost_table_sums_time_and_keeps_peak_memory_per_group(tmp_path):
 def test_miniature_bench_end_to_end_and_a_second_run_reuses_every_stage(tmp_path):
     cfg = BenchConfig.quick(size=120, eval_size=6, val_size=4, pretrain_size=64, methods=("random", "coincide", "tive"),
                             budgets=(0.25,), epochs=1, grad_dim=32, batch_size=16, lora_r=4, jobs=1,
-                            max_new_tokens=4, model_size="xs")
+                            max_new_tokens=4, model_size="xs", base="captions", modules_to_save=("vision_tower",))
     logs: list[str] = []
     res = run_bench(tmp_path / "b", cfg, log=logs.append)
     out = tmp_path / "b"
@@ -123,6 +123,33 @@ def test_miniature_bench_end_to_end_and_a_second_run_reuses_every_stage(tmp_path
     assert json.loads((out / "results.json").read_text())["failures"] == third["failures"]
 
 
+def test_miniature_bench_on_the_foundation_with_the_clean_reference(tmp_path):
+    """The default base: the shipped foundation (no pre-training stage, its fingerprint in every key), LoRA with the
+    vision tower frozen, and the clean-pool reference run on exactly the rows whose answer is right."""
+    cfg = BenchConfig.quick(size=120, eval_size=4, val_size=4, methods=("random",), budgets=(0.25,), grad_dim=32,
+                            batch_size=16, lora_r=4, jobs=1, clean_reference=True)
+    assert cfg.base == "foundation" and cfg.adapter == "lora" and cfg.modules_to_save == ()
+    res = run_bench(tmp_path / "b", cfg, log=lambda m: None)
+    stages = {c["stage"] for c in res["costs"]}
+    assert "base" not in stages and "captions" not in stages and "train+eval clean pool" in stages
+    pool = json.loads(next((tmp_path / "b" / "cache").glob("world-*/w/pool.json")).read_text())
+    correct = [i for i, r in enumerate(pool) if r["meta"]["correct"]]
+    assert 0 < len(correct) < len(pool)
+    clean_idx = np.load(next((tmp_path / "b" / "cache").glob("clean-*/indices.npy")))
+    assert clean_idx.tolist() == correct
+    assert res["clean_pool"]["fraction"] == round(len(correct) / len(pool), 4)
+    assert {r["method"] for r in res["rows"]} == {"random"}  # the reference is not a method row
+    assert any("foundation" in n for n in res["notes"])
+
+
+def test_bench_refuses_a_world_at_another_image_size_than_the_foundation(tmp_path):
+    from vlselect.errors import ConfigError
+
+    cfg = BenchConfig.quick(size=60, eval_size=2, val_size=2, methods=("random",), budgets=(0.5,), image_size=32)
+    with pytest.raises(ConfigError, match="24 px"):
+        run_bench(tmp_path / "b", cfg, log=lambda m: None)
+
+
 def test_chance_levels_and_learned_sets_by_hand(tmp_path):
     from vlselect.bench.run import chance_levels, learned_sets
 
@@ -135,6 +162,15 @@ def test_chance_levels_and_learned_sets_by_hand(tmp_path):
     assert chance == {"colour": 50.0, "box": 0.0}  # 'Red' and 'red ' are one answer: 2 of 4
     assert learned_sets({"colour": 59.0, "box": 10.0}, chance, 10.0) == ["box"]
     assert learned_sets({"colour": 60.0, "box": 9.9}, chance, 10.0) == ["colour"]
+    # yes/no is scored by F1 of "yes": always answering yes on a balanced set scores 2*0.5/1.5 = 66.7, not 50
+    y = tmp_path / "y.json"
+    y.write_text(json.dumps({"name": "exist", "metric": "yes_no", "samples": [
+        {"answers": ["yes"]}, {"answers": ["no"]}, {"answers": ["Yes"]}, {"answers": ["no"]}]}))
+    from vlselect.evaluate.metrics import yes_no_scores
+
+    always_yes = yes_no_scores(["yes"] * 4, ["yes", "no", "yes", "no"])["f1"]
+    assert chance_levels([y]) == {"exist": pytest.approx(always_yes)} and always_yes == pytest.approx(200 / 3)
+    assert learned_sets({"exist": 70.0}, chance_levels([y]), 10.0) == []
 
 
 def test_targets_are_judged_from_the_rows():
@@ -152,3 +188,23 @@ def test_targets_are_judged_from_the_rows():
     assert got["coincide_icons beats every single method at 10%"] is True  # 96 > icons 95
     assert got["coincide_icons beats every single method at 20%"] is False  # 98.5 < icons 99
     assert got["random at 5% clearly below the full pool (<= 95)"] is True
+
+
+def test_generation_length_covers_every_evaluation_answer(tmp_path):
+    """A box answer is 21 tokens plus the end of turn: with the old max_new_tokens=16 every grounding answer was
+    cut and scored 0 (a defect of the bench, found in issue 12)."""
+    from transformers import AutoTokenizer
+
+    from vlselect.models.foundation import foundation_path
+    from vlselect.world import make_world
+
+    w = make_world(tmp_path / "w", size=20, seed=0, eval_size=20, image_size=24)
+    tok = AutoTokenizer.from_pretrained(str(foundation_path()))
+    longest = 0
+    for f in (w.out_dir / "eval").glob("*.json"):
+        for s in json.loads(f.read_text())["samples"]:
+            for a in s["answers"]:
+                longest = max(longest, len(tok(str(a) + "</s>", add_special_tokens=False)["input_ids"]))
+    assert longest >= 20  # the boxes
+    for cfg in (BenchConfig(), BenchConfig.quick()):
+        assert cfg.max_new_tokens >= longest

@@ -36,7 +36,7 @@ import numpy as np
 
 from vlselect.artifact import atomic_open, atomic_save_npy, atomic_write_json
 from vlselect.bench.stages import StageCache, measure
-from vlselect.errors import VlselectError
+from vlselect.errors import ConfigError, VlselectError
 
 DEFAULT_METHODS = (
     "random", "random_stratified", "length", "el2n", "perplexity", "semdedup", "d2pruning", "coincide", "icons",
@@ -44,27 +44,32 @@ DEFAULT_METHODS = (
 )
 #: vlselect's own composite methods (judged against every single method).
 COMPOSITES = ("coincide_icons", "icons_coincide")
+#: The name of the clean-pool reference run (not a method: it reads the world's answer-correctness metadata).
+CLEAN = "clean pool"
 
 
 @dataclass
 class BenchConfig:
     """The recipe of a benchmark run. :meth:`quick` is what ``vlselect bench --quick`` (and the demo) runs.
 
-    The defaults are the measured recipe under which the tiny base model learns the world's colour, counting and
-    position skills on a CPU (world card, "Learnability"): the wide-and-shallow tiny model ``"b"`` at 24 px, full
-    fine-tuning (``adapter="full"``; the random vision tower is trained too, ``modules_to_save``) at lr 1e-3 for
-    the caption pre-training and for every fine-tuning run. The base model is pre-trained on 40,000 captions: with
-    10,000 no subset up to 40% learned anything in 2 epochs (only runs of 30,000+ samples did); with 40,000 a
-    random 20% learns the colour skills and counting still needs the right data. ``learned_margin``: an evaluation
-    set counts in the relative performance only when the full-pool reference beats its chance level (the share of
-    its most common answer) by at least this many points; a set that even the full pool does not learn cannot
-    tell subsets apart. ``d2_score``: D2-Pruning's importance score, ``"margin"`` (the one-checkpoint probability
-    margin of COINCIDE's ``score_aum.py``, free from the activation pass) or ``"aum"`` (the area under the margin
-    recorded while fine-tuning the base model on the whole pool with the run recipe, seed ``seed``: one more
-    full-pool training run).
+    The defaults follow LLaVA-1.5's stage 2 on the world: the base is the world's foundation (``base="foundation"``,
+    :mod:`vlselect.models.foundation`: a language model pre-trained on the world's text, a vision tower pre-trained
+    on its pictures and an aligned projector, shipped with the package); every fine-tuning run keeps the vision
+    tower frozen and trains the projector in full and the language model with LoRA (``adapter="lora"``,
+    ``lora_r=16``, alpha ``2 r``) for one epoch (LLaVA-1.5's count) at lr 1e-3, batch 32. ``adapter="full"``
+    fine-tunes the whole language model instead. ``base="captions"`` is the earlier recipe (a random tiny model
+    ``model_size`` pre-trained on ``pretrain_size`` captions with every part trained, then fine-tuned with the
+    vision tower named in ``modules_to_save``); ``base`` may also be a model directory. ``clean_reference`` adds
+    one run on the pool without its wrong answers (the world's metadata: an oracle that measures the effect of the
+    noise, not a method). ``learned_margin``: an evaluation set counts in the relative performance only when the
+    full-pool reference beats its chance level (the share of its most common answer) by at least this many
+    points; a set that even the full pool does not learn cannot tell subsets apart. ``d2_score``: D2-Pruning's
+    importance score, ``"margin"`` (the one-checkpoint probability margin of COINCIDE's ``score_aum.py``, free from
+    the activation pass) or ``"aum"`` (the area under the margin recorded while fine-tuning the base model on the
+    whole pool with the run recipe, seed ``seed``: one more full-pool training run).
     """
 
-    size: int = 20000
+    size: int = 10000
     seed: int = 0
     eval_size: int = 200
     val_size: int = 40
@@ -74,30 +79,32 @@ class BenchConfig:
     family: str = "llava"
     image_size: int = 24
     init_std: float | None = None
-    adapter: str = "full"
+    adapter: str = "lora"
     pretrain_lr: float = 1e-3
     pretrain_modules_to_save: tuple[str, ...] = ("vision_tower",)
-    modules_to_save: tuple[str, ...] = ("vision_tower",)
+    modules_to_save: tuple[str, ...] = ()
     methods: tuple[str, ...] = DEFAULT_METHODS
-    budgets: tuple[float, ...] = (0.05, 0.1, 0.2, 0.4)
+    budgets: tuple[float, ...] = (0.05, 0.1, 0.2)
     seeds: tuple[int, ...] = (0, 1, 2)
     seed_budgets: tuple[float, ...] = (0.1, 0.2)
-    epochs: int = 2
+    epochs: int = 1
     lr: float = 1e-3
     learned_margin: float = 10.0
-    lora_r: int = 64
+    lora_r: int = 16
     batch_size: int = 32
     grad_dim: int = 1024
     warmup_ratio: float = 0.08
     n_clusters: int | None = None
     jobs: int = 2
-    max_new_tokens: int = 16
+    max_new_tokens: int = 32
     d2_score: str = "margin"
+    base: str = "foundation"
+    clean_reference: bool = True
 
     @classmethod
     def quick(cls, **overrides: Any) -> "BenchConfig":
         base = dict(size=5000, eval_size=100, val_size=24, pretrain_size=16000, budgets=(0.1, 0.2), seeds=(0,),
-                    seed_budgets=(), epochs=2, grad_dim=512)
+                    seed_budgets=(), grad_dim=512, clean_reference=False)
         base.update(overrides)
         return cls(**base)
 
@@ -150,7 +157,7 @@ def _train_and_eval(job: dict[str, Any]) -> dict[str, Any]:
                          seed=job["seed"], gradient_checkpointing=False, progress=False,
                          modules_to_save=job["modules_to_save"] or None, projector_lr=job["lr"])
         results = evaluate(res.final_dir, job["eval_files"], job["images"], out / "eval", progress=False,
-                           max_new_tokens=job["max_new_tokens"], batch_size=16)
+                           max_new_tokens=job["max_new_tokens"], batch_size=job.get("eval_batch_size", 64))
     _drop_weights(out / "train", keep=("train_result.json", "artifact.json"))
     return {"scores": {k: v for k, v in _scores(results).items()}, "train_loss": res.losses[-1] if res.losses else None,
             "samples": res.samples, "seconds": cost.seconds, "peak_rss_mb": cost.peak_rss_mb}
@@ -214,6 +221,8 @@ def run_bench(out: str | os.PathLike, config: BenchConfig | None = None, *,
     cache = StageCache(out / "cache", log=log, overwrite=overwrite)
     started = time.time()
 
+    pretrained = _pretrained_base(cfg) if cfg.base != "captions" else None  # checked before any work
+
     # 1. worlds -------------------------------------------------------------------------------------------
     worlds = make_worlds(cache, cfg)
     world, valworld, captions = worlds["world"], worlds["valworld"], worlds["captions"]
@@ -224,26 +233,10 @@ def run_bench(out: str | os.PathLike, config: BenchConfig | None = None, *,
     n = len(pool)
 
     # 2. the base model -------------------------------------------------------------------------------------
-    def build_base(d: Path) -> dict:
-        _set_threads_all()
-        from vlselect.models.tiny import build_tiny
-        from vlselect.train import train_lora
-
-        build_tiny(d / "init", cfg.family, seed=cfg.seed, size=cfg.model_size, image_size=cfg.image_size,
-                   initializer_range=cfg.init_std)
-        res = train_lora(d / "init", captions / "pool.json", captions / "images", d / "pretrain", r=cfg.lora_r,
-                         adapter=cfg.adapter,
-                         lora_alpha=2 * cfg.lora_r, lr=cfg.pretrain_lr, epochs=cfg.pretrain_epochs,
-                         batch_size=cfg.batch_size, seed=cfg.seed, gradient_checkpointing=False, progress=True,
-                         modules_to_save=list(cfg.pretrain_modules_to_save), warmup_ratio=0.03,
-                         projector_lr=cfg.pretrain_lr)
-        return {"final": str(res.final_dir), "loss_first": res.losses[0] if res.losses else None,
-                "loss_last": res.losses[-1] if res.losses else None}
-
-    base_recipe = {**cap_recipe, **cfg.recipe("model_size", "family", "pretrain_lr", "lora_r", "batch_size",
-                                              "pretrain_epochs", "init_std", "pretrain_modules_to_save", "adapter")}
-    _, base_info = cache.run("base", base_recipe, build_base, label="pre-train the base model on captions")
-    base = Path(base_info["final"])
+    if pretrained is not None:
+        base, base_recipe, base_info = pretrained
+    else:
+        base, base_recipe, base_info = _caption_base(cfg, cache, captions, cap_recipe)
 
     # 3. activations and losses -------------------------------------------------------------------------------
     from vlselect.features import FeatureStore
@@ -322,6 +315,9 @@ def run_bench(out: str | os.PathLike, config: BenchConfig | None = None, *,
     jobs: list[tuple[str, float, int, dict]] = []
     for s in cfg.seeds:
         jobs.append(("full pool", 1.0, s, {"indices": None}))
+    if cfg.clean_reference:  # the effect of the world's noise: the pool without its wrong answers (an oracle)
+        cdir, clean_n = cache.run("clean", world_recipe, lambda d: _clean_rows(pool, d), label="clean-pool rows")
+        jobs.append((CLEAN, round(clean_n / n, 4), cfg.seeds[0], {"indices": str(cdir / "indices.npy")}))
     for (m, b), idx in subsets.items():
         for s in (cfg.seeds if b in cfg.seed_budgets else cfg.seeds[:1]):
             jobs.append((m, b, s, {"indices": str(idx)}))
@@ -344,6 +340,60 @@ def run_bench(out: str | os.PathLike, config: BenchConfig | None = None, *,
     return results
 
 
+def _clean_rows(pool, d: Path) -> int:
+    """Rows of the pool whose answer is right (``meta.correct`` of the world), saved as ``indices.npy``."""
+    keep = [i for i in range(len(pool)) if (pool[i].record.get("meta") or {}).get("correct", True)]
+    atomic_save_npy(d / "indices.npy", np.asarray(keep, dtype=np.int64))
+    return len(keep)
+
+
+def _pretrained_base(cfg: "BenchConfig") -> tuple[Path, dict, dict]:
+    """The base model when it is pretrained already: the shipped foundation (checked against its fingerprint) or a
+    model directory; its recipe key is its weights' hash."""
+    from vlselect.models.load import model_hash
+
+    if cfg.base == "foundation":
+        from vlselect.models.foundation import foundation_path, verify_foundation
+
+        path = foundation_path()
+        info = verify_foundation(path)
+        side = info["recipe"]["image_size"]
+        if cfg.image_size != side:
+            raise ConfigError(f"bench: image_size={cfg.image_size} but the foundation sees {side} px pictures; "
+                              f"use image_size={side} (the world is drawn at the model's size) or base='captions'")
+        return path, {"base": "foundation", "fingerprint": info["fingerprint"]}, {"foundation": info}
+    path = Path(cfg.base)
+    return path, {"base": "model", "fingerprint": model_hash(path)}, {"model": str(path)}
+
+
+def _caption_base(cfg: "BenchConfig", cache: StageCache, captions: Path, cap_recipe: dict) -> tuple[Path, dict, dict]:
+    """The base model of ``base="captions"``: a random tiny model pre-trained (``pretrain_*``, every part trained,
+    the vision tower too) on the caption pool."""
+
+    def build_base(d: Path) -> dict:
+        _set_threads_all()
+        from vlselect.models.tiny import build_tiny
+        from vlselect.train import train_lora
+
+        build_tiny(d / "init", cfg.family, seed=cfg.seed, size=cfg.model_size, image_size=cfg.image_size,
+                   initializer_range=cfg.init_std)
+        res = train_lora(d / "init", captions / "pool.json", captions / "images", d / "pretrain", r=cfg.lora_r,
+                         adapter="full",
+                         lora_alpha=2 * cfg.lora_r, lr=cfg.pretrain_lr, epochs=cfg.pretrain_epochs,
+                         batch_size=cfg.batch_size, seed=cfg.seed, gradient_checkpointing=False, progress=True,
+                         modules_to_save=list(cfg.pretrain_modules_to_save), warmup_ratio=0.03,
+                         projector_lr=cfg.pretrain_lr)
+        return {"final": str(res.final_dir), "loss_first": res.losses[0] if res.losses else None,
+                "loss_last": res.losses[-1] if res.losses else None}
+
+    base_recipe = {**cap_recipe, **cfg.recipe("model_size", "family", "pretrain_lr", "lora_r", "batch_size",
+                                              "pretrain_epochs", "init_std", "pretrain_modules_to_save"), "adapter": "full"}
+    _, base_info = cache.run("base", base_recipe, build_base, label="pre-train the base model on captions")
+    base = Path(base_info["final"])
+
+    return base, base_recipe, base_info
+
+
 def make_worlds(cache: StageCache, cfg: BenchConfig) -> dict[str, Any]:
     """The three worlds of a run (cached): ``world`` (pool + test sets), ``valworld`` (validation sets of another
     seed, for ICONS and LESS) and ``captions`` (the pre-training pool); ``recipes`` are their cache recipes."""
@@ -358,10 +408,14 @@ def make_worlds(cache: StageCache, cfg: BenchConfig) -> dict[str, Any]:
     valworld, _ = cache.run("valworld", val_recipe, lambda d: make_world(
         d / "w", size=50, seed=cfg.seed + 7919, eval_size=cfg.val_size, image_size=cfg.image_size) and None)
     valworld = valworld / "w"
-    cap_recipe = {"seed": cfg.seed + 104729, "size": cfg.pretrain_size, "image_size": cfg.image_size}
-    captions, _ = cache.run("captions", cap_recipe, lambda d: make_pretrain_pool(
-        d / "w", size=cfg.pretrain_size, seed=cfg.seed + 104729, eval_size=1, image_size=cfg.image_size) and None)
-    captions = captions / "w"
+    cap_recipe = {"seed": cfg.seed + 104729, "size": cfg.pretrain_size, "image_size": cfg.image_size,
+                  "avoid": [cfg.seed, cfg.eval_size]}
+    captions = None
+    if cfg.base == "captions":  # only the caption-pretrained base needs it
+        captions, _ = cache.run("captions", cap_recipe, lambda d: make_pretrain_pool(
+            d / "w", size=cfg.pretrain_size, seed=cfg.seed + 104729, image_size=cfg.image_size,
+            avoid=((cfg.seed, cfg.eval_size),)) and None)
+        captions = captions / "w"
     return {"world": world, "valworld": valworld, "captions": captions,
             "recipes": (world_recipe, val_recipe, cap_recipe)}
 
@@ -489,6 +543,7 @@ def _run_jobs(cache: StageCache, cfg: BenchConfig, jobs, base, pool_path, images
             todo.append(item)
     if not todo:
         return runs
+    todo.sort(key=lambda item: -item[1])  # longest runs first: the two workers finish together
     log(f"training and evaluating {len(todo)} runs with {cfg.jobs} worker(s)…")
     if cfg.jobs <= 1:
         for method, budget, seed, recipe, job in todo:
@@ -520,8 +575,10 @@ def _file_hash(path: str) -> str:
 
 
 def chance_levels(eval_files: Sequence[str | os.PathLike]) -> dict[str, float]:
-    """Per evaluation set, the score (0-100) of always giving its most common answer: the share of that answer
-    (an IoU-scored set has no such answer and gets 0)."""
+    """Per evaluation set, the best score (0-100) of always giving one answer: the share of its most common
+    answer; for a ``yes_no`` set (scored by F1 of "yes") the F1 of always answering yes, ``2p / (1 + p)`` with
+    ``p`` the share of yes (66.7 on a balanced set: a model that only says yes has learned nothing); an IoU-scored
+    set has no such answer and gets 0."""
     from collections import Counter
 
     out = {}
@@ -531,8 +588,12 @@ def chance_levels(eval_files: Sequence[str | os.PathLike]) -> dict[str, float]:
         if d.get("metric") == "iou" or not samples:
             out[name] = 0.0
             continue
-        top = Counter(str(x["answers"][0]).strip().lower() for x in samples).most_common(1)[0][1]
+        answers = [str(x["answers"][0]).strip().lower() for x in samples]
+        top = Counter(answers).most_common(1)[0][1]
         out[name] = 100.0 * top / len(samples)
+        if d.get("metric") == "yes_no":
+            p = sum(a == "yes" for a in answers) / len(answers)
+            out[name] = max(out[name], 100.0 * 2 * p / (1 + p))
     return out
 
 
@@ -583,6 +644,7 @@ def _assemble(cfg: BenchConfig, runs: list[dict], subsets, tasks: np.ndarray, n:
     from vlselect.evaluate.metrics import mean_interval
 
     full = [r for r in runs if r["method"] == "full pool"]
+    clean = [r for r in runs if r["method"] == CLEAN]
     sets = sorted({s for r in runs for s in r["scores"]})
     ref = {s: float(np.mean([r["scores"][s] for r in full])) for s in sets} if full else {}
     chance = chance_levels(eval_files) if eval_files else {}
@@ -594,7 +656,7 @@ def _assemble(cfg: BenchConfig, runs: list[dict], subsets, tasks: np.ndarray, n:
         return float(np.mean(vals)) if vals else float("nan")
 
     rows = []
-    keys = sorted({(r["method"], r["budget"]) for r in runs if r["method"] != "full pool"},
+    keys = sorted({(r["method"], r["budget"]) for r in runs if r["method"] not in ("full pool", CLEAN)},
                   key=lambda k: (cfg.methods.index(k[0]) if k[0] in cfg.methods else 99, k[1]))
     for m, b in keys:
         rs = [r for r in runs if r["method"] == m and r["budget"] == b]
@@ -622,6 +684,9 @@ def _assemble(cfg: BenchConfig, runs: list[dict], subsets, tasks: np.ndarray, n:
         "relative_sets": counted,
         "reference": {"label": f"full pool, {len(full)} seed(s)", "scores": ref,
                       "per_seed": [r["scores"] for r in full]},
+        "clean_pool": None if not clean else {
+            "label": "the pool without its wrong answers (world metadata: an oracle, not a method)",
+            "fraction": clean[0]["budget"], "scores": clean[0]["scores"], "relative": rel(clean[0]["scores"])},
         "rows": rows,
         "composition": {"pool": pool_counts, "subsets": comp},
         "costs": cache.cost_table(),
@@ -637,9 +702,7 @@ def _notes(cfg: BenchConfig, base_info: dict, results: dict | None = None) -> li
         "'Relative performance'), over "
         + (f"the sets the full pool learned (>= {cfg.learned_margin:g} points above chance): {', '.join(learned)}."
            if learned else "all sets (the full pool learned none above chance: the table cannot rank methods)."),
-        f"Base model: tiny {cfg.family} ({cfg.model_size}), pre-trained ({cfg.adapter}) on {cfg.pretrain_size} "
-        f"caption records (loss {base_info.get('loss_first') or float('nan'):.2f} → "
-        f"{base_info.get('loss_last') or float('nan'):.2f}).",
+        _base_note(cfg, base_info),
         f"Fine-tuning: {cfg.adapter}" + (f" (r={cfg.lora_r})" if cfg.adapter == "lora" else "")
         + f", lr {cfg.lr}, {cfg.epochs} epochs, batch {cfg.batch_size}; "
         + (f"seeds {', '.join(map(str, cfg.seeds))} at budgets {', '.join(f'{b:g}' for b in cfg.seed_budgets)}, one "
@@ -652,6 +715,23 @@ def _notes(cfg: BenchConfig, base_info: dict, results: dict | None = None) -> li
         mark = {True: "met", False: "NOT met", None: "not judged"}[t["met"]]
         notes.append(f"Target: {t['target']}: {mark}" + (f" ({t['detail']})" if t["detail"] else "") + ".")
     return notes
+
+
+def _base_note(cfg: BenchConfig, base_info: dict) -> str:
+    if "foundation" in base_info:
+        f = base_info["foundation"]
+        st = f.get("stages", {})
+        return (f"Base model: the world's foundation ({f.get('fingerprint', '')[:19]}…; vlselect.models.foundation): a "
+                f"language model pre-trained on {f['recipe']['text_size']} text records (loss "
+                f"{st.get('language', {}).get('last', float('nan')):.2f}), a vision tower pre-trained by captioning "
+                f"{f['recipe']['vision_size']} pictures, and a projector aligned on {f['recipe']['align_size']} "
+                f"captions with both frozen (loss {st.get('align', {}).get('last', float('nan')):.2f}); the vision "
+                "tower stays frozen in every fine-tuning run (LLaVA-1.5 stage 2).")
+    if "model" in base_info:
+        return f"Base model: {base_info['model']} (given)."
+    return (f"Base model: tiny {cfg.family} ({cfg.model_size}), pre-trained (full) on {cfg.pretrain_size} "
+            f"caption records (loss {base_info.get('loss_first') or float('nan'):.2f} → "
+            f"{base_info.get('loss_last') or float('nan'):.2f}).")
 
 
 def _write_csv(path: Path, results: dict) -> None:

@@ -12,16 +12,21 @@ def register(app: typer.Typer) -> None:
     @app.command("bench")
     def bench(
         out: Path = typer.Option(Path("bench-out"), "--out", help="Output folder (cache/, results.json/.csv, report.html)."),
-        quick: bool = typer.Option(False, "--quick", help="The quick form (a 5,000-record world, 16,000 pre-training captions, budgets 10% and 20%, 1 seed, 2 epochs; about 9 minutes on 2 cores, the same as `vlselect demo`)."),
+        quick: bool = typer.Option(False, "--quick", help="The quick form (a 5,000-record world, 100 samples per evaluation set, budgets 10% and 20%, 1 seed; the same as `vlselect demo`)."),
         methods: str = typer.Option("", "--methods", help="Comma list of methods (default: every built-in one)."),
-        budgets: str = typer.Option("", "--budgets", help="Comma list of fractions (default 0.05,0.1,0.2,0.4; quick 0.1,0.2)."),
+        budgets: str = typer.Option("", "--budgets", help="Comma list of fractions (default 0.05,0.1,0.2; quick 0.1,0.2)."),
         seeds: str = typer.Option("", "--seeds", help="Comma list of training seeds (default 0,1,2; quick 0)."),
-        size: Optional[int] = typer.Option(None, "--size", help="World size (default 20000; quick 5000)."),
+        size: Optional[int] = typer.Option(None, "--size", help="World size (default 10000; quick 5000)."),
         jobs: int = typer.Option(2, "--jobs", help="Training/evaluation workers side by side (one thread each)."),
         seed: int = typer.Option(0, "--seed", help="Seed of the world, the model and the selections."),
         d2_score: str = typer.Option("margin", "--d2-score", help="D2-Pruning's score: margin (one-checkpoint "
                                      "probability margin, as COINCIDE's score_aum.py) or aum (area under the margin "
                                      "while fine-tuning on the whole pool: one more training run)."),
+        base: str = typer.Option("foundation", "--base", help="The model every run fine-tunes: foundation (the "
+                                 "world's pretrained foundation, shipped), captions (the earlier recipe: a random "
+                                 "tiny model pre-trained on captions, vision tower trained) or a model directory."),
+        adapter: str = typer.Option("lora", "--adapter", help="Fine-tuning: lora (LoRA on the language model, "
+                                    "projector in full, vision tower frozen) or full."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Recompute every stage instead of reusing the "
                                        "cache (a stage is reused only when its recipe and the code version match)."),
     ) -> None:
@@ -41,7 +46,13 @@ def register(app: typer.Typer) -> None:
             from vlselect.errors import ConfigError
 
             raise ConfigError(f"--d2-score {d2_score!r}: choose margin or aum")
-        over: dict = {"jobs": jobs, "seed": seed, "d2_score": d2_score}
+        if adapter not in ("lora", "full"):
+            from vlselect.errors import ConfigError
+
+            raise ConfigError(f"--adapter {adapter!r}: choose lora or full")
+        over: dict = {"jobs": jobs, "seed": seed, "d2_score": d2_score, "base": base, "adapter": adapter}
+        if base == "captions":  # the earlier recipe: the random vision tower is trained in every run
+            over["modules_to_save"] = ("vision_tower",)
         if methods:
             over["methods"] = tuple(m.strip() for m in methods.split(",") if m.strip())
         if budgets:

@@ -18,7 +18,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Run the whole loop on the built-in demo world: the quick benchmark (same as vlselect bench --quick).
 
-        Makes the world and prints its pool statistics, pre-trains a tiny VLM, extracts features, runs every
+        Makes the world and prints its pool statistics, starts from the shipped foundation (a tiny pretrained VLM), extracts features, runs every
         selection method, fine-tunes on each subset, evaluates, and writes results.csv/.json and report.html.
         Stages are cached under OUT/cache: a second run reuses them.
 

@@ -30,6 +30,55 @@ def tiny(
     typer.echo(f"wrote a tiny {family} model to {path}")
 
 
+@models_app.command("foundation")
+def foundation(
+    out_dir: Optional[Path] = typer.Argument(None, help="Directory to build the foundation into (omit with --check)."),
+    check: bool = typer.Option(False, "--check", help="Only verify the shipped foundation (or OUT_DIR's): recipe and fingerprint."),
+    path: bool = typer.Option(False, "--path", help="Print the shipped foundation's directory (after checking it), e.g. for --model \"$(vlselect models foundation --path)\"."),
+    scale: float = typer.Option(1.0, "--scale", help="Build on this fraction of the recipe's data (e.g. 0.01 for a quick try; the shipped one is 1)."),
+    threads: int = typer.Option(0, "--threads", help="Torch threads (0: torch's default). Use 1 on a busy machine."),
+) -> None:
+    """Build the world's foundation (pretrained language model, vision tower, aligned projector) from its recipe,
+    or check one. The shipped foundation is what 'vlselect bench' and 'vlselect demo' fine-tune.
+
+    Example: vlselect models foundation /tmp/foundation      (about 30 min on 2 CPU cores)
+    """
+    from vlselect.models.foundation import FoundationRecipe, foundation_path, verify_foundation
+    from vlselect.train.foundation import build_foundation
+
+    if path:
+        verify_foundation(foundation_path())
+        typer.echo(str(foundation_path()))
+        return
+    if check:
+        target = out_dir or foundation_path()
+        info = verify_foundation(target)
+        typer.echo(f"{target}: foundation {info['fingerprint']} (recipe {info['recipe']})")
+        return
+    if out_dir is None:
+        from vlselect.errors import ConfigError
+
+        raise ConfigError("give OUT_DIR to build into, or --check to verify the shipped foundation")
+    if threads > 0:
+        import torch
+
+        torch.set_num_threads(threads)
+    recipe = FoundationRecipe() if scale == 1.0 else FoundationRecipe().scaled(scale)
+    path = build_foundation(out_dir, recipe, log=lambda m: typer.echo(m, err=True))
+    info = verify_foundation(path)
+    from vlselect.errors import ModelError
+
+    try:
+        shipped = verify_foundation(foundation_path())["fingerprint"]
+    except ModelError:  # no shipped copy (or a damaged one): nothing to compare with
+        shipped = None
+    typer.echo(f"wrote the foundation to {path}: {info['fingerprint']}")
+    if shipped is not None and scale == 1.0:
+        typer.echo("identical to the shipped foundation" if shipped == info["fingerprint"] else
+                   f"differs from the shipped foundation ({shipped}): floating-point differences between machines "
+                   "change the weights' bytes; the recipe is the same")
+
+
 def register(app: typer.Typer) -> None:
     """Add this stage's commands to the main app."""
     app.add_typer(models_app, name="models")

@@ -256,9 +256,12 @@ def train_lora(
         Output folder (see module docstring).
     indices : sequence of int, optional
         Positions in ``pool`` to train on (default all).
-    adapter : {"lora", "full", "mma"}
+    adapter : {"lora", "full", "projector", "mma"}
         ``"full"``: every parameter of the language model and the projector is trained (LLaVA-1.5's main recipe),
         plus any module named in ``modules_to_save`` (e.g. ``"vision_tower"``); ``r``/``lora_*`` are ignored.
+        ``"projector"``: only the multimodal projector is trained (plus any module in ``modules_to_save``), the
+        language model frozen (LLaVA-1.5 stage 1, feature alignment on captions; its recipe: lr 1e-3, batch 256,
+        1 epoch).
     r, lora_alpha, lora_dropout : LoRA rank (128), alpha (256), dropout (0.05).
     lr : float, optional
         Learning rate; default 2e-4 (LoRA), 2e-5 (full) or ``9e-3 × effective batch / 256`` (MMA, spec §5.1).
@@ -326,8 +329,8 @@ def train_lora(
     """
     from vlselect.train.data import open_training_pool
 
-    if adapter not in ("lora", "full", "mma"):
-        raise ConfigError(f"unknown adapter {adapter!r}; choose --adapter lora, full or mma")
+    if adapter not in ("lora", "full", "projector", "mma"):
+        raise ConfigError(f"unknown adapter {adapter!r}; choose --adapter lora, full, projector or mma")
     for name, v in (("epochs", epochs), ("batch_size", batch_size), ("grad_accum", grad_accum), ("r", r)):
         if int(v) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1 (got {v})")
@@ -455,6 +458,17 @@ def _train(model_dir, data_pool, image_root, out: Path, art, idx, run_config, ex
         frozen = ("vision_tower", "visual.")  # the vision encoder; its projector (Qwen2-VL's visual.merger) trains
         for n, p in model.named_parameters():
             p.requires_grad_(not any(f in n for f in frozen) or any(m in n for m in extra + PROJECTOR_NAMES))
+        optimizer = _adamw_with_projector_lr(model, lr, projector_lr, wd)
+    elif adapter == "projector":  # LLaVA-1.5 stage 1: the projector alone
+        lr = 1e-3 if lr is None else lr
+        projector_lr = lr if projector_lr is None else projector_lr
+        wd = 0.0 if weight_decay is None else weight_decay
+        extra = tuple(modules_to_save or ())  # e.g. the vision tower, trained through the frozen language model
+        for n, p in model.named_parameters():
+            p.requires_grad_(any(m in n for m in PROJECTOR_NAMES + extra))
+        if not any(p.requires_grad for p in model.parameters()):
+            raise ConfigError(f"{model_dir}: the model has no multimodal projector ({', '.join(PROJECTOR_NAMES)}) "
+                              "to align; use --adapter full or lora")
         optimizer = _adamw_with_projector_lr(model, lr, projector_lr, wd)
     else:
         mma_mod.attach_mma(model, seed=seed, **mma_cfg)
@@ -603,7 +617,7 @@ def _save_final(out: Path, model, loaded, adapter: str, model_dir, mma_cfg: dict
         _copy_processor_files(Path(model_dir), tmp)
         meta["merged"] = True
         result.adapter_dir = ad
-    elif adapter == "full":
+    elif adapter in ("full", "projector"):
         model.save_pretrained(str(tmp))
         _copy_processor_files(Path(model_dir), tmp)
         meta["merged"] = True

@@ -376,7 +376,8 @@ def make_world(out_dir: str | os.PathLike, *, size: int = 20000, seed: int = 0, 
 
 
 def make_pretrain_pool(out_dir: str | os.PathLike, *, size: int = 50000, seed: int = 0, image_size: int = 64,
-                       eval_size: int = 200, word_share: float = 0.15, overwrite: bool = True) -> WorldInfo:
+                       eval_size: int = 200, word_share: float = 0.15, overwrite: bool = True,
+                       avoid: tuple[tuple[int, int], ...] | None = None) -> WorldInfo:
     """A separate caption pool for pre-training the tiny base model (the analogue of LLaVA's stage-1 data).
 
     Every record is a clean caption of its own scene (no redundancy, noise or easy share): the caption names
@@ -397,6 +398,8 @@ def make_pretrain_pool(out_dir: str | os.PathLike, *, size: int = 50000, seed: i
         As in :func:`make_world`; ``eval_size`` must match the world's so that its evaluation scenes are avoided.
     word_share : float
         Share of pictures with a sign.
+    avoid : tuple of (seed, eval_size), optional
+        Worlds whose evaluation scenes never occur (default: the world of ``seed`` and ``eval_size``).
 
     Returns
     -------
@@ -415,14 +418,13 @@ def make_pretrain_pool(out_dir: str | os.PathLike, *, size: int = 50000, seed: i
                       composition={"caption": 1.0})
     cfg.validate()
     out = _check_out_dir(out_dir, overwrite)
-    eval_plan, eval_pictures = plan_eval(cfg)
-    avoid = {eval_pictures[s["picture"]].scene.signature() for samples in eval_plan.values() for s in samples}
+    avoid_sigs = _eval_signatures(((seed, eval_size),) if avoid is None else tuple(avoid), image_size)
     rng = _stream(seed, "pretrain")
     plan: list[PlannedRecord] = []
     pictures: list[Picture] = []
     while len(plan) < size:
         scene = sample_scene(rng, word=bool(rng.random() < word_share))
-        if scene.signature() in avoid:
+        if scene.signature() in avoid_sigs:
             continue
         pictures.append(Picture(scene, _variant(rng), "clean"))
         qa = ask_caption(scene, rng)
@@ -456,3 +458,105 @@ def make_pretrain_pool(out_dir: str | os.PathLike, *, size: int = 50000, seed: i
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return WorldInfo(out, cfg, {"caption": size}, stats, {}, len(used), 0)
+
+
+#: Question kinds of the text-only reading pool (every image skill of the world that a caption can answer;
+#: grounding is left out: a caption holds no coordinates).
+TEXT_QA_KINDS: tuple[str, ...] = (
+    "color_of_shape", "color_at_pos", "count_all", "count_shape", "count_color", "shape_at_pos", "pos_of",
+    "exist", "ocr", "mc_color", "mc_shape",
+)
+
+
+def make_text_pool(out_dir: str | os.PathLike, *, size: int = 40000, seed: int = 0, image_size: int = 24,
+                   avoid: tuple[tuple[int, int], ...] = ((0, 200),), word_share: float = 0.15,
+                   reading_share: float = 0.6, description_share: float = 0.25,
+                   overwrite: bool = True) -> WorldInfo:
+    """A text-only pool for pre-training the language model of the world's foundation (the analogue of the
+    text a real LLM such as Vicuna is trained on before visual instruction tuning).
+
+    Three kinds of records, none with a picture:
+
+    * *reading* (``reading_share``): a scene described in words (the caption text), then a question about it in
+      any of the world's phrasings, answered correctly: the language model learns to answer the world's questions
+      from a description — what a pretrained LLM brings to VIT;
+    * *description* (``description_share``): the caption of a scene as text to continue (the language of the
+      world's captions);
+    * *chat*: the off-target text exchanges of the world (arithmetic, colour mixing, spelling, greetings).
+
+    Scenes of the evaluation sets of every world in ``avoid`` (pairs ``(seed, eval_size)``) never occur.
+    Written as a world folder (``pool.json``, ``world.json``, ``README.md``; no images).
+    """
+    from vlselect.world.build import _stream
+    from vlselect.world.scene import sample_scene
+    from vlselect.world.tasks import ASK, caption_text, text_turn
+
+    cfg = WorldConfig(size=size, seed=seed, image_size=image_size, word_share=word_share,
+                      composition={"text": 1.0})
+    cfg.validate()
+    if not (0 <= reading_share and 0 <= description_share and reading_share + description_share <= 1):
+        raise ConfigError(f"text pool: reading_share={reading_share} and description_share={description_share} "
+                          "must be >= 0 and sum to at most 1")
+    out = _check_out_dir(out_dir, overwrite)
+    avoid_sigs = _eval_signatures(avoid, image_size)
+    rng = _stream(seed, "text-pool")
+    records: list[dict] = []
+    counts: Counter = Counter()
+    while len(records) < size:
+        u = rng.random()
+        if u < reading_share + description_share:
+            scene = sample_scene(rng, word=bool(rng.random() < word_share))
+            if scene.signature() in avoid_sigs:
+                continue
+            context = caption_text(scene)
+            if u < reading_share:
+                kind = TEXT_QA_KINDS[int(rng.integers(0, len(TEXT_QA_KINDS)))]
+                qa = ASK[kind](scene, rng, canonical=False)
+                if qa is None:
+                    continue
+                turns = [(f"{context}\n{qa.prompt}", qa.answer)]
+                task = f"read_{kind}"
+            else:
+                turns = [("Continue the description of a picture.", context)]
+                task = "describe"
+        else:
+            kind, q, a = text_turn(rng)
+            turns = [(q, a)]
+            task = f"chat_{kind}"
+        rid = f"text_{len(records):06d}"
+        convs = []
+        for q, a in turns:
+            convs += [{"from": "human", "value": q}, {"from": "gpt", "value": a}]
+        records.append({"id": rid, "conversations": convs, "task": task})
+        counts[task] += 1
+    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        _write_text(tmp / "pool.json", _dumps_records(records))
+        _write_text(tmp / "world.json", json.dumps({"format": "vlselect-world/1", "kind": "text",
+                                                     "config": cfg.__dict__, "task_counts": dict(counts),
+                                                     "avoid": [list(a) for a in avoid], "task_stats": {},
+                                                     "eval_sets": {}, "n_images": 0, "n_eval_images": 0},
+                                                    indent=1) + "\n")
+        _write_text(tmp / "README.md", "\n".join([
+            CARD_MARKER, f"# Text-only pre-training pool (seed {seed}, {size} records)", "",
+            "Reading comprehension over scene descriptions (every question kind of the world except grounding, "
+            "all phrasings, correct answers), plain scene descriptions, and the off-target chat. No pictures. "
+            f"Scenes of the evaluation sets of the worlds {list(avoid)} (seed, eval size) never occur. "
+            "It pre-trains the language model of the world's foundation (`vlselect models foundation`).", ""]))
+        replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return WorldInfo(out, cfg, dict(counts), {}, {}, 0, 0)
+
+
+def _eval_signatures(avoid: tuple[tuple[int, int], ...], image_size: int) -> set:
+    """Scene signatures of the evaluation sets of the worlds ``(seed, eval_size)`` in ``avoid``."""
+    sigs: set = set()
+    for s, e in avoid:
+        plan, pictures = plan_eval(WorldConfig(seed=int(s), eval_size=int(e), image_size=image_size))
+        sigs |= {pictures[x["picture"]].scene.signature() for samples in plan.values() for x in samples}
+    return sigs

@@ -1,0 +1,124 @@
+"""The world's foundation: a small pretrained VLM the benchmark and the demo fine-tune, as real VIT starts from
+a pretrained vision encoder, a pretrained language model and a projector aligned on captions (LLaVA-1.5 stage 1).
+
+Real visual instruction tuning (LLaVA-1.5 stage 2) starts from CLIP/SigLIP, an instruction-following LLM such as
+Vicuna, and a projector trained on 558K captions with both frozen; stage 2 then mostly teaches formats and skills
+on top of features that exist. :func:`build_foundation` makes the analogue for the synthetic world, in three
+stages, each a :func:`vlselect.train.train_lora` run on a world pool that shares no scene with the benchmark's
+evaluation sets:
+
+1. ``language``: the tiny LLaVA's language model is trained on a text-only pool
+   (:func:`vlselect.world.make.make_text_pool`): scene descriptions, reading comprehension over descriptions
+   (the world's questions answered from words, as a real LLM answers questions about a text) and chat. It stays
+   frozen from here on.
+2. ``vision``: the vision tower (random) and the projector are trained by captioning a separate, large caption
+   world *through the frozen language model* (``adapter="projector"`` with the vision tower trained as well): the
+   picture's tokens must say what a description says, in the language model's own input space.
+3. ``align``: the projector alone is trained further on another caption world, vision tower and language model
+   both frozen (LLaVA-1.5 stage 1).
+
+Measured while designing it (benchmarks/RESULTS.md, issue 12): a freshly initialised projector aligned with both
+frozen (LLaVA's order, after a vision tower trained with its own decoder) reached a caption loss of only 0.57 on
+20,000 captions and named 10% of the objects of a held-out picture right, against 85% for the captioning model
+itself: a 2-layer MLP on 20,000 captions cannot join a vision tower and a language model trained apart at this
+scale, which CLIP's contrastive alignment makes possible in real VLMs. Training the vision tower through the
+frozen language model aligns them from the start.
+
+The result is a complete Hugging Face model directory (about 3.5 MB) that ships inside the package
+(:func:`foundation_path`), with ``vlselect_foundation.json`` holding its recipe and fingerprint; the benchmark
+and the demo start from it. ``vlselect models foundation DIR`` rebuilds it from the recipe
+(:func:`vlselect.train.foundation.build_foundation`: building trains, so it lives with training; this module only
+names, reads and checks a foundation).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from vlselect.errors import ModelError
+
+#: Where the built foundation ships (package data).
+SHIPPED = Path(__file__).with_name("foundation_b24")
+MARKER = "vlselect_foundation.json"
+
+
+@dataclass(frozen=True)
+class FoundationRecipe:
+    """The recipe of a foundation. Defaults: the shipped one.
+
+    ``avoid`` lists the worlds ``(seed, eval_size)`` whose evaluation scenes no foundation pool may contain (the
+    benchmark's full and quick worlds). ``*_size`` are records, ``*_lr`` learning rates (AdamW, cosine schedule,
+    3% warm-up), one epoch each, batch ``batch_size``.
+    """
+
+    family: str = "llava"
+    size: str = "b"
+    image_size: int = 24
+    seed: int = 0
+    avoid: tuple[tuple[int, int], ...] = ((0, 200), (0, 100))
+    text_size: int = 60000
+    text_lr: float = 1e-3
+    vision_size: int = 40000
+    vision_text_size: int = 20000
+    vision_lr: float = 1e-3
+    align_size: int = 20000
+    align_lr: float = 1e-3
+    batch_size: int = 32
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["avoid"] = [list(a) for a in self.avoid]
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "FoundationRecipe":
+        d = dict(d)
+        d["avoid"] = tuple(tuple(a) for a in d.get("avoid", ()))
+        return cls(**d)
+
+    def scaled(self, factor: float) -> "FoundationRecipe":
+        """The same recipe on ``factor`` times the data (a quick build for tests)."""
+        from dataclasses import replace
+
+        return replace(self, text_size=max(32, int(self.text_size * factor)),
+                       vision_size=max(32, int(self.vision_size * factor)),
+                       vision_text_size=max(16, int(self.vision_text_size * factor)),
+                       align_size=max(32, int(self.align_size * factor)))
+
+
+def foundation_path() -> Path:
+    """The shipped foundation's directory (a Hugging Face model directory; ``load_vlm`` reads it)."""
+    if not (SHIPPED / MARKER).exists():
+        raise ModelError(f"{SHIPPED}: the shipped foundation is missing ({MARKER} not found); reinstall vlselect, or "
+                         "build one with 'vlselect models foundation DIR'")
+    return SHIPPED
+
+
+def foundation_info(model_dir: str | os.PathLike) -> dict[str, Any]:
+    """``vlselect_foundation.json`` of a foundation directory: its recipe, fingerprint and stage losses."""
+    p = Path(model_dir) / MARKER
+    if not p.exists():
+        raise ModelError(f"{model_dir}: not a vlselect foundation ({MARKER} missing); build one with "
+                         "'vlselect models foundation DIR'")
+    try:
+        return json.loads(p.read_text())
+    except ValueError as exc:
+        raise ModelError(f"{p}: unreadable ({exc}); rebuild the foundation with 'vlselect models foundation DIR'") \
+            from None
+
+
+def verify_foundation(model_dir: str | os.PathLike) -> dict[str, Any]:
+    """Check that a foundation's weights are the ones its marker records (the fingerprint is
+    :func:`vlselect.models.load.model_hash`); return its info. A mismatch is a :class:`ModelError`."""
+    from vlselect.models.load import model_hash
+
+    info = foundation_info(model_dir)
+    actual = model_hash(model_dir)
+    if info.get("fingerprint") != actual:
+        raise ModelError(f"{model_dir}: weights ({actual}) differ from the recorded fingerprint "
+                         f"({info.get('fingerprint')}); rebuild it with 'vlselect models foundation DIR'")
+    return info

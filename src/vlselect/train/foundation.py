@@ -1,0 +1,117 @@
+"""Building the world's foundation from its recipe (:mod:`vlselect.models.foundation` describes the stages)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+from vlselect.errors import ConfigError
+from vlselect.models.foundation import MARKER, FoundationRecipe
+
+
+def build_foundation(out_dir: str | os.PathLike, recipe: FoundationRecipe | None = None, *,
+                     work_dir: str | os.PathLike | None = None, progress: bool = True,
+                     log: Callable[[str], None] = print) -> Path:
+    """Build a foundation into ``out_dir`` (see the module docstring) and return ``out_dir``.
+
+    ``work_dir`` keeps the stage pools and runs (default ``out_dir/../.<name>-work``); a build started again
+    resumes from the stages (and training checkpoints) already there, and a stage whose inputs differ is refused
+    by the training artifact. Deterministic in the recipe on one machine (single-process CPU training).
+    """
+    from vlselect.models.load import model_hash
+    from vlselect.models.tiny import build_tiny
+    from vlselect.train import train_lora
+    from vlselect.world.make import make_pretrain_pool, make_text_pool
+
+    rc = recipe or FoundationRecipe()
+    if rc.family != "llava":
+        raise ConfigError(f"foundation family {rc.family!r}: only llava is built so far")
+    out = Path(out_dir)
+    work = Path(work_dir) if work_dir is not None else out.parent / f".{out.name}-work"
+    work.mkdir(parents=True, exist_ok=True)
+
+    def world(name: str, fn: Callable[[Path], Any]) -> Path:
+        d = work / name
+        if not (d / "world.json").exists():
+            fn(d)
+        return d
+
+    text = world("text-pool", lambda d: make_text_pool(d, size=rc.text_size, seed=rc.seed + 11,
+                                                       image_size=rc.image_size, avoid=rc.avoid))
+    caps_v = world("vision-pool", lambda d: make_pretrain_pool(d, size=rc.vision_size, seed=rc.seed + 13,
+                                                               image_size=rc.image_size, avoid=rc.avoid))
+    caps_a = world("align-pool", lambda d: make_pretrain_pool(d, size=rc.align_size, seed=rc.seed + 17,
+                                                              image_size=rc.image_size, avoid=rc.avoid))
+    init = work / "init"
+    if not (init / "vlselect_tiny.json").exists():
+        build_tiny(init, rc.family, seed=rc.seed, size=rc.size, image_size=rc.image_size)
+    common = dict(epochs=1, batch_size=rc.batch_size, seed=rc.seed, gradient_checkpointing=False,
+                  progress=progress, warmup_ratio=0.03)
+
+    log("foundation 1/3: the language model on text")
+    lang = train_lora(init, text / "pool.json", None, work / "language", adapter="full", lr=rc.text_lr,
+                      projector_lr=rc.text_lr, **common)
+    log("foundation 2/3: the vision tower by captioning (the language model keeps reading text)")
+    mixed = _mixed_pool(work / "vision-mix", caps_v / "pool.json", text / "pool.json", rc.vision_text_size, rc.seed)
+    vis = train_lora(lang.final_dir, mixed, caps_v / "images", work / "vision", adapter="full",
+                     lr=rc.vision_lr, projector_lr=rc.vision_lr, modules_to_save=["vision_tower"], **common)
+    log("foundation 3/3: the projector aligned on captions (vision tower and language model frozen)")
+    align = train_lora(vis.final_dir, caps_a / "pool.json", caps_a / "images", work / "align", adapter="projector",
+                       lr=rc.align_lr, projector_lr=rc.align_lr, **common)
+
+    return _finish(out, rc, lang, vis, align)
+
+
+def _mixed_pool(d: Path, captions: Path, text: Path, n_text: int, seed: int) -> Path:
+    """A pool of every caption record and the first ``n_text`` records of the text pool, in a seeded order
+    (``d/pool.json``; images relative to the caption pool's folder). Written once."""
+    p = d / "pool.json"
+    if p.exists():
+        return p
+    import numpy as np
+
+    from vlselect.artifact import atomic_write_text
+
+    caps = json.loads(captions.read_text())
+    txt = json.loads(text.read_text())
+    if n_text > len(txt):
+        raise ConfigError(f"foundation: vision_text_size={n_text} exceeds the text pool's {len(txt)} records")
+    recs = caps + txt[:n_text]
+    order = np.random.default_rng([seed, 2]).permutation(len(recs))
+    d.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(p, "[\n" + ",\n".join(json.dumps(recs[int(i)], ensure_ascii=False) for i in order) + "\n]\n")
+    return p
+
+
+def _finish(out: Path, rc: FoundationRecipe, lang, vis, align) -> Path:
+    """Copy the aligned model into ``out`` with its marker (recipe, fingerprint, stage losses), atomically."""
+    from vlselect.models.load import model_hash
+
+    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for p in Path(align.final_dir).iterdir():
+        if p.name in ("vlselect_adapter.json", "done.json", "train_result.json") or p.name.startswith("."):
+            continue
+        shutil.copy2(p, tmp / p.name)
+
+    def losses(res) -> dict[str, float | None]:
+        ls = res.losses
+        k = max(1, len(ls) // 20)  # first and last 5% of steps
+        return {"first": round(sum(ls[:k]) / k, 4) if ls else None,
+                "last": round(sum(ls[-k:]) / k, 4) if ls else None, "steps": len(ls)}
+
+    from vlselect.artifact import atomic_write_json, replace_dir
+
+    info = {"format": "vlselect-foundation/1", "recipe": rc.to_json(), "fingerprint": model_hash(tmp),
+            "stages": {"language": losses(lang), "vision": losses(vis), "align": losses(align)},
+            "command": "vlselect models foundation DIR"}
+    atomic_write_json(tmp / MARKER, info, indent=1, sort_keys=False)
+    (tmp / ".vlselect_model_hash.json").unlink(missing_ok=True)
+    if out.exists():
+        shutil.rmtree(out)
+    replace_dir(tmp, out)
+    return out

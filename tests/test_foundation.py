@@ -1,0 +1,247 @@
+"""The world's foundation (issue 12): the text pool, projector-only alignment, the shipped checkpoint, its
+recipe and fingerprint, and rebuilding it from the recipe."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fixtures_models import tiny_llava, tiny_pool  # noqa: F401
+
+
+# --------------------------------------------------------------------------------------------- the text pool
+
+
+def test_text_pool_avoids_eval_scenes_and_answers_correctly(tmp_path):
+    from vlselect.world.make import make_text_pool
+
+    info = make_text_pool(tmp_path / "t", size=600, seed=3, image_size=24, avoid=((0, 30),))
+    recs = json.loads((tmp_path / "t" / "pool.json").read_text())
+    assert len(recs) == 600 and not any("image" in r for r in recs)
+    kinds = {r["task"].split("_")[0] for r in recs}
+    assert kinds == {"read", "describe", "chat"}
+    # the descriptions of the avoided world's evaluation pictures never occur as a context
+    from vlselect.world.build import WorldConfig, plan_eval
+    from vlselect.world.tasks import caption_text
+
+    _, pictures = plan_eval(WorldConfig(seed=0, eval_size=30, image_size=24))
+    eval_captions = {caption_text(p.scene) for p in pictures}
+    assert len(eval_captions) > 200
+    contexts = {r["conversations"][0]["value"].split("\n")[0] for r in recs if r["task"].startswith("read")}
+    contexts |= {r["conversations"][1]["value"] for r in recs if r["task"] == "describe"}
+    assert contexts and not (contexts & eval_captions)
+    # a hand-checkable reading question: the colour of the object at a named position in the description
+    for r in recs:
+        if r["task"] == "read_color_at_pos":
+            ctx, q = r["conversations"][0]["value"].split("\n")[:2]
+            pos = q.split(" at the ")[-1].rstrip("?") if " at the " in q else None
+            if pos is None:
+                continue
+            for part in ctx.rstrip(".").replace(" and ", ", ").split(", "):
+                if part.endswith(f" at the {pos}"):
+                    assert part.split()[2] == r["conversations"][1]["value"]
+    # deterministic in the seed
+    make_text_pool(tmp_path / "t2", size=600, seed=3, image_size=24, avoid=((0, 30),))
+    assert (tmp_path / "t2" / "pool.json").read_bytes() == (tmp_path / "t" / "pool.json").read_bytes()
+    assert sum(info.task_counts.values()) == 600
+
+
+# ------------------------------------------------------------------------------------- projector-only training
+
+
+def test_projector_adapter_trains_only_the_projector(tmp_path, tiny_llava, tiny_pool):  # noqa: F811
+    import torch
+    from safetensors.torch import load_file
+
+    from vlselect.train import train_lora
+
+    pool, images = tiny_pool
+    res = train_lora(tiny_llava, pool, images, tmp_path / "run", adapter="projector", epochs=1, batch_size=2,
+                     gradient_checkpointing=False, progress=False, lr=1e-2)
+    before = load_file(str(Path(tiny_llava) / "model.safetensors"))
+    after = load_file(str(Path(res.final_dir) / "model.safetensors"))
+    assert before.keys() == after.keys()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all("multi_modal_projector" in k for k in changed)
+    assert any("multi_modal_projector" in k for k in changed)
+    n_proj = sum(v.numel() for k, v in before.items() if "multi_modal_projector" in k)
+    assert res.trainable_parameters == n_proj
+
+
+def test_stage_two_lora_keeps_the_vision_tower_frozen(tmp_path, tiny_llava, tiny_pool):  # noqa: F811
+    """The bench's fine-tuning (LLaVA-1.5 stage 2): LoRA on the language model, the projector in full, the vision
+    tower untouched (compared weight by weight with the base)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from vlselect.train import train_lora
+
+    pool, images = tiny_pool
+    res = train_lora(tiny_llava, pool, images, tmp_path / "run", adapter="lora", r=4, lora_alpha=8, epochs=1,
+                     batch_size=2, gradient_checkpointing=False, progress=False, lr=1e-2, projector_lr=1e-2)
+    before = load_file(str(Path(tiny_llava) / "model.safetensors"))
+    after = load_file(str(Path(res.final_dir) / "model.safetensors"))
+    vision = [k for k in before if "vision_tower" in k]
+    assert vision and all(torch.equal(before[k], after[k]) for k in vision)
+    assert any(not torch.equal(before[k], after[k]) for k in before if "multi_modal_projector" in k)
+    assert any(not torch.equal(before[k], after[k]) for k in before if "language_model" in k and "q_proj" in k)
+
+
+# ------------------------------------------------------------------------------------------- encode cache
+
+
+def test_encode_cache_reuses_only_identical_inputs(tmp_path, tiny_llava, tiny_pool):  # noqa: F811
+    import os
+
+    import torch
+    from PIL import Image
+
+    from vlselect.models import encode_sample, load_vlm
+    from vlselect.pool import open_pool
+    from vlselect.train.data import EncodeCache
+
+    pool_path, images = tiny_pool
+    img_dir = tmp_path / "images"
+    shutil.copytree(images, img_dir)
+    loaded = load_vlm(tiny_llava, dtype=torch.float32)
+    pool = open_pool(pool_path)
+    s = next(x for x in pool if x.images)
+    cache = EncodeCache()
+    a = cache.encode(loaded, s, img_dir)
+    b = cache.encode(loaded, s, img_dir)
+    assert (cache.hits, cache.misses) == (1, 1)
+    ref = encode_sample(loaded, s, img_dir)
+    for k in ref:
+        assert torch.equal(a[k], ref[k]) and torch.equal(b[k], ref[k])
+    # the picture changes on disk: encoded again, with the new pixels
+    p = img_dir / s.images[0]
+    st = p.stat()
+    Image.new("RGB", Image.open(p).size, (250, 5, 5)).save(p)
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    c = cache.encode(loaded, s, img_dir)
+    assert cache.misses == 2 and not torch.equal(c["pixel_values"], a["pixel_values"])
+    assert torch.equal(c["pixel_values"], encode_sample(loaded, s, img_dir)["pixel_values"])
+    # another template is another encoding
+    loaded.extra.pop("encode_cache_key", None)
+    loaded.extra["template"] = "llava_v1"
+    d = cache.encode(loaded, s, img_dir)
+    assert cache.misses == 3 and not torch.equal(d["input_ids"], c["input_ids"])
+    # max_items=0 turns it off
+    off = EncodeCache(0)
+    off.encode(loaded, s, img_dir)
+    off.encode(loaded, s, img_dir)
+    assert (off.hits, off.misses) == (0, 0)
+
+
+# --------------------------------------------------------------------------------------- the shipped foundation
+
+
+def _weights_sha256(d: Path) -> str:
+    """The fingerprint recomputed here: SHA-256 over config.json and the weight files (names sorted)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for p in sorted(x for x in d.iterdir() if x.name == "config.json" or x.suffix in (".safetensors", ".bin")):
+        h.update(p.name.encode() + b"\0")
+        h.update(p.read_bytes())
+    return "sha256:" + h.hexdigest()
+
+
+def test_shipped_foundation_recipe_and_fingerprint():
+    from vlselect.models.foundation import FoundationRecipe, foundation_path, verify_foundation
+
+    d = foundation_path()
+    info = verify_foundation(d)
+    assert info["recipe"] == FoundationRecipe().to_json()  # the default recipe is the one that was shipped
+    assert info["fingerprint"] == _weights_sha256(d)
+    size = sum(p.stat().st_size for p in d.iterdir() if p.is_file())
+    assert size < 8 * 2**20  # a few MB: it ships inside the package
+    # every stage trained: its loss fell
+    for stage in ("language", "vision", "align"):
+        st = info["stages"][stage]
+        assert st["last"] < st["first"], stage
+
+
+def test_shipped_foundation_is_pretrained():
+    """It answers the world's questions from a description, and captions a picture (colours and shapes right),
+    where a random model of the same size does neither."""
+    import torch
+
+    from vlselect.models import load_vlm
+    from vlselect.models.encode import generation_prompt
+    from vlselect.models.foundation import foundation_path
+    from vlselect.world.build import _stream
+    from vlselect.world.scene import Obj, Scene, render
+    from vlselect.world.tasks import caption_text
+
+    loaded = load_vlm(foundation_path(), dtype=torch.float32)
+    tok = loaded.processor.tokenizer
+    model = loaded.model
+
+    def answer(prompt: str, image=None, n: int = 8) -> str:
+        text = generation_prompt(loaded, prompt, n_images=0 if image is None else 1)
+        enc = loaded.processor(text=[text], images=None if image is None else [image], return_tensors="pt")
+        out = model.generate(**enc, max_new_tokens=n, do_sample=False)
+        return tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+
+    # reading: how many objects a description names (hand-made scenes, counts 1-4)
+    rng = _stream(5, "foundation-test")
+    from vlselect.world.scene import sample_scene
+
+    right = 0
+    for k in range(20):
+        sc = sample_scene(rng, n_objects=1 + k % 4)
+        q = f"{caption_text(sc)}\nHow many objects are there?\nAnswer the question using a single word or phrase."
+        right += answer(q) == str(len(sc.objects))
+    assert right >= 16  # chance 5 of 20
+
+    # seeing: a caption of a rendered picture names the object's colour and position (its shapes it confuses:
+    # benchmarks/RESULTS.md, issue 12, "What the foundation knows")
+    from PIL import Image
+
+    hits = 0
+    for k, (color, cell, pos) in enumerate([("red", 4, "center"), ("blue", 0, "top left"), ("green", 8, "bottom right"),
+                                            ("yellow", 2, "top right"), ("purple", 4, "center"), ("red", 6, "bottom left")]):
+        sc = Scene((Obj("circle", color, "large", cell),), None)
+        img = Image.fromarray(render(sc, 100 + k, 24))
+        cap = answer("Provide a short description of the image.", img, n=16).lower()
+        hits += f"{color} " in cap and f"at the {pos}." in cap
+    assert hits >= 4
+
+
+def test_tampered_foundation_is_refused(tmp_path):
+    from vlselect.errors import ModelError
+    from vlselect.models.foundation import foundation_path, verify_foundation
+
+    d = tmp_path / "f"
+    shutil.copytree(foundation_path(), d, ignore=shutil.ignore_patterns(".vlselect_model_hash.json"))
+    w = d / "model.safetensors"
+    data = bytearray(w.read_bytes())
+    data[-5] ^= 0x01
+    w.write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="differ from the recorded fingerprint"):
+        verify_foundation(d)
+
+
+@pytest.mark.slow
+def test_rebuild_from_recipe_reproduces_the_weights(tmp_path):
+    """The recipe decides the weights: two builds of one (scaled-down) recipe are byte-identical, another seed is
+    not. The shipped foundation is the full recipe built the same way (``vlselect models foundation DIR``)."""
+    import torch
+
+    from vlselect.models.foundation import FoundationRecipe, verify_foundation
+    from vlselect.train.foundation import build_foundation
+
+    torch.set_num_threads(1)
+    rc = FoundationRecipe().scaled(0.0006)
+    a = verify_foundation(build_foundation(tmp_path / "a", rc, progress=False, log=lambda m: None))
+    b = verify_foundation(build_foundation(tmp_path / "b", rc, progress=False, log=lambda m: None))
+    assert a["fingerprint"] == b["fingerprint"] and a["recipe"] == rc.to_json()
+    from dataclasses import replace
+
+    c = verify_foundation(build_foundation(tmp_path / "c", replace(rc, seed=1), progress=False, log=lambda m: None))
+    assert c["fingerprint"] != a["fingerprint"]

@@ -103,7 +103,7 @@ class BenchConfig:
 
     @classmethod
     def quick(cls, **overrides: Any) -> "BenchConfig":
-        base = dict(size=5000, eval_size=100, val_size=24, pretrain_size=16000, budgets=(0.1, 0.2), seeds=(0,),
+        base = dict(size=4000, eval_size=100, val_size=24, pretrain_size=16000, budgets=(0.1, 0.2), seeds=(0,),
                     seed_budgets=(), grad_dim=512, clean_reference=False)
         base.update(overrides)
         return cls(**base)

@@ -12,11 +12,11 @@ def register(app: typer.Typer) -> None:
     @app.command("bench")
     def bench(
         out: Path = typer.Option(Path("bench-out"), "--out", help="Output folder (cache/, results.json/.csv, report.html)."),
-        quick: bool = typer.Option(False, "--quick", help="The quick form (a 5,000-record world, 100 samples per evaluation set, budgets 10% and 20%, 1 seed; the same as `vlselect demo`)."),
+        quick: bool = typer.Option(False, "--quick", help="The quick form (a 4,000-record world, 100 samples per evaluation set, budgets 10% and 20%, 1 seed; the same as `vlselect demo`)."),
         methods: str = typer.Option("", "--methods", help="Comma list of methods (default: every built-in one)."),
         budgets: str = typer.Option("", "--budgets", help="Comma list of fractions (default 0.05,0.1,0.2; quick 0.1,0.2)."),
         seeds: str = typer.Option("", "--seeds", help="Comma list of training seeds (default 0,1,2; quick 0)."),
-        size: Optional[int] = typer.Option(None, "--size", help="World size (default 10000; quick 5000)."),
+        size: Optional[int] = typer.Option(None, "--size", help="World size (default 10000; quick 4000)."),
         jobs: int = typer.Option(2, "--jobs", help="Training/evaluation workers side by side (one thread each)."),
         seed: int = typer.Option(0, "--seed", help="Seed of the world, the model and the selections."),
         d2_score: str = typer.Option("margin", "--d2-score", help="D2-Pruning's score: margin (one-checkpoint "

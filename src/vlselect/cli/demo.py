@@ -12,7 +12,7 @@ def register(app: typer.Typer) -> None:
     @app.command("demo")
     def demo(
         out: Path = typer.Option(Path("demo-out"), "--out", help="Folder for everything the demo writes."),
-        size: Optional[int] = typer.Option(None, "--size", help="Pool size of the demo world (default 5000, the quick bench's)."),
+        size: Optional[int] = typer.Option(None, "--size", help="Pool size of the demo world (default 4000, the quick bench's)."),
         seed: int = typer.Option(0, "--seed", help="Seed of the world, the model and the selections."),
         jobs: int = typer.Option(2, "--jobs", help="Training/evaluation workers side by side."),
     ) -> None:

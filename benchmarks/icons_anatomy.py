@@ -82,7 +82,7 @@ def main() -> None:
     # 2. shared direction: cosine of the tasks' mean normalised validation gradients
     means = []
     for name in names:
-        v = np.asarray(vals[name], dtype=np.float64)
+        v = np.asarray(vals[name if name in vals else f"val/{name}"], dtype=np.float64)
         v = v / np.linalg.norm(v, axis=1, keepdims=True)
         means.append(v.mean(axis=0))
     M = np.asarray(means)

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 from collections import Counter, defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -285,6 +286,24 @@ def _write_text(path: Path, text: str) -> None:
     atomic_write_text(path, text)
 
 
+@contextmanager
+def _staged(out: Path, *subdirs: str):
+    """A fresh staging folder next to ``out``, moved onto ``out`` when the block succeeds and deleted when it
+    fails (a world is never half written)."""
+    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    for d in subdirs:
+        (tmp / d).mkdir()
+    try:
+        yield tmp
+        replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def _check_out_dir(out_dir: str | os.PathLike, overwrite: bool) -> Path:
     out = Path(out_dir)
     if out.exists():
@@ -348,12 +367,7 @@ def make_world(out_dir: str | os.PathLike, *, size: int = 20000, seed: int = 0, 
     avoid = {eval_pictures[s["picture"]].scene.signature() for samples in eval_plan.values() for s in samples}
     plan, pictures = plan_pool(cfg, avoid)
 
-    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    (tmp / "images").mkdir(parents=True)
-    (tmp / "eval").mkdir()
-    try:
+    with _staged(out, "images", "eval") as tmp:
         records, used = _pool_records(plan, pictures, cfg)
         jobs = [(pic, tmp / "images" / name) for pic, name in used]
         eval_files: dict[str, dict] = {}
@@ -387,10 +401,6 @@ def make_world(out_dir: str | os.PathLike, *, size: int = 20000, seed: int = 0, 
         majority = {n: Counter(str(x["answers"][0]) for x in p["samples"]).most_common(1)[0][1] / len(p["samples"])
                     for n, p in eval_files.items()}
         _write_text(tmp / "README.md", _card(cfg, stats, eval_sizes, len(used), majority))
-        replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return WorldInfo(out, cfg, cfg.task_counts(), stats, eval_sizes, len(used), n_eval)
 
 
@@ -449,11 +459,7 @@ def make_pretrain_pool(out_dir: str | os.PathLike, *, size: int = 50000, seed: i
         qa = ask_caption(scene, rng)
         plan.append(PlannedRecord("caption", f"pretrain-{len(plan):06d}", "clean", False, "caption",
                                   [(qa.prompt, qa.answer)], True, None, len(pictures) - 1))
-    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    (tmp / "images").mkdir(parents=True)
-    try:
+    with _staged(out, "images") as tmp:
         records, used = _pool_records(plan, pictures, cfg)
         for r in records:
             r["id"] = "pretrain" + r["id"].removeprefix("caption")
@@ -472,10 +478,6 @@ def make_pretrain_pool(out_dir: str | os.PathLike, *, size: int = 50000, seed: i
             "no near-duplicates, no noise, no easy share. Scenes of the world's evaluation sets (same seed, "
             f"eval size {eval_size}) never occur. Prompts: the six caption instructions of the world's pool. "
             "Use it to pre-train the base model before instruction tuning on `pool.json` of a world.", ""]))
-        replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return WorldInfo(out, cfg, {"caption": size}, stats, {}, len(used), 0)
 
 
@@ -548,11 +550,7 @@ def make_text_pool(out_dir: str | os.PathLike, *, size: int = 40000, seed: int =
             convs += [{"from": "human", "value": q}, {"from": "gpt", "value": a}]
         records.append({"id": rid, "conversations": convs, "task": task})
         counts[task] += 1
-    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    try:
+    with _staged(out) as tmp:
         _write_text(tmp / "pool.json", _dumps_records(records))
         _write_text(tmp / "world.json", json.dumps({"format": "vlselect-world/1", "kind": "text",
                                                      "config": cfg.__dict__, "task_counts": dict(counts),
@@ -565,10 +563,6 @@ def make_text_pool(out_dir: str | os.PathLike, *, size: int = 40000, seed: int =
             "all phrasings, correct answers), plain scene descriptions, and the off-target chat. No pictures. "
             f"Scenes of the evaluation sets of the worlds {list(avoid)} (seed, eval size) never occur. "
             "It pre-trains the language model of the world's foundation (`vlselect models foundation`).", ""]))
-        replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return WorldInfo(out, cfg, dict(counts), {}, {}, 0, 0)
 
 

@@ -245,3 +245,24 @@ def test_rebuild_from_recipe_reproduces_the_weights(tmp_path):
 
     c = verify_foundation(build_foundation(tmp_path / "c", replace(rc, seed=1), progress=False, log=lambda m: None))
     assert c["fingerprint"] != a["fingerprint"]
+
+
+def test_another_recipe_never_reuses_this_ones_pools(tmp_path):
+    """Rebuilding into the same folder with another recipe recomputes: the text pool of the first build (reused by
+    folder) must not feed the second (found in review: the work folder was shared by every recipe)."""
+    import torch
+
+    from vlselect.models.foundation import FoundationRecipe, verify_foundation
+    from vlselect.train.foundation import build_foundation
+
+    torch.set_num_threads(1)
+    small = FoundationRecipe().scaled(0.0006)
+    from dataclasses import replace
+
+    big = replace(small, text_size=small.text_size + 100)
+    a = verify_foundation(build_foundation(tmp_path / "f", small, progress=False, log=lambda m: None))
+    b = verify_foundation(build_foundation(tmp_path / "f", big, progress=False, log=lambda m: None))
+    assert b["recipe"]["text_size"] == big.text_size and a["fingerprint"] != b["fingerprint"]
+    pools = sorted((tmp_path / ".f-work").glob("*/text-pool/pool.json"))
+    assert sorted(len(json.loads(p.read_text())) for p in pools) == [small.text_size, big.text_size]
+    assert b["stages"]["language"]["steps"] == -(-big.text_size // big.batch_size)

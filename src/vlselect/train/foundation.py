@@ -17,9 +17,9 @@ def build_foundation(out_dir: str | os.PathLike, recipe: FoundationRecipe | None
                      log: Callable[[str], None] = print) -> Path:
     """Build a foundation into ``out_dir`` (see the module docstring) and return ``out_dir``.
 
-    ``work_dir`` keeps the stage pools and runs (default ``out_dir/../.<name>-work``); a build started again
-    resumes from the stages (and training checkpoints) already there, and a stage whose inputs differ is refused
-    by the training artifact. Deterministic in the recipe on one machine (single-process CPU training).
+    ``work_dir`` keeps the stage pools and runs (default ``out_dir/../.<name>-work``), in a subfolder named by a
+    hash of the recipe; a build of the same recipe started again resumes from the stages (and training
+    checkpoints) already there, and another recipe starts in its own subfolder. Deterministic in the recipe on one machine (single-process CPU training).
     """
     from vlselect.models.load import model_hash
     from vlselect.models.tiny import build_tiny
@@ -30,7 +30,12 @@ def build_foundation(out_dir: str | os.PathLike, recipe: FoundationRecipe | None
     if rc.family != "llava":
         raise ConfigError(f"foundation family {rc.family!r}: only llava is built so far")
     out = Path(out_dir)
-    work = Path(work_dir) if work_dir is not None else out.parent / f".{out.name}-work"
+    from vlselect.artifact import digest
+
+    # stage pools and runs are reused by folder, so the folder is named by the whole recipe: another recipe never
+    # picks up this one's pools (a pool folder is reused on its existence alone)
+    root = Path(work_dir) if work_dir is not None else out.parent / f".{out.name}-work"
+    work = root / digest(rc.to_json()).split(":", 1)[1][:16]
     work.mkdir(parents=True, exist_ok=True)
 
     def world(name: str, fn: Callable[[Path], Any]) -> Path:

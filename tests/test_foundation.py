@@ -102,7 +102,7 @@ def test_encode_cache_reuses_only_identical_inputs(tmp_path, tiny_llava, tiny_po
 
     from vlselect.models import encode_sample, load_vlm
     from vlselect.pool import open_pool
-    from vlselect.train.data import EncodeCache
+    from vlselect.models.encode_cache import EncodeCache
 
     pool_path, images = tiny_pool
     img_dir = tmp_path / "images"
@@ -130,11 +130,40 @@ def test_encode_cache_reuses_only_identical_inputs(tmp_path, tiny_llava, tiny_po
     loaded.extra["template"] = "llava_v1"
     d = cache.encode(loaded, s, img_dir)
     assert cache.misses == 3 and not torch.equal(d["input_ids"], c["input_ids"])
-    # max_items=0 turns it off
+    # 0 bytes turns it off
     off = EncodeCache(0)
     off.encode(loaded, s, img_dir)
     off.encode(loaded, s, img_dir)
     assert (off.hits, off.misses) == (0, 0)
+
+
+def test_encode_cache_is_bounded_in_bytes(tiny_llava, tiny_pool):  # noqa: F811
+    """A LLaVA-1.5 sample carries 1.4 MB of pixels: the bound is the bytes held, least recently used dropped."""
+    import torch
+
+    from vlselect.models import encode_sample, load_vlm
+    from vlselect.models.encode_cache import EncodeCache
+    from vlselect.pool import open_pool
+
+    pool_path, images = tiny_pool
+    loaded = load_vlm(tiny_llava, dtype=torch.float32)
+    samples = [x for x in open_pool(pool_path) if x.images][:3]
+    sizes = []
+    for x in samples:  # the bytes of each encoding, counted by hand
+        enc = encode_sample(loaded, x, images)
+        sizes.append(sum(v.numel() * v.element_size() for v in enc.values() if isinstance(v, torch.Tensor)))
+    assert sizes[0] > 1000
+    cache = EncodeCache(max_bytes=sizes[0] + sizes[1] + sizes[2] - 1)  # room for two of the three
+    for x in samples:
+        cache.encode(loaded, x, images)
+    assert len(cache) == 2 and cache.bytes == sizes[1] + sizes[2]
+    cache.encode(loaded, samples[0], images)  # the oldest was dropped: encoded again, and now drops samples[1]
+    assert cache.misses == 4 and cache.bytes == sizes[2] + sizes[0]
+    cache.encode(loaded, samples[2], images)
+    assert cache.hits == 1
+    small = EncodeCache(max_bytes=min(sizes) - 1)  # an encoding larger than the whole bound is never held
+    small.encode(loaded, samples[0], images)
+    assert len(small) == 0 and small.bytes == 0
 
 
 # --------------------------------------------------------------------------------------- the shipped foundation

@@ -276,10 +276,14 @@ class _EncodeRows:
 
     def __getitem__(self, j):
         from vlselect.models import encode_sample
+        from vlselect.models.encode_cache import encode_cache
 
         row = self.rows[j]
         try:
-            enc = encode_sample(self.lite, self.pool[row], self.image_root, max_length=self.max_length)
+            if self.as_numpy:  # a DataLoader worker: its cache would die with it
+                enc = encode_sample(self.lite, self.pool[row], self.image_root, max_length=self.max_length)
+            else:  # in-process: later stages of this process (gradients, training) reuse the encoding
+                enc = encode_cache().encode(self.lite, self.pool[row], self.image_root, max_length=self.max_length)
         except PoolError as exc:
             return j, row, exc
         if self.as_numpy:  # pickled through the pipe: no shared-memory file descriptor per tensor

@@ -13,6 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from vlselect.errors import PoolError
+from vlselect.models.encode_cache import EncodeCache, encode_cache  # noqa: F401 (re-exported)
 from vlselect.pool.sample import Sample
 
 
@@ -79,93 +80,6 @@ def micro_batches(step_positions: Sequence[int], *, batch_size: int, rank: int, 
     """This rank's micro-batches of one optimiser step (rank r takes every world_size-th micro-batch)."""
     chunks = [list(step_positions[i : i + batch_size]) for i in range(0, len(step_positions), batch_size)]
     return [c for k, c in enumerate(chunks) if k % world_size == rank]
-
-
-class EncodeCache:
-    """Encoded samples (token ids, labels, masks, processed pixels), kept in this process so that a sample is
-    tokenised and its image decoded and processed once per process, not once per epoch and run (the bench's
-    worker processes train many subsets of one world).
-
-    An entry is reused only for the same processor and template (a digest of the processor's files and the
-    resolved template) and the same sample content (id, conversations, image paths under ``image_root`` with each
-    file's size and modification time); anything else is encoded again. ``max_items`` bounds the memory (about
-    10 KB per sample for the tiny world models); ``$VLSELECT_ENCODE_CACHE`` sets it for the default cache, ``0``
-    turns it off.
-    """
-
-    def __init__(self, max_items: int = 200_000) -> None:
-        from collections import OrderedDict
-
-        self.max_items = int(max_items)
-        self._items: "OrderedDict[tuple, dict]" = OrderedDict()
-        self.hits = 0
-        self.misses = 0
-
-    @staticmethod
-    def _model_key(loaded) -> str:
-        key = loaded.extra.get("encode_cache_key")
-        if key is None:
-            from vlselect.artifact import digest
-            from vlselect.models import resolve_template
-
-            files = {}
-            d = Path(loaded.model_dir)
-            for name in ("tokenizer.json", "tokenizer_config.json", "processor_config.json",
-                         "preprocessor_config.json", "chat_template.jinja", "chat_template.json",
-                         "special_tokens_map.json"):
-                f = d / name
-                if f.exists():
-                    import hashlib
-
-                    files[name] = hashlib.sha256(f.read_bytes()).hexdigest()
-            key = digest({"files": files, "template": str(resolve_template(loaded)), "family": loaded.family})
-            loaded.extra["encode_cache_key"] = key
-        return key
-
-    @staticmethod
-    def _sample_key(sample: Sample, image_root, max_length) -> tuple:
-        import json
-
-        stats = []
-        for rel in sample.images:
-            p = Path(image_root) / rel if image_root is not None else Path(rel)
-            try:
-                st = p.stat()
-                stats.append((str(p), st.st_size, st.st_mtime_ns))
-            except OSError:
-                stats.append((str(p), -1, -1))  # encode_sample reports the missing file
-        return (sample.id, json.dumps(sample.conversations, sort_keys=True), tuple(stats), max_length)
-
-    def encode(self, loaded, sample: Sample, image_root, *, max_length: int | None = None) -> dict:
-        from vlselect.models import encode_sample
-
-        if self.max_items <= 0:
-            return encode_sample(loaded, sample, image_root, max_length=max_length)
-        key = (self._model_key(loaded), self._sample_key(sample, image_root, max_length))
-        hit = self._items.get(key)
-        if hit is not None:
-            self.hits += 1
-            self._items.move_to_end(key)
-            return dict(hit)
-        self.misses += 1
-        enc = encode_sample(loaded, sample, image_root, max_length=max_length)
-        self._items[key] = enc
-        if len(self._items) > self.max_items:
-            self._items.popitem(last=False)
-        return dict(enc)
-
-
-_CACHE: EncodeCache | None = None
-
-
-def encode_cache() -> EncodeCache:
-    """This process's :class:`EncodeCache` (size from ``$VLSELECT_ENCODE_CACHE``, default 200,000 samples)."""
-    global _CACHE
-    if _CACHE is None:
-        import os
-
-        _CACHE = EncodeCache(int(os.environ.get("VLSELECT_ENCODE_CACHE", "200000") or 0))
-    return _CACHE
 
 
 def encode_batch(loaded, samples: Sequence[Sample], image_root, *, max_length: int | None = None) -> dict:

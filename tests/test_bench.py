@@ -85,8 +85,14 @@ def test_miniature_bench_end_to_end_and_a_second_run_reuses_every_stage(tmp_path
     assert all(sum(c.values()) == 30 for c in comp.values()) and sum(res["composition"]["pool"].values()) == 120
     assert res["reference"]["label"].startswith("full pool") and set(res["sets"]) == set(res["reference"]["scores"])
     stages = {c["stage"] for c in res["costs"]}
-    assert {"world", "base", "activations", "gradients", "tive_gradients", "select coincide",
-            "train+eval full pool"} <= stages
+    assert {"world", "base", "activations", "gradients", "select coincide", "train+eval full pool"} <= stages
+    # TIVE's self-attention gradients come from the gradient stage's one pass, in a store of their own
+    (gdir,) = (out / "cache").glob("gradients-*")
+    from vlselect.features.store import FeatureStore
+
+    every, attn = FeatureStore.open(gdir / "store"), FeatureStore.open(gdir / "store_self_attn")
+    assert (every.manifest["params"], attn.manifest["params"]) == ("lora", "self_attn")
+    assert attn.manifest["num_params"] < every.manifest["num_params"] and attn.finished and every.finished
     assert set(res["overlap"]["methods"]) == {"random", "coincide", "tive"} and len(res["overlap"]["jaccard"]) == 3
     assert all(res["overlap"]["jaccard"][i][i] == 1.0 for i in range(3))
     saved = json.loads((out / "results.json").read_text())

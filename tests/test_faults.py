@@ -98,6 +98,24 @@ def test_a_gradient_store_of_another_validation_set_is_refused(world, tmp_path, 
     assert _main(_grad_args(world, world["count"], g), capsys)[0] == 0  # same inputs: reused
 
 
+def test_also_writes_the_self_attention_store_from_the_same_pass(world, tmp_path, capsys):
+    """--params lora --also self_attn=DIR: TIVE's store equals the one of its own command (rows to rounding)."""
+    import numpy as np
+
+    from vlselect.features import FeatureStore
+
+    code, _ = _main(_grad_args(world, world["pool"], tmp_path / "g", "--norms", "--also", f"self_attn={tmp_path / 't'}"),
+                    capsys)
+    assert code == 0
+    assert _main(_grad_args(world, world["pool"], tmp_path / "t_alone", "--norms", "--params", "self_attn"),
+                 capsys)[0] == 0
+    shared, alone = FeatureStore.open(tmp_path / "t"), FeatureStore.open(tmp_path / "t_alone")
+    assert shared.manifest["params"] == "self_attn" and FeatureStore.open(tmp_path / "g").manifest["params"] == "lora"
+    for name in ("gradients", "grad_norms"):
+        np.testing.assert_allclose(shared.array(name), alone.array(name), rtol=1e-5, atol=1e-7)
+    assert float(np.abs(alone.array("gradients")).max()) > 0
+
+
 def test_training_on_another_pool_is_refused_and_overwrite_retrains(world, tmp_path, capsys):
     run = tmp_path / "run"
     base = ["train", "--model", world["model"], "--images", world["images"], "--out", run, *TRAIN]

@@ -264,3 +264,36 @@ def test_help_states_what_is_identical_and_what_agrees_to_rounding(model):
     scale = float(feats[1].abs().max())
     for bs in (2, 5, 12):
         assert float((feats[bs] - feats[1]).abs().max()) <= 1e-5 * scale
+
+
+@pytest.mark.parametrize("buffer_bytes", [512 * 2**20, 0])  # buffered, and projected layer by layer
+def test_one_pass_for_two_parameter_sets_equals_each_projection_of_the_exact_gradients(model, samples, reference,
+                                                                                      buffer_bytes):
+    """ICONS's every-LoRA gradients and TIVE's self-attention ones from one forward/backward (run_engines): each is
+    its own seeded projection of the one-sample autograd gradients (an independent computation)."""
+    from vlselect.errors import ConfigError
+    from vlselect.features.gradients import run_engines
+
+    _, ref, _ = reference
+    attn = GradientEngine(model, params="self_attn", projection="rademacher", dim=128, seed=5,
+                          buffer_bytes=buffer_bytes)
+    lora = GradientEngine(model, params="lora", projection="rademacher", dim=256, seed=3, buffer_bytes=buffer_bytes)
+    cols, offs = [], 0
+    for n, p in model.named_parameters():
+        if "lora_" in n:
+            if "self_attn" in n:
+                cols.append(torch.arange(offs, offs + p.numel()))
+            offs += p.numel()
+    sub = ref[:, torch.cat(cols)]
+    batches = [collate(samples[i : i + 4]) for i in range(0, len(samples), 4)]
+    out = list(run_engines([lora, attn], batches))
+    assert [s for s, _ in out] == ([0, 4] if buffer_bytes == 0 else [0])
+    fl = torch.cat([o[0][0] for _, o in out])
+    fa = torch.cat([o[1][0] for _, o in out])
+    torch.testing.assert_close(fl, ref @ Projection(ref.shape[1], 256, seed=3).matrix() / 16.0, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(fa, sub @ Projection(sub.shape[1], 128, seed=5).matrix() / math.sqrt(128),
+                               rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(torch.cat([o[1][1] for _, o in out]), sub.norm(dim=1), rtol=1e-5, atol=1e-7)
+    with pytest.raises(ConfigError, match="largest parameter set first"):
+        list(run_engines([attn, lora], batches))
+    GradientEngine(model, params="lora", projection="none")  # restore requires_grad for other tests

@@ -32,6 +32,9 @@ def pool_file(tmp_path):
         (["--shard", "3/2"], "bad --shard value '3/2'"),
         (["--batch-size", "0"], "--batch-size 0 must be at least 1"),
         (["--projection", "factored", "--adam-state", "x.pt"], "cannot be combined with --projection factored"),
+        (["--also", "self_attn"], "--also 'self_attn': expected SET=DIR"),
+        (["--also", "lora=x"], "parameter set 'lora' is already written"),
+        (["--also", "mlp=x"], "--params 'mlp' is unknown"),
     ],
 )
 def test_features_gradients_bad_options_exit_2(tmp_path, pool_file, capsys, extra, needle):

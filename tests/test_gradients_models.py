@@ -135,6 +135,34 @@ def test_store_matches_reference_and_is_independent_of_batch_size(family_setup, 
     assert (vm["lora_hash"], vm["seed"], vm["dim"]) == (m["lora_hash"], m["seed"], m["dim"])
 
 
+def test_one_pass_writes_the_stores_of_separate_passes(family_setup, pool, tmp_path):
+    """``out={"lora": A, "self_attn": B}``: both stores from one forward/backward per batch, each equal to the store
+    of its own pass (same manifest meta); a store that already holds some shards is completed, the other filled."""
+    from vlselect.features.store import FeatureStore
+
+    family, mdir, lora_dir, _, _ = family_setup
+    if family != "llava":
+        pytest.skip("store mechanics are family-independent; exercised once")
+    kw = dict(image_root=pool[1], dim=32, seed=2, shard_size=2, batch_size=2, progress=False, device="cpu")
+    sep = {k: extract_gradients(mdir, lora_dir, pool[0], tmp_path / f"sep_{k}", params=k, **kw)
+           for k in ("lora", "self_attn")}
+    # the TIVE store was started alone and stopped after one shard; the shared pass resumes it
+    extract_gradients(mdir, lora_dir, pool[0], tmp_path / "one_self_attn", params="self_attn", stop_after_shards=1,
+                      **kw)
+    both = extract_gradients(mdir, lora_dir, pool[0], {"lora": tmp_path / "one_lora",
+                                                       "self_attn": tmp_path / "one_self_attn"}, **kw)
+    assert set(both) == {"lora", "self_attn"}
+    for k in ("lora", "self_attn"):
+        assert both[k].finished
+        np.testing.assert_allclose(both[k].array("gradients"), sep[k].array("gradients"), rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(both[k].array("grad_norms"), sep[k].array("grad_norms"), rtol=1e-6)
+        ma, mb = FeatureStore.open(tmp_path / f"one_{k}").manifest, FeatureStore.open(tmp_path / f"sep_{k}").manifest
+        assert ma == mb  # the same meta, arrays and layout as a pass of its own
+    assert both["lora"].array("gradients").shape == both["self_attn"].array("gradients").shape
+    assert FeatureStore.open(tmp_path / "one_self_attn").manifest["num_params"] < \
+        FeatureStore.open(tmp_path / "one_lora").manifest["num_params"]
+
+
 def test_resumed_and_sharded_runs_are_byte_identical(family_setup, pool, tmp_path):
     from vlselect.features.store import merge
 

@@ -10,8 +10,8 @@ Stages (each cached by a hash of its inputs, see :mod:`vlselect.bench.stages`):
    (last-token and mean embeddings, probability margin; :mod:`vlselect.features.embeddings`) from one pass of the
    base model.
 4. ``warmup`` and ``gradients``: TIVE's warm-up LoRA on 8% of the pool, then projected per-sample gradients (and
-   their norms) of the pool and of every validation set (every LoRA A/B: ICONS, LESS and the composites), and
-   ``tive_gradients``: the pool's gradients of the self-attention LoRA only, as TIVE takes them.
+   their norms) of the pool (every LoRA A/B: ICONS, LESS and the composites; and, from the same forward and backward
+   pass, the self-attention LoRA only, as TIVE takes them) and of every validation set (``val_gradients``).
 5. ``select``: every method at every budget (one scoring pass per method).
 6. ``train`` and ``eval``: fine-tuning of the base model (``adapter``: full by default) on each subset (and on the full pool, the
    reference), evaluated on the world's evaluation sets; several seeds at the budgets in ``seed_budgets``.
@@ -263,20 +263,21 @@ def run_bench(out: str | os.PathLike, config: BenchConfig | None = None, *,
         _, warm = cache.run("warmup", warm_recipe, lambda d: _warmup(cfg, base, pool_path, images, d),
                             label="warm-up reference model (TIVE rule)")
         grad_recipe = {**warm_recipe, "dim": cfg.grad_dim}
-        gdir, _ = cache.run("gradients", grad_recipe,
-                            lambda d: _gradients(cfg, base, warm["lora_dir"], pool_path, images, d / "store"),
-                            label="per-sample gradients of the pool")
-        grads = FeatureStore.open(gdir / "store")
+        # TIVE's own features, gradients of the self-attention LoRA only (tive.md §3), come from the same forward
+        # and backward pass as the every-LoRA gradients of ICONS and LESS (features.gradients.run_engines)
+        sets = ["lora", "self_attn"] if "tive" in cfg.methods else ["lora"]
+        gdir, _ = cache.run("gradients", {**grad_recipe, "params": sets},
+                            lambda d: _gradients(cfg, base, warm["lora_dir"], pool_path, images,
+                                                 {k: d / _GRAD_STORES[k] for k in sets}),
+                            label="per-sample gradients of the pool" + (" (every LoRA, and TIVE's self-attention)"
+                                                                         if len(sets) > 1 else ""))
+        grads = FeatureStore.open(gdir / _GRAD_STORES["lora"])
+        if "tive" in cfg.methods:
+            tive_grads = FeatureStore.open(gdir / _GRAD_STORES["self_attn"])
         vdir, _ = cache.run("val_gradients", {**grad_recipe, **val_recipe},
                             lambda d: _val_gradients(cfg, base, warm["lora_dir"], valworld, d),
                             label="gradients of the validation sets")
         val_grads = {p.name: FeatureStore.open(p) for p in sorted(vdir.iterdir()) if p.is_dir()}
-        if "tive" in cfg.methods:  # TIVE's own features: gradients of the self-attention LoRA only (tive.md §3)
-            tdir, _ = cache.run("tive_gradients", {**grad_recipe, "params": "self_attn"},
-                                lambda d: _gradients(cfg, base, warm["lora_dir"], pool_path, images, d / "store",
-                                                     params="self_attn"),
-                                label="per-sample self-attention gradients of the pool (TIVE)")
-            tive_grads = FeatureStore.open(tdir / "store")
 
     # 5. selection ------------------------------------------------------------------------------------------------
     man = acts.manifest
@@ -455,12 +456,16 @@ def _warmup(cfg: BenchConfig, base: Path, pool_path: Path, images: Path, d: Path
     return res.to_json()
 
 
-def _gradients(cfg: BenchConfig, base: Path, lora: str, pool, images: Path | None, store: Path,
-               params: str = "lora") -> None:
+#: the gradient stage's store folder per parameter set
+_GRAD_STORES = {"lora": "store", "self_attn": "store_self_attn"}
+
+
+def _gradients(cfg: BenchConfig, base: Path, lora: str, pool, images: Path | None, store) -> None:
+    """Per-sample gradients into ``store`` (a folder, or ``{parameter set: folder}`` for one shared pass)."""
     from vlselect.features.gradients import extract_gradients
 
     extract_gradients(base, lora, pool, store, image_root=images, dim=cfg.grad_dim, seed=cfg.seed, norms=True,
-                      batch_size=16, progress=True, params=params)
+                      batch_size=16, progress=True)
 
 
 def _val_gradients(cfg: BenchConfig, base: Path, lora: str, valworld: Path, d: Path) -> None:

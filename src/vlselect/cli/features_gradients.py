@@ -31,6 +31,9 @@ def gradients(
     seed: int = typer.Option(0, "--seed", help="Projection seed (official: 0); use the same for train and val."),
     params: str = typer.Option("lora", "--params", help="lora: every LoRA A/B (ICONS, LESS); self_attn: attention "
                                "LoRA only (TIVE)."),
+    also: list[str] = typer.Option([], "--also", help="SET=DIR: also write parameter set SET (lora or self_attn) "
+                                   "into store DIR from the same forward/backward pass (e.g. --params lora --also "
+                                   "self_attn=feats/tive: ICONS's and TIVE's gradients in one pass). Repeatable."),
     adam_state: Optional[Path] = typer.Option(None, "--adam-state", help="Warm-up Adam state for LESS "
                                               "preconditioning (adam_state.pt of 'vlselect train warmup')."),
     norms: bool = typer.Option(False, "--norms", help="Also store grad_norms, the full gradient L2 norm (TIVE)."),
@@ -52,7 +55,8 @@ def gradients(
     another order): they agree within 1e-5 of the largest |value|.
 
     Recipes: ICONS --dim 5120 (and the same command on each target task's validation file); TIVE --params
-    self_attn --norms; LESS --adam-state WARM/adam_state.pt.
+    self_attn --norms; LESS --adam-state WARM/adam_state.pt. ICONS and TIVE from one pass: --params lora --norms
+    --also self_attn=DIR.
 
     Example: vlselect features gradients --model tiny-llava --lora warm/lora --pool world/pool.json --params self_attn --norms --dim 256 --out feats/grads
     """
@@ -68,13 +72,25 @@ def gradients(
     else:
         source, images = open_cli_pool(pool, unique_ids=unique_ids, skip_invalid=skip_invalid, images=images,
                                        progress=not quiet)
-    store = extract_gradients(model, lora, source, out, image_root=images, dim=dim, projection=projection, seed=seed,
+    outs: dict[str, Path] = {params: out}
+    for item in also:
+        name, sep, folder = item.partition("=")
+        if not sep or not folder or not name:
+            raise ConfigError(f"--also {item!r}: expected SET=DIR, e.g. --also self_attn=feats/tive")
+        if name in outs:
+            raise ConfigError(f"--also {item!r}: parameter set '{name}' is already written (to {outs[name]}); give "
+                              "each set once")
+        outs[name] = Path(folder)
+    if len(set(map(str, outs.values()))) < len(outs):
+        raise ConfigError("--out and --also name the same folder twice; give each parameter set its own store")
+    stores = extract_gradients(model, lora, source, outs if also else out, image_root=images, dim=dim, projection=projection, seed=seed,
                               params=params, adam_state=adam_state, norms=norms, batch_size=batch_size,
                               shard=shard, shard_size=shard_size, factor_dim=factor_dim, skip_bad=skip_bad,
                               device=device, dtype=dtype, max_length=max_length, progress=not quiet,
                               overwrite=overwrite)
-    state = "finished" if store.finished else f"{len(store.done_shards())}/{store.n_shards} shards done"
-    typer.echo(f"gradients in {out} ({state})")
+    for name, store in (stores.items() if also else [(params, stores)]):
+        state = "finished" if store.finished else f"{len(store.done_shards())}/{store.n_shards} shards done"
+        typer.echo(f"gradients ({name}) in {outs[name]} ({state})")
 
 
 def register(group: typer.Typer) -> None:

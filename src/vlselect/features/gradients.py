@@ -250,6 +250,7 @@ class GradientEngine:
                 m.gradient_checkpointing = False
         self.device = next(model.parameters()).device
         chosen = select_parameters(model, params)
+        self.param_set = params
         self.params: list[_Param] = []
         offset = 0
         modules: dict[str, torch.nn.Linear] = {}
@@ -374,7 +375,9 @@ class GradientEngine:
     def full_gradients(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """The full per-sample gradients ``(b, D)`` float32 (Adam-preconditioned if an Adam state was given) and
         the L2 norms ``(b,)`` of the plain gradients."""
-        b, res = self._layer_grads(batch)
+        return self._full_from(*self._layer_grads(batch))
+
+    def _full_from(self, b: int, res) -> tuple[torch.Tensor, torch.Tensor]:
         full = torch.zeros(b, self.num_params, dtype=torch.float32, device=self.device)
         sq = torch.zeros(b, dtype=torch.float64, device=self.device)
         for p in self.params:
@@ -391,7 +394,9 @@ class GradientEngine:
         return full, sq.sqrt().float()
 
     def _project_streaming(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
-        b, res = self._layer_grads(batch)
+        return self._streaming_from(batch, *self._layer_grads(batch))
+
+    def _streaming_from(self, batch, b: int, res) -> tuple[torch.Tensor, torch.Tensor]:
         sq = torch.zeros(b, dtype=torch.float64, device=self.device)
         if self.factored is not None:
             parts = []
@@ -441,43 +446,108 @@ class GradientEngine:
             ``(n, out_dim)`` float32 on CPU (projected, or full gradients with ``projection="none"``); ``norms``
             ``(n,)`` float32, the L2 norm of each sample's plain (unprojected, unpreconditioned) gradient.
         """
-        start = 0
-        pending: list[tuple[torch.Tensor, torch.Tensor]] = []
-        pending_rows = 0
-        if self.projection == "none":
-            for batch in batches:
-                full, norms = self.full_gradients(batch)
-                yield start, full.cpu(), norms.cpu()
-                start += full.shape[0]
-            return
-        # rows buffered before the (final) projection: full gradients (dense) or layer sketches (factored)
-        row_bytes = 4 * (self.factored.dim_factored if self.factored is not None else self.num_params)
+        for start, ((feats, norms),) in run_engines([self], batches):
+            yield start, feats, norms
 
-        def flush():
-            nonlocal pending, pending_rows, start
-            rows = torch.cat([f for f, _ in pending]) if len(pending) > 1 else pending[0][0]
-            norms = torch.cat([n for _, n in pending])
-            feats = self.factored.finish(rows) if self.factored is not None else self.dense.project(rows)
-            item = (start, feats.cpu(), norms.cpu())
-            start += pending_rows
-            pending, pending_rows = [], 0
-            return item
+    # one batch's rows before the final step of run_engines, and that final step
+    def _rows_from(self, batch, b: int, res, buffered: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.projection == "none" or (buffered and self.factored is None):
+            return self._full_from(b, res)  # full gradients: returned as they are, or projected together at flush
+        return self._streaming_from(batch, b, res)  # factored sketches (finished at flush) or dense projected rows
 
-        for batch in batches:
-            n = int(batch["input_ids"].shape[0])
-            if self.factored is not None or n * row_bytes <= self.buffer_bytes:
-                if pending and (pending_rows + n) * row_bytes > self.buffer_bytes:
-                    yield flush()
-                pending.append(self._project_streaming(batch) if self.factored is not None else self.full_gradients(batch))
-                pending_rows += n
-                continue
-            if pending:
+    def _finish_rows(self, rows: torch.Tensor, buffered: bool) -> torch.Tensor:
+        if self.factored is not None:
+            return self.factored.finish(rows)
+        if self.dense is not None and buffered:
+            return self.dense.project(rows)
+        return rows
+
+    def _buffer_row_bytes(self) -> int:
+        return 4 * (self.factored.dim_factored if self.factored is not None else self.num_params)
+
+
+def run_engines(engines: Sequence[GradientEngine], batches: Iterable[Mapping[str, Any]]
+                ) -> Iterator[tuple[int, list[tuple[torch.Tensor, torch.Tensor]]]]:
+    """Featurise batches for several engines of one model with **one** forward and backward pass per batch (e.g.
+    ICONS's every-LoRA gradients and TIVE's self-attention ones, tive.md §3).
+
+    The first engine's parameters must include every other engine's (its hooks capture the layers all of them
+    need); each engine keeps its own projection, so its rows equal what a pass of its own gives (up to float
+    rounding of the batched projection).
+
+    Yields
+    ------
+    (start, [(features, norms), ...])
+        One ``(features, norms)`` per engine, in order, as :meth:`GradientEngine.run` yields them.
+    """
+    engines = list(engines)
+    lead = engines[0]
+    if len({e.projection == "none" for e in engines}) > 1:
+        raise ConfigError("engines sharing a pass must all project, or all return full gradients")
+    for e in engines[1:]:
+        if e.model is not lead.model:
+            raise ConfigError("engines sharing a pass must wrap the same model")
+        extra = sorted(set(e.modules) - set(lead.modules))
+        if extra:
+            raise ConfigError(f"the first engine ('{lead.param_set}') does not hook layer '{extra[0]}' that engine "
+                              f"'{e.param_set}' needs; fix: put the engine with the largest parameter set first")
+    # every constructor marks its own set trainable (and the rest frozen): the lead's set must be the one marked
+    select_parameters(lead.model, lead.param_set)
+    start = 0
+    full_only = all(e.projection == "none" for e in engines)
+    # rows buffered before the (final) projection: full gradients (dense) or layer sketches (factored)
+    dense_bytes = sum(e._buffer_row_bytes() for e in engines if e.factored is None and e.projection != "none")
+    row_bytes = sum(e._buffer_row_bytes() for e in engines if e.projection != "none")
+    budget = min(e.buffer_bytes for e in engines)
+    pending: list[list[tuple[torch.Tensor, torch.Tensor]]] = []
+    pending_rows = 0
+
+    def layer_grads(batch):
+        empty = lead.empty_samples
+        b, res = lead._layer_grads(batch)
+        for e in engines[1:]:  # every engine counts the samples without an answer token it saw
+            e.empty_samples += lead.empty_samples - empty
+        return b, res
+
+    def flush():
+        nonlocal pending, pending_rows, start
+        outs = []
+        for k, e in enumerate(engines):
+            parts = [p[k] for p in pending]
+            rows = torch.cat([f for f, _ in parts]) if len(parts) > 1 else parts[0][0]
+            norms = torch.cat([n for _, n in parts])
+            outs.append((e._finish_rows(rows, True).cpu(), norms.cpu()))
+        item = (start, outs)
+        start += pending_rows
+        pending, pending_rows = [], 0
+        return item
+
+    for batch in batches:
+        n = int(batch["input_ids"].shape[0])
+        if full_only:
+            b, res = layer_grads(batch)
+            yield start, [tuple(t.cpu() for t in e._full_from(b, res)) for e in engines]
+            start += b
+            continue
+        if n * dense_bytes <= budget:
+            if pending and (pending_rows + n) * row_bytes > budget:
                 yield flush()
-            feats, norms = self._project_streaming(batch)  # dense, too large to buffer: layer by layer
-            yield start, feats.cpu(), norms.cpu()
-            start += n
+            b, res = layer_grads(batch)
+            pending.append([e._rows_from(batch, b, res, True) for e in engines])
+            pending_rows += n
+            continue
         if pending:
             yield flush()
+        b, res = layer_grads(batch)  # too large to buffer: dense engines project layer by layer
+        outs = []
+        for e in engines:
+            rows, norms = e._rows_from(batch, b, res, False)
+            outs.append((e._finish_rows(rows, False).cpu(), norms.cpu()))
+        yield start, outs
+        start += n
+    if pending:
+        yield flush()
+
 
 def per_sample_autograd_gradients(
     model: torch.nn.Module, single_batches: Iterable[Mapping[str, Any]], names: Sequence[str]
@@ -558,7 +628,7 @@ def extract_gradients(
     model: str | Path | Any,
     lora: str | Path | None,
     pool: Any,
-    out: str | Path,
+    out: str | Path | Mapping[str, str | Path],
     *,
     image_root: str | Path | None = None,
     dim: int = DEFAULT_DIMS["tive"],
@@ -598,7 +668,10 @@ def extract_gradients(
     pool:
         Pool file, :class:`vlselect.pool.Pool` or list of :class:`Sample`.
     out:
-        Store directory; re-running the same command resumes it.
+        Store directory; re-running the same command resumes it. A mapping ``{parameter set: directory}`` (e.g.
+        ``{"lora": "grads", "self_attn": "grads_tive"}``) computes several parameter sets' stores with one forward
+        and backward pass per batch (:func:`run_engines`); ``params`` is then ignored. Each store is the one a call
+        of its own would write (same meta, same rows up to float rounding), so either can be resumed alone.
     image_root:
         Folder the image paths are relative to.
     dim, projection, seed, params, factor_dim:
@@ -622,23 +695,28 @@ def extract_gradients(
 
     Returns
     -------
-    FeatureStore
-        The store (finished if every shard is done).
+    FeatureStore or dict of str to FeatureStore
+        The store (finished if every shard is done); with a mapping ``out``, one per parameter set.
 
     Examples
     --------
     >>> extract_gradients("tiny", "tiny-warmup/lora", "pool.json", "grads", image_root="images")  # doctest: +SKIP
     """
     from vlselect.features.store import FeatureStore
-    from vlselect.models import collate, encode_sample, load_vlm, resolve_template
     from vlselect.errors import PoolError
+    from vlselect.models import collate, load_vlm, resolve_template
+    from vlselect.models.encode_cache import encode_cache
 
     if batch_size < 1:
         raise ConfigError(f"--batch-size {batch_size} must be at least 1")
     if projection not in PROJECTIONS:
         raise ConfigError(f"--projection {projection!r} is unknown; use one of {', '.join(PROJECTIONS)}")
-    if params not in PARAM_SELECTORS:
-        raise ConfigError(f"--params {params!r} is unknown; use one of {', '.join(PARAM_SELECTORS)}")
+    outs = {str(k): v for k, v in out.items()} if isinstance(out, Mapping) else {params: out}
+    if not outs:
+        raise ConfigError("no output store given")
+    for name in outs:
+        if name not in PARAM_SELECTORS:
+            raise ConfigError(f"--params {name!r} is unknown; use one of {', '.join(PARAM_SELECTORS)}")
     if projection == "factored" and adam_state is not None:
         raise ConfigError("Adam preconditioning (--adam-state) needs the full gradient and cannot be combined with "
                           "--projection factored; fix: use rademacher or gaussian")
@@ -656,16 +734,17 @@ def extract_gradients(
     lora_hash = None
     if lora is not None:
         net, lora_hash = attach_lora(net, lora)
-    adam = None
-    adam_hash = None
-    # the engine picks the parameters; the Adam state is matched to them
-    engine = GradientEngine(net, params=params, projection=projection, dim=dim, seed=seed, factor_dim=factor_dim)
-    if adam_state is not None:
-        shapes = [p.shape for p in engine.params]
-        adam = load_adam_state(adam_state, engine.param_names, shapes)
-        adam_hash = _file_digest([Path(adam_state)])
-        engine = GradientEngine(net, params=params, projection=projection, dim=dim, seed=seed, factor_dim=factor_dim,
-                                adam_state=adam)
+    adam_hash = None if adam_state is None else _file_digest([Path(adam_state)])
+    engines: dict[str, GradientEngine] = {}
+    for name in outs:  # the engine picks the parameters; the Adam state is matched to them
+        engine = GradientEngine(net, params=name, projection=projection, dim=dim, seed=seed, factor_dim=factor_dim)
+        if adam_state is not None:
+            adam = load_adam_state(adam_state, engine.param_names, [p.shape for p in engine.params])
+            engine = GradientEngine(net, params=name, projection=projection, dim=dim, seed=seed,
+                                    factor_dim=factor_dim, adam_state=adam)
+        engines[name] = engine
+    # the largest parameter set leads a shared pass (its hooks capture every layer the others need)
+    order = sorted(engines, key=lambda k: -len(engines[k].modules))
     n = len(pool)
 
     def sample_at(i: int):
@@ -673,44 +752,52 @@ def extract_gradients(
 
     ids_attr = getattr(pool, "ids", None)
     ids = list(ids_attr() if callable(ids_attr) else ids_attr) if ids_attr is not None else [s.id for s in pool]
-    arrays = {"gradients": (engine.out_dim, "float32")}
-    if norms:
-        arrays["grad_norms"] = (None, "float32")
-    meta = {
-        "kind": "gradients",
-        "model": str(loaded.model_dir),
-        "model_hash": loaded.model_hash,
-        "template": resolve_template(loaded),  # how conversations became text; a resume must use the same
-        "lora": None if lora is None else str(lora),
-        "lora_hash": lora_hash,
-        "params": params,
-        "num_params": engine.num_params,
-        "projection": projection,
-        "dim": engine.out_dim,
-        "seed": int(seed),
-        "factor_dim": int(factor_dim) if projection == "factored" else None,
-        "adam_state": adam_hash,
-        "loss": "mean cross-entropy over the sample's answer tokens",
-        "pool_fingerprint": getattr(pool, "fingerprint", None),
-    }
-    if meta["pool_fingerprint"] is None:  # a list of samples (e.g. a validation set): key the store on its content
+    samples_digest = None
+    if getattr(pool, "fingerprint", None) is None:  # a list of samples (a validation set): key stores on content
         from dataclasses import asdict, is_dataclass
 
         from vlselect.artifact import digest
 
-        meta["samples_digest"] = digest([asdict(x) if is_dataclass(x) else repr(x) for x in map(sample_at, range(n))])
+        samples_digest = digest([asdict(x) if is_dataclass(x) else repr(x) for x in map(sample_at, range(n))])
     if not ex.finalises:
-        ex.barrier()  # rank 0 creates (or clears, under --overwrite) the folder first
-    store = FeatureStore.create(out, arrays=arrays, n_rows=n, shard_size=shard_size, meta=meta, sample_ids=ids,
-                                code=code_version(*CODE_MODULES), overwrite=overwrite and ex.is_main)
+        ex.barrier()  # rank 0 creates (or clears, under --overwrite) the folders first
+    stores = {}
+    for name, engine in engines.items():
+        arrays = {"gradients": (engine.out_dim, "float32")}
+        if norms:
+            arrays["grad_norms"] = (None, "float32")
+        meta = {
+            "kind": "gradients",
+            "model": str(loaded.model_dir),
+            "model_hash": loaded.model_hash,
+            "template": resolve_template(loaded),  # how conversations became text; a resume must use the same
+            "lora": None if lora is None else str(lora),
+            "lora_hash": lora_hash,
+            "params": name,
+            "num_params": engine.num_params,
+            "projection": projection,
+            "dim": engine.out_dim,
+            "seed": int(seed),
+            "factor_dim": int(factor_dim) if projection == "factored" else None,
+            "adam_state": adam_hash,
+            "loss": "mean cross-entropy over the sample's answer tokens",
+            "pool_fingerprint": getattr(pool, "fingerprint", None),
+        }
+        if samples_digest is not None:
+            meta["samples_digest"] = samples_digest
+        stores[name] = FeatureStore.create(outs[name], arrays=arrays, n_rows=n, shard_size=shard_size, meta=meta,
+                                           sample_ids=ids, code=code_version(*CODE_MODULES),
+                                           overwrite=overwrite and ex.is_main)
     if ex.finalises:
         ex.barrier()
-    todo = store.pending(ex.slot, ex.slots)
+    todo_of = {name: {sh.index: sh for sh in st.pending(ex.slot, ex.slots)} for name, st in stores.items()}
+    todo = sorted({i: sh for t in todo_of.values() for i, sh in t.items()}.values(), key=lambda sh: sh.index)
     kill_after = int(os.environ.get("VLSELECT_TEST_KILL_AFTER_SHARDS", "0") or 0)
 
     from vlselect.progress import progress_bar
 
     total = sum(len(s) for s in todo)
+    cache = encode_cache()  # a sample another stage of this process encoded is not encoded again
     with progress_bar("gradients", enabled=progress, unit="rows", transient=True) as bar:
         task = bar.add_task("", total=total)
         written = 0
@@ -719,39 +806,50 @@ def extract_gradients(
             encoded: list[tuple[int, dict]] = []
             for i in range(sh.start, sh.stop):
                 try:
-                    encoded.append((i, encode_sample(loaded, sample_at(i), image_root, max_length=max_length)))
+                    encoded.append((i, cache.encode(loaded, sample_at(i), image_root, max_length=max_length)))
                 except PoolError:
                     if not skip_bad:
                         raise
                     missing.append(i)
-            feats = np.zeros((len(sh), engine.out_dim), dtype=np.float32)
-            nrm = np.zeros(len(sh), dtype=np.float32)
+            names = [k for k in order if sh.index in todo_of[k]]  # the stores still missing this shard
+            feats = {k: np.zeros((len(sh), engines[k].out_dim), dtype=np.float32) for k in names}
+            nrm = {k: np.zeros(len(sh), dtype=np.float32) for k in names}
             rows = [i for i, _ in encoded]
             batches = (collate([e for _, e in encoded[j : j + batch_size]], loaded.pad_token_id)
                        for j in range(0, len(encoded), batch_size))
-            for start, f, nr in engine.run(batches):
-                local = np.asarray(rows[start : start + f.shape[0]]) - sh.start
-                feats[local] = f.numpy()
-                nrm[local] = nr.numpy()
-                bar.advance(task, f.shape[0])
+            for start, got in run_engines([engines[k] for k in names], batches):
+                local = np.asarray(rows[start : start + got[0][0].shape[0]]) - sh.start
+                for k, (f, nr) in zip(names, got):
+                    feats[k][local] = f.numpy()
+                    nrm[k][local] = nr.numpy()
+                bar.advance(task, got[0][0].shape[0])
             bar.advance(task, len(missing))
-            data = {"gradients": feats}
-            if norms:
-                data["grad_norms"] = nrm
-            store.write_shard(sh.index, data, missing)
+            for k in names:
+                data = {"gradients": feats[k]}
+                if norms:
+                    data["grad_norms"] = nrm[k]
+                stores[k].write_shard(sh.index, data, missing)
             written += 1
             if kill_after and written >= kill_after:  # fault-injection tests: die like an OOM-killed job
                 import signal
 
                 os.kill(os.getpid(), signal.SIGKILL)
             if stop_after_shards is not None and written >= stop_after_shards:
-                store.close()
-                return store
+                for st in stores.values():
+                    st.close()
+                return _stores_result(stores, out)
     ex.barrier()
     if ex.finalises:  # one process per job finalises, once every shard of every rank is done
-        store.finalise({"empty_answer_samples": engine.empty_samples} if engine.empty_samples else None)
+        for name, st in stores.items():
+            empty = engines[name].empty_samples
+            st.finalise({"empty_answer_samples": empty} if empty else None)
     ex.barrier()
-    store.close()
-    if not store.finished and (store.path / "manifest.json").exists():
-        store._manifest = json.loads((store.path / "manifest.json").read_text())
-    return store
+    for st in stores.values():
+        st.close()
+        if not st.finished and (st.path / "manifest.json").exists():
+            st._manifest = json.loads((st.path / "manifest.json").read_text())
+    return _stores_result(stores, out)
+
+
+def _stores_result(stores: dict, out):
+    return dict(stores) if isinstance(out, Mapping) else next(iter(stores.values()))

@@ -17,6 +17,8 @@ from vlselect.select.icons import (
     icons_task_scores,
     iter_row_blocks,
     pad_columns,
+    row_parts,
+    row_workers,
     torch_threads,
 )
 from vlselect.select.tive import tive_instance_scores
@@ -90,7 +92,8 @@ def _gram_mean_cosines(x: np.ndarray, codes: np.ndarray) -> np.ndarray:
     return out
 
 
-def test_tive_streamed_scores_equal_the_float64_gram_definition(tmp_path, small_groups):
+@pytest.mark.parametrize("block_rows,workers", [(29, 1), (7, 1), (7, 2)])  # block 7: 100 blocks, 4 row parts
+def test_tive_streamed_scores_equal_the_float64_gram_definition(tmp_path, small_groups, block_rows, workers):
     rng = np.random.default_rng(1)
     n, d, T = 700, 40, 11  # 11 tasks: the centroid product is padded to 16 columns
     centres = rng.standard_normal((T, d))
@@ -100,7 +103,7 @@ def test_tive_streamed_scores_equal_the_float64_gram_definition(tmp_path, small_
     x[123, 5] = np.nan  # a non-finite row: out of every sum, no score
     np.save(tmp_path / "x.npy", x)
     mm = np.load(tmp_path / "x.npy", mmap_mode="r")
-    scores, finite = tive_instance_scores(mm, codes, T, block_rows=29)
+    scores, finite = tive_instance_scores(mm, codes, T, block_rows=block_rows, workers=workers)
     assert np.flatnonzero(~finite).tolist() == [123]
     keep = codes.copy()
     keep[123] = -1
@@ -109,8 +112,10 @@ def test_tive_streamed_scores_equal_the_float64_gram_definition(tmp_path, small_
     np.testing.assert_allclose(scores, ref, atol=2e-6, equal_nan=True)
 
 
-@pytest.mark.parametrize("precision,atol", [("float32", 1e-6), ("float64", 1e-12)])
-def test_icons_streamed_matvec_equals_a_float64_reference(tmp_path, small_groups, precision, atol):
+@pytest.mark.parametrize("precision,atol,block_rows,workers",
+                         [("float32", 1e-6, 31, 1), ("float64", 1e-12, 31, 1), ("float32", 1e-6, 7, 2)])
+def test_icons_streamed_matvec_equals_a_float64_reference(tmp_path, small_groups, precision, atol, block_rows,
+                                                          workers):
     rng = np.random.default_rng(2)
     n, d = 900, 48
     x = rng.standard_normal((n, d)).astype(np.float16)
@@ -119,7 +124,7 @@ def test_icons_streamed_matvec_equals_a_float64_reference(tmp_path, small_groups
     vals = {f"val/t{i:02d}": rng.standard_normal((5, d)) for i in range(10)}  # 10 + 2 sub-task columns: padded
     vals["val/s/a"], vals["val/s/b"] = rng.standard_normal((3, d)), rng.standard_normal((4, d))
     targets = icons_targets(vals)
-    scores, subs = icons_task_scores(mm, targets, block_rows=31, precision=precision)
+    scores, subs = icons_task_scores(mm, targets, block_rows=block_rows, precision=precision, workers=workers)
     g = x.astype(np.float64)
     g /= np.linalg.norm(g, axis=1, keepdims=True)
     for j, t in enumerate(targets):
@@ -130,6 +135,61 @@ def test_icons_streamed_matvec_equals_a_float64_reference(tmp_path, small_groups
             v = torch.nn.functional.normalize(torch.from_numpy(t.vals[0].astype(np.float32)), dim=1).numpy()
             ref = g @ v.mean(axis=0, dtype=np.float64)
         np.testing.assert_allclose(scores[:, j], ref, rtol=0, atol=atol, err_msg=t.name)
+
+
+def test_row_parts_are_whole_blocks_and_only_for_long_inputs():
+    # 100 blocks of 10 rows: 4 parts of 25 blocks; 101 blocks (the last one short): 25/25/25/26 blocks
+    assert row_parts(1000, 10) == [(0, 250), (250, 500), (500, 750), (750, 1000)]
+    assert row_parts(1005, 10) == [(0, 250), (250, 500), (500, 750), (750, 1005)]
+    assert row_parts(480, 10) == [(0, 160), (160, 320), (320, 480)]  # 48 blocks: 3 parts of 16
+    assert row_parts(159, 10) == [(0, 159)]  # 16 blocks: one part
+    assert row_parts(0, 10) == []
+
+
+def test_row_workers_from_the_argument_the_environment_or_the_cpus(monkeypatch):
+    from vlselect.errors import SelectionError
+
+    monkeypatch.setenv("VLSELECT_ROW_WORKERS", "1")
+    assert row_workers() == 1 and row_workers(3) == 3 and row_workers(99) == 4
+    monkeypatch.setenv("VLSELECT_ROW_WORKERS", "two")
+    with pytest.raises(SelectionError, match="VLSELECT_ROW_WORKERS='two'"):
+        row_workers()
+    monkeypatch.delenv("VLSELECT_ROW_WORKERS")
+    import os
+
+    assert row_workers() == min(4, len(os.sched_getaffinity(0)))
+
+
+def test_workers_do_not_change_a_bit_of_tive_or_icons(tmp_path, small_groups):
+    """Fixed row parts of whole blocks, per-part sums added in a fixed order: 1, 2 and 4 workers give the same
+    bytes (and the parts really run in other threads: a worker's thread is not the caller's)."""
+    import threading
+
+    rng = np.random.default_rng(5)
+    n, d, T = 2000, 32, 5
+    codes = rng.integers(0, T, n)
+    x = rng.standard_normal((n, d)).astype(np.float16)
+    np.save(tmp_path / "x.npy", x)
+    mm = np.load(tmp_path / "x.npy", mmap_mode="r")
+    targets = icons_targets({f"val/t{i}": rng.standard_normal((4, d)) for i in range(3)})
+    threads = set()
+    real = icons_mod.iter_row_blocks
+
+    def spy(*a, **k):
+        threads.add(threading.get_ident())
+        return real(*a, **k)
+
+    out = {}
+    for w in (1, 2, 4):
+        icons_mod.iter_row_blocks = spy
+        try:
+            out[w] = (tive_instance_scores(mm, codes, T, block_rows=10, workers=w)[0],
+                      icons_task_scores(mm, targets, block_rows=10, workers=w)[0])
+        finally:
+            icons_mod.iter_row_blocks = real
+    for w in (2, 4):
+        assert out[w][0].tobytes() == out[1][0].tobytes() and out[w][1].tobytes() == out[1][1].tobytes()
+    assert len(threads - {threading.get_ident()}) >= 2
 
 
 def test_mean_rank_equals_scipy_average_ranks_with_ties_and_invalid_rows():

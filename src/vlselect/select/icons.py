@@ -217,6 +217,99 @@ def iter_row_blocks(
             progress.stop()
 
 
+#: parts a streaming pass splits its rows into, whatever the number of workers: results that are summed over rows
+#: (TIVE's task sums) add the parts' sums in this fixed order, so they do not depend on how many workers ran
+ROW_PARTS = 4
+
+
+def row_workers(workers: int | None = None) -> int:
+    """Threads a streaming pass uses: ``workers`` if given, else ``$VLSELECT_ROW_WORKERS``, else the CPUs this
+    process may run on, at most :data:`ROW_PARTS`. Measured at 100,000 x 5,120 float16 on this project's 2-core
+    box (benchmarks/RESULTS.md): ICONS's pass took 1.4-1.5x a one-thread NumPy read with two workers against
+    1.7-2.5x with one, on an idle machine; with the other core busy a second worker does not help (set 1)."""
+    import os
+
+    if workers is None:
+        raw = os.environ.get("VLSELECT_ROW_WORKERS", "").strip()
+        if raw:
+            try:
+                workers = int(raw)
+            except ValueError:
+                raise SelectionError(f"$VLSELECT_ROW_WORKERS={raw!r} is not a whole number; fix: set it to 1 or 2"
+                                     ) from None
+        else:
+            workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if workers < 1:
+        raise SelectionError(f"row workers {workers} must be at least 1")
+    return int(min(workers, ROW_PARTS))
+
+
+def row_parts(n: int, block_rows: int, parts: int = ROW_PARTS) -> list[tuple[int, int]]:
+    """``[lo, hi)`` of the fixed row parts of a streaming pass over ``n`` rows in blocks of ``block_rows``: whole
+    blocks (so every block is the block a single pass would read, and a row's value cannot depend on the split),
+    at most ``parts`` of them, and one part when there are fewer than 16 blocks per part."""
+    step = max(1, int(block_rows))
+    blocks = -(-n // step)
+    k = max(1, min(parts, blocks // 16))
+    cuts = [min(n, (blocks * i // k) * step) for i in range(k + 1)]
+    return [(lo, hi) for lo, hi in zip(cuts, cuts[1:]) if hi > lo]
+
+
+def stream_parts(arr: np.ndarray, block_rows: int, dtype, fn, *, workers: int | None = None,
+                 desc: str | None = None, reverse: bool = False) -> None:
+    """Call ``fn(part, start, stop, block)`` for every block of every fixed row part of ``arr``
+    (:func:`row_parts`: whole blocks, the blocks of a single pass; from :func:`iter_row_blocks`, converted to
+    ``dtype``), the parts spread over
+    :func:`row_workers` threads, each with its own conversion buffer. ``fn`` of different parts runs
+    concurrently: it must write to disjoint rows, or to per-part accumulators. torch and the conversion release
+    the GIL, so the threads use separate cores. ``reverse`` walks each part last block first."""
+    import threading
+
+    n = int(arr.shape[0])
+    parts = row_parts(n, block_rows)
+    k = min(row_workers(workers), max(1, len(parts)))
+    progress = task = None
+    lock = threading.Lock()
+    if desc is not None and n >= 16 * max(1, int(block_rows)):
+        from vlselect.progress import progress_bar
+
+        progress = progress_bar(desc, unit="rows", transient=True).__enter__()
+        task = progress.add_task("", total=n)
+
+    def run(my_parts: list[int]) -> None:
+        for pi in (list(reversed(my_parts)) if reverse else my_parts):
+            lo, hi = parts[pi]
+            for a, b, block in iter_row_blocks(arr[lo:hi], block_rows, dtype, reverse=reverse):
+                fn(pi, lo + a, lo + b, block)
+                if progress is not None:
+                    with lock:
+                        progress.update(task, advance=b - a)
+
+    errors: list[BaseException] = []
+
+    def guarded(my_parts: list[int]) -> None:
+        try:
+            run(my_parts)
+        except BaseException as exc:  # re-raised in the caller's thread below
+            errors.append(exc)
+
+    try:
+        if k <= 1:
+            run(list(range(len(parts))))
+            return
+        threads = [threading.Thread(target=guarded, args=(list(range(w, len(parts), k)),), daemon=True)
+                   for w in range(k)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
+    finally:
+        if progress is not None:
+            progress.stop()
+
+
 # ------------------------------------------------------------------------------------------- ICONS
 
 NORMALIZE_EPS = 1e-12  # torch.nn.functional.normalize's default (spec §2.5, §10 step 1)
@@ -297,6 +390,7 @@ def icons_task_scores(
     form: str = "matvec",
     block_rows: int | None = None,
     precision: str = "float32",
+    workers: int | None = None,
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Specialist stage: one influence score per training row and voting task (spec §4, §10 steps 1–2).
 
@@ -320,6 +414,8 @@ def icons_task_scores(
         ``"float32"`` (default) or ``"float64"``: the arithmetic of the matvec products and norms. float32
         differs from float64 by float32 rounding (≤ 5e-8 absolute on 100K × 5120 synthetic features, about
         1e-6 of the largest score) at a third of the time; strict mode's hybrid uses float64 for its margin.
+    workers:
+        Threads of the matvec pass (default :func:`row_workers`); the scores do not depend on it.
 
     Returns
     -------
@@ -362,13 +458,17 @@ def icons_task_scores(
         mt = torch.from_numpy(np.ascontiguousarray(pad_columns(means.astype(prec))))
         dots = torch.empty((n, mt.shape[0]), dtype=tprec)
         nrm = torch.empty(n, dtype=tprec)
-        # one streaming pass in cache-sized chunks: convert, multiply and take the norm while the chunk is in cache
+
+        def chunk(part: int, a: int, b: int, block: np.ndarray) -> None:
+            x = tensor_view(block)
+            torch.mm(x, mt.T, out=dots[a:b])
+            torch.linalg.vector_norm(x, 2, dim=1, out=nrm[a:b])
+
+        # one streaming pass in cache-sized chunks: convert, multiply and take the norm while the chunk is in
+        # cache, one torch thread per worker (a row's values do not depend on the chunking or the workers)
         with torch_threads(1):
-            for a, b, block in iter_row_blocks(train, block_rows or chunk_rows_for(d, prec.itemsize), prec,
-                                               desc="ICONS: influence"):
-                x = tensor_view(block)
-                torch.mm(x, mt.T, out=dots[a:b])
-                torch.linalg.vector_norm(x, 2, dim=1, out=nrm[a:b])
+            stream_parts(train, block_rows or chunk_rows_for(d, prec.itemsize), prec, chunk, workers=workers,
+                         desc="ICONS: influence")
         cols = dots.numpy()[:, : len(mats)].astype(np.float64)
         cols /= np.maximum(nrm.numpy().astype(np.float64), NORMALIZE_EPS)[:, None]
     else:

@@ -41,7 +41,7 @@ import numpy as np
 from vlselect.errors import SelectionError
 from vlselect.select.base import Budget, Param, Role, Selection, register_method
 from vlselect.select.icons import (
-    block_rows_for, chunk_rows_for, iter_row_blocks, pad_columns, tensor_view, torch_threads,
+    block_rows_for, chunk_rows_for, iter_row_blocks, pad_columns, row_parts, stream_parts, tensor_view, torch_threads,
 )
 
 __all__ = [
@@ -208,6 +208,7 @@ def tive_instance_scores(
     form: str = "centroid",
     block_rows: int | None = None,
     rows: Sequence[np.ndarray] | None = None,
+    workers: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Instance values ``s_i`` = mean cosine of row i with every row of its task, itself included (spec §5.3).
 
@@ -223,6 +224,9 @@ def tive_instance_scores(
         ``rows``), bit-identical to the official scores but O(n_t²·d).
     block_rows:
         Rows per block (default: a cache-sized chunk, :func:`~vlselect.select.icons.chunk_rows_for`).
+    workers:
+        Threads of the centroid passes (default :func:`~vlselect.select.icons.row_workers`); the scores do not
+        depend on it (fixed row parts, their sums added in a fixed order).
 
     Returns
     -------
@@ -264,25 +268,35 @@ def tive_instance_scores(
     # Pass 1: per task, the sum of its unit rows, Σ_j x_j / max(‖x_j‖, eps): each chunk's rows are scaled by
     # their inverse norms and added to their task's row (index_add_, float32 within the chunk), the chunk sums
     # accumulated over chunks in float64. Row norms are kept (n floats) for pass 2.
-    sums = torch.zeros((n_tasks, d), dtype=torch.float64)
-    acc = torch.zeros((n_tasks + 1, d), dtype=torch.float32)  # row n_tasks collects the rows of no task
-    scaled = torch.empty((min(chunk, max(n, 1)), d), dtype=torch.float32)
+    nparts = len(row_parts(n, chunk))
+    # per fixed row part (stream_parts): its own float64 task sums and float32 scratch, so workers never share
+    # an accumulator and the parts' sums are added in one fixed order, whatever the number of workers
+    part_sums = [torch.zeros((n_tasks, d), dtype=torch.float64) for _ in range(nparts)]
+    part_acc = [torch.zeros((n_tasks + 1, d), dtype=torch.float32) for _ in range(nparts)]  # row n_tasks: no task
+    part_scaled = [torch.empty((min(chunk, max(n, 1)), d), dtype=torch.float32) for _ in range(nparts)]
     # per row, the row of `acc` it is added to: its task, or n_tasks for rows of no task (and, per chunk below,
     # non-finite rows: their NaN lands in that discarded row, never in a task sum)
     dest = torch.from_numpy(np.where(codes >= 0, codes, n_tasks))
     nrm_all = torch.empty(n, dtype=torch.float32)
     inv_all = torch.empty(n, dtype=torch.float32)
+
+    def task_sums(part: int, a: int, b: int, block: np.ndarray) -> None:
+        x = tensor_view(block)
+        nrm = torch.linalg.vector_norm(x, 2, dim=1, out=nrm_all[a:b])
+        inv = torch.reciprocal(torch.clamp_min(nrm, NORMALIZE_EPS), out=inv_all[a:b])
+        # scale in place when the block is iter_row_blocks's own buffer, else into a scratch one
+        sc = x if block.flags.writeable and not np.may_share_memory(block, train) else part_scaled[part][: b - a]
+        torch.mul(x, inv[:, None], out=sc)
+        acc = part_acc[part]
+        acc.zero_()
+        acc.index_add_(0, torch.where(torch.isfinite(nrm), dest[a:b], n_tasks), sc)
+        part_sums[part] += acc[:n_tasks]
+
     with torch_threads(1):
-        for a, b, block in iter_row_blocks(train, chunk, np.float32, desc="TIVE: task sums"):
-            x = tensor_view(block)
-            nrm = torch.linalg.vector_norm(x, 2, dim=1, out=nrm_all[a:b])
-            inv = torch.reciprocal(torch.clamp_min(nrm, NORMALIZE_EPS), out=inv_all[a:b])
-            # scale in place when the block is iter_row_blocks's own buffer, else into a scratch one
-            sc = x if block.flags.writeable and not np.may_share_memory(block, train) else scaled[: b - a]
-            torch.mul(x, inv[:, None], out=sc)
-            acc.zero_()
-            acc.index_add_(0, torch.where(torch.isfinite(nrm), dest[a:b], n_tasks), sc)
-            sums += acc[:n_tasks]
+        stream_parts(train, chunk, np.float32, task_sums, workers=workers, desc="TIVE: task sums")
+        sums = part_sums[0]
+        for extra in part_sums[1:]:
+            sums += extra
         finite = np.isfinite(nrm_all.numpy())
         inv_norm = inv_all.numpy()
         inv_norm[~finite] = 0.0
@@ -290,17 +304,20 @@ def tive_instance_scores(
         # centroid c_t = (1/n_t) Σ_j x̂_j, so s_i = x̂_i · c_t = (x_i · c_t) / ‖x_i‖
         centroids = (sums.numpy() / np.maximum(counts, 1)[:, None]).astype(np.float32)
         ct = torch.from_numpy(np.ascontiguousarray(pad_columns(centroids)))  # (T, d), zero rows up to 16
-        prod = torch.empty((min(chunk, max(n, 1)), ct.shape[0]), dtype=torch.float32)
+        part_prod = [torch.empty((min(chunk, max(n, 1)), ct.shape[0]), dtype=torch.float32) for _ in range(nparts)]
         col = torch.from_numpy(np.maximum(codes, 0)[:, None])  # the column of each row's own task
         own = torch.empty((n, 1), dtype=torch.float32)
+
+        def instance_values(part: int, a: int, b: int, block: np.ndarray) -> None:
+            p = part_prod[part][: b - a]
+            torch.mm(tensor_view(block), ct.T, out=p)  # (rows, T) float32
+            torch.gather(p, 1, col[a:b], out=own[a:b])
+
         # pass 2, last chunk first: the rows read last in pass 1 are the likeliest to be still in the page cache.
         # A GEMM's output row depends on its input row only, so non-finite rows spoil nothing but their own.
         take = (codes >= 0) & finite
-        for a, b, block in iter_row_blocks(train if take.any() else train[:0], chunk, np.float32,
-                                           desc="TIVE: instance values", reverse=True):
-            p = prod[: b - a]
-            torch.mm(tensor_view(block), ct.T, out=p)  # (rows, T) float32
-            torch.gather(p, 1, col[a:b], out=own[a:b])
+        stream_parts(train if take.any() else train[:0], chunk, np.float32, instance_values, workers=workers,
+                     desc="TIVE: instance values", reverse=True)
     scores[take] = (own.numpy()[take, 0].astype(np.float64) * inv_norm[take]).astype(np.float32)
     return scores, finite
 

@@ -41,7 +41,7 @@ def foundation(
     """Build the world's foundation (pretrained language model, vision tower, aligned projector) from its recipe,
     or check one. The shipped foundation is what 'vlselect bench' and 'vlselect demo' fine-tune.
 
-    Example: vlselect models foundation /tmp/foundation      (about 30 min on 2 CPU cores)
+    Example: vlselect models foundation /tmp/foundation      (about 40 minutes on one core; it reproduces the shipped copy byte for byte)
     """
     from vlselect.models.foundation import FoundationRecipe, foundation_path, verify_foundation
     from vlselect.train.foundation import build_foundation

@@ -114,6 +114,12 @@ def test_also_writes_the_self_attention_store_from_the_same_pass(world, tmp_path
     for name in ("gradients", "grad_norms"):
         np.testing.assert_allclose(shared.array(name), alone.array(name), rtol=1e-5, atol=1e-7)
     assert float(np.abs(alone.array("gradients")).max()) > 0
+    # another pool with the TIVE store already holding this one's: refused before the new --out is made
+    code, err = _main(_grad_args(world, world["b"], tmp_path / "g_new", "--also", f"self_attn={tmp_path / 't'}"),
+                      capsys)
+    assert code == 2 and f"{tmp_path / 't'} holds a result of other inputs" in err
+    assert not (tmp_path / "g_new").exists()
+    assert FeatureStore.open(tmp_path / "t").sample_ids() == alone.sample_ids()  # untouched
 
 
 def test_training_on_another_pool_is_refused_and_overwrite_retrains(world, tmp_path, capsys):

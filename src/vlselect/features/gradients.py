@@ -762,7 +762,8 @@ def extract_gradients(
     if not ex.finalises:
         ex.barrier()  # rank 0 creates (or clears, under --overwrite) the folders first
     stores = {}
-    for name, engine in engines.items():
+    # folders that already exist first: one holding other inputs refuses before a new folder is made for the rest
+    for name, engine in sorted(engines.items(), key=lambda kv: not Path(outs[kv[0]]).exists()):
         arrays = {"gradients": (engine.out_dim, "float32")}
         if norms:
             arrays["grad_norms"] = (None, "float32")

@@ -1,0 +1,178 @@
+"""Is a skill learnable by the bench's model at all? Fine-tune the shipped foundation on a pool of ONE task.
+
+The full bench's pool holds 500-1,200 records per task and the full pool learns four of the nine evaluation
+sets (benchmarks/RESULTS.md). Whether a set that is not learned is short of data or out of the model's reach is
+measured here: a world of ``--size`` records of one task (``--task``, a pool task of the world: exist, mc, ocr,
+grounding, vqa_count, ...), the bench's stage-2 recipe (LoRA r=16 on every linear layer of the language model,
+projector in full, vision tower frozen, lr 1e-3, batch 32; ``--adapter full`` and ``--epochs`` to vary it), then
+the world's nine evaluation sets. Every row prints the set's score, its chance level (the best constant answer, as
+the bench computes it) and whether it is learned (10+ points above chance, the bench's rule).
+
+``--task exist`` also scores existence by kind of question on the same evaluation pictures: a present object
+(answer yes), an object whose colour and shape are both absent ("easy no"), colour absent, shape absent, and the
+evaluation set's own kind (colour or shape present, the pair absent): a model that answers from the picture
+gets the easy ones right first.
+
+``--reading exist`` (or ``mc``) asks the question about a *description* of the scene instead of a picture (text
+only: scene caption, then the question), ``--size`` dedicated records, the language model trained in full:
+can the language model do it at all, without the vision side?
+
+One thread; each run prints its training time.
+
+    python benchmarks/learnability.py --task exist --size 10000
+    python benchmarks/learnability.py --task exist --size 10000 --epochs 3
+    python benchmarks/learnability.py --reading exist --size 20000 --lr 3e-4
+    python benchmarks/learnability.py --task exist --size 10000 \
+        --base learnability-out/read_exist_20000_e1_full/train/final      # that language model, then pictures
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+QUESTION = "Is there a {c} {s} in the image?\nAnswer the question using a single word or phrase."
+
+
+def exist_variants(seed: int, eval_size: int, image_size: int, out: Path) -> list[Path]:
+    """Existence questions of five kinds on the pictures of the world's ``exist`` evaluation set."""
+    from vlselect.world.build import WorldConfig, plan_eval
+    from vlselect.world.vocab import COLOR_NAMES, SHAPES
+
+    sets, pics = plan_eval(WorldConfig(seed=seed, eval_size=eval_size, image_size=image_size))
+    rng = np.random.default_rng(5)
+    kinds: dict[str, list] = {"exist_yes": [], "exist_easy_no": [], "exist_colour_absent": [],
+                              "exist_shape_absent": [], "exist_pair_absent": []}
+    for k, smp in enumerate(sets["exist"]):
+        sc = pics[smp["picture"]].scene
+        img = f"eval_exist_{k:04d}.png"
+        cols, shapes = {o.color for o in sc.objects}, {o.shape for o in sc.objects}
+        taken = {(o.color, o.shape) for o in sc.objects}
+        o = sc.objects[int(rng.integers(0, len(sc.objects)))]
+        kinds["exist_yes"].append((img, o.color, o.shape, "yes"))
+        absent_c = [c for c in COLOR_NAMES if c not in cols]
+        absent_s = [s for s in SHAPES if s not in shapes]
+        if absent_c and absent_s:
+            kinds["exist_easy_no"].append((img, absent_c[rng.integers(len(absent_c))],
+                                           absent_s[rng.integers(len(absent_s))], "no"))
+        if absent_c:
+            kinds["exist_colour_absent"].append((img, absent_c[rng.integers(len(absent_c))], o.shape, "no"))
+        if absent_s:
+            kinds["exist_shape_absent"].append((img, o.color, absent_s[rng.integers(len(absent_s))], "no"))
+        hard_s = [s for s in SHAPES if (o.color, s) not in taken and s in shapes]
+        hard_c = [c for c in COLOR_NAMES if (c, o.shape) not in taken and c in cols]
+        if hard_s:
+            kinds["exist_pair_absent"].append((img, o.color, hard_s[rng.integers(len(hard_s))], "no"))
+        elif hard_c:
+            kinds["exist_pair_absent"].append((img, hard_c[rng.integers(len(hard_c))], o.shape, "no"))
+    out.mkdir(parents=True, exist_ok=True)
+    files = []
+    for name, rows in kinds.items():
+        samples = [{"id": f"{name}_{i}", "image": img, "question": QUESTION.format(c=c, s=s), "answers": [a]}
+                   for i, (img, c, s, a) in enumerate(rows)]
+        p = out / f"{name}.json"
+        p.write_text(json.dumps({"name": name, "metric": "exact_match", "samples": samples}))
+        files.append(p)
+    return files
+
+
+def reading_world(kind: str, size: int, out: Path) -> tuple[Path, Path]:
+    """A text-only pool of ``size`` (description, question) records of one kind, and 300 held-out ones."""
+    from vlselect.world.scene import sample_scene
+    from vlselect.world.tasks import ask_exist, ask_mc_color, caption_text
+
+    ask = {"exist": ask_exist, "mc": ask_mc_color}[kind]
+
+    def make(rng, n: int, canonical: bool) -> list:
+        rows = []
+        while len(rows) < n:
+            scene = sample_scene(rng)
+            qa = ask(scene, rng, canonical=canonical)
+            if qa is not None:
+                rows.append((caption_text(scene), qa))
+        return rows
+
+    out.mkdir(parents=True, exist_ok=True)
+    pool = [{"id": f"read_{i}", "task": f"read_{kind}",
+             "conversations": [{"from": "human", "value": f"{c}\n{qa.prompt}"}, {"from": "gpt", "value": qa.answer}]}
+            for i, (c, qa) in enumerate(make(np.random.default_rng(1), size, False))]
+    (out / "pool.json").write_text(json.dumps(pool))
+    held = [{"id": f"e{i}", "question": f"{c}\n{qa.prompt}", "answers": [qa.answer]}
+            for i, (c, qa) in enumerate(make(np.random.default_rng(99), 300, True))]
+    ev = out / f"read_{kind}.json"
+    ev.write_text(json.dumps({"name": f"read_{kind}", "metric": "exact_match", "samples": held}))
+    return out / "pool.json", ev
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    what = ap.add_mutually_exclusive_group(required=True)
+    what.add_argument("--task", help="pool task of the world to train on alone (exist, mc, ocr, grounding, ...)")
+    what.add_argument("--reading", choices=("exist", "mc"), help="text only: the question about a description")
+    ap.add_argument("--size", type=int, default=10000, help="records of that task (default 10,000)")
+    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--adapter", choices=("lora", "full"), default=None,
+                    help="lora (the bench's recipe; default for --task) or full (default for --reading)")
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--base", default=None, help="model to fine-tune (default: the shipped foundation), e.g. the "
+                    "final/ folder of a --reading run, to chain a text curriculum and a picture task")
+    ap.add_argument("--out", type=Path, default=Path("learnability-out"))
+    a = ap.parse_args()
+
+    import torch
+
+    torch.set_num_threads(1)
+    from vlselect.bench.run import chance_levels
+    from vlselect.evaluate import evaluate
+    from vlselect.models.foundation import foundation_path
+    from vlselect.train import train_lora
+    from vlselect.world import make_world
+
+    base = str(a.base or foundation_path())
+    adapter = a.adapter or ("full" if a.reading else "lora")
+    tag = f"{a.task or 'read_' + a.reading}_{a.size}_e{a.epochs}_{adapter}" + ("_from_base" if a.base else "")
+    run = a.out / tag
+    shutil.rmtree(run, ignore_errors=True)
+    if a.task:
+        world = a.out / f"world_{a.task}_{a.size}_s{a.seed}"
+        if not (world / "world.json").exists():
+            make_world(world, size=a.size, seed=a.seed, image_size=24, composition={a.task: 1.0}, eval_size=200)
+        pool, images = world / "pool.json", world / "images"
+        files = sorted((world / "eval").glob("*.json"))
+        if a.task == "exist":
+            files += exist_variants(a.seed, 200, 24, run / "exist_kinds")
+    else:
+        pool, ev = reading_world(a.reading, a.size, a.out / f"reading_{a.reading}_{a.size}")
+        images, files = ev.parent, [ev]
+    kw = {"r": 16, "lora_alpha": 32, "projector_lr": a.lr} if adapter == "lora" else {}
+    t0 = time.perf_counter()
+    res = train_lora(base, str(pool), str(images) if a.task else None, run / "train", adapter=adapter, lr=a.lr,
+                     epochs=a.epochs, batch_size=32, seed=a.seed, gradient_checkpointing=False, progress=True, **kw)
+    seconds = time.perf_counter() - t0
+    r = evaluate(res.final_dir, [str(f) for f in files], str(images), run / "eval", progress=False,
+                 max_new_tokens=32, batch_size=64)
+    chance = chance_levels([str(f) for f in files])
+    print(f"\n{tag}: {res.samples} samples seen, training {seconds:.0f} s (one thread)")
+    print("| set | score | chance | learned (10+ above chance) |")
+    print("|---|---|---|---|")
+    for name, v in r["sets"].items():
+        if name.startswith("exist_"):  # one answer per kind: accuracy, no chance level of its own
+            print(f"| {name} (accuracy) | {v['score']:.1f} | - | - |")
+            continue
+        c = chance.get(name, 0.0)
+        print(f"| {name} | {v['score']:.1f} | {c:.1f} | {'yes' if v['score'] >= c + 10 else 'no'} |")
+
+
+if __name__ == "__main__":
+    from vlselect.errors import VlselectError
+
+    try:
+        main()
+    except VlselectError as exc:  # a bad task name, a missing --base: the package's message, no traceback
+        raise SystemExit(f"learnability: {exc}") from None

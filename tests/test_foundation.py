@@ -166,6 +166,49 @@ def test_encode_cache_is_bounded_in_bytes(tiny_llava, tiny_pool):  # noqa: F811
     assert len(small) == 0 and small.bytes == 0
 
 
+def test_evaluation_batches_are_encoded_once_and_answer_the_same(tmp_path, monkeypatch, tiny_llava,  # noqa: F811
+                                                                  tiny_pool):  # noqa: F811
+    """The bench evaluates every run of a worker on the same sets: each batch is encoded once per process, and the
+    answers are those of encoding every batch afresh (the cache turned off); a replaced picture is encoded again."""
+    import os
+
+    import torch
+    from PIL import Image
+
+    import vlselect.models.encode_cache as ec
+    from vlselect.evaluate.run import generate_answers
+    from vlselect.models import load_vlm
+    from vlselect.pool import open_pool
+
+    pool_path, images = tiny_pool
+    img_dir = tmp_path / "images"
+    shutil.copytree(images, img_dir)
+    loaded = load_vlm(tiny_llava, dtype=torch.float32)
+    samples = [x for x in open_pool(pool_path) if x.images][:5]
+    questions = [x.conversations[0]["value"].replace("<image>", "").strip() for x in samples]
+    pics = [x.images[0] for x in samples]
+
+    def answers(cache):
+        monkeypatch.setattr(ec, "_CACHE", cache)
+        return generate_answers(loaded, questions, pics, img_dir, batch_size=2, max_new_tokens=6)
+
+    assert len(questions) >= 3 and len(set(pics)) == len(pics)
+    nb = -(-len(questions) // 2)  # batches of 2
+    fresh = answers(ec.EncodeCache(0))  # every batch encoded by the processor, nothing kept
+    assert len(fresh) == len(questions)
+    cache = ec.EncodeCache()
+    assert answers(cache) == fresh and (cache.hits, cache.misses) == (0, nb)
+    assert answers(cache) == fresh and (cache.hits, cache.misses) == (nb, nb)
+    # another picture under the same name: its batch (the first) is encoded again, with the new pixels
+    p = img_dir / pics[0]
+    st = p.stat()
+    Image.new("RGB", Image.open(p).size, (250, 5, 5)).save(p)
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    again = answers(cache)
+    assert (cache.hits, cache.misses) == (2 * nb - 1, nb + 1)
+    assert again == answers(ec.EncodeCache(0))
+
+
 # --------------------------------------------------------------------------------------- the shipped foundation
 
 

@@ -47,12 +47,17 @@ def generate_answers(loaded, questions: Sequence[str], images: Sequence[str | No
     (:func:`vlselect.models.generation_prompt`: the training template up to the assistant turn;
     :func:`vlselect.models.model_image`: decoded, padded to a square for LLaVA); batches are left-padded and
     grouped by whether they have an image. MMA models (``loaded.extra["mma"]``) are routed by the modality of each
-    batch.
+    batch. Each batch's encoding (prompts, processed pictures) is kept in the process's encode cache
+    (:mod:`vlselect.models.encode_cache`, keyed by the processor's files, the prompts and the image files), so a
+    process that evaluates many models on the same sets (the bench's workers) encodes each batch once.
     """
     import torch
 
     from vlselect.models import generation_prompt, model_image
+    from vlselect.models.encode_cache import encode_cache, file_stats
     from vlselect.train.mma import mma_routing
+
+    cache = encode_cache()
 
     processor = loaded.processor
     tok = processor.tokenizer
@@ -73,10 +78,18 @@ def generate_answers(loaded, questions: Sequence[str], images: Sequence[str | No
                     continue
                 g_has = images[group[0]] is not None
                 texts = [generation_prompt(loaded, questions[i], n_images=1 if g_has else 0) for i in group]
-                kwargs = {"text": texts, "return_tensors": "pt", "padding": True}
-                if g_has:
-                    kwargs["images"] = [model_image(loaded, Path(image_root) / images[i]) for i in group]
-                enc = processor(**kwargs)
+                paths = [Path(image_root) / images[i] for i in group] if g_has else []
+
+                def encode_batch(texts=texts, paths=paths) -> dict:
+                    kwargs = {"text": texts, "return_tensors": "pt", "padding": True}
+                    if paths:
+                        kwargs["images"] = [model_image(loaded, p) for p in paths]
+                    return dict(processor(**kwargs))
+
+                # the same batch of the same evaluation set is encoded once per process (the bench evaluates
+                # every run of a worker on the same sets): keyed by the processor, the prompts and the image files
+                key = ("generate", cache.model_key(loaded), tuple(texts), file_stats(paths))
+                enc = cache.lookup(key, encode_batch)
                 enc = {k: v.to(loaded.device) if hasattr(v, "to") else v for k, v in enc.items()}
                 routing = mma_routing(model, [1 if g_has else 0] * len(group)) if loaded.extra.get("mma") else None
                 with torch.no_grad():

@@ -61,15 +61,8 @@ class EncodeCache:
 
     @staticmethod
     def _sample_key(sample, image_root, max_length) -> tuple:
-        stats = []
-        for rel in sample.images:
-            p = Path(image_root) / rel if image_root is not None else Path(rel)
-            try:
-                st = p.stat()
-                stats.append((str(p), st.st_size, st.st_mtime_ns))
-            except OSError:
-                stats.append((str(p), -1, -1))  # encode_sample reports the missing file
-        return (sample.id, json.dumps(sample.conversations, sort_keys=True), tuple(stats), max_length)
+        paths = [Path(image_root) / rel if image_root is not None else Path(rel) for rel in sample.images]
+        return (sample.id, json.dumps(sample.conversations, sort_keys=True), file_stats(paths), max_length)
 
     def encode(self, loaded, sample, image_root, *, max_length: int | None = None) -> dict:
         """:func:`vlselect.models.encode_sample` of ``sample``, from the cache when the inputs are identical (a
@@ -79,13 +72,21 @@ class EncodeCache:
         if self.max_bytes <= 0:
             return encode_sample(loaded, sample, image_root, max_length=max_length)
         key = (self._model_key(loaded), self._sample_key(sample, image_root, max_length))
+        return self.lookup(key, lambda: encode_sample(loaded, sample, image_root, max_length=max_length))
+
+    def lookup(self, key: tuple, make) -> dict:
+        """``make()`` (a dict of tensors) once per ``key`` while the entry stays in the cache; a fresh dict each
+        call, the tensors shared (callers must not modify them in place). ``key`` must name every input of
+        ``make``: the model's key (:meth:`model_key`), the text, and the image files with :func:`file_stats`."""
+        if self.max_bytes <= 0:
+            return dict(make())
         hit = self._items.get(key)
         if hit is not None:
             self.hits += 1
             self._items.move_to_end(key)
             return dict(hit[0])
         self.misses += 1
-        enc = encode_sample(loaded, sample, image_root, max_length=max_length)
+        enc = dict(make())
         size = _nbytes(enc)
         if size <= self.max_bytes:
             self._items[key] = (enc, size)
@@ -94,6 +95,21 @@ class EncodeCache:
                 _, (_, dropped) = self._items.popitem(last=False)
                 self.bytes -= dropped
         return dict(enc)
+
+    model_key = _model_key
+
+
+def file_stats(paths) -> tuple:
+    """``(path, size, modification time)`` of each file (``-1`` for a missing one, which the encoder then reports):
+    the part of a cache key that changes when an image file is replaced."""
+    out = []
+    for p in paths:
+        try:
+            st = Path(p).stat()
+            out.append((str(p), st.st_size, st.st_mtime_ns))
+        except OSError:
+            out.append((str(p), -1, -1))
+    return tuple(out)
 
 
 _CACHE: EncodeCache | None = None

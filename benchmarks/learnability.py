@@ -13,6 +13,10 @@ the bench computes it) and whether it is learned (10+ points above chance, the b
 evaluation set's own kind (colour or shape present, the pair absent): a model that answers from the picture
 gets the easy ones right first.
 
+``--probe`` trains nothing: it asks the model (``--base``, default the shipped foundation) every question kind of
+the world about *descriptions* of 100 held-out scenes per kind and prints the share answered right (what its
+language model reads, before any picture).
+
 ``--reading exist`` (or ``mc``) asks the question about a *description* of the scene instead of a picture (text
 only: scene caption, then the question), ``--size`` dedicated records, the language model trained in full:
 can the language model do it at all, without the vision side?
@@ -22,6 +26,7 @@ One thread; each run prints its training time.
     python benchmarks/learnability.py --task exist --size 10000
     python benchmarks/learnability.py --task exist --size 10000 --epochs 3
     python benchmarks/learnability.py --reading exist --size 20000 --lr 3e-4
+    python benchmarks/learnability.py --probe [--base MODEL]
     python benchmarks/learnability.py --task exist --size 10000 \
         --base learnability-out/read_exist_20000_e1_full/train/final      # that language model, then pictures
 """
@@ -109,11 +114,35 @@ def reading_world(kind: str, size: int, out: Path) -> tuple[Path, Path]:
     return out / "pool.json", ev
 
 
+def probe_sets(out: Path, per_kind: int = 100) -> list[Path]:
+    """One exact-match set per question kind of the text pool: a held-out scene's description, then the question."""
+    from vlselect.world.make import TEXT_QA_KINDS
+    from vlselect.world.scene import sample_scene
+    from vlselect.world.tasks import ASK, caption_text
+
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(12345)
+    files = []
+    for kind in TEXT_QA_KINDS:
+        rows = []
+        while len(rows) < per_kind:
+            scene = sample_scene(rng, word=(kind == "ocr"))
+            qa = ASK[kind](scene, rng, canonical=True)
+            if qa is not None:
+                rows.append({"id": f"{kind}_{len(rows)}", "question": f"{caption_text(scene)}\n{qa.prompt}",
+                             "answers": [qa.answer]})
+        f = out / f"probe_{kind}.json"
+        f.write_text(json.dumps({"name": f"probe_{kind}", "metric": "exact_match", "samples": rows}))
+        files.append(f)
+    return files
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     what = ap.add_mutually_exclusive_group(required=True)
     what.add_argument("--task", help="pool task of the world to train on alone (exist, mc, ocr, grounding, ...)")
     what.add_argument("--reading", choices=("exist", "mc"), help="text only: the question about a description")
+    what.add_argument("--probe", action="store_true", help="train nothing: read every question kind off descriptions")
     ap.add_argument("--size", type=int, default=10000, help="records of that task (default 10,000)")
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--adapter", choices=("lora", "full"), default=None,
@@ -135,6 +164,16 @@ def main() -> None:
     from vlselect.world import make_world
 
     base = str(a.base or foundation_path())
+    if a.probe:
+        files = probe_sets(a.out / "probe")
+        r = evaluate(base, [str(f) for f in files], str(a.out / "probe"), a.out / "probe" / "eval", progress=False,
+                     max_new_tokens=32, batch_size=64, overwrite=True)
+        print(f"\nreading probe of {base} (100 descriptions per kind, canonical questions; share right, %):")
+        print("| kind | right % |")
+        print("|---|---|")
+        for name, v in r["sets"].items():
+            print(f"| {name.removeprefix('probe_')} | {v['score']:.0f} |")
+        return
     adapter = a.adapter or ("full" if a.reading else "lora")
     tag = f"{a.task or 'read_' + a.reading}_{a.size}_e{a.epochs}_{adapter}" + ("_from_base" if a.base else "")
     run = a.out / tag

@@ -26,13 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-def _one(cache: Path, prefix: str) -> Path:
-    found = sorted(p for p in cache.glob(f"{prefix}-*") if (p / "done.json").exists())
-    if len(found) != 1:
-        raise SystemExit(f"{cache}: expected one finished {prefix}-* stage, found {len(found)}: "
-                         f"{[p.name for p in found]}; pass the bench folder of one run")
-    return found[0]
+from _bench_cache import one_stage as _one  # a sibling module: the scripts run from benchmarks/
 
 
 def profile(pool: list[dict], idx: np.ndarray) -> dict:

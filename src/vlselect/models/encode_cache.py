@@ -4,7 +4,9 @@ processes).
 
 An entry is reused only for the same processor and template (a digest of the processor's files and the resolved
 template) and the same sample content (id, conversations, image paths with each file's size and modification
-time) and ``max_length``; anything else is encoded again. The cache is bounded in bytes (the tensors it holds), not
+time) and ``max_length``; anything else is encoded again. The evaluation keeps its prompt batches here too
+(:func:`vlselect.evaluate.run.generate_answers`: keyed by the processor, the prompts and the image files), through
+:meth:`EncodeCache.lookup`. The cache is bounded in bytes (the tensors it holds), not
 in samples: a LLaVA-1.5 sample at 336 px carries 1.4 MB of pixels, a tiny world sample 10 KB.
 ``$VLSELECT_ENCODE_CACHE_MB`` sets the bound of the process's cache (default 1024; ``0`` turns it off).
 """

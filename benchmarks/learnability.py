@@ -180,8 +180,9 @@ def main() -> None:
     shutil.rmtree(run, ignore_errors=True)
     if a.task:
         world = a.out / f"world_{a.task}_{a.size}_s{a.seed}"
-        if not (world / "world.json").exists():
-            make_world(world, size=a.size, seed=a.seed, image_size=24, composition={a.task: 1.0}, eval_size=200)
+        # made afresh every run (a few seconds to a minute): a folder of that name from older code or another
+        # generator is never taken for this world
+        make_world(world, size=a.size, seed=a.seed, image_size=24, composition={a.task: 1.0}, eval_size=200)
         pool, images = world / "pool.json", world / "images"
         files = sorted((world / "eval").glob("*.json"))
         if a.task == "exist":

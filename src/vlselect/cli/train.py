@@ -64,6 +64,8 @@ def train_command(
     lora_dropout: float = typer.Option(0.05, "--lora-dropout"),
     batch_size: int = typer.Option(16, "--batch-size", help="Per-device batch."),
     grad_accum: int = typer.Option(1, "--grad-accum"),
+    length_group: int = typer.Option(0, "--length-group", help="0: LLaVA's shuffle. m > 0: each step takes samples "
+                                     "of similar token count from m steps' worth of the shuffle (less padding)."),
     warmup_ratio: float = typer.Option(0.03, "--warmup-ratio"),
     schedule: str = typer.Option("cosine", "--schedule"),
     max_steps: Optional[int] = typer.Option(None, "--max-steps"),
@@ -116,7 +118,7 @@ def train_command(
     res = train_lora(
         model, the_pool, images, out, indices=_read_indices(indices) if indices else None, adapter=adapter, r=r,
         lora_alpha=lora_alpha, lora_dropout=lora_dropout, lr=lr, projector_lr=projector_lr, epochs=epochs,
-        batch_size=batch_size, grad_accum=grad_accum, warmup_ratio=warmup_ratio, schedule=schedule,
+        batch_size=batch_size, grad_accum=grad_accum, length_group=length_group, warmup_ratio=warmup_ratio, schedule=schedule,
         max_steps=max_steps, save_steps=steps, seed=seed, gradient_checkpointing=gradient_checkpointing,
         bf16={"auto": "auto", "yes": True, "no": False}[bf16], resume=resume,
         modules_to_save=[m.strip() for m in modules_to_save.split(",") if m.strip()] or None,

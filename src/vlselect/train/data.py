@@ -62,15 +62,39 @@ def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
 
 
 def global_schedule(n: int, *, epochs: int, batch_size: int, grad_accum: int, world_size: int, seed: int,
-                    max_steps: int | None = None) -> list[list[int]]:
+                    max_steps: int | None = None, lengths: Sequence[int] | None = None,
+                    length_group: int = 0) -> list[list[int]]:
     """Positions (into the training indices) of every optimiser step: a list of ``batch_size × grad_accum ×
-    world_size`` positions per step. The last partial step of an epoch is kept (smaller)."""
+    world_size`` positions per step. The last partial step of an epoch is kept (smaller).
+
+    With ``length_group = m > 0`` (and ``lengths``, the token count of each position), the epoch's shuffled order
+    is cut into groups of ``m`` steps; each group is sorted by length (longest first, ties in shuffled order), cut
+    into its ``m`` steps, and those steps are shuffled (seeded by ``seed`` and the epoch). Every step then holds
+    samples of similar length, so less of each batch is padding (Hugging Face's ``group_by_length`` with a
+    mega-batch of ``m`` steps instead of 50); each epoch still visits every position once, and a step draws its
+    samples from ``m`` steps' worth of the shuffled order rather than one.
+    """
     per_step = batch_size * grad_accum * world_size
+    if length_group and (lengths is None or len(lengths) != n):
+        raise ValueError(f"length_group={length_group} needs one length per position ({n}), got "
+                         f"{None if lengths is None else len(lengths)}")
+    lens = None if not length_group else np.asarray(lengths)
     steps: list[list[int]] = []
     for epoch in range(epochs):
-        order = epoch_order(n, seed, epoch).tolist()
-        for start in range(0, n, per_step):
-            steps.append(order[start : start + per_step])
+        order = epoch_order(n, seed, epoch)
+        if lens is None:
+            epoch_steps = [order[start : start + per_step].tolist() for start in range(0, n, per_step)]
+        else:
+            rng = np.random.default_rng([int(seed), int(epoch), 1])
+            group = per_step * int(length_group)
+            epoch_steps = []
+            for g0 in range(0, n, group):
+                part = order[g0 : g0 + group]
+                part = part[np.argsort(-lens[part], kind="stable")]
+                cut = [part[i : i + per_step].tolist() for i in range(0, len(part), per_step)]
+                epoch_steps += [cut[int(k)] for k in rng.permutation(len(cut))]
+        for st in epoch_steps:
+            steps.append(st)
             if max_steps is not None and len(steps) >= max_steps:
                 return steps
     return steps

@@ -12,7 +12,7 @@ def register(app: typer.Typer) -> None:
     @app.command("bench")
     def bench(
         out: Path = typer.Option(Path("bench-out"), "--out", help="Output folder (cache/, results.json/.csv, report.html)."),
-        quick: bool = typer.Option(False, "--quick", help="The quick form (a 4,000-record world, 100 samples per evaluation set, budgets 10% and 20%, 1 seed; about 8 minutes on 2 cores, the same as `vlselect demo`)."),
+        quick: bool = typer.Option(False, "--quick", help="The quick form (a 4,000-record world, 100 samples per evaluation set, budgets 10% and 20%, 1 seed; about 5 minutes on 2 cores, the same as `vlselect demo`)."),
         methods: str = typer.Option("", "--methods", help="Comma list of methods (default: every built-in one)."),
         budgets: str = typer.Option("", "--budgets", help="Comma list of fractions (default 0.05,0.1,0.2; quick 0.1,0.2)."),
         seeds: str = typer.Option("", "--seeds", help="Comma list of training seeds (default 0,1,2; quick 0)."),
@@ -27,6 +27,8 @@ def register(app: typer.Typer) -> None:
                                  "tiny model pre-trained on captions, vision tower trained) or a model directory."),
         adapter: str = typer.Option("lora", "--adapter", help="Fine-tuning: lora (LoRA on the language model, "
                                     "projector in full, vision tower frozen) or full."),
+        length_group: int = typer.Option(4, "--length-group", help="Training steps grouped by token count over "
+                                         "this many steps (less padding); 0: LLaVA's plain shuffle."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Recompute every stage instead of reusing the "
                                        "cache (a stage is reused only when its recipe and the code version match)."),
     ) -> None:
@@ -50,7 +52,12 @@ def register(app: typer.Typer) -> None:
             from vlselect.errors import ConfigError
 
             raise ConfigError(f"--adapter {adapter!r}: choose lora or full")
-        over: dict = {"jobs": jobs, "seed": seed, "d2_score": d2_score, "base": base, "adapter": adapter}
+        if length_group < 0:
+            from vlselect.errors import ConfigError
+
+            raise ConfigError(f"--length-group {length_group}: 0 (off) or a number of steps")
+        over: dict = {"jobs": jobs, "seed": seed, "d2_score": d2_score, "base": base, "adapter": adapter,
+                      "length_group": length_group}
         if base == "captions":  # the earlier recipe: the random vision tower is trained in every run
             over["modules_to_save"] = ("vision_tower",)
         if methods:

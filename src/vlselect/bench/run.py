@@ -164,7 +164,7 @@ def _train_and_eval(job: dict[str, Any]) -> dict[str, Any]:
                            max_new_tokens=job["max_new_tokens"], batch_size=job.get("eval_batch_size", 64))
     _drop_weights(out / "train", keep=("train_result.json", "artifact.json"))
     return {"scores": {k: v for k, v in _scores(results).items()}, "train_loss": res.losses[-1] if res.losses else None,
-            "samples": res.samples, "seconds": cost.seconds, "peak_rss_mb": cost.peak_rss_mb}
+            "samples": res.samples, "padding": res.padding, "seconds": cost.seconds, "peak_rss_mb": cost.peak_rss_mb}
 
 
 def _drop_weights(folder: Path, keep: Sequence[str] = ()) -> None:

@@ -126,9 +126,10 @@ def train_command(
         if adapter == "mma" else None, progress=progress, overwrite=overwrite,
     )
     first, last = (res.losses[0], res.losses[-1]) if res.losses else (float("nan"), float("nan"))
+    pad = f"padding {res.padding:.0%} · " if res.padding is not None else ""
     console.print(
         f"[bold green]trained[/] {res.adapter} · {res.steps}/{res.total_steps} steps · loss {first:.4f} → {last:.4f} · "
-        f"{res.trainable_parameters:,} trainable parameters · {res.samples_per_second:.1f} samples/s · "
+        f"{res.trainable_parameters:,} trainable parameters · {res.samples_per_second:.1f} samples/s · {pad}"
         f"peak memory {res.peak_memory_bytes / 2**20:.0f} MiB\n  model: {res.final_dir}", highlight=False,
     )
     if aum_dir is not None:

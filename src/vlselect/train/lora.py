@@ -68,6 +68,8 @@ class TrainResult:
         CUDA peak allocation, or the process's peak RSS on CPU.
     trainable_parameters : int
     adapter : str
+    padding : float or None
+        Share of the token positions of this call's batches that were padding (``length_group`` lowers it).
     """
 
     out_dir: Path
@@ -82,6 +84,7 @@ class TrainResult:
     peak_memory_bytes: int = 0
     trainable_parameters: int = 0
     adapter: str = "lora"
+    padding: float | None = None
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -523,6 +526,7 @@ def _train(model_dir, data_pool, image_root, out: Path, art, idx, run_config, ex
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     seen, t0 = 0, time.perf_counter()
+    tokens = positions = 0
     kill_after = int(os.environ.get("VLSELECT_TEST_KILL_AFTER_STEPS", "0") or 0)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else None
     model.train()
@@ -535,6 +539,8 @@ def _train(model_dir, data_pool, image_root, out: Path, art, idx, run_config, ex
             for mb in mbs:
                 samples = [data_pool[idx[p]] for p in mb]
                 batch = encode_batch(loaded, samples, image_root, max_length=max_length)
+                tokens += int(batch["attention_mask"].sum())
+                positions += batch["attention_mask"].numel()
                 ctx_mma = (mma_mod.mma_routing(model, [1 if s.images else 0 for s in samples])
                            if adapter == "mma" else _null())
                 with ctx_mma, (autocast or _null()):
@@ -577,7 +583,8 @@ def _train(model_dir, data_pool, image_root, out: Path, art, idx, run_config, ex
     elapsed = time.perf_counter() - t0
     result = TrainResult(out_dir=out, final_dir=None, adapter_dir=None, checkpoints=checkpoints, losses=losses,
                          steps=stop, total_steps=total, samples=seen, samples_per_second=seen / max(elapsed, 1e-9) * world,
-                         peak_memory_bytes=_peak_memory(device), trainable_parameters=n_trainable, adapter=adapter)
+                         peak_memory_bytes=_peak_memory(device), trainable_parameters=n_trainable, adapter=adapter,
+                         padding=None if not positions else 1 - tokens / positions)
     if stop < total:
         return result
     if rank == 0:

@@ -157,7 +157,7 @@ def _train_and_eval(job: dict[str, Any]) -> dict[str, Any]:
         indices = np.load(job["indices"]).tolist() if job.get("indices") else None
         res = train_lora(job["base"], job["pool"], job["images"], out / "train", indices=indices, r=job["r"],
                          adapter=job["adapter"], lora_alpha=2 * job["r"], lr=job["lr"], epochs=job["epochs"],
-                         batch_size=job["batch_size"], length_group=job.get("length_group", 0),
+                         batch_size=job["batch_size"], length_group=job["length_group"],
                          seed=job["seed"], gradient_checkpointing=False, progress=False,
                          modules_to_save=job["modules_to_save"] or None, projector_lr=job["lr"])
         results = evaluate(res.final_dir, job["eval_files"], job["images"], out / "eval", progress=False,

@@ -23,6 +23,7 @@ from vlselect.select.base import (
     register_method,
     resolve_budget,
     stable_order,
+    str_labels,
 )
 
 # Importing a module registers its methods.
@@ -215,7 +216,7 @@ def run_method(
     n = next(iter(lengths.values())) if lengths else len(tasks)
     task_arr = None
     if tasks is not None:
-        task_arr = np.asarray([str(t) for t in tasks], dtype=object)
+        task_arr = str_labels(tasks)
         if lengths and task_arr.shape[0] != n:
             raise SelectionError(f"{task_arr.shape[0]} task labels for {n} rows; give one label per pool row")
     if method.needs_tasks and task_arr is None:

@@ -362,6 +362,31 @@ def register_method(
     return deco
 
 
+def str_labels(tasks: Sequence[Any] | np.ndarray) -> np.ndarray:
+    """``np.asarray([str(t) for t in tasks], dtype=object)``, without a Python call per row when every label is
+    already a ``str`` (a pool's labels always are: 665,298 of them take 0.04 s instead of 0.05-0.08 s)."""
+    raw = tasks.tolist() if isinstance(tasks, np.ndarray) else list(tasks)
+    if set(map(type, raw)) <= {str}:
+        out = np.empty(len(raw), dtype=object)
+        out[:] = raw
+        return out
+    return np.asarray([str(t) for t in raw], dtype=object)
+
+
+def factorize_labels(tasks: Sequence[Any] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(str_labels(tasks), return_inverse=True)``: the distinct labels, sorted (object array of
+    ``str``), and each row's position among them, by one dictionary pass over the rows (``np.unique`` sorts
+    Python strings: about 10x slower at 665K rows)."""
+    labels = str_labels(tasks).tolist()
+    first = dict.fromkeys(labels)  # distinct labels, first-appearance order
+    uniq = sorted(first)
+    position = {t: i for i, t in enumerate(uniq)}
+    inverse = np.fromiter(map(position.__getitem__, labels), dtype=np.int64, count=len(labels))
+    out = np.empty(len(uniq), dtype=object)
+    out[:] = uniq
+    return out, inverse
+
+
 def stable_order(scores: np.ndarray, *, descending: bool = True) -> np.ndarray:
     """Row indices sorted by score, ties broken by original index (the documented secondary key).
 

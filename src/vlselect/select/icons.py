@@ -217,6 +217,19 @@ def iter_row_blocks(
             progress.stop()
 
 
+def fused_half(train: np.ndarray, precision: np.dtype | type = np.float32) -> bool:
+    """Whether a streaming pass over ``train`` in ``precision`` arithmetic runs the fused float16 kernels
+    (:mod:`vlselect.select.kernels`): float16 rows and float32 arithmetic, unless ``$VLSELECT_FUSED=0``
+    (then the torch convert-and-multiply path; both give the same values to float32 rounding)."""
+    import os
+
+    raw = os.environ.get("VLSELECT_FUSED", "1").strip()
+    if raw not in ("0", "1"):
+        raise SelectionError(f"$VLSELECT_FUSED={raw!r}; set it to 1 (fused float16 kernels, the default) or 0")
+    return (raw == "1" and np.dtype(train.dtype) == np.float16 and np.dtype(precision) == np.float32
+            and train.ndim == 2)
+
+
 #: parts a streaming pass splits its rows into, whatever the number of workers: results that are summed over rows
 #: (TIVE's task sums) add the parts' sums in this fixed order, so they do not depend on how many workers ran
 ROW_PARTS = 4
@@ -455,22 +468,38 @@ def icons_task_scores(
         prec = np.dtype(np.float64 if precision == "float64" else np.float32)
         tprec = getattr(torch, prec.name)
         means = np.stack([m.astype(np.float64).mean(axis=0) for m in mats], axis=0)  # (cols, d) in float64
-        mt = torch.from_numpy(np.ascontiguousarray(pad_columns(means.astype(prec))))
-        dots = torch.empty((n, mt.shape[0]), dtype=tprec)
-        nrm = torch.empty(n, dtype=tprec)
+        rows_step = block_rows or chunk_rows_for(d, prec.itemsize)
+        if fused_half(train, prec):
+            # float16 rows, float32 arithmetic: one fused kernel per chunk reads each half once (kernels.py)
+            from vlselect.select import kernels
 
-        def chunk(part: int, a: int, b: int, block: np.ndarray) -> None:
-            x = tensor_view(block)
-            torch.mm(x, mt.T, out=dots[a:b])
-            torch.linalg.vector_norm(x, 2, dim=1, out=nrm[a:b])
+            kernels.warm()
+            m32 = kernels.pad4(means)
+            dots_np = np.empty((n, m32.shape[0]), dtype=np.float32)
+            nrm_np = np.empty(n, dtype=np.float32)
 
-        # one streaming pass in cache-sized chunks: convert, multiply and take the norm while the chunk is in
-        # cache, one torch thread per worker (a row's values do not depend on the chunking or the workers)
-        with torch_threads(1):
-            stream_parts(train, block_rows or chunk_rows_for(d, prec.itemsize), prec, chunk, workers=workers,
-                         desc="ICONS: influence")
-        cols = dots.numpy()[:, : len(mats)].astype(np.float64)
-        cols /= np.maximum(nrm.numpy().astype(np.float64), NORMALIZE_EPS)[:, None]
+            def fused(part: int, a: int, b: int, block: np.ndarray) -> None:
+                kernels.half_rows_dots_norms(kernels.half_view(block), m32, dots_np[a:b], nrm_np[a:b])
+
+            stream_parts(train, rows_step, np.float16, fused, workers=workers, desc="ICONS: influence")
+            cols = dots_np[:, : len(mats)].astype(np.float64)
+            cols /= np.maximum(nrm_np.astype(np.float64), NORMALIZE_EPS)[:, None]
+        else:
+            mt = torch.from_numpy(np.ascontiguousarray(pad_columns(means.astype(prec))))
+            dots = torch.empty((n, mt.shape[0]), dtype=tprec)
+            nrm = torch.empty(n, dtype=tprec)
+
+            def chunk(part: int, a: int, b: int, block: np.ndarray) -> None:
+                x = tensor_view(block)
+                torch.mm(x, mt.T, out=dots[a:b])
+                torch.linalg.vector_norm(x, 2, dim=1, out=nrm[a:b])
+
+            # one streaming pass in cache-sized chunks: convert, multiply and take the norm while the chunk is
+            # in cache, one torch thread per worker (a row's values do not depend on the chunking or the workers)
+            with torch_threads(1):
+                stream_parts(train, rows_step, prec, chunk, workers=workers, desc="ICONS: influence")
+            cols = dots.numpy()[:, : len(mats)].astype(np.float64)
+            cols /= np.maximum(nrm.numpy().astype(np.float64), NORMALIZE_EPS)[:, None]
     else:
         raise SelectionError(f"icons: score_form={form!r}; choose matvec or gemm")
     scores = np.empty((n, len(targets)), dtype=cols.dtype)

@@ -39,9 +39,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from vlselect.errors import SelectionError
-from vlselect.select.base import Budget, Param, Role, Selection, register_method
+from vlselect.select.base import Budget, Param, Role, Selection, factorize_labels, register_method
 from vlselect.select.icons import (
-    block_rows_for, chunk_rows_for, iter_row_blocks, pad_columns, row_parts, stream_parts, tensor_view, torch_threads,
+    block_rows_for, chunk_rows_for, fused_half, iter_row_blocks, pad_columns, row_parts, stream_parts, tensor_view,
+    torch_threads,
 )
 
 __all__ = [
@@ -117,7 +118,8 @@ def tive_tasks(
     norms:
         Per-row gradient L2 norm (float), length n.
     tasks:
-        Per-row task label (the official ``dataset`` field), length n.
+        Per-row task label (the official ``dataset`` field), length n; or the pair
+        :func:`~vlselect.select.base.factorize_labels` made of them (sorted distinct labels, per-row position).
     excluded_task:
         Label(s) left out (official: ``"textcaps"``); a comma-separated string or a list; ``"none"`` for none.
     valid:
@@ -128,38 +130,31 @@ def tive_tasks(
     TiveTasks
     """
     norms = np.asarray(norms, dtype=np.float64).reshape(-1)
-    labels = np.asarray([str(t) for t in tasks], dtype=object)
-    if labels.shape[0] != norms.shape[0]:
-        raise SelectionError(f"{labels.shape[0]} task labels for {norms.shape[0]} gradient norms; give one per row")
+    # np.unique's sorted labels and inverse, by one dict pass (np.unique sorts Python strings: 10x slower)
+    uniq, inverse = tasks if isinstance(tasks, tuple) else factorize_labels(tasks)
+    if inverse.shape[0] != norms.shape[0]:
+        raise SelectionError(f"{inverse.shape[0]} task labels for {norms.shape[0]} gradient norms; give one per row")
     excluded = _excluded_set(excluded_task)
     eligible = np.ones(norms.shape[0], dtype=bool)
     if excluded:
-        eligible &= ~np.isin(labels, np.asarray(sorted(excluded), dtype=object))
+        eligible &= ~np.isin(inverse, [i for i, u in enumerate(uniq) if u in excluded])
     if valid is not None:
         eligible &= np.asarray(valid, dtype=bool)
-    # np.unique's sorted labels and inverse, by one dict pass (np.unique sorts Python strings: 10x slower)
-    keys = list(dict.fromkeys(labels.tolist()))  # distinct labels in first-appearance order
-    position = {t: i for i, t in enumerate(keys)}
-    seen = np.fromiter(map(position.__getitem__, labels.tolist()), dtype=np.int64, count=labels.size)
-    by_name = sorted(range(len(keys)), key=keys.__getitem__)
-    rank = np.empty(len(keys), dtype=np.int64)
-    rank[by_name] = np.arange(len(keys))
-    uniq = np.asarray([keys[i] for i in by_name], dtype=object)
-    inverse = rank[seen]
     names: list[str] = []
     code_of_label = np.full(uniq.shape[0], -1, dtype=np.int64)
     # first appearance among *eligible* rows decides the order
     elig_idx = np.flatnonzero(eligible)
     if elig_idx.size:
         lab_codes = inverse[elig_idx]
-        _, first_pos = np.unique(lab_codes, return_index=True)
-        for pos in np.sort(first_pos):
+        first_pos = np.full(uniq.shape[0], lab_codes.size, dtype=np.int64)  # each label's first eligible row
+        np.minimum.at(first_pos, lab_codes, np.arange(lab_codes.size))
+        for pos in np.sort(first_pos[first_pos < lab_codes.size]):
             code_of_label[lab_codes[pos]] = len(names)
             names.append(str(uniq[lab_codes[pos]]))
     codes = np.where(eligible, code_of_label[inverse], -1).astype(np.int32)
     order = np.argsort(codes, kind="stable")
     bounds = np.searchsorted(codes[order], np.arange(len(names) + 1), side="left")
-    rows = [np.sort(order[bounds[t] : bounds[t + 1]]).astype(np.int64) for t in range(len(names))]
+    rows = [order[bounds[t] : bounds[t + 1]].astype(np.int64) for t in range(len(names))]  # stable: ascending
     # S_t: a left-to-right float64 running sum, as the official loop accumulates (np.cumsum is sequential)
     norm_sums = np.asarray([float(np.cumsum(norms[r])[-1]) if r.size else 0.0 for r in rows], dtype=np.float64)
     values = np.asarray([s / r.size for s, r in zip(norm_sums, rows)], dtype=np.float64)
@@ -260,11 +255,13 @@ def tive_instance_scores(
         return scores, finite
     if form != "centroid":
         raise SelectionError(f"score_form={form!r}: choose centroid or gram")
+    chunk = block_rows or chunk_rows_for(d)
+    if fused_half(train):
+        return _centroid_scores_fused(train, codes, n_tasks, chunk, workers)
     # Both passes stream cache-sized chunks (iter_row_blocks converts each into one reused float32 buffer) and
     # use each chunk while it is in cache, on one torch thread (torch_threads: small products, see its note).
     import torch
 
-    chunk = block_rows or chunk_rows_for(d)
     # Pass 1: per task, the sum of its unit rows, Σ_j x_j / max(‖x_j‖, eps): each chunk's rows are scaled by
     # their inverse norms and added to their task's row (index_add_, float32 within the chunk), the chunk sums
     # accumulated over chunks in float64. Row norms are kept (n floats) for pass 2.
@@ -319,6 +316,50 @@ def tive_instance_scores(
         stream_parts(train if take.any() else train[:0], chunk, np.float32, instance_values, workers=workers,
                      desc="TIVE: instance values", reverse=True)
     scores[take] = (own.numpy()[take, 0].astype(np.float64) * inv_norm[take]).astype(np.float32)
+    return scores, finite
+
+
+def _centroid_scores_fused(train: np.ndarray, codes: np.ndarray, n_tasks: int, chunk: int,
+                           workers: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """The centroid form over float16 rows with the fused kernels (:mod:`vlselect.select.kernels`): pass 1
+    reads each row once for its norm and its unit row's share of its task sum (float32 within a chunk, float64
+    across chunks, per fixed row part, the parts added in a fixed order), pass 2 once more for the inner product with
+    its own task's centroid only (not with every centroid). Same values as the torch path to float32 rounding."""
+    from vlselect.select import kernels
+
+    n, d = int(train.shape[0]), int(train.shape[1])
+    kernels.warm()
+    nparts = len(row_parts(n, chunk))
+    part_sums = [np.zeros((n_tasks, d), dtype=np.float64) for _ in range(nparts)]
+    part_acc = [np.empty((n_tasks, d), dtype=np.float32) for _ in range(nparts)]
+    dest = np.ascontiguousarray(codes, dtype=np.int64)  # -1 (no task) is skipped by the kernel
+    nrm = np.empty(n, dtype=np.float32)
+
+    def task_sums(part: int, a: int, b: int, block: np.ndarray) -> None:
+        kernels.half_rows_task_sums(kernels.half_view(block), dest[a:b], part_sums[part], nrm[a:b], part_acc[part])
+
+    stream_parts(train, chunk, np.float16, task_sums, workers=workers, desc="TIVE: task sums")
+    sums = part_sums[0]
+    for extra in part_sums[1:]:
+        sums += extra
+    finite = np.isfinite(nrm)
+    inv_norm = (np.float32(1.0) / np.maximum(nrm, np.float32(NORMALIZE_EPS))).astype(np.float32)
+    inv_norm[~finite] = 0.0
+    counts = np.bincount(codes[(codes >= 0) & finite], minlength=n_tasks)
+    # centroid c_t = (1/n_t) Σ_j x̂_j, so s_i = x̂_i · c_t = (x_i · c_t) / ‖x_i‖
+    centroids = np.ascontiguousarray((sums / np.maximum(counts, 1)[:, None]).astype(np.float32))
+    take = (codes >= 0) & finite
+    own = np.zeros(n, dtype=np.float32)
+    code_rows = np.ascontiguousarray(np.maximum(codes, 0), dtype=np.int64)
+
+    def instance_values(part: int, a: int, b: int, block: np.ndarray) -> None:
+        kernels.half_rows_own_dots(kernels.half_view(block), code_rows[a:b], take[a:b], centroids, own[a:b])
+
+    # pass 2, last chunk first: the rows read last in pass 1 are the likeliest to be still in the page cache
+    stream_parts(train if take.any() else train[:0], chunk, np.float16, instance_values, workers=workers,
+                 desc="TIVE: instance values", reverse=True)
+    scores = np.full(n, np.nan, dtype=np.float32)
+    scores[take] = (own[take].astype(np.float64) * inv_norm[take]).astype(np.float32)
     return scores, finite
 
 
@@ -515,8 +556,11 @@ def select_tive(
         )
     rng_seed = int(seed if numpy_seed is None else numpy_seed)
     excluded = _excluded_set(excluded_task)
-    labels = np.asarray([str(t) for t in tasks], dtype=object)
-    in_scope = ~np.isin(labels, np.asarray(sorted(excluded), dtype=object)) if excluded else np.ones(n, dtype=bool)
+    labels = factorize_labels(tasks)  # once for every use below
+    if labels[1].shape[0] != n:
+        raise SelectionError(f"tive: {labels[1].shape[0]} task labels for {n} feature rows; give one per pool row")
+    in_scope = (~np.isin(labels[1], [i for i, u in enumerate(labels[0]) if u in excluded]) if excluded
+                else np.ones(n, dtype=bool))
 
     bad_norm = ~np.isfinite(norms) | (norms < 0)
     # Pass 0 (gram form only) or pass 1 (centroid form) tells which feature rows are finite.

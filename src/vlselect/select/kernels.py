@@ -1,0 +1,179 @@
+"""Fused float16 row kernels for the streaming passes of ICONS and TIVE (numba, no GIL).
+
+The published feature stores are float16 (665,298 x 5,120 for LLaVA-665K: 6.8 GB). A pass that first converts
+each chunk to float32 and then hands it to BLAS moves every value three times (read the half, write the float,
+read the float back); these kernels read each half once, widen it in registers and use it at once: the row norm
+and the few inner products ICONS needs, the row's share of its task sum and, in a second pass, its inner product
+with its own task centroid for TIVE. Measured on this project's 2-core box (``benchmarks/select_scale.py``),
+one such pass runs at about the speed of a plain NumPy read of the memmap, where convert-then-multiply took
+2.2x (ICONS) and 4.2x (TIVE, two passes) of it.
+
+Each kernel takes a C-contiguous ``uint16`` view of float16 rows (NumPy's float16 is not a numba type) and
+widens every value as it reads it, with the CPU's own half -> float conversion (:func:`widen_half_row`), exact for every one of the 65,536 float16 values (tested against NumPy's ``astype``). Sums are
+float32 with reassociation allowed (vectorised partial sums, as BLAS does), never with NaN/Inf assumed away, so a
+non-finite row yields a non-finite norm as it does in torch. A row's results depend on that row only, never on
+the chunking or on how many threads run the kernels (they release the GIL; :func:`vlselect.select.icons.
+stream_parts` runs one per worker thread).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic
+
+# reassociation (vectorised partial sums) and fused multiply-add only: no "nnan"/"ninf", so NaN and Inf
+# propagate and isfinite() holds as written
+_FM = {"reassoc", "contract"}
+_JIT = dict(nogil=True, cache=True, fastmath=_FM, boundscheck=False)
+
+_EPS32 = np.float32(1e-12)
+
+
+@intrinsic
+def _half_to_float(typingctx, h):
+    """float16 bits (uint16) -> float32: LLVM's ``fpext half to float``, which the vectoriser turns into the
+    CPU's own conversion (x86 F16C ``vcvtph2ps``, ARM ``fcvtl``): exact for every float16 value."""
+    sig = types.float32(types.uint16)
+
+    def codegen(context, builder, signature, args):
+        return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
+
+    return sig, codegen
+
+
+@njit(**_JIT)
+def widen_half_row(h, out):
+    """``out[:] = h`` read as float16 bits (``h`` (d,) uint16, ``out`` (d,) float32)."""
+    for j in range(h.shape[0]):
+        out[j] = _half_to_float(h[j])
+
+
+@njit(**_JIT)
+def _half_sq_norm(row):
+    s = np.float32(0.0)
+    for j in range(row.shape[0]):
+        x = _half_to_float(row[j])
+        s += x * x
+    return s
+
+
+@njit(**_JIT)
+def _half_dot(row, w):
+    s = np.float32(0.0)
+    for j in range(row.shape[0]):
+        s += _half_to_float(row[j]) * w[j]
+    return s
+
+
+@njit(**_JIT)
+def half_rows_dots_norms(h, m, dots, norms):
+    """For every float16 row ``i`` of ``h`` (uint16 view, (r, d)): ``norms[i] = ‖x_i‖`` and ``dots[i, c] = x_i ·
+    m[c]`` for the rows of ``m`` ((k, d) float32, k a multiple of 4: pad with zero rows, :func:`pad4`), in
+    float32. ICONS's pass: one loop over the row per four columns, the norm in the first (2x faster than
+    widening the row into a buffer and taking five separate reductions of it)."""
+    r = h.shape[0]
+    d = h.shape[1]
+    k = m.shape[0]
+    for i in range(r):
+        row = h[i]
+        s = np.float32(0.0)
+        for g in range(0, k, 4):
+            m0 = m[g]
+            m1 = m[g + 1]
+            m2 = m[g + 2]
+            m3 = m[g + 3]
+            a0 = np.float32(0.0)
+            a1 = np.float32(0.0)
+            a2 = np.float32(0.0)
+            a3 = np.float32(0.0)
+            if g == 0:
+                for j in range(d):
+                    x = _half_to_float(row[j])
+                    s += x * x
+                    a0 += x * m0[j]
+                    a1 += x * m1[j]
+                    a2 += x * m2[j]
+                    a3 += x * m3[j]
+            else:
+                for j in range(d):
+                    x = _half_to_float(row[j])
+                    a0 += x * m0[j]
+                    a1 += x * m1[j]
+                    a2 += x * m2[j]
+                    a3 += x * m3[j]
+            dots[i, g] = a0
+            dots[i, g + 1] = a1
+            dots[i, g + 2] = a2
+            dots[i, g + 3] = a3
+        norms[i] = np.sqrt(s)
+
+
+@njit(**_JIT)
+def half_rows_task_sums(h, dest, sums, norms, acc):
+    """TIVE's first pass over float16 rows ``h`` ((r, d) uint16 view): ``norms[i] = ‖x_i‖`` (float32) and, for
+    every row with a finite norm and ``0 <= dest[i] < len(sums)``, its unit row ``x_i / max(‖x_i‖, 1e-12)``
+    added to its task's row of ``sums`` ((T, d) float64): the rows of this call summed in float32 in ``acc``
+    ((T, d) float32 scratch, zeroed here), then added to ``sums`` in float64 (the torch path's order: float32
+    within a chunk, float64 across chunks)."""
+    r = h.shape[0]
+    d = h.shape[1]
+    t_max = sums.shape[0]
+    acc[:, :] = 0.0
+    used = np.zeros(t_max, dtype=np.bool_)
+    for i in range(r):
+        row = h[i]
+        nv = np.float32(np.sqrt(_half_sq_norm(row)))
+        norms[i] = nv
+        t = dest[i]
+        if t < 0 or t >= t_max or not np.isfinite(nv):
+            continue
+        inv = np.float32(1.0) / max(nv, _EPS32)
+        a = acc[t]
+        for j in range(d):
+            a[j] += _half_to_float(row[j]) * inv
+        used[t] = True
+    for t in range(t_max):
+        if used[t]:
+            s = sums[t]
+            a = acc[t]
+            for j in range(d):
+                s[j] += np.float64(a[j])
+
+
+@njit(**_JIT)
+def half_rows_own_dots(h, codes, take, cents, own):
+    """TIVE's second pass: ``own[i] = x_i · cents[codes[i]]`` (float32) for the rows with ``take[i]``, other rows
+    untouched. ``h`` (r, d) uint16 view of float16 rows, ``cents`` (T, d) float32."""
+    for i in range(h.shape[0]):
+        if take[i]:
+            own[i] = _half_dot(h[i], cents[codes[i]])
+
+
+def pad4(m: np.ndarray) -> np.ndarray:
+    """``m`` (k, d) as C-contiguous float32 with zero rows appended up to a multiple of 4 (the column groups of
+    :func:`half_rows_dots_norms`; the extra dots are zeros, discarded by the caller)."""
+    k = int(m.shape[0])
+    out = np.zeros((max(4, -(-k // 4) * 4), int(m.shape[1])), dtype=np.float32)
+    out[:k] = m
+    return out
+
+
+def half_view(block: np.ndarray) -> np.ndarray:
+    """The uint16 view of a C-contiguous float16 block, as the kernels take it."""
+    if block.dtype != np.float16 or not block.flags.c_contiguous:
+        raise ValueError(f"half_view needs a C-contiguous float16 block, got {block.dtype} "
+                         f"(contiguous: {block.flags.c_contiguous})")
+    return np.asarray(block).view(np.uint16)
+
+
+def warm() -> None:
+    """Compile (or load from numba's cache) every kernel in the calling thread, before worker threads call them."""
+    h = np.zeros((1, 8), dtype=np.uint16)
+    widen_half_row(h[0], np.empty(8, np.float32))
+    half_rows_dots_norms(h, np.zeros((4, 8), np.float32), np.empty((1, 4), np.float32), np.empty(1, np.float32))
+    half_rows_task_sums(h, np.zeros(1, np.int64), np.zeros((1, 8)), np.empty(1, np.float32),
+                        np.empty((1, 8), np.float32))
+    half_rows_own_dots(h, np.zeros(1, np.int64), np.ones(1, np.bool_), np.zeros((1, 8), np.float32),
+                       np.empty(1, np.float32))

@@ -179,3 +179,22 @@ def test_npy_write_is_atomic_and_loadable(tmp_path):
     a = np.arange(12, dtype=np.int64).reshape(3, 4)
     atomic_save_npy(tmp_path / "a.npy", a)
     assert np.array_equal(np.load(tmp_path / "a.npy"), a)
+
+
+def test_digests_of_long_flat_lists_are_the_bytes_of_their_json():
+    """The fast paths for flat lists of ids/labels hash the same canonical JSON as the general path, so keys
+    written before them still match: checked against hashlib over json.dumps written out here."""
+    import hashlib
+
+    from vlselect.artifact import digest, ids_digest
+
+    def by_hand(obj) -> str:
+        return "sha256:" + hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+    labels = [f"task{i % 7}" for i in range(1000)]
+    assert ids_digest(labels) == ids_digest(np.asarray(labels)) == by_hand(labels)
+    assert ids_digest(np.arange(5)) == ids_digest([0, 1, 2, 3, 4]) == ids_digest([np.int64(i) for i in range(5)])
+    assert ids_digest(np.arange(5)) == by_hand([0, 1, 2, 3, 4])
+    assert ids_digest(["a", 3, np.str_("b")]) == by_hand(["a", 3, "b"])
+    nested = {"ids": labels[:3], "cfg": {"k": [1, 2.5, None, True]}, "arr": np.arange(3)}
+    assert digest(nested) == by_hand({"ids": labels[:3], "cfg": {"k": [1, 2.5, None, True]}, "arr": [0, 1, 2]})

@@ -154,10 +154,15 @@ def replace_dir(tmp: str | os.PathLike, final: str | os.PathLike) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- content key
+_PLAIN = {str, int, float, bool, type(None)}  # JSON scalars that _canonical returns as they are
+
+
 def _canonical(obj: Any) -> Any:
     if isinstance(obj, dict):
         return {str(k): _canonical(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
+        if set(map(type, obj)) <= _PLAIN:  # a flat list of ids or labels: no call per element (665K: 1 s -> 0.02 s)
+            return list(obj)
         return [_canonical(v) for v in obj]
     if isinstance(obj, Path):
         return str(obj)
@@ -176,6 +181,11 @@ def digest(obj: Any) -> str:
 
 def ids_digest(ids: Iterable[Any]) -> str:
     """The digest of an exact, ordered list of sample ids or row indices."""
+    if isinstance(ids, np.ndarray) and ids.dtype.kind in "iu":
+        return digest(ids.tolist())
+    ids = ids.tolist() if isinstance(ids, np.ndarray) else list(ids)
+    if set(map(type, ids)) <= {str, int}:
+        return digest(ids)
     return digest([x if isinstance(x, (int, np.integer)) else str(x) for x in ids])
 
 

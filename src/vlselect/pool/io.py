@@ -192,9 +192,10 @@ def read_task_labels(path: str | os.PathLike, n: int | None = None) -> np.ndarra
     if not isinstance(data, list):
         raise PoolError(f"{p}: expected a JSON list of labels (one per pool row), found a JSON "
                         f"{type(data).__name__}")  # fmt: skip
-    for k, v in enumerate(data):
-        if isinstance(v, bool) or not isinstance(v, (str, int)):
-            raise PoolError(f"{p}: label {k} is {v!r}; every label must be a string (one per pool row)")
+    if not set(map(type, data)) <= {str, int}:  # one look per type, then find the first bad label
+        for k, v in enumerate(data):
+            if isinstance(v, bool) or not isinstance(v, (str, int)):
+                raise PoolError(f"{p}: label {k} is {v!r}; every label must be a string (one per pool row)")
     if n is not None and len(data) != n:
         raise PoolError(f"{p}: {len(data)} labels for a pool of {n} rows; give exactly one label per row, in pool "
                         "order")  # fmt: skip

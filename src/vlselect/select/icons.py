@@ -396,6 +396,13 @@ def _torch_normalize(x: np.ndarray) -> np.ndarray:
         return torch.nn.functional.normalize(t, dim=1).numpy()
 
 
+def _numpy_normalize(x: np.ndarray) -> np.ndarray:
+    """Rows of ``x`` divided by ``max(‖row‖, 1e-12)``, in float32 (F.normalize's definition, NumPy's rounding)."""
+    a = np.asarray(x, dtype=np.float32)
+    nrm = np.sqrt(np.einsum("ij,ij->i", a, a, dtype=np.float32))
+    return a / np.maximum(nrm, np.float32(NORMALIZE_EPS))[:, None]
+
+
 def icons_task_scores(
     train: np.ndarray,
     targets: Sequence[IconsTarget],
@@ -445,13 +452,20 @@ def icons_task_scores(
                     f"icons: validation features of {t.name}{'/' + u if t.subtasks else ''} are {v.shape[1]}-wide but "
                     f"the training features are {d}-wide; both must come from the same projection"
                 )
-    # one column per validation matrix: regular tasks normalised, sub-tasks raw
-    with torch_threads(1) if form == "matvec" else contextlib.nullcontext():  # small ops: see torch_threads
-        mats = [(_torch_normalize(t.vals[0]) if not t.is_split else np.asarray(v, dtype=np.float32))
-                for t in targets for v in t.vals]
-    owners = [ti for ti, t in enumerate(targets) for _ in t.vals]
     if precision not in ("float32", "float64"):
         raise SelectionError(f"icons: precision={precision!r}; choose float32 or float64")
+    fused = form == "matvec" and fused_half(train, np.dtype(precision))
+    # one column per validation matrix: regular tasks normalised, sub-tasks raw. The fused path needs no torch
+    # at all (its import is 1.5 s of a 665K-row run's whole command): NumPy's float32 normalisation, which
+    # differs from torch's F.normalize by float32 rounding; the strict forms keep torch's, bit for bit.
+    if fused:
+        mats = [(_numpy_normalize(t.vals[0]) if not t.is_split else np.asarray(v, dtype=np.float32))
+                for t in targets for v in t.vals]
+    else:
+        with torch_threads(1) if form == "matvec" else contextlib.nullcontext():  # small ops: see torch_threads
+            mats = [(_torch_normalize(t.vals[0]) if not t.is_split else np.asarray(v, dtype=np.float32))
+                    for t in targets for v in t.vals]
+    owners = [ti for ti, t in enumerate(targets) for _ in t.vals]
     if form == "gemm":
         block_rows = block_rows or block_rows_for(d)
         import torch
@@ -463,13 +477,10 @@ def icons_task_scores(
             for j, v in enumerate(tv):
                 cols[a:b, j] = torch.mean(g @ v.T, dim=1).numpy()
     elif form == "matvec":
-        import torch
-
         prec = np.dtype(np.float64 if precision == "float64" else np.float32)
-        tprec = getattr(torch, prec.name)
         means = np.stack([m.astype(np.float64).mean(axis=0) for m in mats], axis=0)  # (cols, d) in float64
         rows_step = block_rows or chunk_rows_for(d, prec.itemsize)
-        if fused_half(train, prec):
+        if fused:
             # float16 rows, float32 arithmetic: one fused kernel per chunk reads each half once (kernels.py)
             from vlselect.select import kernels
 
@@ -485,6 +496,9 @@ def icons_task_scores(
             cols = dots_np[:, : len(mats)].astype(np.float64)
             cols /= np.maximum(nrm_np.astype(np.float64), NORMALIZE_EPS)[:, None]
         else:
+            import torch
+
+            tprec = getattr(torch, prec.name)
             mt = torch.from_numpy(np.ascontiguousarray(pad_columns(means.astype(prec))))
             dots = torch.empty((n, mt.shape[0]), dtype=tprec)
             nrm = torch.empty(n, dtype=tprec)

@@ -279,7 +279,7 @@ def load_tasks(path: str | os.PathLike[str]) -> list[str]:
     :func:`vlselect.pool.io.read_task_labels`, the one reader of task-label files)."""
     from vlselect.pool.io import read_task_labels
 
-    return [str(t) for t in read_task_labels(path)]
+    return read_task_labels(path).tolist()
 
 
 def output_dirs(out: str | os.PathLike[str], selections: Sequence[Selection]) -> list[Path]:
@@ -295,8 +295,9 @@ def output_dirs(out: str | os.PathLike[str], selections: Sequence[Selection]) ->
 
 def task_counts(tasks: Sequence[str] | np.ndarray, indices: np.ndarray) -> list[tuple[str, int, int]]:
     """``(task, rows in pool, rows in subset)`` per task, sorted by task name."""
-    t = np.asarray([str(x) for x in tasks], dtype=object)
-    names, inv = np.unique(t.astype(str), return_inverse=True)
+    from vlselect.select.base import factorize_labels
+
+    names, inv = factorize_labels(tasks)  # = np.unique of the labels as str, by one dict pass
     pool_c = np.bincount(inv, minlength=len(names))
     sub_c = np.bincount(inv[np.asarray(indices, dtype=np.int64)], minlength=len(names)) if len(indices) else np.zeros(len(names), int)
     return [(str(n), int(p), int(s)) for n, p, s in zip(names, pool_c, sub_c)]

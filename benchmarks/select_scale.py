@@ -21,7 +21,10 @@ released, nothing computed. A second floor ("convert") also converts each block 
 (cache-sized chunks into one reused buffer, one torch thread). Two more rows show the arithmetic alone, no read:
 "icons-math" and "tive-math" repeat the methods' per-chunk products on one chunk already in cache, as many times
 as the pool has chunks (ICONS: a 4-column product and the row norms; TIVE: norms, scaling and ``index_add_``
-of pass 1 plus the 16-column product of pass 2). ``--cold`` evicts the file from the page cache
+of pass 1 plus the 16-column product of pass 2; the torch path's arithmetic). "tive-unfused" and
+"icons-unfused" are the methods on the torch convert-then-multiply path (``VLSELECT_FUSED=0``, the code before the
+fused float16 kernels), side by side with the fused ones; numba's import and kernel load happen before the clock,
+like torch's import, and are printed beside the table. ``--cold`` evicts the file from the page cache
 (``posix_fadvise DONTNEED``, this file only) before the floors and before each method, so they read from disk;
 otherwise they read what the page cache holds. The machine may be shared: compare the ratios within one run.
 """

@@ -4,9 +4,9 @@ The published feature stores are float16 (665,298 x 5,120 for LLaVA-665K: 6.8 GB
 each chunk to float32 and then hands it to BLAS moves every value three times (read the half, write the float,
 read the float back); these kernels read each half once, widen it in registers and use it at once: the row norm
 and the few inner products ICONS needs, the row's share of its task sum and, in a second pass, its inner product
-with its own task centroid for TIVE. Measured on this project's 2-core box (``benchmarks/select_scale.py``),
-one such pass runs at about the speed of a plain NumPy read of the memmap, where convert-then-multiply took
-2.2x (ICONS) and 4.2x (TIVE, two passes) of it.
+with its own task centroid for TIVE. Measured on this project's 2-core box (``benchmarks/select_scale.py``,
+665,298 x 5,120 float16): ICONS selects in 1.16x and TIVE (two passes) in 1.40x the time of one plain NumPy read
+of the memmap, where convert-then-multiply took 1.9x and 3.1x in the same run (benchmarks/RESULTS.md).
 
 Each kernel takes a C-contiguous ``uint16`` view of float16 rows (NumPy's float16 is not a numba type) and
 widens every value as it reads it, with the CPU's own half -> float conversion (:func:`widen_half_row`), exact for every one of the 65,536 float16 values (tested against NumPy's ``astype``). Sums are

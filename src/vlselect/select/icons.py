@@ -484,7 +484,7 @@ def icons_task_scores(
             # float16 rows, float32 arithmetic: one fused kernel per chunk reads each half once (kernels.py)
             from vlselect.select import kernels
 
-            kernels.warm()
+            kernels.warm("half_rows_dots_norms")
             m32 = kernels.pad4(means)
             dots_np = np.empty((n, m32.shape[0]), dtype=np.float32)
             nrm_np = np.empty(n, dtype=np.float32)

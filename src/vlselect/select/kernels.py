@@ -228,12 +228,22 @@ def half_view(block: np.ndarray) -> np.ndarray:
     return np.asarray(block).view(np.uint16)
 
 
-def warm() -> None:
-    """Compile (or load from numba's cache) every kernel in the calling thread, before worker threads call them."""
-    h = np.zeros((1, 8), dtype=np.uint16)
-    widen_half_row(h[0], np.empty(8, np.float32))
-    half_rows_dots_norms(h, np.zeros((4, 8), np.float32), np.empty((1, 4), np.float32), np.empty(1, np.float32))
-    half_rows_task_sums(h, np.zeros(1, np.int64), np.zeros((1, 8)), np.empty(1, np.float32),
-                        np.empty((1, 8), np.float32))
-    half_rows_own_dots(h, np.zeros(1, np.int64), np.ones(1, np.bool_), np.zeros((1, 8), np.float32),
-                       np.empty(1, np.float32))
+def _warm_args(name: str, h: np.ndarray) -> tuple:
+    if name == "half_rows_dots_norms":
+        return h, np.zeros((4, 8), np.float32), np.empty((1, 4), np.float32), np.empty(1, np.float32)
+    if name == "half_rows_task_sums":
+        return h, np.zeros(1, np.int64), np.zeros((1, 8)), np.empty(1, np.float32), np.empty((1, 8), np.float32)
+    if name == "half_rows_own_dots":
+        return h, np.zeros(1, np.int64), np.ones(1, np.bool_), np.zeros((1, 8), np.float32), np.empty(1, np.float32)
+    raise ValueError(f"no kernel {name!r} to warm")
+
+
+def warm(*names: str) -> None:
+    """Compile (or load from numba's cache) the named kernels (default: all) in the calling thread, before
+    worker threads call them: for writable rows and for read-only ones (a memmap opened read-only), which numba
+    types apart. Loading takes about 0.4 s for the first kernel of a process (LLVM's start), milliseconds after."""
+    for name in names or ("half_rows_dots_norms", "half_rows_task_sums", "half_rows_own_dots"):
+        for writable in (True, False):
+            h = np.zeros((1, 8), dtype=np.uint16)
+            h.setflags(write=writable)
+            globals()[name](*_warm_args(name, h))

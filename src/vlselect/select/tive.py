@@ -328,7 +328,7 @@ def _centroid_scores_fused(train: np.ndarray, codes: np.ndarray, n_tasks: int, c
     from vlselect.select import kernels
 
     n, d = int(train.shape[0]), int(train.shape[1])
-    kernels.warm()
+    kernels.warm("half_rows_task_sums", "half_rows_own_dots")
     nparts = len(row_parts(n, chunk))
     part_sums = [np.zeros((n_tasks, d), dtype=np.float64) for _ in range(nparts)]
     part_acc = [np.empty((n_tasks, d), dtype=np.float32) for _ in range(nparts)]

@@ -9,11 +9,11 @@ evaluation sets:
 
 1. ``language``: the tiny LLaVA's language model is trained on a text-only pool
    (:func:`vlselect.world.make.make_text_pool`): scene descriptions, reading comprehension over descriptions
-   (the world's questions answered from words, as a real LLM answers questions about a text) and chat. It stays
-   frozen from here on.
-2. ``vision``: the vision tower (random) and the projector are trained by captioning a separate, large caption
-   world *through the frozen language model* (``adapter="projector"`` with the vision tower trained as well): the
-   picture's tokens must say what a description says, in the language model's own input space.
+   (the world's questions answered from words, as a real LLM answers questions about a text) and chat.
+2. ``vision``: the vision tower (random), the projector and the language model are trained together
+   (``adapter="full"``) on the captions of a separate, large caption world mixed with text records of stage 1's
+   kind, so that the language model keeps reading while the picture's tokens learn to say what a description
+   says, in the language model's own input space.
 3. ``align``: the projector alone is trained further on another caption world, vision tower and language model
    both frozen (LLaVA-1.5 stage 1).
 
@@ -22,7 +22,8 @@ frozen (LLaVA's order, after a vision tower trained with its own decoder) reache
 20,000 captions and named 10% of the objects of a held-out picture right, against 85% for the captioning model
 itself: a 2-layer MLP on 20,000 captions cannot join a vision tower and a language model trained apart at this
 scale, which CLIP's contrastive alignment makes possible in real VLMs. Training the vision tower through the
-frozen language model aligns them from the start.
+frozen language model stalled too (caption loss flat at 0.58), and captioning alone made the language model
+forget how to read; training the three together on captions mixed with text is what worked.
 
 The result is a complete Hugging Face model directory (about 3.5 MB) that ships inside the package
 (:func:`foundation_path`), with ``vlselect_foundation.json`` holding its recipe and fingerprint; the benchmark

@@ -338,3 +338,27 @@ def test_another_recipe_never_reuses_this_ones_pools(tmp_path):
     pools = sorted((tmp_path / ".f-work").glob("*/text-pool/pool.json"))
     assert sorted(len(json.loads(p.read_text())) for p in pools) == [small.text_size, big.text_size]
     assert b["stages"]["language"]["steps"] == -(-big.text_size // big.batch_size)
+
+
+def test_vision_epochs_train_stage_two_longer_and_are_recorded(tmp_path):
+    """``vision_epochs`` (the measured lever for OCR, benchmarks/RESULTS.md) reaches stage 2 and only stage 2, is
+    kept in the recipe, and a recipe without it reads as the shipped one (1 epoch, the same JSON as before)."""
+    import torch
+
+    from dataclasses import replace
+
+    from vlselect.models.foundation import FoundationRecipe, verify_foundation
+    from vlselect.train.foundation import build_foundation
+
+    assert "vision_epochs" not in FoundationRecipe().to_json()
+    assert FoundationRecipe.from_json(FoundationRecipe().to_json()).vision_epochs == 1
+    torch.set_num_threads(1)
+    one = FoundationRecipe().scaled(0.0006)
+    two = replace(one, vision_epochs=2)
+    a = verify_foundation(build_foundation(tmp_path / "a", one, progress=False, log=lambda m: None))
+    b = verify_foundation(build_foundation(tmp_path / "b", two, progress=False, log=lambda m: None))
+    assert b["recipe"]["vision_epochs"] == 2 and FoundationRecipe.from_json(b["recipe"]) == two
+    assert b["stages"]["vision"]["steps"] == 2 * a["stages"]["vision"]["steps"]
+    assert b["stages"]["language"]["steps"] == a["stages"]["language"]["steps"]
+    assert b["stages"]["align"]["steps"] == a["stages"]["align"]["steps"]
+    assert a["fingerprint"] != b["fingerprint"]

@@ -37,6 +37,7 @@ def foundation(
     path: bool = typer.Option(False, "--path", help="Print the shipped foundation's directory (after checking it), e.g. for --model \"$(vlselect models foundation --path)\"."),
     scale: float = typer.Option(1.0, "--scale", help="Build on this fraction of the recipe's data (e.g. 0.01 for a quick try; the shipped one is 1)."),
     threads: int = typer.Option(0, "--threads", help="Torch threads (0: torch's default). Use 1 on a busy machine."),
+    vision_epochs: int = typer.Option(1, "--vision-epochs", min=1, help="Epochs of stage 2 (vision tower, projector and language model on captions); the shipped recipe has 1, 2 makes the vision tower read words (benchmarks/RESULTS.md)."),
 ) -> None:
     """Build the world's foundation (pretrained language model, vision tower, aligned projector) from its recipe,
     or check one. The shipped foundation is what 'vlselect bench' and 'vlselect demo' fine-tune.
@@ -63,7 +64,8 @@ def foundation(
         import torch
 
         torch.set_num_threads(threads)
-    recipe = FoundationRecipe() if scale == 1.0 else FoundationRecipe().scaled(scale)
+    recipe = FoundationRecipe(vision_epochs=vision_epochs)
+    recipe = recipe if scale == 1.0 else recipe.scaled(scale)
     path = build_foundation(out_dir, recipe, log=lambda m: typer.echo(m, err=True))
     info = verify_foundation(path)
     from vlselect.errors import ModelError

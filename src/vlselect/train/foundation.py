@@ -62,7 +62,8 @@ def build_foundation(out_dir: str | os.PathLike, recipe: FoundationRecipe | None
     log("foundation 2/3: the vision tower by captioning (the language model keeps reading text)")
     mixed = _mixed_pool(work / "vision-mix", caps_v / "pool.json", text / "pool.json", rc.vision_text_size, rc.seed)
     vis = train_lora(lang.final_dir, mixed, caps_v / "images", work / "vision", adapter="full",
-                     lr=rc.vision_lr, projector_lr=rc.vision_lr, modules_to_save=["vision_tower"], **common)
+                     lr=rc.vision_lr, projector_lr=rc.vision_lr, modules_to_save=["vision_tower"],
+                     **{**common, "epochs": rc.vision_epochs})
     log("foundation 3/3: the projector aligned on captions (vision tower and language model frozen)")
     align = train_lora(vis.final_dir, caps_a / "pool.json", caps_a / "images", work / "align", adapter="projector",
                        lr=rc.align_lr, projector_lr=rc.align_lr, **common)

@@ -713,7 +713,7 @@ def _vote_summary(votes: np.ndarray, sel: np.ndarray, n_tasks: int) -> dict[str,
             "score_form",
             None,
             str,
-            "matvec (O(n·d), float64; the default), gemm (the official float32 GEMM + mean for every row) or hybrid "
+            "matvec (O(n·d), float32 products and a float64 division; the default), gemm (the official float32 GEMM + mean for every row) or hybrid "
             "(matvec, plus the official GEMM for the rows near each threshold: official votes at matvec cost; the "
             "strict default)",
             choices=(None, "matvec", "gemm", "hybrid"),
@@ -750,7 +750,7 @@ def select_icons(
     Default fixes (spec §8): NaN/inf training rows are excluded (no vote, not selected; percentiles over the
     rest) instead of zeroing every task's vote (Q15); a budget larger than the rows with any vote is filled
     down the same priority order (the official argsort does too, arbitrarily); the tie-break is deterministic
-    (Q20); scores use the exact O(n·d) mean-vector form in float64 (spec §4 notes).
+    (Q20); scores use the exact O(n·d) mean-vector form (float32 products, float64 division; spec §4 notes).
 
     Parameters
     ----------

@@ -362,3 +362,37 @@ def test_vision_epochs_train_stage_two_longer_and_are_recorded(tmp_path):
     assert b["stages"]["language"]["steps"] == a["stages"]["language"]["steps"]
     assert b["stages"]["align"]["steps"] == a["stages"]["align"]["steps"]
     assert a["fingerprint"] != b["fingerprint"]
+    for work in (tmp_path / ".a-work").iterdir():
+        caps = json.loads((work / "vision-pool" / "pool.json").read_text())
+        assert all(r["conversations"][1]["value"].startswith("A ") for r in caps)
+
+
+def test_counted_captions_reach_the_caption_pools_and_are_recorded(tmp_path):
+    """``counted_captions`` (the measured lever for counting, benchmarks/RESULTS.md) makes the captions of stages 2
+    and 3 start with the number of objects and is kept in the recipe; a recipe without it reads as the shipped one
+    (plain captions, the same JSON as before)."""
+    import re
+
+    import torch
+
+    from dataclasses import replace
+
+    from vlselect.models.foundation import FoundationRecipe, verify_foundation
+    from vlselect.train.foundation import build_foundation
+
+    assert "counted_captions" not in FoundationRecipe().to_json()
+    assert FoundationRecipe.from_json(FoundationRecipe().to_json()).counted_captions is False
+    torch.set_num_threads(1)
+    rc = replace(FoundationRecipe().scaled(0.0006), counted_captions=True)
+    info = verify_foundation(build_foundation(tmp_path / "c", rc, progress=False, log=lambda m: None))
+    assert info["recipe"]["counted_captions"] is True and FoundationRecipe.from_json(info["recipe"]) == rc
+    (work,) = (tmp_path / ".c-work").iterdir()
+    for name, size in (("vision-pool", rc.vision_size), ("align-pool", rc.align_size)):
+        assert json.loads((work / name / "world.json").read_text())["counted_captions"] is True
+        recs = json.loads((work / name / "pool.json").read_text())
+        assert len(recs) == size
+        for r in recs:
+            n = len(r["meta"]["scene"]["objects"])
+            assert re.match(rf"{n} objects?: a (small|large) ", r["conversations"][1]["value"])
+    # the text pool is stage 1's and has no captions of pictures
+    assert "counted_captions" not in json.loads((work / "text-pool" / "world.json").read_text())

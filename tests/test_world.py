@@ -394,6 +394,41 @@ def test_pretrain_pool_clean_captions_avoiding_eval_scenes(tmp_path):
         assert sig not in {(tuple((o.shape, o.color, o.size, o.cell) for o in s[0]), s[1]) for s in eval_sigs}
 
 
+def test_counted_captions_state_the_number_of_objects(tmp_path):
+    """``counted`` (the foundation's captions, issue 12): the number of objects first, hand-worked cases; the same
+    scenes, pictures and prompts as the plain pool, whose captions stay as they were."""
+    from vlselect.world import make_pretrain_pool
+    from vlselect.world.scene import Obj, Scene
+    from vlselect.world.tasks import caption_text
+
+    one = Scene((Obj("cross", "red", "small", 5),), None)
+    three = Scene((Obj("circle", "blue", "large", 0), Obj("square", "green", "small", 4),
+                   Obj("cross", "red", "small", 8)), "gym")
+    assert caption_text(one) == "A small red cross at the right."
+    assert caption_text(one, counted=True) == "1 object: a small red cross at the right."
+    assert caption_text(three, counted=True) == ("3 objects: a large blue circle at the top left, a small green square "
+                                                 "at the center and a small red cross at the bottom right. "
+                                                 "A sign at the bottom says gym.")
+    make_pretrain_pool(tmp_path / "plain", size=60, seed=3, eval_size=EVAL, image_size=24)
+    make_pretrain_pool(tmp_path / "counted", size=60, seed=3, eval_size=EVAL, image_size=24, counted=True)
+    plain = json.loads((tmp_path / "plain" / "pool.json").read_text())
+    counted = json.loads((tmp_path / "counted" / "pool.json").read_text())
+    assert [r["id"] for r in plain] == [r["id"] for r in counted]
+    assert {k: v for k, v in _files(tmp_path / "plain").items() if k.startswith("images")} == \
+        {k: v for k, v in _files(tmp_path / "counted").items() if k.startswith("images")}
+    sizes = set()
+    for p, c in zip(plain, counted):
+        assert p["conversations"][0] == c["conversations"][0] and p["meta"]["scene"] == c["meta"]["scene"]
+        n = len(c["meta"]["scene"]["objects"])
+        sizes.add(n)
+        head, rest = c["conversations"][1]["value"].split(": ", 1)
+        assert head == (f"{n} objects" if n > 1 else "1 object")
+        assert rest[0].upper() + rest[1:] == p["conversations"][1]["value"] and p["conversations"][1]["value"][0] == "A"
+    assert len(sizes) >= 3
+    assert json.loads((tmp_path / "counted" / "world.json").read_text())["counted_captions"] is True
+    assert "counted_captions" not in json.loads((tmp_path / "plain" / "world.json").read_text())
+
+
 def test_world_help_has_examples():
     from typer.testing import CliRunner
 

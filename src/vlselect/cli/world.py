@@ -50,6 +50,7 @@ def pretrain(
     seed: int = typer.Option(0, "--seed", help="The world's seed; its evaluation scenes are avoided."),
     image_size: int = typer.Option(64, "--image-size", help="Picture side in pixels."),
     eval_size: int = typer.Option(200, "--eval-size", help="The world's evaluation set size (to avoid its scenes)."),
+    counted: bool = typer.Option(False, "--counted", help="Start every caption with the number of objects (\"3 objects: a small red cross at the top, ...\")."),
 ) -> None:
     """Make a separate clean caption pool for pre-training the base model (DIR/images, DIR/pool.json).
 
@@ -59,7 +60,8 @@ def pretrain(
 
     from vlselect.world import make_pretrain_pool
 
-    info = make_pretrain_pool(out_dir, size=size, seed=seed, image_size=image_size, eval_size=eval_size)
+    info = make_pretrain_pool(out_dir, size=size, seed=seed, image_size=image_size, eval_size=eval_size,
+                              counted=counted)
     Console().print(f"[bold]pre-training pool[/] → {info.out_dir}: {info.task_counts['caption']} captions, "
                     f"{info.n_images} pictures", highlight=False)
 

@@ -47,9 +47,11 @@ def build_foundation(out_dir: str | os.PathLike, recipe: FoundationRecipe | None
     text = world("text-pool", lambda d: make_text_pool(d, size=rc.text_size, seed=rc.seed + 11,
                                                        image_size=rc.image_size, avoid=rc.avoid))
     caps_v = world("vision-pool", lambda d: make_pretrain_pool(d, size=rc.vision_size, seed=rc.seed + 13,
-                                                               image_size=rc.image_size, avoid=rc.avoid))
+                                                               image_size=rc.image_size, avoid=rc.avoid,
+                                                               counted=rc.counted_captions))
     caps_a = world("align-pool", lambda d: make_pretrain_pool(d, size=rc.align_size, seed=rc.seed + 17,
-                                                              image_size=rc.image_size, avoid=rc.avoid))
+                                                              image_size=rc.image_size, avoid=rc.avoid,
+                                                              counted=rc.counted_captions))
     init = work / "init"
     if not (init / "vlselect_tiny.json").exists():
         build_tiny(init, rc.family, seed=rc.seed, size=rc.size, image_size=rc.image_size)

@@ -422,7 +422,7 @@ def make_world(out_dir: str | os.PathLike, *, size: int = 20000, seed: int = 0, 
 
 def make_pretrain_pool(out_dir: str | os.PathLike, *, size: int = 50000, seed: int = 0, image_size: int = 64,
                        eval_size: int = 200, word_share: float = 0.15, overwrite: bool = True,
-                       avoid: tuple[tuple[int, int], ...] | None = None) -> WorldInfo:
+                       avoid: tuple[tuple[int, int], ...] | None = None, counted: bool = False) -> WorldInfo:
     """A separate caption pool for pre-training the tiny base model (the analogue of LLaVA's stage-1 data).
 
     Every record is a clean caption of its own scene (no redundancy, noise or easy share): the caption names
@@ -445,6 +445,10 @@ def make_pretrain_pool(out_dir: str | os.PathLike, *, size: int = 50000, seed: i
         Share of pictures with a sign.
     avoid : tuple of (seed, eval_size), optional
         Worlds whose evaluation scenes never occur (default: the world of ``seed`` and ``eval_size``).
+    counted : bool
+        Every caption starts with the number of objects ("3 objects: a small red cross at the top, ...");
+        the same scenes, pictures and prompts as without it. A vision tower trained on such captions has to see
+        how many objects there are (benchmarks/RESULTS.md, issue 12).
 
     Returns
     -------
@@ -457,7 +461,7 @@ def make_pretrain_pool(out_dir: str | os.PathLike, *, size: int = 50000, seed: i
     """
     from vlselect.world.build import _stream, _variant
     from vlselect.world.scene import sample_scene
-    from vlselect.world.tasks import ask_caption
+    from vlselect.world.tasks import ask_caption, caption_text
 
     cfg = WorldConfig(size=size, seed=seed, image_size=image_size, eval_size=eval_size, word_share=word_share,
                       composition={"caption": 1.0})
@@ -473,8 +477,9 @@ def make_pretrain_pool(out_dir: str | os.PathLike, *, size: int = 50000, seed: i
             continue
         pictures.append(Picture(scene, _variant(rng), "clean"))
         qa = ask_caption(scene, rng)
+        answer = caption_text(scene, counted=True) if counted else qa.answer
         plan.append(PlannedRecord("caption", f"pretrain-{len(plan):06d}", "clean", False, "caption",
-                                  [(qa.prompt, qa.answer)], True, None, len(pictures) - 1))
+                                  [(qa.prompt, answer)], True, None, len(pictures) - 1))
     with _staged(out, "images") as tmp:
         records, used = _pool_records(plan, pictures, cfg)
         for r in records:
@@ -483,14 +488,18 @@ def make_pretrain_pool(out_dir: str | os.PathLike, *, size: int = 50000, seed: i
                     f"pre-training pool: {len(used)} pictures")
         _write_text(tmp / "pool.json", _dumps_records(records))
         stats = task_stats(records)
-        _write_text(tmp / "world.json", json.dumps({"format": "vlselect-world/1", "kind": "pretrain",
-                                                     "config": cfg.__dict__, "task_counts": {"caption": size},
+        meta = {"format": "vlselect-world/1", "kind": "pretrain", "config": cfg.__dict__}
+        if counted:  # written only when set: a plain pool's world.json as before
+            meta["counted_captions"] = True
+        _write_text(tmp / "world.json", json.dumps({**meta, "task_counts": {"caption": size},
                                                      "task_stats": stats, "eval_sets": {},
                                                      "n_images": len(used), "n_eval_images": 0}, indent=1) + "\n")
         _write_text(tmp / "README.md", "\n".join([
             CARD_MARKER, f"# Pre-training caption pool (seed {seed}, {size} records)", "",
-            f"Made with `vlselect world pretrain DIR --size {size} --seed {seed}` (image size {image_size} px).", "",
-            "One clean caption per picture, each picture its own scene (the pictures of the world, see its card); "
+            f"Made with `vlselect world pretrain DIR --size {size} --seed {seed}{' --counted' if counted else ''}` "
+            f"(image size {image_size} px).", "",
+            "One clean caption per picture, each picture its own scene (the pictures of the world, see its card)"
+            + ("; each caption starts with the number of objects" if counted else "") + "; "
             "no near-duplicates, no noise, no easy share. Scenes of the world's evaluation sets (same seed, "
             f"eval size {eval_size}) never occur. Prompts: the six caption instructions of the world's pool. "
             "Use it to pre-train the base model before instruction tuning on `pool.json` of a world.", ""]))

@@ -60,8 +60,11 @@ def short(question: str) -> str:
     return f"{question}\n{SHORT_SUFFIX}"
 
 
-def caption_text(scene: Scene) -> str:
-    """The caption: every object with its size, colour, shape and position, then the word if any."""
+def caption_text(scene: Scene, counted: bool = False) -> str:
+    """The caption: every object with its size, colour, shape and position, then the word if any.
+
+    ``counted`` puts the number of objects first ("3 objects: a small red cross at the top, ..."), as real
+    captions often say how many things a picture holds (the foundation's caption pools, issue 12)."""
     parts = [f"a {o.phrase()} at the {o.pos}" for o in scene.objects]
     if not parts:
         body = "An empty picture"
@@ -72,6 +75,9 @@ def caption_text(scene: Scene) -> str:
     body = body[0].upper() + body[1:] + "."
     if scene.word is not None:
         body += f" A sign at the bottom says {scene.word}."
+    if counted:
+        n = len(scene.objects)
+        body = f"{n} object{'' if n == 1 else 's'}: " + body[0].lower() + body[1:]
     return body
 
 

@@ -98,7 +98,8 @@ def test_miniature_bench_end_to_end_and_a_second_run_reuses_every_stage(tmp_path
     saved = json.loads((out / "results.json").read_text())
     assert saved["rows"] == json.loads(json.dumps(res["rows"]))
     csv_lines = (out / "results.csv").read_text().splitlines()
-    assert csv_lines[0].startswith("method,budget,n_seeds,relative_mean") and len(csv_lines) == 1 + 1 + 3
+    assert csv_lines[0].startswith("method,budget,n_seeds,relative_mean") and len(csv_lines) == 1 + 1 + 1 + 3
+    assert csv_lines[2].startswith("base model (zero-shot),0.0,1,")
     page = (out / "report.html").read_text()
     assert "coincide" in page and "<svg" in page
     # second run: nothing recomputed, same table
@@ -146,6 +147,18 @@ def test_miniature_bench_on_the_foundation_with_the_clean_reference(tmp_path):
     assert res["clean_pool"]["fraction"] == round(len(correct) / len(pool), 4)
     assert {r["method"] for r in res["rows"]} == {"random"}  # the reference is not a method row
     assert any("foundation" in n for n in res["notes"])
+    # the zero-shot reference: the foundation's own answers, no training run (checked against evaluating it here)
+    from vlselect.bench.run import ZERO_SHOT
+    from vlselect.evaluate import evaluate
+    from vlselect.models.foundation import foundation_path
+
+    world = next((tmp_path / "b" / "cache").glob("world-*/w"))
+    direct = evaluate(foundation_path(), sorted(str(f) for f in (world / "eval").glob("*.json")), str(world / "images"),
+                      tmp_path / "direct", progress=False, max_new_tokens=cfg.max_new_tokens)
+    assert res["zero_shot"]["scores"] == {k: v["score"] for k, v in direct["sets"].items()}
+    zdirs = [d for d in (tmp_path / "b" / "cache").glob("run-*")
+             if json.loads((d / "recipe.json").read_text())["method"] == ZERO_SHOT]
+    assert len(zdirs) == 1 and not (zdirs[0] / "train").exists() and "train+eval " + ZERO_SHOT in stages
 
 
 def test_bench_refuses_a_world_at_another_image_size_than_the_foundation(tmp_path):

@@ -33,6 +33,10 @@ def print_results(results: dict[str, Any], console: Console) -> None:
             cells.append(f"[bold green]{txt}[/]" if r["relative_mean"] == best[b] else txt)
         t.add_row(m, *cells)
     console.print(t)
+    zs = results.get("zero_shot")
+    if zs:
+        console.print(f"[dim]the base model without fine-tuning (zero-shot): {zs['relative']:.1f}% of the full pool "
+                      "(what the scores above owe to no data at all)[/]")
     sets = results["sets"]
     counted = set(results.get("relative_sets") or sets)
     s = Table(title="scores per evaluation set (0-100; * = counted in the relative performance)", title_justify="left")
@@ -44,6 +48,8 @@ def print_results(results: dict[str, Any], console: Console) -> None:
         s.add_row("[dim]chance (most common answer)[/]",
                   *[f"[dim]{results['chance'].get(x, float('nan')):.1f}[/]" for x in sets])
     s.add_row(f"[bold]{ref['label']}[/]", *[f"[bold]{ref['scores'].get(x, float('nan')):.1f}[/]" for x in sets])
+    if zs:
+        s.add_row("[dim]base model (zero-shot, 0%)[/]", *[f"[dim]{zs['scores'].get(x, float('nan')):.1f}[/]" for x in sets])
     for r in rows:
         s.add_row(f"{r['method']} @ {r['budget'] * 100:g}%", *[f"{r['scores'].get(x, float('nan')):.1f}" for x in sets])
     console.print(s)

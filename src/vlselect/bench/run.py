@@ -46,6 +46,8 @@ DEFAULT_METHODS = (
 COMPOSITES = ("coincide_icons", "icons_coincide")
 #: The name of the clean-pool reference run (not a method: it reads the world's answer-correctness metadata).
 CLEAN = "clean pool"
+#: The name of the zero-shot reference: the base model evaluated without any fine-tuning (what needs no data).
+ZERO_SHOT = "base model (zero-shot)"
 
 
 @dataclass
@@ -69,7 +71,10 @@ class BenchConfig:
     points; a set that even the full pool does not learn cannot tell subsets apart. ``d2_score``: D2-Pruning's
     importance score, ``"margin"`` (the one-checkpoint probability margin of COINCIDE's ``score_aum.py``, free from
     the activation pass) or ``"aum"`` (the area under the margin recorded while fine-tuning the base model on the
-    whole pool with the run recipe, seed ``seed``: one more full-pool training run).
+    whole pool with the run recipe, seed ``seed``: one more full-pool training run). ``zero_shot_reference``
+    evaluates the base model itself, with no fine-tuning, beside the runs (one evaluation): a relative score is
+    then read against what needs no data at all (benchmarks/RESULTS.md: a strong foundation answers some sets
+    zero-shot as well as after the full pool).
     """
 
     size: int = 10000
@@ -104,6 +109,7 @@ class BenchConfig:
     d2_score: str = "margin"
     base: str = "foundation"
     clean_reference: bool = True
+    zero_shot_reference: bool = True
 
     @classmethod
     def quick(cls, **overrides: Any) -> "BenchConfig":
@@ -153,6 +159,12 @@ def _train_and_eval(job: dict[str, Any]) -> dict[str, Any]:
     from vlselect.train import train_lora
 
     out = Path(job["out"])
+    if job.get("zero_shot"):  # no training: the base model answers the evaluation sets as it is
+        with measure() as cost:
+            results = evaluate(job["base"], job["eval_files"], job["images"], out / "eval", progress=False,
+                               max_new_tokens=job["max_new_tokens"], batch_size=job.get("eval_batch_size", 64))
+        return {"scores": dict(_scores(results)), "train_loss": None, "samples": 0, "padding": None,
+                "seconds": cost.seconds, "peak_rss_mb": cost.peak_rss_mb}
     with measure() as cost:
         indices = np.load(job["indices"]).tolist() if job.get("indices") else None
         res = train_lora(job["base"], job["pool"], job["images"], out / "train", indices=indices, r=job["r"],
@@ -320,6 +332,8 @@ def run_bench(out: str | os.PathLike, config: BenchConfig | None = None, *,
     jobs: list[tuple[str, float, int, dict]] = []
     for s in cfg.seeds:
         jobs.append(("full pool", 1.0, s, {"indices": None}))
+    if cfg.zero_shot_reference:  # the base model as it is: what the table's scores owe to no data at all
+        jobs.append((ZERO_SHOT, 0.0, cfg.seeds[0], {"indices": None, "zero_shot": True}))
     if cfg.clean_reference:  # the effect of the world's noise: the pool without its wrong answers (an oracle)
         cdir, clean_n = cache.run("clean", world_recipe, lambda d: _clean_rows(pool, d), label="clean-pool rows")
         jobs.append((CLEAN, round(clean_n / n, 4), cfg.seeds[0], {"indices": str(cdir / "indices.npy")}))
@@ -531,7 +545,7 @@ def _run_jobs(cache: StageCache, cfg: BenchConfig, jobs, base, pool_path, images
                "eval_files": eval_files, "indices": idx, "r": cfg.lora_r, "lr": cfg.lr, "epochs": cfg.epochs,
                "batch_size": cfg.batch_size, "length_group": cfg.length_group, "seed": seed,
                "max_new_tokens": cfg.max_new_tokens, "adapter": cfg.adapter,
-               "modules_to_save": list(cfg.modules_to_save)}
+               "modules_to_save": list(cfg.modules_to_save), "zero_shot": bool(extra.get("zero_shot"))}
         pending.append((method, budget, seed, recipe, job))
 
     def finish(method, budget, seed, recipe, result, cached=False):
@@ -654,6 +668,7 @@ def _assemble(cfg: BenchConfig, runs: list[dict], subsets, tasks: np.ndarray, n:
 
     full = [r for r in runs if r["method"] == "full pool"]
     clean = [r for r in runs if r["method"] == CLEAN]
+    zero = [r for r in runs if r["method"] == ZERO_SHOT]
     sets = sorted({s for r in runs for s in r["scores"]})
     ref = {s: float(np.mean([r["scores"][s] for r in full])) for s in sets} if full else {}
     chance = chance_levels(eval_files) if eval_files else {}
@@ -665,7 +680,7 @@ def _assemble(cfg: BenchConfig, runs: list[dict], subsets, tasks: np.ndarray, n:
         return float(np.mean(vals)) if vals else float("nan")
 
     rows = []
-    keys = sorted({(r["method"], r["budget"]) for r in runs if r["method"] not in ("full pool", CLEAN)},
+    keys = sorted({(r["method"], r["budget"]) for r in runs if r["method"] not in ("full pool", CLEAN, ZERO_SHOT)},
                   key=lambda k: (cfg.methods.index(k[0]) if k[0] in cfg.methods else 99, k[1]))
     for m, b in keys:
         rs = [r for r in runs if r["method"] == m and r["budget"] == b]
@@ -696,6 +711,9 @@ def _assemble(cfg: BenchConfig, runs: list[dict], subsets, tasks: np.ndarray, n:
         "clean_pool": None if not clean else {
             "label": "the pool without its wrong answers (world metadata: an oracle, not a method)",
             "fraction": clean[0]["budget"], "scores": clean[0]["scores"], "relative": rel(clean[0]["scores"])},
+        "zero_shot": None if not zero else {
+            "label": "the base model without fine-tuning (zero-shot: what needs no data)",
+            "scores": zero[0]["scores"], "relative": rel(zero[0]["scores"])},
         "rows": rows,
         "composition": {"pool": pool_counts, "subsets": comp},
         "costs": cache.cost_table(),
@@ -751,6 +769,10 @@ def _write_csv(path: Path, results: dict) -> None:
         ref = results["reference"]["scores"]
         w.writerow(["full pool", 1.0, len(results["reference"]["per_seed"]), 100.0, "", "",
                     *[f"{ref.get(s, float('nan')):.4f}" for s in sets]])
+        zs = results.get("zero_shot")
+        if zs:
+            w.writerow([ZERO_SHOT, 0.0, 1, f"{zs['relative']:.2f}", "", "",
+                        *[f"{zs['scores'].get(s, float('nan')):.4f}" for s in sets]])
         for r in results["rows"]:
             w.writerow([r["method"], r["budget"], r["n_seeds"], f"{r['relative_mean']:.2f}",
                         "" if r["relative_low"] is None else f"{r['relative_low']:.2f}",

@@ -253,7 +253,9 @@ def render_html(results: Mapping[str, Any]) -> str:
                   for r in rows if r["method"] == m] for m in methods}
     parts.append("<section><h2>Relative performance against budget</h2><p class='hint'>Mean over evaluation sets of "
                  "(score ÷ full-pool score) × 100; whiskers are 95% intervals over seeds; the dashed line is the "
-                 f"reference ({_e(ref.get('label', 'full pool'))}) at 100.</p>")
+                 f"reference ({_e(ref.get('label', 'full pool'))}) at 100."
+                 + (f" The base model without fine-tuning (zero-shot) scores {_fmt(results['zero_shot']['relative'])}: "
+                    "what the table owes to no data at all." if results.get("zero_shot") else "") + "</p>")
     parts.append(_legend(col) + line_chart_svg(series, colour=col, x_label="budget (share of the pool)",
                                                y_label="relative performance (%)"))
     # table method x budget
@@ -286,6 +288,10 @@ def render_html(results: Mapping[str, Any]) -> str:
         if ref.get("scores"):
             parts.append(f"<tr><td><b>{_e(ref.get('label', 'reference'))}</b></td>"
                          + "".join(f"<td><b>{_fmt(ref['scores'].get(s), 3)}</b></td>" for s in sets) + "</tr>")
+        if results.get("zero_shot"):
+            zs = results["zero_shot"]["scores"]
+            parts.append("<tr><td><i>base model (zero-shot, 0%)</i></td>"
+                         + "".join(f"<td><i>{_fmt(zs.get(s), 3)}</i></td>" for s in sets) + "</tr>")
         for r in rows:
             parts.append(f"<tr><td>{_e(r['method'])} @ {_e(_pct(r['budget']))}</td>"
                          + "".join(f"<td>{_fmt(r.get('scores', {}).get(s), 3)}</td>" for s in sets) + "</tr>")

@@ -396,3 +396,32 @@ def test_counted_captions_reach_the_caption_pools_and_are_recorded(tmp_path):
             assert re.match(rf"{n} objects?: a (small|large) ", r["conversations"][1]["value"])
     # the text pool is stage 1's and has no captions of pictures
     assert "counted_captions" not in json.loads((work / "text-pool" / "world.json").read_text())
+
+
+def test_build_command_says_whether_it_matches_the_shipped_foundation(tmp_path, monkeypatch):
+    """``vlselect models foundation DIR`` compares its result with the shipped copy: identical, another recipe (then
+    the bytes are not comparable), or the same recipe with other bytes (floating point of another machine)."""
+    from typer.testing import CliRunner
+
+    import vlselect.train.foundation as tf
+    from vlselect.cli import app
+    from vlselect.models.foundation import MARKER, foundation_path
+
+    def fake_build(edit):
+        def build(out_dir, recipe, **_):
+            shutil.copytree(foundation_path(), out_dir, ignore=shutil.ignore_patterns(".vlselect_model_hash.json"))
+            m = json.loads((Path(out_dir) / MARKER).read_text())
+            edit(m)
+            (Path(out_dir) / MARKER).write_text(json.dumps(m))
+            return Path(out_dir)
+        return build
+
+    runner = CliRunner()
+    cases = [(lambda m: None, "identical to the shipped foundation"),
+             (lambda m: m["recipe"].update(counted_captions=True),
+              "another recipe than the shipped foundation's (differs in counted_captions)")]
+    for k, (edit, said) in enumerate(cases):
+        monkeypatch.setattr(tf, "build_foundation", fake_build(edit))
+        res = runner.invoke(app, ["models", "foundation", str(tmp_path / f"f{k}")])
+        assert res.exit_code == 0, res.output
+        assert said in res.output

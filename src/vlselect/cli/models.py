@@ -72,14 +72,22 @@ def foundation(
     from vlselect.errors import ModelError
 
     try:
-        shipped = verify_foundation(foundation_path())["fingerprint"]
+        shipped_info = verify_foundation(foundation_path())
     except ModelError:  # no shipped copy (or a damaged one): nothing to compare with
-        shipped = None
+        shipped_info = None
     typer.echo(f"wrote the foundation to {path}: {info['fingerprint']}")
-    if shipped is not None and scale == 1.0:
-        typer.echo("identical to the shipped foundation" if shipped == info["fingerprint"] else
-                   f"differs from the shipped foundation ({shipped}): floating-point differences between machines "
-                   "change the weights' bytes; the recipe is the same")
+    if shipped_info is None:
+        return
+    shipped, mine = shipped_info["recipe"], info["recipe"]
+    if shipped != mine:  # another recipe: another model, whatever the machine
+        fields = sorted(k for k in set(shipped) | set(mine) if shipped.get(k) != mine.get(k))
+        typer.echo(f"another recipe than the shipped foundation's (differs in {', '.join(fields)}): "
+                   "not comparable with it")
+    elif shipped_info["fingerprint"] == info["fingerprint"]:
+        typer.echo("identical to the shipped foundation")
+    else:
+        typer.echo(f"differs from the shipped foundation ({shipped_info['fingerprint']}): the recipe is the same, so "
+                   "floating-point differences between machines changed the weights' bytes")
 
 
 def register(app: typer.Typer) -> None:

@@ -399,8 +399,8 @@ def test_counted_captions_reach_the_caption_pools_and_are_recorded(tmp_path):
 
 
 def test_build_command_says_whether_it_matches_the_shipped_foundation(tmp_path, monkeypatch):
-    """``vlselect models foundation DIR`` compares its result with the shipped copy: identical, another recipe (then
-    the bytes are not comparable), or the same recipe with other bytes (floating point of another machine)."""
+    """``vlselect models foundation DIR`` compares its result with the shipped copy: identical, or another recipe
+    (then the bytes are not comparable; it once said "the recipe is the same" for a --counted-captions build)."""
     from typer.testing import CliRunner
 
     import vlselect.train.foundation as tf

@@ -476,7 +476,7 @@ def make_pretrain_pool(out_dir: str | os.PathLike, *, size: int = 50000, seed: i
         if scene.signature() in avoid_sigs:
             continue
         pictures.append(Picture(scene, _variant(rng), "clean"))
-        qa = ask_caption(scene, rng)
+        qa = ask_caption(scene, rng)  # called either way: it draws from rng, so both pools get the same scenes
         answer = caption_text(scene, counted=True) if counted else qa.answer
         plan.append(PlannedRecord("caption", f"pretrain-{len(plan):06d}", "clean", False, "caption",
                                   [(qa.prompt, answer)], True, None, len(pictures) - 1))

@@ -50,6 +50,41 @@ def test_text_pool_avoids_eval_scenes_and_answers_correctly(tmp_path):
     assert sum(info.task_counts.values()) == 600
 
 
+def test_sentence_answers_keep_the_questions_and_drop_the_short_format(tmp_path):
+    """``answer_style="sentence"``: the same records as the short style (same scenes, questions, answers), but the
+    reading prompts lose the format prompt and the answer is a sentence holding the short answer; the recipe field
+    reaches the text pool and a recipe without it reads as the shipped one."""
+    from vlselect.errors import ConfigError
+    from vlselect.models.foundation import FoundationRecipe
+    from vlselect.world.make import make_text_pool
+    from vlselect.world.vocab import OPTION_SUFFIX, SHORT_SUFFIX
+
+    make_text_pool(tmp_path / "s", size=400, seed=5, image_size=24, avoid=((0, 30),))
+    make_text_pool(tmp_path / "l", size=400, seed=5, image_size=24, avoid=((0, 30),), answer_style="sentence")
+    short = json.loads((tmp_path / "s" / "pool.json").read_text())
+    long = json.loads((tmp_path / "l" / "pool.json").read_text())
+    assert [r["task"] for r in short] == [r["task"] for r in long]
+    n_read = 0
+    for a, b in zip(short, long):
+        (qa, aa), (qb, ab) = [[t["value"] for t in r["conversations"]] for r in (a, b)]
+        if not a["task"].startswith("read"):
+            assert a == b
+            continue
+        n_read += 1
+        last = "\n" + (OPTION_SUFFIX if a["task"].startswith("read_mc") else SHORT_SUFFIX)
+        assert qa.endswith(last) and qb == qa[: -len(last)]
+        assert ab == f"The answer is {aa}."
+        assert SHORT_SUFFIX not in qb and OPTION_SUFFIX not in qb
+    assert n_read > 150
+    assert json.loads((tmp_path / "l" / "world.json").read_text())["answer_style"] == "sentence"
+    assert "answer_style" not in json.loads((tmp_path / "s" / "world.json").read_text())
+    with pytest.raises(ConfigError, match="answer_style='verbose'"):
+        make_text_pool(tmp_path / "x", size=10, seed=5, answer_style="verbose")
+    assert "answer_style" not in FoundationRecipe().to_json()
+    rc = FoundationRecipe(answer_style="sentence")
+    assert rc.to_json()["answer_style"] == "sentence" and FoundationRecipe.from_json(rc.to_json()) == rc
+
+
 # ------------------------------------------------------------------------------------- projector-only training
 
 

@@ -38,6 +38,7 @@ def foundation(
     scale: float = typer.Option(1.0, "--scale", help="Build on this fraction of the recipe's data (e.g. 0.01 for a quick try; the shipped one is 1)."),
     threads: int = typer.Option(0, "--threads", help="Torch threads (0: torch's default). Use 1 on a busy machine."),
     vision_epochs: int = typer.Option(1, "--vision-epochs", min=1, help="Epochs of stage 2 (vision tower, projector and language model on captions); the shipped recipe has 1, 2 makes the vision tower read words (benchmarks/RESULTS.md)."),
+    sentence_answers: bool = typer.Option(False, "--sentence-answers", help="Stage 1's reading records answer in a sentence with no format prompt (\"The answer is red.\"), as a general LLM does; the short-answer format is then left to the fine-tune. The shipped recipe answers in the evaluation sets' short format."),
     counted_captions: bool = typer.Option(False, "--counted-captions", help="Captions of stages 2 and 3 start with the number of objects (\"3 objects: ...\"); counting becomes cheap to fine-tune and colour and position are answered zero-shot (benchmarks/RESULTS.md). The shipped recipe has plain captions."),
 ) -> None:
     """Build the world's foundation (pretrained language model, vision tower, aligned projector) from its recipe,
@@ -65,7 +66,8 @@ def foundation(
         import torch
 
         torch.set_num_threads(threads)
-    recipe = FoundationRecipe(vision_epochs=vision_epochs, counted_captions=counted_captions)
+    recipe = FoundationRecipe(vision_epochs=vision_epochs, counted_captions=counted_captions,
+                              answer_style="sentence" if sentence_answers else "short")
     recipe = recipe if scale == 1.0 else recipe.scaled(scale)
     path = build_foundation(out_dir, recipe, log=lambda m: typer.echo(m, err=True))
     info = verify_foundation(path)

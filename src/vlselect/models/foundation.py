@@ -65,6 +65,11 @@ class FoundationRecipe:
     random 20% of the bench's pool then counts as well as the full pool) and the foundation answers the colour and
     position questions in the bench's format zero-shot (benchmarks/RESULTS.md, issue 12); not shipped: the
     shipped foundation has plain captions.
+
+    ``answer_style``: how stage 1's reading records answer (:func:`vlselect.world.make.make_text_pool`): ``"short"``
+    (the shipped recipe) in the evaluation sets' format, with its format prompt; ``"sentence"`` with no format
+    prompt and a sentence ("The answer is red."), as a general LLM answers before LLaVA-1.5's stage 2 teaches the
+    short format: the foundation then knows what a picture shows without answering the bench in format.
     """
 
     family: str = "llava"
@@ -79,6 +84,7 @@ class FoundationRecipe:
     vision_lr: float = 1e-3
     vision_epochs: int = 1
     counted_captions: bool = False
+    answer_style: str = "short"
     align_size: int = 20000
     align_lr: float = 1e-3
     batch_size: int = 32
@@ -92,13 +98,15 @@ class FoundationRecipe:
             del d["vision_epochs"]
         if not d["counted_captions"]:
             del d["counted_captions"]
+        if d["answer_style"] == "short":
+            del d["answer_style"]
         return d
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "FoundationRecipe":
         d = dict(d)
         d["avoid"] = tuple(tuple(a) for a in d.get("avoid", ()))
-        return cls(**d)  # a recipe written before vision_epochs / counted_captions had their defaults
+        return cls(**d)  # a recipe written before vision_epochs / counted_captions / answer_style had their defaults
 
     def scaled(self, factor: float) -> "FoundationRecipe":
         """The same recipe on ``factor`` times the data (a quick build for tests)."""

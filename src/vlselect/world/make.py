@@ -508,6 +508,9 @@ def make_pretrain_pool(out_dir: str | os.PathLike, *, size: int = 50000, seed: i
 
 #: Question kinds of the text-only reading pool (every image skill of the world that a caption can answer;
 #: grounding is left out: a caption holds no coordinates).
+#: How the reading records of the text pool answer (:func:`make_text_pool`).
+ANSWER_STYLES: tuple[str, ...] = ("short", "sentence")
+
 TEXT_QA_KINDS: tuple[str, ...] = (
     "color_of_shape", "color_at_pos", "count_all", "count_shape", "count_color", "shape_at_pos", "pos_of",
     "exist", "ocr", "mc_color", "mc_shape",
@@ -517,7 +520,7 @@ TEXT_QA_KINDS: tuple[str, ...] = (
 def make_text_pool(out_dir: str | os.PathLike, *, size: int = 40000, seed: int = 0, image_size: int = 24,
                    avoid: tuple[tuple[int, int], ...] = ((0, 200),), word_share: float = 0.15,
                    reading_share: float = 0.6, description_share: float = 0.25,
-                   overwrite: bool = True) -> WorldInfo:
+                   answer_style: str = "short", overwrite: bool = True) -> WorldInfo:
     """A text-only pool for pre-training the language model of the world's foundation (the analogue of the
     text a real LLM such as Vicuna is trained on before visual instruction tuning).
 
@@ -525,7 +528,11 @@ def make_text_pool(out_dir: str | os.PathLike, *, size: int = 40000, seed: int =
 
     * *reading* (``reading_share``): a scene described in words (the caption text), then a question about it in
       any of the world's phrasings, answered correctly: the language model learns to answer the world's questions
-      from a description — what a pretrained LLM brings to VIT;
+      from a description — what a pretrained LLM brings to VIT. ``answer_style="short"`` asks and answers in the
+      evaluation sets' format (the format prompt "Answer the question using a single word or phrase.", answer
+      "red"); ``"sentence"`` drops the format prompts and answers in a sentence ("The answer is red."), as a
+      general LLM answers before LLaVA-1.5's stage 2 teaches it the short format (the same scenes and questions:
+      no extra random draws);
     * *description* (``description_share``): the caption of a scene as text to continue (the language of the
       world's captions);
     * *chat*: the off-target text exchanges of the world (arithmetic, colour mixing, spelling, greetings).
@@ -543,6 +550,8 @@ def make_text_pool(out_dir: str | os.PathLike, *, size: int = 40000, seed: int =
     if not (0 <= reading_share and 0 <= description_share and reading_share + description_share <= 1):
         raise ConfigError(f"text pool: reading_share={reading_share} and description_share={description_share} "
                           "must be >= 0 and sum to at most 1")
+    if answer_style not in ANSWER_STYLES:
+        raise ConfigError(f"text pool: answer_style={answer_style!r}; use one of {', '.join(ANSWER_STYLES)}")
     out = _check_out_dir(out_dir, overwrite)
     avoid_sigs = _eval_signatures(avoid, image_size)
     rng = _stream(seed, "text-pool")
@@ -560,7 +569,8 @@ def make_text_pool(out_dir: str | os.PathLike, *, size: int = 40000, seed: int =
                 qa = ASK[kind](scene, rng, canonical=False)
                 if qa is None:
                     continue
-                turns = [(f"{context}\n{qa.prompt}", qa.answer)]
+                turns = [(f"{context}\n{qa.prompt}", qa.answer) if answer_style == "short"
+                         else (f"{context}\n{_without_format_prompt(qa.prompt)}", f"The answer is {qa.answer}.")]
                 task = f"read_{kind}"
             else:
                 turns = [("Continue the description of a picture.", context)]
@@ -579,16 +589,29 @@ def make_text_pool(out_dir: str | os.PathLike, *, size: int = 40000, seed: int =
         _write_text(tmp / "pool.json", _dumps_records(records))
         _write_text(tmp / "world.json", json.dumps({"format": "vlselect-world/1", "kind": "text",
                                                      "config": cfg.__dict__, "task_counts": dict(counts),
+                                                     **({} if answer_style == "short"
+                                                        else {"answer_style": answer_style}),
                                                      "avoid": [list(a) for a in avoid], "task_stats": {},
                                                      "eval_sets": {}, "n_images": 0, "n_eval_images": 0},
                                                     indent=1) + "\n")
         _write_text(tmp / "README.md", "\n".join([
             CARD_MARKER, f"# Text-only pre-training pool (seed {seed}, {size} records)", "",
             "Reading comprehension over scene descriptions (every question kind of the world except grounding, "
-            "all phrasings, correct answers), plain scene descriptions, and the off-target chat. No pictures. "
+            "all phrasings, correct answers"
+            + ("" if answer_style == "short" else ", answered in a sentence with no format prompt")
+            + "), plain scene descriptions, and the off-target chat. No pictures. "
             f"Scenes of the evaluation sets of the worlds {list(avoid)} (seed, eval size) never occur. "
             "It pre-trains the language model of the world's foundation (`vlselect models foundation`).", ""]))
     return WorldInfo(out, cfg, dict(counts), {}, {}, 0, 0)
+
+
+def _without_format_prompt(prompt: str) -> str:
+    """A question prompt without its last line when that is one of the world's format prompts (short answer,
+    option letter)."""
+    from vlselect.world.vocab import OPTION_SUFFIX, SHORT_SUFFIX
+
+    head, _, last = prompt.rpartition("\n")
+    return head if head and last in (SHORT_SUFFIX, OPTION_SUFFIX) else prompt
 
 
 def _eval_signatures(avoid: tuple[tuple[int, int], ...], image_size: int) -> set:

@@ -92,21 +92,19 @@ class FoundationRecipe:
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["avoid"] = [list(a) for a in self.avoid]
-        # fields added after the shipped recipe are written only when set: its JSON (and the work folders named
-        # by it) as before
-        if d["vision_epochs"] == 1:
-            del d["vision_epochs"]
-        if not d["counted_captions"]:
-            del d["counted_captions"]
-        if d["answer_style"] == "short":
-            del d["answer_style"]
+        # fields added after the first recipe are written only when they differ from what that recipe did: its
+        # JSON (and the work folders named by it) stay as before
+        for k, v in ADDED_FIELDS.items():
+            if d[k] == v:
+                del d[k]
         return d
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "FoundationRecipe":
-        d = dict(d)
+        # a field missing from the JSON was written by a recipe that did what the first recipe did
+        d = {**ADDED_FIELDS, **d}
         d["avoid"] = tuple(tuple(a) for a in d.get("avoid", ()))
-        return cls(**d)  # a recipe written before vision_epochs / counted_captions / answer_style had their defaults
+        return cls(**d)
 
     def scaled(self, factor: float) -> "FoundationRecipe":
         """The same recipe on ``factor`` times the data (a quick build for tests)."""
@@ -116,6 +114,10 @@ class FoundationRecipe:
                        vision_size=max(32, int(self.vision_size * factor)),
                        vision_text_size=max(16, int(self.vision_text_size * factor)),
                        align_size=max(32, int(self.align_size * factor)))
+
+
+#: Recipe fields added after the first foundation, with what that foundation did (omitted from the JSON when equal).
+ADDED_FIELDS: dict[str, Any] = {"vision_epochs": 1, "counted_captions": False, "answer_style": "short"}
 
 
 def foundation_path() -> Path:

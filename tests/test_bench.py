@@ -227,3 +227,25 @@ def test_generation_length_covers_every_evaluation_answer(tmp_path):
     assert longest >= 20  # the boxes
     for cfg in (BenchConfig(), BenchConfig.quick()):
         assert cfg.max_new_tokens >= longest
+
+
+def test_bench_command_passes_the_fine_tuning_batch_size(tmp_path, monkeypatch):
+    """``vlselect bench --batch-size N`` reaches the runs' recipe (BenchConfig.batch_size); the default stays
+    LLaVA-1.5's scaled 32."""
+    from typer.testing import CliRunner
+
+    import vlselect.bench as vb
+    import vlselect.bench.report_console as rc
+    from vlselect.cli import app
+
+    seen = []
+    monkeypatch.setattr(vb, "run_bench", lambda out, cfg, overwrite=False: seen.append(cfg) or {})
+    monkeypatch.setattr(rc, "print_results", lambda results, console: None)
+    runner = CliRunner()
+    for args, want in (([], 32), (["--batch-size", "8"], 8), (["--quick", "--batch-size", "4"], 4)):
+        res = runner.invoke(app, ["bench", "--out", str(tmp_path / "b"), *args])
+        assert res.exit_code == 0, res.output
+        assert seen[-1].batch_size == want
+    assert seen[-1].size == 4000  # --quick kept
+    res = runner.invoke(app, ["bench", "--out", str(tmp_path / "b"), "--batch-size", "0"])
+    assert res.exit_code != 0 and not seen[3:]

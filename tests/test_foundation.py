@@ -434,29 +434,53 @@ def test_counted_captions_reach_the_caption_pools_and_are_recorded(tmp_path):
 
 
 def test_build_command_says_whether_it_matches_the_shipped_foundation(tmp_path, monkeypatch):
-    """``vlselect models foundation DIR`` compares its result with the shipped copy: identical, or another recipe
-    (then the bytes are not comparable; it once said "the recipe is the same" for a --counted-captions build)."""
+    """``vlselect models foundation DIR`` compares its result with the shipped copy: identical, another recipe
+    (then the bytes are not comparable; it once said "the recipe is the same" for a --counted-captions build), or
+    the same recipe with another fingerprint: the same weights saved by another transformers version (config.json
+    records it; a rebuild under transformers 5.25 was once put down to floating point), or other weights."""
+    from safetensors.torch import load_file, save_file
     from typer.testing import CliRunner
 
     import vlselect.train.foundation as tf
     from vlselect.cli import app
     from vlselect.models.foundation import MARKER, foundation_path
+    from vlselect.models.load import model_hash
 
-    def fake_build(edit):
+    def other_version(d):
+        c = json.loads((d / "config.json").read_text())
+        c["transformers_version"] = "9.9.9"
+        (d / "config.json").write_text(json.dumps(c, indent=2))
+
+    def other_weights(d):
+        w = load_file(d / "model.safetensors")
+        name = sorted(w)[0]
+        w[name] = w[name] + 1e-3
+        save_file(w, d / "model.safetensors", metadata={"format": "pt"})
+
+    def fake_build(edit, edit_files=None):
         def build(out_dir, recipe, **_):
             shutil.copytree(foundation_path(), out_dir, ignore=shutil.ignore_patterns(".vlselect_model_hash.json"))
             m = json.loads((Path(out_dir) / MARKER).read_text())
             edit(m)
+            if edit_files is not None:
+                edit_files(Path(out_dir))
+                m["fingerprint"] = model_hash(out_dir)
             (Path(out_dir) / MARKER).write_text(json.dumps(m))
             return Path(out_dir)
         return build
 
     runner = CliRunner()
-    cases = [(lambda m: None, "identical to the shipped foundation"),
-             (lambda m: m["recipe"].update(counted_captions=True),
-              "another recipe than the shipped foundation's (differs in counted_captions)")]
-    for k, (edit, said) in enumerate(cases):
-        monkeypatch.setattr(tf, "build_foundation", fake_build(edit))
+    shipped_version = json.loads((foundation_path() / "config.json").read_text())["transformers_version"]
+    same = lambda m: None  # noqa: E731
+    cases = [(same, None, "identical to the shipped foundation"),
+             (lambda m: m["recipe"].update(counted_captions=True), None,
+              "another recipe than the shipped foundation's (differs in counted_captions)"),
+             (same, other_version, "the weights are identical to the shipped foundation's; only config.json differs "
+                                   f"(saved by transformers 9.9.9, the shipped one by {shipped_version})"),
+             (same, other_weights, "the recipe is the same, so floating-point differences"),
+             (same, lambda d: (other_weights(d), other_version(d)), "it was also saved by transformers 9.9.9")]
+    for k, (edit, edit_files, said) in enumerate(cases):
+        monkeypatch.setattr(tf, "build_foundation", fake_build(edit, edit_files))
         res = runner.invoke(app, ["models", "foundation", str(tmp_path / f"f{k}")])
         assert res.exit_code == 0, res.output
         assert said in res.output

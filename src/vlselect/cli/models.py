@@ -88,8 +88,10 @@ def foundation(
     elif shipped_info["fingerprint"] == info["fingerprint"]:
         typer.echo("identical to the shipped foundation")
     else:
-        typer.echo(f"differs from the shipped foundation ({shipped_info['fingerprint']}): the recipe is the same, so "
-                   "floating-point differences between machines changed the weights' bytes")
+        from vlselect.models.foundation import explain_fingerprint_difference
+
+        typer.echo(f"differs from the shipped foundation ({shipped_info['fingerprint']}): "
+                   + explain_fingerprint_difference(path, foundation_path()))
 
 
 def register(app: typer.Typer) -> None:

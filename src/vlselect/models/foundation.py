@@ -152,3 +152,32 @@ def verify_foundation(model_dir: str | os.PathLike) -> dict[str, Any]:
         raise ModelError(f"{model_dir}: weights ({actual}) differ from the recorded fingerprint "
                          f"({info.get('fingerprint')}); rebuild it with 'vlselect models foundation DIR'")
     return info
+
+
+def explain_fingerprint_difference(built_dir: str | os.PathLike, shipped_dir: str | os.PathLike) -> str:
+    """Why two foundations of the same recipe have different fingerprints, from their files.
+
+    A fingerprint hashes ``config.json`` and the weights. ``config.json`` records the transformers version that
+    saved it, so a build under another transformers version differs even when every weight is the same byte; the
+    weights then differ only through floating-point differences between machines (or library versions).
+    """
+    import hashlib
+
+    a, b = Path(built_dir), Path(shipped_dir)
+
+    def weights(p: Path) -> dict[str, str]:
+        return {f.name: hashlib.sha256(f.read_bytes()).hexdigest()
+                for f in sorted(p.iterdir()) if f.suffix in (".safetensors", ".bin")}
+
+    ca, cb = (json.loads((p / "config.json").read_text()) for p in (a, b))
+    keys = sorted(k for k in set(ca) | set(cb) if ca.get(k) != cb.get(k))
+    version = ""
+    if "transformers_version" in keys:
+        version = (f"saved by transformers {ca.get('transformers_version')}, the shipped one by "
+                   f"{cb.get('transformers_version')}")
+    if weights(a) == weights(b):
+        cause = version or f"config.json differs in {', '.join(keys)}"
+        return (f"the weights are identical to the shipped foundation's; only config.json differs ({cause}), and "
+                "the fingerprint hashes it")
+    why = "floating-point differences between machines (or library versions) changed the weights' bytes"
+    return f"the recipe is the same, so {why}" + (f"; it was also {version}" if version else "")

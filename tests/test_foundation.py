@@ -85,6 +85,52 @@ def test_sentence_answers_keep_the_questions_and_drop_the_short_format(tmp_path)
     assert rc.to_json()["answer_style"] == "sentence" and FoundationRecipe.from_json(rc.to_json()) == rc
 
 
+def test_format_share_teaches_the_instruction_on_chat_facts_only(tmp_path):
+    """``format_share``: a share of the one-word chat facts (arithmetic, colour mixing, sides) is asked with the
+    short-answer format prompt and answered in one word; every other record is the same as without it, the
+    answers are right (checked against the questions), and the recipe field reaches the pool and reads back."""
+    import re
+
+    from vlselect.errors import ConfigError
+    from vlselect.models.foundation import FoundationRecipe
+    from vlselect.world.make import make_text_pool
+    from vlselect.world.vocab import SHORT_SUFFIX, SIDES
+
+    kw = dict(size=1500, seed=5, image_size=24, avoid=((0, 30),), answer_style="sentence")
+    make_text_pool(tmp_path / "none", **kw)
+    make_text_pool(tmp_path / "half", format_share=0.5, **kw)
+    make_text_pool(tmp_path / "all", format_share=1.0, **kw)
+    none, half, every = (json.loads((tmp_path / n / "pool.json").read_text()) for n in ("none", "half", "all"))
+    facts = {"chat_add", "chat_mix", "chat_sides"}
+    assert [r["task"] for r in none] == [r["task"] for r in half] == [r["task"] for r in every]
+    changed = 0
+    for a, h, e in zip(none, half, every):
+        if a["task"] not in facts:
+            assert a == h == e
+            continue
+        (qa, aa), (qh, ah), (qe, ae) = [[t["value"] for t in r["conversations"]] for r in (a, h, e)]
+        assert aa.endswith(".") and SHORT_SUFFIX not in qa  # without the share: a sentence, no prompt
+        assert qe == f"{qa}\n{SHORT_SUFFIX}" and (qh, ah) in ((qa, aa), (qe, ae))
+        changed += (qh, ah) != (qa, aa)
+        if a["task"] == "chat_add":
+            x, y = map(int, re.fullmatch(r"What is (\d) plus (\d)\?", qa).groups())
+            assert ae == str(x + y)
+        elif a["task"] == "chat_sides":
+            assert ae == SIDES[re.fullmatch(r"How many sides does a (\w+) have\?", qa).group(1)]
+        else:
+            pair = re.fullmatch(r"What color do you get when you mix (\w+ and \w+)\?", qa).group(1)
+            assert aa == f"Mixing {pair} gives {ae}."
+    n_facts = sum(r["task"] in facts for r in none)
+    assert n_facts > 100 and 0.35 * n_facts < changed < 0.65 * n_facts
+    assert json.loads((tmp_path / "half" / "world.json").read_text())["format_share"] == 0.5
+    assert "format_share" not in json.loads((tmp_path / "none" / "world.json").read_text())
+    with pytest.raises(ConfigError, match="format_share=1.5"):
+        make_text_pool(tmp_path / "x", size=10, seed=5, format_share=1.5)
+    assert "format_share" not in FoundationRecipe().to_json()
+    rc = FoundationRecipe(format_share=0.5)
+    assert rc.to_json()["format_share"] == 0.5 and FoundationRecipe.from_json(rc.to_json()) == rc
+
+
 # ------------------------------------------------------------------------------------- projector-only training
 
 

@@ -40,6 +40,7 @@ def foundation(
     vision_epochs: int = typer.Option(1, "--vision-epochs", min=1, help="Epochs of stage 2 (vision tower, projector and language model on captions); the shipped recipe has 1, 2 makes the vision tower read words (benchmarks/RESULTS.md)."),
     sentence_answers: bool = typer.Option(False, "--sentence-answers", help="Stage 1's reading records answer in a sentence with no format prompt (\"The answer is red.\"), as a general LLM does; the short-answer format is then left to the fine-tune. The shipped recipe answers in the evaluation sets' short format."),
     counted_captions: bool = typer.Option(False, "--counted-captions", help="Captions of stages 2 and 3 start with the number of objects (\"3 objects: ...\"); counting becomes cheap to fine-tune and colour and position are answered zero-shot (benchmarks/RESULTS.md). The shipped recipe has plain captions."),
+    format_share: float = typer.Option(0.0, "--format-share", min=0.0, max=1.0, help="Share of stage 1's one-word chat facts (arithmetic, colour mixing, sides) asked with the short-answer format prompt and answered in one word, so the language model knows the instruction from questions the bench does not ask (the shipped recipe: 0)."),
 ) -> None:
     """Build the world's foundation (pretrained language model, vision tower, aligned projector) from its recipe,
     or check one. The shipped foundation is what 'vlselect bench' and 'vlselect demo' fine-tune.
@@ -67,7 +68,7 @@ def foundation(
 
         torch.set_num_threads(threads)
     recipe = FoundationRecipe(vision_epochs=vision_epochs, counted_captions=counted_captions,
-                              answer_style="sentence" if sentence_answers else "short")
+                              answer_style="sentence" if sentence_answers else "short", format_share=format_share)
     recipe = recipe if scale == 1.0 else recipe.scaled(scale)
     path = build_foundation(out_dir, recipe, log=lambda m: typer.echo(m, err=True))
     info = verify_foundation(path)

@@ -73,6 +73,12 @@ class FoundationRecipe:
     counted captions and two vision epochs (benchmarks/RESULTS.md, issue 12): zero-shot 0 on every VQA set, five
     sets learned by the full pool, TIVE and COINCIDE above random at 20%, but random keeps only 69% of the full pool
     there (a subset has to teach each question kind its answer type); not shipped.
+
+    ``format_share``: the share of stage 1's one-word chat facts (arithmetic, colour mixing, sides of a shape) asked
+    with the short-answer format prompt and answered in one word (:func:`vlselect.world.make.make_text_pool`): the
+    language model knows the instruction from questions the benchmark does not ask, as an instruction-tuned LLM
+    does, while ``answer_style="sentence"`` keeps the benchmark's own kinds out of that format. The shipped
+    foundation has 0.
     """
 
     family: str = "llava"
@@ -88,6 +94,7 @@ class FoundationRecipe:
     vision_epochs: int = 1
     counted_captions: bool = False
     answer_style: str = "short"
+    format_share: float = 0.0
     align_size: int = 20000
     align_lr: float = 1e-3
     batch_size: int = 32
@@ -120,7 +127,8 @@ class FoundationRecipe:
 
 
 #: Recipe fields added after the first foundation, with what that foundation did (omitted from the JSON when equal).
-ADDED_FIELDS: dict[str, Any] = {"vision_epochs": 1, "counted_captions": False, "answer_style": "short"}
+ADDED_FIELDS: dict[str, Any] = {"vision_epochs": 1, "counted_captions": False, "answer_style": "short",
+                                "format_share": 0.0}
 
 
 def foundation_path() -> Path:

@@ -520,7 +520,7 @@ TEXT_QA_KINDS: tuple[str, ...] = (
 def make_text_pool(out_dir: str | os.PathLike, *, size: int = 40000, seed: int = 0, image_size: int = 24,
                    avoid: tuple[tuple[int, int], ...] = ((0, 200),), word_share: float = 0.15,
                    reading_share: float = 0.6, description_share: float = 0.25,
-                   answer_style: str = "short", overwrite: bool = True) -> WorldInfo:
+                   answer_style: str = "short", format_share: float = 0.0, overwrite: bool = True) -> WorldInfo:
     """A text-only pool for pre-training the language model of the world's foundation (the analogue of the
     text a real LLM such as Vicuna is trained on before visual instruction tuning).
 
@@ -535,14 +535,19 @@ def make_text_pool(out_dir: str | os.PathLike, *, size: int = 40000, seed: int =
       no extra random draws);
     * *description* (``description_share``): the caption of a scene as text to continue (the language of the
       world's captions);
-    * *chat*: the off-target text exchanges of the world (arithmetic, colour mixing, spelling, greetings).
+    * *chat*: the off-target text exchanges of the world (arithmetic, colour mixing, spelling, greetings). A share
+      ``format_share`` of those with a one-word answer (arithmetic, colour mixing, sides of a shape) is asked with
+      the short-answer format prompt and answered in one word ("5"): the language model then knows the instruction
+      from questions the benchmark does not ask, as an instruction-tuned LLM does (the choice is drawn from a
+      stream of its own: the records are the same as with ``format_share=0`` but for those answers).
 
     Scenes of the evaluation sets of every world in ``avoid`` (pairs ``(seed, eval_size)``) never occur.
     Written as a world folder (``pool.json``, ``world.json``, ``README.md``; no images).
     """
     from vlselect.world.build import _stream
     from vlselect.world.scene import sample_scene
-    from vlselect.world.tasks import ASK, caption_text, text_turn
+    from vlselect.world.tasks import ASK, caption_text, text_turn_with_short
+    from vlselect.world.vocab import SHORT_SUFFIX
 
     cfg = WorldConfig(size=size, seed=seed, image_size=image_size, word_share=word_share,
                       composition={"text": 1.0})
@@ -550,11 +555,14 @@ def make_text_pool(out_dir: str | os.PathLike, *, size: int = 40000, seed: int =
     if not (0 <= reading_share and 0 <= description_share and reading_share + description_share <= 1):
         raise ConfigError(f"text pool: reading_share={reading_share} and description_share={description_share} "
                           "must be >= 0 and sum to at most 1")
+    if not 0 <= format_share <= 1:
+        raise ConfigError(f"text pool: format_share={format_share} must be between 0 and 1")
     if answer_style not in ANSWER_STYLES:
         raise ConfigError(f"text pool: answer_style={answer_style!r}; use one of {', '.join(ANSWER_STYLES)}")
     out = _check_out_dir(out_dir, overwrite)
     avoid_sigs = _eval_signatures(avoid, image_size)
     rng = _stream(seed, "text-pool")
+    format_rng = _stream(seed, "text-pool-format")
     records: list[dict] = []
     counts: Counter = Counter()
     while len(records) < size:
@@ -576,7 +584,9 @@ def make_text_pool(out_dir: str | os.PathLike, *, size: int = 40000, seed: int =
                 turns = [("Continue the description of a picture.", context)]
                 task = "describe"
         else:
-            kind, q, a = text_turn(rng)
+            kind, q, a, short = text_turn_with_short(rng)
+            if short is not None and format_share > 0 and format_rng.random() < format_share:
+                q, a = f"{q}\n{SHORT_SUFFIX}", short
             turns = [(q, a)]
             task = f"chat_{kind}"
         rid = f"text_{len(records):06d}"
@@ -591,6 +601,7 @@ def make_text_pool(out_dir: str | os.PathLike, *, size: int = 40000, seed: int =
                                                      "config": cfg.__dict__, "task_counts": dict(counts),
                                                      **({} if answer_style == "short"
                                                         else {"answer_style": answer_style}),
+                                                     **({"format_share": format_share} if format_share else {}),
                                                      "avoid": [list(a) for a in avoid], "task_stats": {},
                                                      "eval_sets": {}, "n_images": 0, "n_eval_images": 0},
                                                     indent=1) + "\n")
@@ -599,7 +610,9 @@ def make_text_pool(out_dir: str | os.PathLike, *, size: int = 40000, seed: int =
             "Reading comprehension over scene descriptions (every question kind of the world except grounding, "
             "all phrasings, correct answers"
             + ("" if answer_style == "short" else ", answered in a sentence with no format prompt")
-            + "), plain scene descriptions, and the off-target chat. No pictures. "
+            + "), plain scene descriptions, and the off-target chat"
+            + (f" ({format_share:.0%} of its one-word facts asked with the short-answer format prompt)"
+               if format_share else "") + ". No pictures. "
             f"Scenes of the evaluation sets of the worlds {list(avoid)} (seed, eval size) never occur. "
             "It pre-trains the language model of the world's foundation (`vlselect models foundation`).", ""]))
     return WorldInfo(out, cfg, dict(counts), {}, {}, 0, 0)

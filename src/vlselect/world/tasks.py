@@ -277,21 +277,29 @@ ASK = {
 
 def text_turn(rng: np.random.Generator) -> tuple[str, str, str]:
     """One off-target text-only exchange: ``(kind, question, answer)``."""
+    kind, q, a, _ = text_turn_with_short(rng)
+    return kind, q, a
+
+
+def text_turn_with_short(rng: np.random.Generator) -> tuple[str, str, str, str | None]:
+    """:func:`text_turn` (the same draws) with the exchange's answer as a single word or phrase, or ``None`` where
+    the answer is not a fact (spelling, greetings): ``(kind, question, answer, short)``."""
     k = int(rng.integers(0, 5))
     if k == 0:
         a, b = int(rng.integers(0, 5)), int(rng.integers(0, 5))
-        return "add", f"What is {a} plus {b}?", f"{a} plus {b} is {a + b}."
+        return "add", f"What is {a} plus {b}?", f"{a} plus {b} is {a + b}.", str(a + b)
     if k == 1:
         (c1, c2), mixed = _pick(rng, list(MIX.items()))
-        return "mix", f"What color do you get when you mix {c1} and {c2}?", f"Mixing {c1} and {c2} gives {mixed}."
+        return ("mix", f"What color do you get when you mix {c1} and {c2}?", f"Mixing {c1} and {c2} gives {mixed}.",
+                mixed)
     if k == 2:
         shape = _pick(rng, SHAPES)
-        return "sides", f"How many sides does a {shape} have?", f"A {shape} has {SIDES[shape]} sides."
+        return "sides", f"How many sides does a {shape} have?", f"A {shape} has {SIDES[shape]} sides.", SIDES[shape]
     if k == 3:
         w = _pick(rng, WORDS)
-        return "spell", f"Spell the word {w}.", " ".join(w.upper())
+        return "spell", f"Spell the word {w}.", " ".join(w.upper()), None
     q, a = _pick(rng, GREETINGS)
-    return "greet", q, a
+    return "greet", q, a, None
 
 
 def number_strings() -> list[str]:

@@ -497,6 +497,11 @@ def test_build_command_says_whether_it_matches_the_shipped_foundation(tmp_path, 
         c["transformers_version"] = "9.9.9"
         (d / "config.json").write_text(json.dumps(c, indent=2))
 
+    def other_key(d):
+        c = json.loads((d / "config.json").read_text())
+        c["use_cache"] = not c.get("use_cache", True)
+        (d / "config.json").write_text(json.dumps(c, indent=2))
+
     def other_weights(d):
         w = load_file(d / "model.safetensors")
         name = sorted(w)[0]
@@ -523,6 +528,9 @@ def test_build_command_says_whether_it_matches_the_shipped_foundation(tmp_path, 
               "another recipe than the shipped foundation's (differs in counted_captions)"),
              (same, other_version, "the weights are identical to the shipped foundation's; only config.json differs "
                                    f"(saved by transformers 9.9.9, the shipped one by {shipped_version})"),
+             (same, lambda d: (other_version(d), other_key(d)), "(saved by transformers 9.9.9, the shipped one by "
+                                                                  f"{shipped_version}; also in use_cache)"),
+             (same, other_key, "only config.json differs (in use_cache)"),
              (same, other_weights, "the recipe is the same, so floating-point differences"),
              (same, lambda d: (other_weights(d), other_version(d)), "it was also saved by transformers 9.9.9")]
     for k, (edit, edit_files, said) in enumerate(cases):

@@ -187,7 +187,8 @@ def explain_fingerprint_difference(built_dir: str | os.PathLike, shipped_dir: st
         version = (f"saved by transformers {ca.get('transformers_version')}, the shipped one by "
                    f"{cb.get('transformers_version')}")
     if weights(a) == weights(b):
-        cause = version or f"config.json differs in {', '.join(keys)}"
+        others = [k for k in keys if k != "transformers_version"]
+        cause = "; ".join(filter(None, [version, others and f"{'also ' if version else ''}in {', '.join(others)}"]))
         return (f"the weights are identical to the shipped foundation's; only config.json differs ({cause}), and "
                 "the fingerprint hashes it")
     why = "floating-point differences between machines (or library versions) changed the weights' bytes"

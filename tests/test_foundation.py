@@ -131,6 +131,46 @@ def test_format_share_teaches_the_instruction_on_chat_facts_only(tmp_path):
     assert rc.to_json()["format_share"] == 0.5 and FoundationRecipe.from_json(rc.to_json()) == rc
 
 
+def test_short_kinds_keep_the_short_format_for_the_named_reading_kinds_only(tmp_path):
+    """``short_kinds`` (with sentence answers): the named reading kinds are asked and answered as the short-answer
+    pool asks them, every other record as the sentence pool does; the recipe field reaches the pool, reads back,
+    and is omitted from the shipped recipe's JSON."""
+    from vlselect.errors import ConfigError
+    from vlselect.models.foundation import FoundationRecipe
+    from vlselect.world.make import make_text_pool
+    from vlselect.world.vocab import SHORT_SUFFIX
+
+    kw = dict(size=1200, seed=3, image_size=24, avoid=((0, 30),))
+    make_text_pool(tmp_path / "short", answer_style="short", **kw)
+    make_text_pool(tmp_path / "sentence", answer_style="sentence", **kw)
+    make_text_pool(tmp_path / "mixed", answer_style="sentence", short_kinds=("color_of_shape", "count_all"), **kw)
+    short, sentence, mixed = (json.loads((tmp_path / n / "pool.json").read_text())
+                              for n in ("short", "sentence", "mixed"))
+    assert [r["task"] for r in short] == [r["task"] for r in sentence] == [r["task"] for r in mixed]
+    seen = set()
+    for a, b, m in zip(short, sentence, mixed):
+        if a["task"] in ("read_color_of_shape", "read_count_all"):
+            assert m == a and m != b
+            q, ans = (t["value"] for t in m["conversations"])
+            assert q.endswith(SHORT_SUFFIX) and not ans.startswith("The answer is")
+            seen.add(a["task"])
+        else:
+            assert m == b
+    assert seen == {"read_color_of_shape", "read_count_all"}
+    assert sum(r["task"].startswith("read_") and r["conversations"][1]["value"].startswith("The answer is")
+               for r in mixed) > 400  # the other kinds still answer in sentences
+    world = json.loads((tmp_path / "mixed" / "world.json").read_text())
+    assert world["short_kinds"] == ["color_of_shape", "count_all"]
+    assert "short_kinds" not in json.loads((tmp_path / "sentence" / "world.json").read_text())
+    with pytest.raises(ConfigError, match="not reading kinds"):
+        make_text_pool(tmp_path / "x", size=10, seed=3, answer_style="sentence", short_kinds=("colour",))
+    with pytest.raises(ConfigError, match="needs answer_style='sentence'"):
+        make_text_pool(tmp_path / "y", size=10, seed=3, short_kinds=("count_all",))
+    assert "short_kinds" not in FoundationRecipe().to_json()
+    rc = FoundationRecipe(answer_style="sentence", short_kinds=("color_of_shape",))
+    assert rc.to_json()["short_kinds"] == ["color_of_shape"] and FoundationRecipe.from_json(rc.to_json()) == rc
+
+
 # ------------------------------------------------------------------------------------- projector-only training
 
 

@@ -41,6 +41,7 @@ def foundation(
     sentence_answers: bool = typer.Option(False, "--sentence-answers", help="Stage 1's reading records answer in a sentence with no format prompt (\"The answer is red.\"), as a general LLM does; the short-answer format is then left to the fine-tune. The shipped recipe answers in the evaluation sets' short format."),
     counted_captions: bool = typer.Option(False, "--counted-captions", help="Captions of stages 2 and 3 start with the number of objects (\"3 objects: ...\"); counting becomes cheap to fine-tune and colour and position are answered zero-shot (benchmarks/RESULTS.md). The shipped recipe has plain captions."),
     format_share: float = typer.Option(0.0, "--format-share", min=0.0, max=1.0, help="Share of stage 1's one-word chat facts (arithmetic, colour mixing, sides) asked with the short-answer format prompt and answered in one word, so the language model knows the instruction from questions the bench does not ask (the shipped recipe: 0)."),
+    short_kinds: str = typer.Option("", "--short-kinds", help="With --sentence-answers: comma-separated reading kinds of stage 1 that keep the short format and its prompt (e.g. color_of_shape,color_at_pos), so the foundation answers those in the bench's format zero-shot; the others' format is left to the fine-tune."),
 ) -> None:
     """Build the world's foundation (pretrained language model, vision tower, aligned projector) from its recipe,
     or check one. The shipped foundation is what 'vlselect bench' and 'vlselect demo' fine-tune.
@@ -68,7 +69,8 @@ def foundation(
 
         torch.set_num_threads(threads)
     recipe = FoundationRecipe(vision_epochs=vision_epochs, counted_captions=counted_captions,
-                              answer_style="sentence" if sentence_answers else "short", format_share=format_share)
+                              answer_style="sentence" if sentence_answers else "short", format_share=format_share,
+                              short_kinds=tuple(k.strip() for k in short_kinds.split(",") if k.strip()))
     recipe = recipe if scale == 1.0 else recipe.scaled(scale)
     path = build_foundation(out_dir, recipe, log=lambda m: typer.echo(m, err=True))
     info = verify_foundation(path)

@@ -79,6 +79,11 @@ class FoundationRecipe:
     language model knows the instruction from questions the benchmark does not ask, as an instruction-tuned LLM
     does, while ``answer_style="sentence"`` keeps the benchmark's own kinds out of that format. The shipped
     foundation has 0.
+
+    ``short_kinds``: with ``answer_style="sentence"``, the reading kinds of stage 1
+    (:data:`vlselect.world.make.TEXT_QA_KINDS`) that keep the short format and its prompt: the foundation then
+    answers those kinds in the benchmark's format zero-shot and leaves the others' format to the fine-tune (a
+    foundation between the short and the sentence one). The shipped foundation has none.
     """
 
     family: str = "llava"
@@ -95,6 +100,7 @@ class FoundationRecipe:
     counted_captions: bool = False
     answer_style: str = "short"
     format_share: float = 0.0
+    short_kinds: tuple[str, ...] = ()
     align_size: int = 20000
     align_lr: float = 1e-3
     batch_size: int = 32
@@ -102,6 +108,7 @@ class FoundationRecipe:
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["avoid"] = [list(a) for a in self.avoid]
+        d["short_kinds"] = list(self.short_kinds)
         # fields added after the first recipe are written only when they differ from what that recipe did: its
         # JSON (and the work folders named by it) stay as before
         for k, v in ADDED_FIELDS.items():
@@ -114,6 +121,7 @@ class FoundationRecipe:
         # a field missing from the JSON was written by a recipe that did what the first recipe did
         d = {**ADDED_FIELDS, **d}
         d["avoid"] = tuple(tuple(a) for a in d.get("avoid", ()))
+        d["short_kinds"] = tuple(d["short_kinds"])
         return cls(**d)
 
     def scaled(self, factor: float) -> "FoundationRecipe":
@@ -128,7 +136,7 @@ class FoundationRecipe:
 
 #: Recipe fields added after the first foundation, with what that foundation did (omitted from the JSON when equal).
 ADDED_FIELDS: dict[str, Any] = {"vision_epochs": 1, "counted_captions": False, "answer_style": "short",
-                                "format_share": 0.0}
+                                "format_share": 0.0, "short_kinds": []}
 
 
 def foundation_path() -> Path:

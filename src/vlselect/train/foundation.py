@@ -47,7 +47,8 @@ def build_foundation(out_dir: str | os.PathLike, recipe: FoundationRecipe | None
     text = world("text-pool", lambda d: make_text_pool(d, size=rc.text_size, seed=rc.seed + 11,
                                                        image_size=rc.image_size, avoid=rc.avoid,
                                                        answer_style=rc.answer_style,
-                                                       format_share=rc.format_share))
+                                                       format_share=rc.format_share,
+                                                       short_kinds=rc.short_kinds))
     caps_v = world("vision-pool", lambda d: make_pretrain_pool(d, size=rc.vision_size, seed=rc.seed + 13,
                                                                image_size=rc.image_size, avoid=rc.avoid,
                                                                counted=rc.counted_captions))

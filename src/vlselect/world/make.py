@@ -520,7 +520,8 @@ TEXT_QA_KINDS: tuple[str, ...] = (
 def make_text_pool(out_dir: str | os.PathLike, *, size: int = 40000, seed: int = 0, image_size: int = 24,
                    avoid: tuple[tuple[int, int], ...] = ((0, 200),), word_share: float = 0.15,
                    reading_share: float = 0.6, description_share: float = 0.25,
-                   answer_style: str = "short", format_share: float = 0.0, overwrite: bool = True) -> WorldInfo:
+                   answer_style: str = "short", format_share: float = 0.0, short_kinds: tuple[str, ...] = (),
+                   overwrite: bool = True) -> WorldInfo:
     """A text-only pool for pre-training the language model of the world's foundation (the analogue of the
     text a real LLM such as Vicuna is trained on before visual instruction tuning).
 
@@ -532,7 +533,9 @@ def make_text_pool(out_dir: str | os.PathLike, *, size: int = 40000, seed: int =
       evaluation sets' format (the format prompt "Answer the question using a single word or phrase.", answer
       "red"); ``"sentence"`` drops the format prompts and answers in a sentence ("The answer is red."), as a
       general LLM answers before LLaVA-1.5's stage 2 teaches it the short format (the same scenes and questions:
-      no extra random draws);
+      no extra random draws). With ``"sentence"``, the reading kinds named in ``short_kinds`` (of
+      :data:`TEXT_QA_KINDS`) keep the short format: the language model then answers those kinds in the bench's
+      format zero-shot and the others in sentences (the same records otherwise);
     * *description* (``description_share``): the caption of a scene as text to continue (the language of the
       world's captions);
     * *chat*: the off-target text exchanges of the world (arithmetic, colour mixing, spelling, greetings). A share
@@ -559,6 +562,14 @@ def make_text_pool(out_dir: str | os.PathLike, *, size: int = 40000, seed: int =
         raise ConfigError(f"text pool: format_share={format_share} must be between 0 and 1")
     if answer_style not in ANSWER_STYLES:
         raise ConfigError(f"text pool: answer_style={answer_style!r}; use one of {', '.join(ANSWER_STYLES)}")
+    short_kinds = tuple(short_kinds)
+    unknown = [k for k in short_kinds if k not in TEXT_QA_KINDS]
+    if unknown:
+        raise ConfigError(f"text pool: short_kinds {unknown} are not reading kinds; use some of "
+                          f"{', '.join(TEXT_QA_KINDS)}")
+    if short_kinds and answer_style != "sentence":
+        raise ConfigError("text pool: short_kinds names the kinds that keep the short format when the others answer "
+                          f"in sentences; it needs answer_style='sentence' (got {answer_style!r})")
     out = _check_out_dir(out_dir, overwrite)
     avoid_sigs = _eval_signatures(avoid, image_size)
     rng = _stream(seed, "text-pool")
@@ -577,7 +588,7 @@ def make_text_pool(out_dir: str | os.PathLike, *, size: int = 40000, seed: int =
                 qa = ASK[kind](scene, rng, canonical=False)
                 if qa is None:
                     continue
-                turns = [(f"{context}\n{qa.prompt}", qa.answer) if answer_style == "short"
+                turns = [(f"{context}\n{qa.prompt}", qa.answer) if answer_style == "short" or kind in short_kinds
                          else (f"{context}\n{_without_format_prompt(qa.prompt)}", f"The answer is {qa.answer}.")]
                 task = f"read_{kind}"
             else:
@@ -602,6 +613,7 @@ def make_text_pool(out_dir: str | os.PathLike, *, size: int = 40000, seed: int =
                                                      **({} if answer_style == "short"
                                                         else {"answer_style": answer_style}),
                                                      **({"format_share": format_share} if format_share else {}),
+                                                     **({"short_kinds": list(short_kinds)} if short_kinds else {}),
                                                      "avoid": [list(a) for a in avoid], "task_stats": {},
                                                      "eval_sets": {}, "n_images": 0, "n_eval_images": 0},
                                                     indent=1) + "\n")
@@ -609,7 +621,8 @@ def make_text_pool(out_dir: str | os.PathLike, *, size: int = 40000, seed: int =
             CARD_MARKER, f"# Text-only pre-training pool (seed {seed}, {size} records)", "",
             "Reading comprehension over scene descriptions (every question kind of the world except grounding, "
             "all phrasings, correct answers"
-            + ("" if answer_style == "short" else ", answered in a sentence with no format prompt")
+            + ("" if answer_style == "short" else ", answered in a sentence with no format prompt"
+               + (f" but for {', '.join(short_kinds)}, answered in the short format" if short_kinds else ""))
             + "), plain scene descriptions, and the off-target chat"
             + (f" ({format_share:.0%} of its one-word facts asked with the short-answer format prompt)"
                if format_share else "") + ". No pictures. "

@@ -1,0 +1,190 @@
+#!/usr/bin/env python
+"""Screen foundation recipes side by side (issue 12): build each, then run the bench on it.
+
+A foundation build takes about 40 minutes on one CPU core and the bench about 28 on two, so trying recipes one at
+a time on this machine costs an hour each. This script builds several recipes at once, one process each, and runs
+on each foundation the bench with random selection (the full pool, zero-shot, random at 5/10/20%; one seed), then
+with COINCIDE, ICONS and TIVE added (same cache, one seed). On a machine with a GPU every training run goes to it
+(in float32: ``bf16=False``, as on the CPU); its numbers are then *screening* figures, to choose which recipe to
+build and bench on the CPU, not figures to report as the bench's.
+
+    python benchmarks/foundation_screen.py --out /tmp/screen --report /tmp/screen-report \
+        --variants short,sentence,colour_short
+    python benchmarks/foundation_screen.py --out /tmp/s --quick --scale 0.003 --variants short   # a smoke test
+
+``--report`` receives one ``NAME.tgz`` per variant (the foundation, ``results-random.json``, ``results.json``
+and the log), rewritten after each step, so a run stopped at a deadline still returns what it finished. The
+variants are named recipes of :data:`VARIANTS` (``vlselect models foundation`` flags in brackets).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+# one kind of each evaluation set answered short, the others in sentences
+HALF = ("color_of_shape", "count_all", "pos_of", "exist", "mc_color")
+
+#: name: FoundationRecipe fields (every one with counted captions: the lever that makes counting cheap)
+VARIANTS: dict[str, dict] = {
+    # --counted-captions: zero-shot 84% of the full pool on the CPU (benchmarks/RESULTS.md)
+    "short": dict(counted_captions=True),
+    # --counted-captions --sentence-answers (A)
+    "sentence": dict(counted_captions=True, answer_style="sentence"),
+    # --counted-captions --sentence-answers --vision-epochs 2 (B: the CPU bench's 2026-12-04 sentence run)
+    "sentence_v2": dict(counted_captions=True, answer_style="sentence", vision_epochs=2),
+    # --short-kinds color_of_shape,color_at_pos,mc_color: the colour kinds short, the rest in sentences
+    "colour_short": dict(counted_captions=True, answer_style="sentence",
+                         short_kinds=("color_of_shape", "color_at_pos", "mc_color")),
+    # --short-kinds color_of_shape,count_all,pos_of,exist,mc_color: one kind of each set short
+    "half_short": dict(counted_captions=True, answer_style="sentence", short_kinds=HALF),
+    "half_short_v2": dict(counted_captions=True, answer_style="sentence", short_kinds=HALF, vision_epochs=2),
+    # every kind short but counting and OCR: the fine-tune teaches the number and word answers
+    "count_ocr_sentence": dict(counted_captions=True, answer_style="sentence",
+                               short_kinds=("color_of_shape", "color_at_pos", "shape_at_pos", "pos_of", "exist",
+                                            "mc_color", "mc_shape")),
+}
+
+
+def _pack(work: Path, name: str, report: Path) -> None:
+    """``report/NAME.tgz`` from what the variant has so far (written beside, then moved: never half a file)."""
+    tmp = work / f".{name}.tgz"
+    with tarfile.open(tmp, "w:gz") as tar:
+        for rel in ("foundation", "results-random.json", "results.json", "log.txt"):
+            p = work / rel
+            if p.exists():
+                tar.add(p, arcname=f"{name}/{rel}")
+    shutil.move(str(tmp), str(report / f"{name}.tgz"))
+
+
+def _child(args: argparse.Namespace) -> None:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    import vlselect.bench.run as bench_run
+    import vlselect.train as vtrain
+
+    bench_run._set_threads_all = lambda: torch.set_num_threads(args.threads)  # a share of the cores, not all
+    if torch.cuda.is_available():  # float32 training on the GPU as on the CPU (train_lora's auto is bf16 there)
+        orig = vtrain.train_lora
+
+        def train_fp32(*a, **kw):
+            kw.setdefault("bf16", False)
+            return orig(*a, **kw)
+
+        vtrain.train_lora = train_fp32
+    from vlselect.bench.run import BenchConfig, run_bench
+    from vlselect.models.foundation import FoundationRecipe
+    from vlselect.train.foundation import build_foundation
+
+    name, work, report = args.child, Path(args.out) / args.child, Path(args.report)
+    recipe = FoundationRecipe(**VARIANTS[name])
+    if args.scale != 1.0:
+        recipe = recipe.scaled(args.scale)
+    t0 = time.time()
+    found = work / "foundation"
+    if not (found / "vlselect_foundation.json").exists():
+        build_foundation(found, recipe, progress=False)
+    print(f"[{name}] built in {time.time() - t0:.0f} s", flush=True)
+    _pack(work, name, report)
+    cfg_kw = dict(base=str(found), batch_size=8, seeds=(0,), clean_reference=False, jobs=1)
+    cfg = (BenchConfig.quick(**cfg_kw) if args.quick else BenchConfig(**cfg_kw))
+    from dataclasses import replace
+
+    bench = work / "bench"
+    if not (work / "results-random.json").exists():
+        run_bench(bench, replace(cfg, methods=("random",)), log=lambda m: print(f"[{name}] {m}", flush=True))
+        shutil.copy(bench / "results.json", work / "results-random.json")
+    print(f"[{name}] random bench at {time.time() - t0:.0f} s", flush=True)
+    _pack(work, name, report)
+    methods = tuple(m for m in args.methods.split(",") if m)
+    if not methods:
+        return
+    run_bench(bench, replace(cfg, methods=("random", *methods)),
+              log=lambda m: print(f"[{name}] {m}", flush=True))
+    shutil.copy(bench / "results.json", work / "results.json")
+    print(f"[{name}] methods bench at {time.time() - t0:.0f} s", flush=True)
+    _pack(work, name, report)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True, help="work folder (foundations, bench caches)")
+    ap.add_argument("--report", default=None, help="where each variant's NAME.tgz goes (default OUT/report)")
+    ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {', '.join(VARIANTS)}")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads per variant process")
+    ap.add_argument("--scale", type=float, default=1.0, help="foundation data scale (smoke tests)")
+    ap.add_argument("--quick", action="store_true", help="the quick bench's world and sizes (smoke tests)")
+    ap.add_argument("--methods", default="coincide,icons,tive",
+                    help="methods of the second bench (beside random); empty: the random bench only")
+    ap.add_argument("--deadline", type=float, default=0, help="seconds after which unfinished variants are stopped")
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    args.report = args.report or str(Path(args.out) / "report")
+    Path(args.report).mkdir(parents=True, exist_ok=True)
+    if args.child:
+        return _child(args)
+
+    names = [v for v in args.variants.split(",") if v]
+    unknown = [v for v in names if v not in VARIANTS]
+    if unknown:
+        sys.exit(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
+    started = time.time()
+    # the bench's worlds once, copied into every variant's bench cache (the same recipe: reused there)
+    from vlselect.bench.run import BenchConfig, make_worlds
+    from vlselect.bench.stages import StageCache
+
+    cfg = BenchConfig.quick(batch_size=8) if args.quick else BenchConfig(batch_size=8)
+    shared = Path(args.out) / "shared-cache"
+    make_worlds(StageCache(shared, log=print), cfg)
+    print(f"worlds ready at {time.time() - started:.0f} s", flush=True)
+    procs = {}
+    for name in names:
+        work = Path(args.out) / name
+        (work / "bench").mkdir(parents=True, exist_ok=True)
+        if not (work / "bench" / "cache").exists():
+            shutil.copytree(shared, work / "bench" / "cache")
+        cmd = [sys.executable, __file__, "--out", args.out, "--report", args.report, "--threads", str(args.threads),
+               "--scale", str(args.scale), "--methods", args.methods, "--child", name] + (["--quick"] if args.quick else [])
+        log = open(work / "log.txt", "w")
+        procs[name] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                       env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    while any(p.poll() is None for p in procs.values()):
+        if args.deadline and time.time() - started > args.deadline:
+            for p in procs.values():
+                if p.poll() is None:
+                    p.terminate()
+            break
+        time.sleep(5)
+    for name, p in procs.items():
+        p.wait()
+        _pack(Path(args.out) / name, name, Path(args.report))
+        print(f"{name}: exit {p.returncode}", flush=True)
+    summary = {n: _summary(Path(args.out) / n) for n in names}
+    print(json.dumps(summary, indent=1))
+    print(f"done in {time.time() - started:.0f} s")
+
+
+def _summary(work: Path) -> dict:
+    out = {}
+    for f in ("results-random.json", "results.json"):
+        p = work / f
+        if not p.exists():
+            continue
+        r = json.loads(p.read_text())
+        out[f] = {"learned": r.get("learned_sets"), "zero_shot": (r.get("zero_shot") or {}).get("relative"),
+                  "reference": {k: round(v, 1) for k, v in r["reference"]["scores"].items()},
+                  "relative": {f"{row['method']}@{row['budget']}": round(row["relative_mean"], 1)
+                               for row in r["rows"] if row.get("relative_mean") is not None}}
+    return out
+
+
+if __name__ == "__main__":
+    main()

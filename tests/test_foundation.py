@@ -80,9 +80,9 @@ def test_sentence_answers_keep_the_questions_and_drop_the_short_format(tmp_path)
     assert "answer_style" not in json.loads((tmp_path / "s" / "world.json").read_text())
     with pytest.raises(ConfigError, match="answer_style='verbose'"):
         make_text_pool(tmp_path / "x", size=10, seed=5, answer_style="verbose")
-    assert "answer_style" not in FoundationRecipe().to_json()
-    rc = FoundationRecipe(answer_style="sentence")
-    assert rc.to_json()["answer_style"] == "sentence" and FoundationRecipe.from_json(rc.to_json()) == rc
+    assert FoundationRecipe().to_json()["answer_style"] == "sentence"  # the shipped recipe
+    rc = FoundationRecipe(answer_style="short", short_kinds=())
+    assert "answer_style" not in rc.to_json() and FoundationRecipe.from_json(rc.to_json()) == rc
 
 
 def test_format_share_teaches_the_instruction_on_chat_facts_only(tmp_path):
@@ -166,7 +166,12 @@ def test_short_kinds_keep_the_short_format_for_the_named_reading_kinds_only(tmp_
         make_text_pool(tmp_path / "x", size=10, seed=3, answer_style="sentence", short_kinds=("colour",))
     with pytest.raises(ConfigError, match="needs answer_style='sentence'"):
         make_text_pool(tmp_path / "y", size=10, seed=3, short_kinds=("count_all",))
-    assert "short_kinds" not in FoundationRecipe().to_json()
+    from dataclasses import replace
+
+    assert FoundationRecipe().to_json()["short_kinds"] == ["color_of_shape", "count_all", "pos_of", "exist",
+                                                         "mc_color"]  # the shipped recipe
+    none = replace(FoundationRecipe(), short_kinds=())
+    assert "short_kinds" not in none.to_json() and FoundationRecipe.from_json(none.to_json()) == none
     rc = FoundationRecipe(answer_style="sentence", short_kinds=("color_of_shape",))
     assert rc.to_json()["short_kinds"] == ["color_of_shape"] and FoundationRecipe.from_json(rc.to_json()) == rc
 
@@ -464,6 +469,8 @@ def test_another_recipe_never_reuses_this_ones_pools(tmp_path):
 def test_vision_epochs_train_stage_two_longer_and_are_recorded(tmp_path):
     """``vision_epochs`` (the measured lever for OCR, benchmarks/RESULTS.md) reaches stage 2 and only stage 2, is
     kept in the recipe, and a recipe without it reads as the shipped one (1 epoch, the same JSON as before)."""
+    import re
+
     import torch
 
     from dataclasses import replace
@@ -483,15 +490,15 @@ def test_vision_epochs_train_stage_two_longer_and_are_recorded(tmp_path):
     assert b["stages"]["language"]["steps"] == a["stages"]["language"]["steps"]
     assert b["stages"]["align"]["steps"] == a["stages"]["align"]["steps"]
     assert a["fingerprint"] != b["fingerprint"]
-    for work in (tmp_path / ".a-work").iterdir():
+    for work in (tmp_path / ".a-work").iterdir():  # the shipped recipe's counted captions
         caps = json.loads((work / "vision-pool" / "pool.json").read_text())
-        assert all(r["conversations"][1]["value"].startswith("A ") for r in caps)
+        assert all(re.match(r"\d objects?: ", r["conversations"][1]["value"]) for r in caps)
 
 
 def test_counted_captions_reach_the_caption_pools_and_are_recorded(tmp_path):
     """``counted_captions`` (the measured lever for counting, benchmarks/RESULTS.md) makes the captions of stages 2
-    and 3 start with the number of objects and is kept in the recipe; a recipe without it reads as the shipped one
-    (plain captions, the same JSON as before)."""
+    and 3 start with the number of objects and is kept in the recipe (the shipped recipe has it); a recipe JSON
+    without the field reads as the first foundation's (plain captions, the same JSON as before)."""
     import re
 
     import torch
@@ -501,8 +508,9 @@ def test_counted_captions_reach_the_caption_pools_and_are_recorded(tmp_path):
     from vlselect.models.foundation import FoundationRecipe, verify_foundation
     from vlselect.train.foundation import build_foundation
 
-    assert "counted_captions" not in FoundationRecipe().to_json()
-    assert FoundationRecipe.from_json(FoundationRecipe().to_json()).counted_captions is False
+    assert FoundationRecipe().counted_captions is True and FoundationRecipe().to_json()["counted_captions"] is True
+    plain = replace(FoundationRecipe(), counted_captions=False)
+    assert "counted_captions" not in plain.to_json() and FoundationRecipe.from_json(plain.to_json()) == plain
     torch.set_num_threads(1)
     rc = replace(FoundationRecipe().scaled(0.0006), counted_captions=True)
     info = verify_foundation(build_foundation(tmp_path / "c", rc, progress=False, log=lambda m: None))
@@ -564,7 +572,7 @@ def test_build_command_says_whether_it_matches_the_shipped_foundation(tmp_path, 
     shipped_version = json.loads((foundation_path() / "config.json").read_text())["transformers_version"]
     same = lambda m: None  # noqa: E731
     cases = [(same, None, "identical to the shipped foundation"),
-             (lambda m: m["recipe"].update(counted_captions=True), None,
+             (lambda m: m["recipe"].update(counted_captions=False), None,
               "another recipe than the shipped foundation's (differs in counted_captions)"),
              (same, other_version, "the weights are identical to the shipped foundation's; only config.json differs "
                                    f"(saved by transformers 9.9.9, the shipped one by {shipped_version})"),
@@ -578,3 +586,32 @@ def test_build_command_says_whether_it_matches_the_shipped_foundation(tmp_path, 
         res = runner.invoke(app, ["models", "foundation", str(tmp_path / f"f{k}")])
         assert res.exit_code == 0, res.output
         assert said in res.output
+
+
+def test_build_command_flags_name_the_recipe(tmp_path, monkeypatch):
+    """No flags build the shipped recipe; ``--plain-captions --answer-style short`` the first foundation's (its JSON
+    has none of the fields added since, as before); ``--sentence-answers --short-kinds none`` the sentence-answer
+    foundation of benchmarks/RESULTS.md; ``--short-kinds`` takes a comma-separated list."""
+    from typer.testing import CliRunner
+
+    import vlselect.train.foundation as tf
+    from vlselect.cli import app
+    from vlselect.models.foundation import ADDED_FIELDS, FoundationRecipe
+
+    seen = []
+
+    def capture(out_dir, recipe, **_):
+        seen.append(recipe)
+        raise KeyboardInterrupt  # stop before any work
+
+    monkeypatch.setattr(tf, "build_foundation", capture)
+    runner = CliRunner()
+    for args in ([], ["--plain-captions", "--answer-style", "short"], ["--sentence-answers", "--short-kinds", "none"],
+                 ["--short-kinds", "count_all, ocr"]):
+        runner.invoke(app, ["models", "foundation", str(tmp_path / "f"), *args])
+    shipped, first, sentence, two = seen
+    assert shipped == FoundationRecipe()
+    assert not set(ADDED_FIELDS) & set(first.to_json())
+    assert (first.counted_captions, first.answer_style, first.short_kinds) == (False, "short", ())
+    assert (sentence.counted_captions, sentence.answer_style, sentence.short_kinds) == (True, "sentence", ())
+    assert two.short_kinds == ("count_all", "ocr")

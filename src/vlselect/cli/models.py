@@ -38,10 +38,11 @@ def foundation(
     scale: float = typer.Option(1.0, "--scale", help="Build on this fraction of the recipe's data (e.g. 0.01 for a quick try; the shipped one is 1)."),
     threads: int = typer.Option(0, "--threads", help="Torch threads (0: torch's default). Use 1 on a busy machine."),
     vision_epochs: int = typer.Option(1, "--vision-epochs", min=1, help="Epochs of stage 2 (vision tower, projector and language model on captions); the shipped recipe has 1, 2 makes the vision tower read words (benchmarks/RESULTS.md)."),
-    sentence_answers: bool = typer.Option(False, "--sentence-answers", help="Stage 1's reading records answer in a sentence with no format prompt (\"The answer is red.\"), as a general LLM does; the short-answer format is then left to the fine-tune. The shipped recipe answers in the evaluation sets' short format."),
-    counted_captions: bool = typer.Option(False, "--counted-captions", help="Captions of stages 2 and 3 start with the number of objects (\"3 objects: ...\"); counting becomes cheap to fine-tune and colour and position are answered zero-shot (benchmarks/RESULTS.md). The shipped recipe has plain captions."),
+    answer_style: str = typer.Option("sentence", "--answer-style", help="How stage 1's reading records answer: sentence (\"The answer is red.\", no format prompt, as a general LLM does; the shipped recipe, with --short-kinds) or short (every kind in the evaluation sets' short format, the first foundation's recipe)."),
+    sentence_answers: bool = typer.Option(False, "--sentence-answers", hidden=True, help="The same as --answer-style sentence (the default now; kept for the commands of benchmarks/RESULTS.md)."),
+    counted_captions: bool = typer.Option(True, "--counted-captions/--plain-captions", help="Captions of stages 2 and 3 start with the number of objects (\"3 objects: ...\"; the shipped recipe), which makes counting cheap to fine-tune; --plain-captions is the first foundation's recipe (benchmarks/RESULTS.md)."),
     format_share: float = typer.Option(0.0, "--format-share", min=0.0, max=1.0, help="Share of stage 1's one-word chat facts (arithmetic, colour mixing, sides) asked with the short-answer format prompt and answered in one word, so the language model knows the instruction from questions the bench does not ask (the shipped recipe: 0)."),
-    short_kinds: str = typer.Option("", "--short-kinds", help="With --sentence-answers: comma-separated reading kinds of stage 1 that keep the short format and its prompt (e.g. color_of_shape,color_at_pos), so the foundation answers those in the bench's format zero-shot; the others' format is left to the fine-tune."),
+    short_kinds: Optional[str] = typer.Option(None, "--short-kinds", help="With --answer-style sentence: comma-separated reading kinds of stage 1 that keep the short format and its prompt, so the foundation answers those in the bench's format zero-shot and leaves the others' format to the fine-tune; 'none' for none (default: the shipped recipe's color_of_shape,count_all,pos_of,exist,mc_color)."),
 ) -> None:
     """Build the world's foundation (pretrained language model, vision tower, aligned projector) from its recipe,
     or check one. The shipped foundation is what 'vlselect bench' and 'vlselect demo' fine-tune.
@@ -68,9 +69,15 @@ def foundation(
         import torch
 
         torch.set_num_threads(threads)
+    if sentence_answers:
+        answer_style = "sentence"
+    kinds = {} if short_kinds is None else {
+        "short_kinds": () if short_kinds.strip().lower() == "none"
+        else tuple(k.strip() for k in short_kinds.split(",") if k.strip())}
+    if answer_style == "short" and short_kinds is None:
+        kinds = {"short_kinds": ()}  # every kind is short already
     recipe = FoundationRecipe(vision_epochs=vision_epochs, counted_captions=counted_captions,
-                              answer_style="sentence" if sentence_answers else "short", format_share=format_share,
-                              short_kinds=tuple(k.strip() for k in short_kinds.split(",") if k.strip()))
+                              answer_style=answer_style, format_share=format_share, **kinds)
     recipe = recipe if scale == 1.0 else recipe.scaled(scale)
     path = build_foundation(out_dir, recipe, log=lambda m: typer.echo(m, err=True))
     info = verify_foundation(path)

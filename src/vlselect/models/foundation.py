@@ -63,16 +63,17 @@ class FoundationRecipe:
     red cross at the top, ..."; the same scenes and pictures), as real captions often say how many things a
     picture holds. A vision tower that has to say how many objects it sees makes counting cheap to fine-tune (a
     random 20% of the bench's pool then counts as well as the full pool) and the foundation answers the colour and
-    position questions in the bench's format zero-shot (benchmarks/RESULTS.md, issue 12); not shipped: the
-    shipped foundation has plain captions.
+    position questions in the bench's format zero-shot (benchmarks/RESULTS.md, issue 12). The shipped foundation
+    has them (the first one, before 2026-12-04, had plain captions).
 
     ``answer_style``: how stage 1's reading records answer (:func:`vlselect.world.make.make_text_pool`): ``"short"``
-    (the shipped recipe) in the evaluation sets' format, with its format prompt; ``"sentence"`` with no format
+    (the first foundation's recipe) in the evaluation sets' format, with its format prompt; ``"sentence"`` with no format
     prompt and a sentence ("The answer is red."), as a general LLM answers before LLaVA-1.5's stage 2 teaches the
     short format: the foundation then knows what a picture shows without answering the bench in format. Measured with
     counted captions and two vision epochs (benchmarks/RESULTS.md, issue 12): zero-shot 0 on every VQA set, five
     sets learned by the full pool, TIVE and COINCIDE above random at 20%, but random keeps only 69% of the full pool
-    there (a subset has to teach each question kind its answer type); not shipped.
+    there (a subset has to teach each question kind its answer type). The shipped foundation answers in
+    sentences but for ``short_kinds``.
 
     ``format_share``: the share of stage 1's one-word chat facts (arithmetic, colour mixing, sides of a shape) asked
     with the short-answer format prompt and answered in one word (:func:`vlselect.world.make.make_text_pool`): the
@@ -83,7 +84,11 @@ class FoundationRecipe:
     ``short_kinds``: with ``answer_style="sentence"``, the reading kinds of stage 1
     (:data:`vlselect.world.make.TEXT_QA_KINDS`) that keep the short format and its prompt: the foundation then
     answers those kinds in the benchmark's format zero-shot and leaves the others' format to the fine-tune (a
-    foundation between the short and the sentence one). The shipped foundation has none.
+    foundation between the short and the sentence one). The shipped foundation keeps one kind of each evaluation
+    set short (colour of a shape, number of objects, position of an object, existence, multiple-choice colour)
+    and answers the others (colour at a position, count of a shape or colour, shape at a position, OCR,
+    multiple-choice shape) in sentences: a random 5% of the bench's pool then learns the format of the sister kinds,
+    and the paper methods beat random at 10% (benchmarks/RESULTS.md, issue 12).
     """
 
     family: str = "llava"
@@ -97,10 +102,10 @@ class FoundationRecipe:
     vision_text_size: int = 20000
     vision_lr: float = 1e-3
     vision_epochs: int = 1
-    counted_captions: bool = False
-    answer_style: str = "short"
+    counted_captions: bool = True
+    answer_style: str = "sentence"
     format_share: float = 0.0
-    short_kinds: tuple[str, ...] = ()
+    short_kinds: tuple[str, ...] = ("color_of_shape", "count_all", "pos_of", "exist", "mc_color")
     align_size: int = 20000
     align_lr: float = 1e-3
     batch_size: int = 32

@@ -4,7 +4,7 @@ The full bench's pool holds 500-1,200 records per task and the full pool learns 
 sets (benchmarks/RESULTS.md). Whether a set that is not learned is short of data or out of the model's reach is
 measured here: a world of ``--size`` records of one task (``--task``, a pool task of the world: exist, mc, ocr,
 grounding, vqa_count, ...), the bench's stage-2 recipe (LoRA r=16 on every linear layer of the language model,
-projector in full, vision tower frozen, lr 1e-3, batch 32; ``--adapter full`` and ``--epochs`` to vary it), then
+projector in full, vision tower frozen, lr 1e-3, batch 32, the bench's batch on the first foundation (it is 8 now); ``--adapter full`` and ``--epochs`` to vary it), then
 the world's nine evaluation sets. Every row prints the set's score, its chance level (the best constant answer, as
 the bench computes it) and whether it is learned (10+ points above chance, the bench's rule).
 

@@ -27,8 +27,9 @@ def register(app: typer.Typer) -> None:
                                  "tiny model pre-trained on captions, vision tower trained) or a model directory."),
         adapter: str = typer.Option("lora", "--adapter", help="Fine-tuning: lora (LoRA on the language model, "
                                     "projector in full, vision tower frozen) or full."),
-        batch_size: int = typer.Option(32, "--batch-size", min=1, help="Fine-tuning batch size (LLaVA-1.5's recipe "
-                                       "scaled: 32; a smaller one gives a subset more optimizer steps)."),
+        batch_size: int = typer.Option(8, "--batch-size", min=1, help="Fine-tuning batch size (8: the foundation "
+                                       "leaves some answer formats to the fine-tune, and a subset needs the optimizer "
+                                       "steps to learn them; LLaVA-1.5's recipe scaled would be 32)."),
         length_group: int = typer.Option(4, "--length-group", help="Training steps grouped by token count over "
                                          "this many steps (less padding); 0: LLaVA's plain shuffle."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Recompute every stage instead of reusing the "

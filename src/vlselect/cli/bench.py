@@ -12,7 +12,7 @@ def register(app: typer.Typer) -> None:
     @app.command("bench")
     def bench(
         out: Path = typer.Option(Path("bench-out"), "--out", help="Output folder (cache/, results.json/.csv, report.html)."),
-        quick: bool = typer.Option(False, "--quick", help="The quick form (a 4,000-record world, 100 samples per evaluation set, budgets 10% and 20%, 1 seed; about 5 minutes on 2 cores, the same as `vlselect demo`)."),
+        quick: bool = typer.Option(False, "--quick", help="The quick form (a 4,000-record world, 100 samples per evaluation set, budgets 10% and 20%, 1 seed; about 6 minutes on 2 cores, the same as `vlselect demo`)."),
         methods: str = typer.Option("", "--methods", help="Comma list of methods (default: every built-in one)."),
         budgets: str = typer.Option("", "--budgets", help="Comma list of fractions (default 0.05,0.1,0.2; quick 0.1,0.2)."),
         seeds: str = typer.Option("", "--seeds", help="Comma list of training seeds (default 0,1,2; quick 0)."),

@@ -88,7 +88,8 @@ class FoundationRecipe:
     set short (colour of a shape, number of objects, position of an object, existence, multiple-choice colour)
     and answers the others (colour at a position, count of a shape or colour, shape at a position, OCR,
     multiple-choice shape) in sentences: a random 5% of the bench's pool then learns the format of the sister kinds,
-    and the paper methods beat random at 10% (benchmarks/RESULTS.md, issue 12).
+    random keeps 93% of the full pool at 20% (75% at 5%), and TIVE (10% and 20%) and COINCIDE (10%) beat random
+    (benchmarks/RESULTS.md, issue 12).
     """
 
     family: str = "llava"

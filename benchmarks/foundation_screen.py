@@ -92,7 +92,11 @@ def _child(args: argparse.Namespace) -> None:
         recipe = recipe.scaled(args.scale)
     t0 = time.time()
     found = work / "foundation"
-    if not (found / "vlselect_foundation.json").exists():
+    marker = found / "vlselect_foundation.json"
+    if marker.exists() and json.loads(marker.read_text())["recipe"] != recipe.to_json():
+        # a foundation of another recipe (the variant or --scale changed): never benched as this one
+        sys.exit(f"[{name}] {found} holds a foundation of another recipe; use another --out or delete it")
+    if not marker.exists():
         build_foundation(found, recipe, progress=False)
     print(f"[{name}] built in {time.time() - t0:.0f} s", flush=True)
     _pack(work, name, report)
@@ -101,9 +105,10 @@ def _child(args: argparse.Namespace) -> None:
     from dataclasses import replace
 
     bench = work / "bench"
-    if not (work / "results-random.json").exists():
-        run_bench(bench, replace(cfg, methods=("random",)), log=lambda m: print(f"[{name}] {m}", flush=True))
-        shutil.copy(bench / "results.json", work / "results-random.json")
+    # run again every time: the bench's stages are cached by recipe (base fingerprint included), so this is cheap
+    # when nothing changed and recomputed when anything did
+    run_bench(bench, replace(cfg, methods=("random",)), log=lambda m: print(f"[{name}] {m}", flush=True))
+    shutil.copy(bench / "results.json", work / "results-random.json")
     print(f"[{name}] random bench at {time.time() - t0:.0f} s", flush=True)
     _pack(work, name, report)
     methods = tuple(m for m in args.methods.split(",") if m)

@@ -249,3 +249,49 @@ def test_bench_command_passes_the_fine_tuning_batch_size(tmp_path, monkeypatch):
     assert seen[-1].size == 4000  # --quick kept
     res = runner.invoke(app, ["bench", "--out", str(tmp_path / "b"), "--batch-size", "0"])
     assert res.exit_code != 0 and not seen[3:]
+
+
+def test_counted_sets_by_hand(tmp_path):
+    """The sets the table counts: learned by the full pool (mean over its seeds, 10 points above chance), else every
+    set the full pool scores on."""
+    from vlselect.bench.run import counted_sets
+
+    a = tmp_path / "a.json"  # chance 50: two of four answers are 'red'
+    a.write_text(json.dumps({"name": "colour", "metric": "exact_match", "samples": [
+        {"answers": ["red"]}, {"answers": ["red"]}, {"answers": ["blue"]}, {"answers": ["green"]}]}))
+    g = tmp_path / "g.json"  # IoU: chance 0
+    g.write_text(json.dumps({"name": "box", "metric": "iou", "samples": [{"answers": ["[0, 0, 1, 1]"]}]}))
+    runs = [{"scores": {"colour": 58.0, "box": 4.0}}, {"scores": {"colour": 64.0, "box": 8.0}}]  # means 61, 6
+    assert counted_sets(runs, [a, g], 10.0) == ["colour"]
+    assert counted_sets(runs, [a, g], 12.0) == ["box", "colour"]  # none learned: every set with a score
+    assert counted_sets([{"scores": {"colour": 0.0, "box": 4.0}}], [a, g], 10.0) == ["box"]
+
+
+def test_validation_targets_are_the_counted_sets_and_the_selection_records_them(tmp_path, monkeypatch):
+    """ICONS and the composites read the validation gradients of the sets the table counts only (decided after the
+    full-pool runs), and their selection stage's recipe names those sets; ``val_targets="all"`` gives them every
+    set, as the bench did before."""
+    import vlselect.bench.run as br
+    import vlselect.select as select_pkg
+
+    seen: dict[str, list[str]] = {}
+    real = select_pkg.run_method
+
+    def spy(name, inputs, *a, **kw):
+        seen[name] = sorted(k for k in inputs if k.startswith("val/"))
+        return real(name, inputs, *a, **kw)
+
+    monkeypatch.setattr(br, "run_method", spy, raising=False)
+    monkeypatch.setattr(select_pkg, "run_method", spy)
+    monkeypatch.setattr(br, "counted_sets", lambda runs, files, margin: ["color", "count"])
+    cfg = BenchConfig.quick(size=120, eval_size=4, val_size=4, methods=("random", "icons", "icons_coincide"),
+                            budgets=(0.25,), grad_dim=32, batch_size=16, lora_r=4, jobs=1, zero_shot_reference=False)
+    res = run_bench(tmp_path / "b", cfg, log=lambda m: None)
+    assert seen["icons"] == seen["icons_coincide"] == ["val/color", "val/count"] and seen["random"] == []
+    recipes = {json.loads((d / "recipe.json").read_text())["method"]: json.loads((d / "recipe.json").read_text())
+               for d in (tmp_path / "b" / "cache").glob("select-*")}
+    assert recipes["icons"]["targets"] == ["color", "count"] and "targets" not in recipes["random"]
+    assert [r["method"] for r in res["rows"]] == ["random", "icons", "icons_coincide"]
+    every = sorted(f"val/{p.stem}" for p in next((tmp_path / "b" / "cache").glob("world-*/w/eval")).glob("*.json"))
+    run_bench(tmp_path / "b", dataclasses.replace(cfg, val_targets="all"), log=lambda m: None)
+    assert len(every) == 9 and seen["icons"] == every

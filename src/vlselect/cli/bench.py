@@ -32,6 +32,9 @@ def register(app: typer.Typer) -> None:
                                        "steps to learn them; LLaVA-1.5's recipe scaled would be 32)."),
         length_group: int = typer.Option(4, "--length-group", help="Training steps grouped by token count over "
                                          "this many steps (less padding); 0: LLaVA's plain shuffle."),
+        val_targets: str = typer.Option("counted", "--val-targets", help="The validation sets ICONS, LESS and the "
+                                        "composites target: counted (the sets the table counts, known once the "
+                                        "full pool is trained) or all (every evaluation set, learned or not)."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Recompute every stage instead of reusing the "
                                        "cache (a stage is reused only when its recipe and the code version match)."),
     ) -> None:
@@ -55,12 +58,16 @@ def register(app: typer.Typer) -> None:
             from vlselect.errors import ConfigError
 
             raise ConfigError(f"--adapter {adapter!r}: choose lora or full")
+        if val_targets not in ("counted", "all"):
+            from vlselect.errors import ConfigError
+
+            raise ConfigError(f"--val-targets {val_targets!r}: choose counted or all")
         if length_group < 0:
             from vlselect.errors import ConfigError
 
             raise ConfigError(f"--length-group {length_group}: 0 (off) or a number of steps")
         over: dict = {"jobs": jobs, "seed": seed, "d2_score": d2_score, "base": base, "adapter": adapter,
-                      "length_group": length_group, "batch_size": batch_size}
+                      "length_group": length_group, "batch_size": batch_size, "val_targets": val_targets}
         if base == "captions":  # the earlier recipe: the random vision tower is trained in every run
             over["modules_to_save"] = ("vision_tower",)
         if methods:

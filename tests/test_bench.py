@@ -295,3 +295,27 @@ def test_validation_targets_are_the_counted_sets_and_the_selection_records_them(
     every = sorted(f"val/{p.stem}" for p in next((tmp_path / "b" / "cache").glob("world-*/w/eval")).glob("*.json"))
     run_bench(tmp_path / "b", dataclasses.replace(cfg, val_targets="all"), log=lambda m: None)
     assert len(every) == 9 and seen["icons"] == every
+
+
+def test_bench_command_passes_the_validation_targets(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import vlselect.bench as vb
+    import vlselect.bench.report_console as rc
+    from vlselect.cli import app
+
+    seen = []
+    monkeypatch.setattr(vb, "run_bench", lambda out, cfg, overwrite=False: seen.append(cfg) or {})
+    monkeypatch.setattr(rc, "print_results", lambda results, console: None)
+    runner = CliRunner()
+    for args, want in (([], "counted"), (["--val-targets", "all"], "all")):
+        res = runner.invoke(app, ["bench", "--out", str(tmp_path / "b"), *args])
+        assert res.exit_code == 0, res.output
+        assert seen[-1].val_targets == want
+    res = runner.invoke(app, ["bench", "--out", str(tmp_path / "b"), "--val-targets", "learned"])
+    assert res.exit_code != 0 and "counted or all" in str(res.exception) and len(seen) == 2
+    from vlselect.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="val_targets='some'"):  # before any work
+        run_bench(tmp_path / "c", BenchConfig.quick(val_targets="some"), log=lambda m: None)
+    assert not (tmp_path / "c" / "cache").exists() or not any((tmp_path / "c" / "cache").iterdir())

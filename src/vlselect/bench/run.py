@@ -239,8 +239,6 @@ def run_bench(out: str | os.PathLike, config: BenchConfig | None = None, *,
     for m in cfg.methods:
         get_method(m)  # unknown names fail before any work
     if cfg.d2_score not in ("margin", "aum"):
-        from vlselect.errors import ConfigError
-
         raise ConfigError(f"d2_score={cfg.d2_score!r}: choose margin (score_aum.py's) or aum (training dynamics)")
     if cfg.val_targets not in ("counted", "all"):
         raise ConfigError(f"val_targets={cfg.val_targets!r}: choose counted (the sets the table counts, the default) "
@@ -776,8 +774,11 @@ def _notes(cfg: BenchConfig, base_info: dict, results: dict | None = None) -> li
         + (f"seeds {', '.join(map(str, cfg.seeds))} at budgets {', '.join(f'{b:g}' for b in cfg.seed_budgets)}, one "
          "seed elsewhere." if cfg.seed_budgets and len(cfg.seeds) > 1
          else f"one training seed ({cfg.seeds[0]}) at every budget: no interval over seeds."),
-        "ICONS and LESS target the evaluation skills through validation sets drawn from a world of another seed; "
-        "no method sees the test sets. Gradient features: LoRA (r=%d) gradients of a warm-up model." % cfg.lora_r,
+        "ICONS, LESS and the composites target "
+        + ("the sets the table counts (decided by the full pool)" if cfg.val_targets == "counted"
+           else "every evaluation set, learned or not")
+        + " through validation sets drawn from a world of another seed; no method sees the test sets. Gradient "
+        "features: LoRA (r=%d) gradients of a warm-up model." % cfg.lora_r,
     ]
     for t in results.get("targets", []):
         mark = {True: "met", False: "NOT met", None: "not judged"}[t["met"]]

@@ -1,0 +1,199 @@
+"""Why ICONS's subsets skew the answers (existence records that all answer "no", colour records without "red"):
+measured on a finished bench's cache.
+
+    python benchmarks/icons_answers.py --bench OUT [--budget 0.2]
+
+``OUT`` is the folder of a ``vlselect bench`` run that included ``icons`` (its ``cache/`` holds the warm-up
+model, the pool's and the validation sets' gradients and the selections). The script prints, from those stages
+only (nothing is trained or re-selected):
+
+1. the warm-up (reference) model's answers to the validation existence questions: how many it answers "yes" and
+   "no", and its accuracy on each half, read from greedy generation;
+2. the validation existence gradients split by their answer: the norm of each half's mean unit vector (how
+   coherent the half's directions are), their cosine, and how much of ICONS's existence target (the mean of all
+   unit vectors) each half supplies;
+3. ICONS's existence-task score of the pool's existence records by answer: mean score and the share of each
+   answer above the task's threshold for the budget;
+4. the answers of the existence records in the ICONS selection at the budget, beside the pool's;
+5. for each answer of the colour, count, position and existence questions: its share of the pool's records, of
+   ICONS's selection and of random's, and how often the warm-up model gives it on the validation set against how
+   often it is right there (does ICONS pick the answers the reference model under-predicts?).
+
+Every number comes from the bench's stages as they are; nothing is recomputed with other settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def _stage(cache: Path, kind: str) -> Path:
+    found = sorted(p for p in cache.glob(f"{kind}-*") if (p / "done.json").exists())
+    if len(found) != 1:
+        sys.exit(f"{cache}: expected one finished '{kind}' stage, found {len(found)}; fix: point --bench at the "
+                 "folder of one bench run that included icons")
+    return found[0]
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def _answer(text: str) -> str:
+    t = text.strip().lower()
+    return "yes" if t.startswith("yes") else "no" if t.startswith("no") else "other"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--bench", required=True, type=Path, help="output folder of a vlselect bench run with icons")
+    ap.add_argument("--budget", type=float, default=0.2, help="budget whose selection and threshold are read")
+    ap.add_argument("--task", default="exist", help="validation set / pool task to analyse")
+    ap.add_argument("--answers", default="color:vqa_color,count:vqa_count,position:vqa_position,exist:exist",
+                    help="validation set:pool task pairs whose answer shares are compared")
+    ap.add_argument("--json", type=Path, help="also write the figures here")
+    args = ap.parse_args(argv)
+
+    from vlselect.features.store import FeatureStore
+    from vlselect.select.icons import icons_targets, icons_task_scores, icons_votes
+
+    cache = args.bench / "cache"
+    world = _stage(cache, "world") / "w"
+    valworld = _stage(cache, "valworld") / "w"
+    warm = json.loads((_stage(cache, "warmup") / "done.json").read_text())["result"]
+    gstage, vstage = _stage(cache, "gradients"), _stage(cache, "val_gradients")
+    pool = json.loads((world / "pool.json").read_text())
+    out: dict = {"bench": str(args.bench), "budget": args.budget, "task": args.task}
+
+    # 1. the warm-up model's answers on the validation set ------------------------------------------------------
+    from vlselect.evaluate import evaluate
+
+    vfile = valworld / "eval" / f"{args.task}.json"
+    vset = json.loads(vfile.read_text())["samples"]
+    eval_dir = args.bench / "icons_existence" / "warmup_eval"
+    evaluate(warm["base_model"], [vfile], valworld / "images", eval_dir, adapter=warm["lora_dir"], progress=False,
+             max_new_tokens=8)
+    lines = (eval_dir / "predictions" / f"{args.task}.jsonl").read_text().splitlines()
+    preds = [json.loads(x)["prediction"] for x in lines if x.strip()]
+    gold = [s["answers"][0].strip().lower() for s in vset]
+    said = [_answer(p) for p in preds]
+    table = {g: {a: sum(1 for x, y in zip(gold, said) if x == g and y == a) for a in ("yes", "no", "other")}
+             for g in ("yes", "no")}
+    out["warmup_answers"] = table
+    print(f"1. warm-up model on the validation '{args.task}' set ({len(vset)} questions; rows: gold, columns: said)")
+    for g in ("yes", "no"):
+        print(f"   gold {g:>3}: " + "  ".join(f"said {a} {table[g][a]:>3}" for a in ("yes", "no", "other")))
+
+    # 2. the validation gradients by answer -------------------------------------------------------------------
+    V = _unit(FeatureStore.open(vstage / args.task).array("gradients"))
+    yes = np.array([g == "yes" for g in gold])
+    target = V.mean(axis=0)
+    m_yes, m_no = V[yes].mean(axis=0), V[~yes].mean(axis=0)
+    part_yes, part_no = yes.mean() * m_yes, (~yes).mean() * m_no  # target = part_yes + part_no
+    tn = float(np.linalg.norm(target))
+    out["val"] = {"n_yes": int(yes.sum()), "n_no": int((~yes).sum()),
+                  "coherence_yes": float(np.linalg.norm(m_yes)), "coherence_no": float(np.linalg.norm(m_no)),
+                  "cos_yes_no": float(m_yes @ m_no / np.linalg.norm(m_yes) / np.linalg.norm(m_no)),
+                  "target_norm": tn,
+                  "share_of_target_yes": float(part_yes @ target / tn**2),
+                  "share_of_target_no": float(part_no @ target / tn**2)}
+    v = out["val"]
+    print(f"2. validation gradients: {v['n_yes']} 'yes', {v['n_no']} 'no'; norm of the mean unit vector "
+          f"(1 = all alike): yes {v['coherence_yes']:.3f}, no {v['coherence_no']:.3f}; cosine of the two means "
+          f"{v['cos_yes_no']:+.3f}; share of the target (projection): yes {v['share_of_target_yes']:+.2f}, "
+          f"no {v['share_of_target_no']:+.2f}")
+
+    # 3. ICONS's existence score of the pool's existence records ---------------------------------------------
+    G = FeatureStore.open(gstage / "store").array("gradients")
+    vals = {f"val/{p.name}": FeatureStore.open(p).array("gradients") for p in sorted(vstage.iterdir()) if p.is_dir()}
+    targets = icons_targets(vals)
+    names = [t.name for t in targets]
+    scores, _ = icons_task_scores(G, targets)
+    thr, mark, votes = icons_votes(scores, 100 * (1 - args.budget))
+    t = names.index(args.task)
+    rec = np.array([i for i, r in enumerate(pool) if r.get("task") == args.task])
+    ans = np.array([_answer(pool[i]["conversations"][-1]["value"]) for i in rec])
+    out["pool"] = {}
+    print(f"3. ICONS '{args.task}' score of the pool's {len(rec)} '{args.task}' records (threshold at the "
+          f"{100 * (1 - args.budget):.0f}th percentile of all rows: {thr[t]:+.4f})")
+    for a in ("yes", "no"):
+        rows = rec[ans == a]
+        s = scores[rows, t]
+        d = {"n": int(len(rows)), "mean_score": float(s.mean()), "above_threshold": int(mark[rows, t].sum()),
+             "mean_votes": float(votes[rows].mean())}
+        out["pool"][a] = d
+        print(f"   answer {a:>3}: {d['n']:>4} records, mean score {d['mean_score']:+.4f}, "
+              f"{d['above_threshold']:>4} above the threshold, mean votes {d['mean_votes']:.2f} of {len(names)}")
+    other = np.setdiff1d(np.arange(len(pool)), rec)
+    print(f"   (every other record: mean '{args.task}' score {scores[other, t].mean():+.4f})")
+    out["votes_by_task"] = {}
+    print(f"   share (%) of the '{args.task}' records each voting task marks (above its own threshold), by answer:")
+    for k, name in enumerate(names):
+        shares = {a: float(100 * mark[rec[ans == a], k].mean()) for a in ("yes", "no")}
+        out["votes_by_task"][name] = shares
+        print(f"      {name:>16}: yes {shares['yes']:5.1f}, no {shares['no']:5.1f}")
+
+    # 4. the selection ---------------------------------------------------------------------------------------
+    def selection(method: str) -> np.ndarray:
+        dirs = [p for p in cache.glob("select-*") if (p / "done.json").exists()
+                and json.loads((p / "recipe.json").read_text()).get("method") == method]
+        if len(dirs) != 1:
+            sys.exit(f"{cache}: expected one finished '{method}' selection, found {len(dirs)}")
+        return np.load(dirs[0] / f"indices_{args.budget}.npy")
+
+    idx = selection("icons")
+    chosen = np.intersect1d(idx, rec)
+    ca = [_answer(pool[i]["conversations"][-1]["value"]) for i in chosen]
+    out["selection"] = {a: ca.count(a) for a in ("yes", "no")}
+    out["pool_answers"] = {a: int((ans == a).sum()) for a in ("yes", "no")}
+    print(f"4. ICONS's {args.budget:.0%} selection holds {len(chosen)} '{args.task}' records: "
+          f"{out['selection']['yes']} yes, {out['selection']['no']} no (pool: {out['pool_answers']['yes']} yes, "
+          f"{out['pool_answers']['no']} no)")
+
+    # 5. answer shares per task: pool, ICONS, random, and the warm-up model on the validation set ------------
+    rnd = selection("random")
+    pairs = [p.split(":") for p in args.answers.split(",")]
+    evaluate(warm["base_model"], [valworld / "eval" / f"{v}.json" for v, _ in pairs], valworld / "images", eval_dir,
+             adapter=warm["lora_dir"], progress=False, max_new_tokens=8)
+    out["answers"] = {}
+    print(f"5. answer shares (%) at {args.budget:.0%}: pool / ICONS / random records; the warm-up model on the "
+          "validation set: how often it gives the answer / how often the answer is right")
+    for vname, ptask in pairs:
+        recs = np.array([i for i, r in enumerate(pool) if r.get("task") == ptask])
+        text = {int(i): pool[i]["conversations"][-1]["value"].strip().lower() for i in recs}
+        vs = json.loads((valworld / "eval" / f"{vname}.json").read_text())["samples"]
+        vgold = [s["answers"][0].strip().lower() for s in vs]
+        vsaid = [json.loads(x)["prediction"].strip().lower() for x in
+                 (eval_dir / "predictions" / f"{vname}.jsonl").read_text().splitlines() if x.strip()]
+        counts: dict[str, int] = {}
+        for v in text.values():
+            counts[v] = counts.get(v, 0) + 1
+        values = sorted(counts, key=lambda a: -counts[a])[:8]
+        in_icons = [text[int(i)] for i in np.intersect1d(idx, recs)]
+        in_rnd = [text[int(i)] for i in np.intersect1d(rnd, recs)]
+        rows = {}
+        for a in values:
+            rows[a] = {"pool": 100 * counts[a] / len(text),
+                       "icons": 100 * in_icons.count(a) / max(1, len(in_icons)),
+                       "random": 100 * in_rnd.count(a) / max(1, len(in_rnd)),
+                       "warmup_says": 100 * sum(p.startswith(a) for p in vsaid) / len(vsaid),
+                       "gold": 100 * vgold.count(a) / len(vgold)}
+        out["answers"][vname] = {"pool_task": ptask, "icons_records": len(in_icons),
+                                 "random_records": len(in_rnd), "rows": rows}
+        print(f"   {vname} ({ptask}: ICONS {len(in_icons)} records, random {len(in_rnd)})")
+        for a, r in rows.items():
+            print(f"      {a[:14]:>14}: {r['pool']:5.1f} / {r['icons']:5.1f} / {r['random']:5.1f}   "
+                  f"warm-up says {r['warmup_says']:5.1f}, right answer {r['gold']:5.1f}")
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

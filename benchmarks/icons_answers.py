@@ -71,6 +71,20 @@ def main(argv=None) -> int:
     pool = json.loads((world / "pool.json").read_text())
     out: dict = {"bench": str(args.bench), "budget": args.budget, "task": args.task}
 
+    def selection_dir(method: str) -> Path:
+        dirs = [p for p in cache.glob("select-*") if (p / "done.json").exists()
+                and json.loads((p / "recipe.json").read_text()).get("method") == method]
+        if len(dirs) != 1:
+            sys.exit(f"{cache}: expected one finished '{method}' selection, found {len(dirs)}")
+        return dirs[0]
+
+    def selection(method: str) -> np.ndarray:
+        return np.load(selection_dir(method) / f"indices_{args.budget}.npy")
+
+    # the validation sets ICONS's selection targeted (the recipe names them since val_targets; before, all)
+    chosen_targets = json.loads((selection_dir("icons") / "recipe.json").read_text()).get("targets")
+    out["targets"] = chosen_targets or "all"
+
     # 1. the warm-up model's answers on the validation set ------------------------------------------------------
     from vlselect.evaluate import evaluate
 
@@ -111,27 +125,31 @@ def main(argv=None) -> int:
 
     # 3. ICONS's existence score of the pool's existence records ---------------------------------------------
     G = FeatureStore.open(gstage / "store").array("gradients")
-    vals = {f"val/{p.name}": FeatureStore.open(p).array("gradients") for p in sorted(vstage.iterdir()) if p.is_dir()}
+    vals = {f"val/{p.name}": FeatureStore.open(p).array("gradients") for p in sorted(vstage.iterdir())
+            if p.is_dir() and (chosen_targets is None or p.name in chosen_targets)}
     targets = icons_targets(vals)
     names = [t.name for t in targets]
     scores, _ = icons_task_scores(G, targets)
     thr, mark, votes = icons_votes(scores, 100 * (1 - args.budget))
-    t = names.index(args.task)
     rec = np.array([i for i, r in enumerate(pool) if r.get("task") == args.task])
     ans = np.array([_answer(pool[i]["conversations"][-1]["value"]) for i in rec])
     out["pool"] = {}
-    print(f"3. ICONS '{args.task}' score of the pool's {len(rec)} '{args.task}' records (threshold at the "
-          f"{100 * (1 - args.budget):.0f}th percentile of all rows: {thr[t]:+.4f})")
+    t = names.index(args.task) if args.task in names else None
+    print(f"3. ICONS's votes (targets: {', '.join(names)}) for the pool's {len(rec)} '{args.task}' records"
+          + ("" if t is None else f"; its '{args.task}' score (threshold at the {100 * (1 - args.budget):.0f}th "
+             f"percentile of all rows: {thr[t]:+.4f})"))
     for a in ("yes", "no"):
         rows = rec[ans == a]
-        s = scores[rows, t]
-        d = {"n": int(len(rows)), "mean_score": float(s.mean()), "above_threshold": int(mark[rows, t].sum()),
-             "mean_votes": float(votes[rows].mean())}
+        d = {"n": int(len(rows)), "mean_votes": float(votes[rows].mean())}
+        if t is not None:
+            d.update(mean_score=float(scores[rows, t].mean()), above_threshold=int(mark[rows, t].sum()))
         out["pool"][a] = d
-        print(f"   answer {a:>3}: {d['n']:>4} records, mean score {d['mean_score']:+.4f}, "
-              f"{d['above_threshold']:>4} above the threshold, mean votes {d['mean_votes']:.2f} of {len(names)}")
-    other = np.setdiff1d(np.arange(len(pool)), rec)
-    print(f"   (every other record: mean '{args.task}' score {scores[other, t].mean():+.4f})")
+        print(f"   answer {a:>3}: {d['n']:>4} records, mean votes {d['mean_votes']:.2f} of {len(names)}"
+              + ("" if t is None else f", mean score {d['mean_score']:+.4f}, {d['above_threshold']:>4} above the "
+                 "threshold"))
+    if t is not None:
+        other = np.setdiff1d(np.arange(len(pool)), rec)
+        print(f"   (every other record: mean '{args.task}' score {scores[other, t].mean():+.4f})")
     out["votes_by_task"] = {}
     print(f"   share (%) of the '{args.task}' records each voting task marks (above its own threshold), by answer:")
     for k, name in enumerate(names):
@@ -140,13 +158,6 @@ def main(argv=None) -> int:
         print(f"      {name:>16}: yes {shares['yes']:5.1f}, no {shares['no']:5.1f}")
 
     # 4. the selection ---------------------------------------------------------------------------------------
-    def selection(method: str) -> np.ndarray:
-        dirs = [p for p in cache.glob("select-*") if (p / "done.json").exists()
-                and json.loads((p / "recipe.json").read_text()).get("method") == method]
-        if len(dirs) != 1:
-            sys.exit(f"{cache}: expected one finished '{method}' selection, found {len(dirs)}")
-        return np.load(dirs[0] / f"indices_{args.budget}.npy")
-
     idx = selection("icons")
     chosen = np.intersect1d(idx, rec)
     ca = [_answer(pool[i]["conversations"][-1]["value"]) for i in chosen]

@@ -319,3 +319,17 @@ def test_bench_command_passes_the_validation_targets(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="val_targets='some'"):  # before any work
         run_bench(tmp_path / "c", BenchConfig.quick(val_targets="some"), log=lambda m: None)
     assert not (tmp_path / "c" / "cache").exists() or not any((tmp_path / "c" / "cache").iterdir())
+
+
+def test_without_a_counted_set_the_targeted_methods_fail_with_a_reason(tmp_path, monkeypatch):
+    """When the full pool gives no counted set (its runs failed), ICONS gets no silent empty target: the failure is
+    recorded with the fix, and the other methods' rows are still made."""
+    import vlselect.bench.run as br
+
+    monkeypatch.setattr(br, "counted_sets", lambda runs, files, margin: [])
+    cfg = BenchConfig.quick(size=120, eval_size=4, val_size=4, methods=("random", "icons"), budgets=(0.25,),
+                            grad_dim=32, batch_size=16, lora_r=4, jobs=1, zero_shot_reference=False)
+    res = run_bench(tmp_path / "b", cfg, log=lambda m: None)
+    assert [f["method"] for f in res["failures"]] == ["icons"]
+    assert "no evaluation set is counted" in res["failures"][0]["error"] and "--val-targets all" in res["failures"][0]["error"]
+    assert [r["method"] for r in res["rows"]] == ["random"]

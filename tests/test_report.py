@@ -128,6 +128,20 @@ def test_line_labels_do_not_overlap_when_every_line_ends_at_zero():
     assert body.count('<g class="series">') == len(names)
 
 
+def test_a_row_without_a_relative_score_is_a_dash_and_not_a_point():
+    """No full-pool reference gives NaN relative scores (the bench's full-pool runs all failed): the page is still
+    written, the table says "–" and the chart draws only the finite points (it used to raise ValueError)."""
+    nan = float("nan")
+    rows = [{"method": "random", "budget": 0.1, "n_seeds": 1, "relative_mean": nan, "scores": {}},
+            {"method": "coincide", "budget": 0.1, "n_seeds": 1, "relative_mean": 80.0, "scores": {}},
+            {"method": "coincide", "budget": 0.2, "n_seeds": 1, "relative_mean": 90.0, "scores": {}}]
+    page = render_html({"rows": rows})
+    svg = re.search(r'<svg[^>]*aria-label="relative[^"]*"[^>]*>(.*?)</svg>', page, re.S).group(1)
+    assert svg.count('<g class="series">') == 1 and "–" in page and "nan" not in page.lower()
+    only_nan = render_html({"rows": rows[:1]})
+    assert "aria-label=\"relative" not in only_nan and "–" in only_nan
+
+
 def test_bench_notes_for_the_quick_form_read_well():
     from vlselect.bench.run import BenchConfig, _notes
 

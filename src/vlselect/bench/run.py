@@ -365,10 +365,18 @@ def run_bench(out: str | os.PathLike, config: BenchConfig | None = None, *,
     second = [m for m in targeted if m not in first]
     if second:
         targets = counted_sets([r for r in runs if r["method"] == "full pool"], eval_files, cfg.learned_margin)
-        log(f"validation targets of {', '.join(second)}: the counted sets {', '.join(targets)}")
-        select(second, {k: v for k, v in val_grads.items() if k in targets}, targets)
-        runs += _run_jobs(cache, cfg, subset_jobs(second), base, pool_path, images, eval_files, train_recipe, log,
-                          failures)
+        if not targets:  # no full-pool run finished, or it scored 0 everywhere: nothing to target, said per method
+            for m in second:
+                msg = ("no evaluation set is counted (no full-pool run finished, or it scored 0 on every set), so "
+                       "there is no validation target; fix: see the full-pool failures above, or run with "
+                       "--val-targets all")
+                log(f"[red]✗ select {m} failed:[/] {msg}")
+                failures.append({"stage": "select", "method": m, "error": f"ConfigError: {msg}"})
+        else:
+            log(f"validation targets of {', '.join(second)}: the counted sets {', '.join(targets)}")
+            select(second, {k: v for k, v in val_grads.items() if k in targets}, targets)
+            runs += _run_jobs(cache, cfg, subset_jobs(second), base, pool_path, images, eval_files, train_recipe,
+                              log, failures)
     subsets = {k: subsets[k] for k in sorted(subsets, key=lambda k: (cfg.methods.index(k[0]), k[1]))}
 
     # 7. results -----------------------------------------------------------------------------------------------

@@ -104,7 +104,10 @@ def line_chart_svg(
     height: int = 340,
     reference: float | None = 100.0,
 ) -> str:
-    """Lines of (x, y, low, high) points per series, with interval whiskers and a dashed reference line."""
+    """Lines of (x, y, low, high) points per series, with interval whiskers and a dashed reference line; a point
+    without a finite y (a relative score with no full-pool reference) is left out, as in the tables' "–"."""
+    series = {k: kept for k, v in series.items()
+              if (kept := [p for p in v if p[1] is not None and math.isfinite(p[1])])}
     pts = [p for s in series.values() for p in s]
     if not pts:
         return ""

@@ -16,7 +16,7 @@ only (nothing is trained or re-selected):
    answer above the task's threshold for the budget;
 4. the answers of the existence records in the ICONS selection at the budget, beside the pool's;
 5. for each answer of the colour, count, position and existence questions: its share of the pool's records, of
-   ICONS's selection and of random's, and how often the warm-up model gives it on the validation set against how
+   ICONS's selection and of the others named by ``--compare`` (random by default), and how often the warm-up model gives it on the validation set against how
    often it is right there (does ICONS pick the answers the reference model under-predicts?).
 
 Every number comes from the bench's stages as they are; nothing is recomputed with other settings.
@@ -57,6 +57,7 @@ def main(argv=None) -> int:
     ap.add_argument("--task", default="exist", help="validation set / pool task to analyse")
     ap.add_argument("--answers", default="color:vqa_color,count:vqa_count,position:vqa_position,exist:exist",
                     help="validation set:pool task pairs whose answer shares are compared")
+    ap.add_argument("--compare", default="random", help="other selections of the cache to set beside ICONS's in 5")
     ap.add_argument("--json", type=Path, help="also write the figures here")
     args = ap.parse_args(argv)
 
@@ -167,13 +168,14 @@ def main(argv=None) -> int:
           f"{out['selection']['yes']} yes, {out['selection']['no']} no (pool: {out['pool_answers']['yes']} yes, "
           f"{out['pool_answers']['no']} no)")
 
-    # 5. answer shares per task: pool, ICONS, random, and the warm-up model on the validation set ------------
-    rnd = selection("random")
+    # 5. answer shares per task: pool, ICONS, other methods, and the warm-up model on the validation set -------
+    others = {m: selection(m) for m in args.compare.split(",") if m}
     pairs = [p.split(":") for p in args.answers.split(",")]
     evaluate(warm["base_model"], [valworld / "eval" / f"{v}.json" for v, _ in pairs], valworld / "images", eval_dir,
              adapter=warm["lora_dir"], progress=False, max_new_tokens=8)
     out["answers"] = {}
-    print(f"5. answer shares (%) at {args.budget:.0%}: pool / ICONS / random records; the warm-up model on the "
+    cols = ["icons", *others]
+    print(f"5. answer shares (%) at {args.budget:.0%}: pool / {' / '.join(cols)} records; the warm-up model on the "
           "validation set: how often it gives the answer / how often the answer is right")
     for vname, ptask in pairs:
         recs = np.array([i for i, r in enumerate(pool) if r.get("task") == ptask])
@@ -186,21 +188,19 @@ def main(argv=None) -> int:
         for v in text.values():
             counts[v] = counts.get(v, 0) + 1
         values = sorted(counts, key=lambda a: -counts[a])[:8]
-        in_icons = [text[int(i)] for i in np.intersect1d(idx, recs)]
-        in_rnd = [text[int(i)] for i in np.intersect1d(rnd, recs)]
+        picked = {m: [text[int(i)] for i in np.intersect1d(sel, recs)] for m, sel in {"icons": idx, **others}.items()}
         rows = {}
         for a in values:
             rows[a] = {"pool": 100 * counts[a] / len(text),
-                       "icons": 100 * in_icons.count(a) / max(1, len(in_icons)),
-                       "random": 100 * in_rnd.count(a) / max(1, len(in_rnd)),
+                       **{m: 100 * v.count(a) / max(1, len(v)) for m, v in picked.items()},
                        "warmup_says": 100 * sum(p.startswith(a) for p in vsaid) / len(vsaid),
                        "gold": 100 * vgold.count(a) / len(vgold)}
-        out["answers"][vname] = {"pool_task": ptask, "icons_records": len(in_icons),
-                                 "random_records": len(in_rnd), "rows": rows}
-        print(f"   {vname} ({ptask}: ICONS {len(in_icons)} records, random {len(in_rnd)})")
+        out["answers"][vname] = {"pool_task": ptask, **{f"{m}_records": len(v) for m, v in picked.items()},
+                                 "rows": rows}
+        print(f"   {vname} ({ptask}: " + ", ".join(f"{m} {len(v)} records" for m, v in picked.items()) + ")")
         for a, r in rows.items():
-            print(f"      {a[:14]:>14}: {r['pool']:5.1f} / {r['icons']:5.1f} / {r['random']:5.1f}   "
-                  f"warm-up says {r['warmup_says']:5.1f}, right answer {r['gold']:5.1f}")
+            print(f"      {a[:14]:>14}: {r['pool']:5.1f} / " + " / ".join(f"{r[m]:5.1f}" for m in cols)
+                  + f"   warm-up says {r['warmup_says']:5.1f}, right answer {r['gold']:5.1f}")
     if args.json:
         args.json.write_text(json.dumps(out, indent=1))
     return 0

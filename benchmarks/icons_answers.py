@@ -12,12 +12,13 @@ only (nothing is trained or re-selected):
 2. the validation existence gradients split by their answer: the norm of each half's mean unit vector (how
    coherent the half's directions are), their cosine, and how much of ICONS's existence target (the mean of all
    unit vectors) each half supplies;
-3. ICONS's existence-task score of the pool's existence records by answer: mean score and the share of each
-   answer above the task's threshold for the budget;
+3. ICONS's votes for the pool's existence records by answer (with the targets its selection used), their
+   existence-task score when existence is a target, and the share of each answer that each target marks;
 4. the answers of the existence records in the ICONS selection at the budget, beside the pool's;
 5. for each answer of the colour, count, position and existence questions: its share of the pool's records, of
-   ICONS's selection and of the others named by ``--compare`` (random by default), and how often the warm-up model gives it on the validation set against how
-   often it is right there (does ICONS pick the answers the reference model under-predicts?).
+   ICONS's selection and of the others named by ``--compare`` (random by default), and how often the warm-up
+   model gives it on the validation set against how often it is right there (does ICONS pick the answers the
+   reference model under-predicts? measured: no).
 
 Every number comes from the bench's stages as they are; nothing is recomputed with other settings.
 """

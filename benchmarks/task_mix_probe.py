@@ -5,8 +5,8 @@
 ``OUT`` is a finished ``vlselect bench`` run whose cache holds the ``--mix`` method's selections and the gradient
 stage (TIVE's self-attention gradients). For each budget the probe takes how many rows of each pool task the
 ``--mix`` selection holds, and draws that many rows of the task with TIVE's instance weights
-(:func:`vlselect.select.tive.tive_instance_weights`, q = 0.001, ``RandomState(0)``, without replacement), so the
-subset keeps the mix of the gradient method and the answer shares of TIVE's sampling
+(:func:`vlselect.select.tive.tive_instance_weights`, q = 0.001, ``RandomState(--draw-seed)``, without
+replacement), so the subset keeps the mix of the gradient method and the answer shares of TIVE's sampling
 (``benchmarks/icons_answers.py``: the gradient top-k methods lose whole answers, TIVE's sampling does not). Each
 subset is then trained and evaluated with the bench's own job (its recipe, its seeds) and scored against the
 bench's full-pool reference over the counted sets.
@@ -42,6 +42,7 @@ def main(argv=None) -> int:
     ap.add_argument("--mix", default="less", help="the selection whose per-task counts are kept")
     ap.add_argument("--out", type=Path, help="where the subsets and runs go (default BENCH/task_mix_probe-MIX)")
     ap.add_argument("--q", type=float, default=0.001, help="TIVE's instance-weight q")
+    ap.add_argument("--draw-seed", type=int, default=0, help="seed of the weighted draws inside each task")
     args = ap.parse_args(argv)
 
     from vlselect.bench.run import BenchConfig, _train_and_eval
@@ -50,7 +51,7 @@ def main(argv=None) -> int:
     from vlselect.select.tive import tive_instance_weights
 
     cache = args.bench / "cache"
-    out = args.out or args.bench / f"task_mix_probe-{args.mix}"
+    out = args.out or args.bench / (f"task_mix_probe-{args.mix}" + (f"-draw{args.draw_seed}" if args.draw_seed else ""))
     out.mkdir(parents=True, exist_ok=True)
     res = json.loads((args.bench / "results.json").read_text())
     cfg = BenchConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in res["config"].items()})
@@ -68,7 +69,7 @@ def main(argv=None) -> int:
     jobs = []
     for b in cfg.budgets:
         mix = np.load(mix_dir / f"indices_{b}.npy")
-        rng = np.random.RandomState(0)
+        rng = np.random.RandomState(args.draw_seed)
         picked: list[int] = []
         for t in sorted(set(tasks.tolist())):
             k = int((tasks[mix] == t).sum())
@@ -105,7 +106,8 @@ def main(argv=None) -> int:
     for b, v in summary.items():
         print(f"{args.mix} mix + TIVE sampling @ {b}: {v['mean']:.1f} (" + ", ".join(f"{x:.1f}" for x in v["per_seed"])
               + ")")
-    (out / "summary.json").write_text(json.dumps({"mix": args.mix, "q": args.q, "relative": summary}, indent=1))
+    (out / "summary.json").write_text(json.dumps({"mix": args.mix, "q": args.q, "draw_seed": args.draw_seed,
+                                                  "relative": summary}, indent=1))
     return 0
 
 

@@ -331,5 +331,6 @@ def test_without_a_counted_set_the_targeted_methods_fail_with_a_reason(tmp_path,
                             grad_dim=32, batch_size=16, lora_r=4, jobs=1, zero_shot_reference=False)
     res = run_bench(tmp_path / "b", cfg, log=lambda m: None)
     assert [f["method"] for f in res["failures"]] == ["icons"]
-    assert "no evaluation set is counted" in res["failures"][0]["error"] and "--val-targets all" in res["failures"][0]["error"]
+    error = res["failures"][0]["error"]
+    assert "no evaluation set is counted" in error and "--val-targets all" in error
     assert [r["method"] for r in res["rows"]] == ["random"]

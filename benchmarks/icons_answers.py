@@ -92,7 +92,7 @@ def main(argv=None) -> int:
 
     vfile = valworld / "eval" / f"{args.task}.json"
     vset = json.loads(vfile.read_text())["samples"]
-    eval_dir = args.bench / "icons_existence" / "warmup_eval"
+    eval_dir = args.bench / "icons_answers" / "warmup_eval"
     evaluate(warm["base_model"], [vfile], valworld / "images", eval_dir, adapter=warm["lora_dir"], progress=False,
              max_new_tokens=8)
     lines = (eval_dir / "predictions" / f"{args.task}.jsonl").read_text().splitlines()

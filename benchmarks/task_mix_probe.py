@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import shutil
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -52,7 +53,22 @@ def main(argv=None) -> int:
 
     cache = args.bench / "cache"
     out = args.out or args.bench / (f"task_mix_probe-{args.mix}" + (f"-draw{args.draw_seed}" if args.draw_seed else ""))
-    out.mkdir(parents=True, exist_ok=True)
+    # the folder is this probe's alone: another bench, mix, q or draw seed is refused (never mixed with its subsets
+    # and runs); the same probe already finished is shown, not rerun; an unfinished one starts over
+    probe = {"bench": str(args.bench.resolve()), "mix": args.mix, "q": args.q, "draw_seed": args.draw_seed}
+    if (out / "probe.json").exists():
+        had = json.loads((out / "probe.json").read_text())
+        if had != probe:
+            sys.exit(f"{out} holds the probe {had}, not {probe}; fix: pass another --out, or delete that folder")
+        if (out / "summary.json").exists():
+            print((out / "summary.json").read_text())
+            return 0
+    elif out.exists() and any(out.iterdir()):
+        sys.exit(f"{out} is not empty and holds no probe; fix: pass an empty or new --out")
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    (out / "probe.json").write_text(json.dumps(probe, indent=1))
     res = json.loads((args.bench / "results.json").read_text())
     cfg = BenchConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in res["config"].items()})
     ref, counted = res["reference"]["scores"], res["relative_sets"]

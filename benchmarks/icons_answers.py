@@ -31,14 +31,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-
-
-def _stage(cache: Path, kind: str) -> Path:
-    found = sorted(p for p in cache.glob(f"{kind}-*") if (p / "done.json").exists())
-    if len(found) != 1:
-        sys.exit(f"{cache}: expected one finished '{kind}' stage, found {len(found)}; fix: point --bench at the "
-                 "folder of one bench run that included icons")
-    return found[0]
+from _bench_cache import method_selection, one_stage  # a sibling module: the scripts run from benchmarks/
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -66,25 +59,18 @@ def main(argv=None) -> int:
     from vlselect.select.icons import icons_targets, icons_task_scores, icons_votes
 
     cache = args.bench / "cache"
-    world = _stage(cache, "world") / "w"
-    valworld = _stage(cache, "valworld") / "w"
-    warm = json.loads((_stage(cache, "warmup") / "done.json").read_text())["result"]
-    gstage, vstage = _stage(cache, "gradients"), _stage(cache, "val_gradients")
+    world = one_stage(cache, "world") / "w"
+    valworld = one_stage(cache, "valworld") / "w"
+    warm = json.loads((one_stage(cache, "warmup") / "done.json").read_text())["result"]
+    gstage, vstage = one_stage(cache, "gradients"), one_stage(cache, "val_gradients")
     pool = json.loads((world / "pool.json").read_text())
     out: dict = {"bench": str(args.bench), "budget": args.budget, "task": args.task}
 
-    def selection_dir(method: str) -> Path:
-        dirs = [p for p in cache.glob("select-*") if (p / "done.json").exists()
-                and json.loads((p / "recipe.json").read_text()).get("method") == method]
-        if len(dirs) != 1:
-            sys.exit(f"{cache}: expected one finished '{method}' selection, found {len(dirs)}")
-        return dirs[0]
-
     def selection(method: str) -> np.ndarray:
-        return np.load(selection_dir(method) / f"indices_{args.budget}.npy")
+        return np.load(method_selection(cache, method) / f"indices_{args.budget}.npy")
 
     # the validation sets ICONS's selection targeted (the recipe names them since val_targets; before, all)
-    chosen_targets = json.loads((selection_dir("icons") / "recipe.json").read_text()).get("targets")
+    chosen_targets = json.loads((method_selection(cache, "icons") / "recipe.json").read_text()).get("targets")
     out["targets"] = chosen_targets or "all"
 
     # 1. the warm-up model's answers on the validation set ------------------------------------------------------

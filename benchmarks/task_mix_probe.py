@@ -26,15 +26,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
-
-
-def _one(cache: Path, kind: str, method: str | None = None) -> Path:
-    found = sorted(p for p in cache.glob(f"{kind}-*") if (p / "done.json").exists()
-                   and (method is None or json.loads((p / "recipe.json").read_text()).get("method") == method))
-    if len(found) != 1:
-        sys.exit(f"{cache}: expected one finished '{kind}' stage{f' of {method}' if method else ''}, "
-                 f"found {len(found)}")
-    return found[0]
+from _bench_cache import method_selection, one_stage  # a sibling module: the scripts run from benchmarks/
 
 
 def main(argv=None) -> int:
@@ -72,15 +64,15 @@ def main(argv=None) -> int:
     res = json.loads((args.bench / "results.json").read_text())
     cfg = BenchConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in res["config"].items()})
     ref, counted = res["reference"]["scores"], res["relative_sets"]
-    world = _one(cache, "world") / "w"
+    world = one_stage(cache, "world") / "w"
     pool = json.loads((world / "pool.json").read_text())
     tasks = np.array([r["task"] for r in pool])
-    st = FeatureStore.open(_one(cache, "gradients") / "store_self_attn")
+    st = FeatureStore.open(one_stage(cache, "gradients") / "store_self_attn")
     tive = run_method("tive", {"train": st.array("gradients"), "norms": st.array("grad_norms")}, [cfg.budgets[0]],
                       tasks=tasks, seed=cfg.seed)
     scores = np.asarray(tive[0].scores, dtype=float)  # instance values (NaN for rows that take no part)
-    mix_dir = _one(cache, "select", args.mix)
-    base = json.loads((_one(cache, "warmup") / "done.json").read_text())["result"]["base_model"]
+    mix_dir = method_selection(cache, args.mix)
+    base = json.loads((one_stage(cache, "warmup") / "done.json").read_text())["result"]["base_model"]
     evals = sorted(str(p) for p in (world / "eval").glob("*.json"))
     jobs = []
     for b in cfg.budgets:

@@ -275,23 +275,31 @@ def test_validation_targets_are_the_counted_sets_and_the_selection_records_them(
     import vlselect.select as select_pkg
 
     seen: dict[str, list[str]] = {}
+    given: dict[str, dict] = {}
     real = select_pkg.run_method
 
     def spy(name, inputs, *a, **kw):
         seen[name] = sorted(k for k in inputs if k.startswith("val/"))
+        given[name] = inputs
         return real(name, inputs, *a, **kw)
 
     monkeypatch.setattr(br, "run_method", spy, raising=False)
     monkeypatch.setattr(select_pkg, "run_method", spy)
     monkeypatch.setattr(br, "counted_sets", lambda runs, files, margin: ["color", "count"])
-    cfg = BenchConfig.quick(size=120, eval_size=4, val_size=4, methods=("random", "icons", "icons_coincide"),
+    cfg = BenchConfig.quick(size=120, eval_size=4, val_size=4,
+                            methods=("random", "icons", "icons_coincide", "less_tive", "tive"),
                             budgets=(0.25,), grad_dim=32, batch_size=16, lora_r=4, jobs=1, zero_shot_reference=False)
     res = run_bench(tmp_path / "b", cfg, log=lambda m: None)
-    assert seen["icons"] == seen["icons_coincide"] == ["val/color", "val/count"] and seen["random"] == []
+    assert seen["icons"] == seen["icons_coincide"] == seen["less_tive"] == ["val/color", "val/count"]
+    assert seen["random"] == seen["tive"] == []
+    # less_tive: LESS's mix from every LoRA's gradients (ICONS's train), instance values from TIVE's own
+    assert np.array_equal(given["less_tive"]["train"], given["icons"]["train"])
+    assert np.array_equal(given["less_tive"]["instance"], given["tive"]["train"])
+    assert not np.array_equal(given["tive"]["train"], given["icons"]["train"])
     recipes = {json.loads((d / "recipe.json").read_text())["method"]: json.loads((d / "recipe.json").read_text())
                for d in (tmp_path / "b" / "cache").glob("select-*")}
     assert recipes["icons"]["targets"] == ["color", "count"] and "targets" not in recipes["random"]
-    assert [r["method"] for r in res["rows"]] == ["random", "icons", "icons_coincide"]
+    assert [r["method"] for r in res["rows"]] == ["random", "icons", "icons_coincide", "less_tive", "tive"]
     every = sorted(f"val/{p.stem}" for p in next((tmp_path / "b" / "cache").glob("world-*/w/eval")).glob("*.json"))
     run_bench(tmp_path / "b", dataclasses.replace(cfg, val_targets="all"), log=lambda m: None)
     assert len(every) == 9 and seen["icons"] == every

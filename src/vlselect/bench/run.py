@@ -40,12 +40,14 @@ from vlselect.errors import ConfigError, VlselectError
 
 DEFAULT_METHODS = (
     "random", "random_stratified", "length", "el2n", "perplexity", "semdedup", "d2pruning", "coincide", "icons",
-    "tive", "less", "coincide_icons", "icons_coincide",
+    "tive", "less", "coincide_icons", "icons_coincide", "less_tive",
 )
 #: vlselect's own composite methods (judged against every single method).
-COMPOSITES = ("coincide_icons", "icons_coincide")
+COMPOSITES = ("coincide_icons", "icons_coincide", "less_tive")
 #: methods that read the validation sets' gradients (their targets)
 VAL_METHODS = ("icons", "less", *COMPOSITES)
+#: methods that read TIVE's own gradients (self-attention LoRA only, tive.md §3)
+TIVE_GRADS = {"tive", "less_tive"}
 #: The name of the clean-pool reference run (not a method: it reads the world's answer-correctness metadata).
 CLEAN = "clean pool"
 #: The name of the zero-shot reference: the base model evaluated without any fine-tuning (what needs no data).
@@ -291,14 +293,14 @@ def run_bench(out: str | os.PathLike, config: BenchConfig | None = None, *,
         grad_recipe = {**warm_recipe, "dim": cfg.grad_dim}
         # TIVE's own features, gradients of the self-attention LoRA only (tive.md §3), come from the same forward
         # and backward pass as the every-LoRA gradients of ICONS and LESS (features.gradients.run_engines)
-        sets = ["lora", "self_attn"] if "tive" in cfg.methods else ["lora"]
+        sets = ["lora", "self_attn"] if TIVE_GRADS & set(cfg.methods) else ["lora"]
         gdir, _ = cache.run("gradients", {**grad_recipe, "params": sets},
                             lambda d: _gradients(cfg, base, warm["lora_dir"], pool_path, images,
                                                  {k: d / _GRAD_STORES[k] for k in sets}),
                             label="per-sample gradients of the pool" + (" (every LoRA, and TIVE's self-attention)"
                                                                          if len(sets) > 1 else ""))
         grads = FeatureStore.open(gdir / _GRAD_STORES["lora"])
-        if "tive" in cfg.methods:
+        if TIVE_GRADS & set(cfg.methods):
             tive_grads = FeatureStore.open(gdir / _GRAD_STORES["self_attn"])
         vdir, _ = cache.run("val_gradients", {**grad_recipe, **val_recipe},
                             lambda d: _val_gradients(cfg, base, warm["lora_dir"], valworld, d),
@@ -320,7 +322,7 @@ def run_bench(out: str | os.PathLike, config: BenchConfig | None = None, *,
         for m in methods:
             sel_recipe = {"method": m, "budgets": list(cfg.budgets), "seed": cfg.seed, "act": acts_stage,
                           "grad": cfg.grad_dim if m in grad_methods else None, "n_clusters": cfg.n_clusters,
-                          "grad_params": "self_attn" if m == "tive" else None,
+                          "grad_params": {"tive": "self_attn", "less_tive": "lora+self_attn"}.get(m),
                           "d2_score": cfg.d2_score if m == "d2pruning" else None}
             if m in VAL_METHODS and cfg.val_targets != "all":
                 sel_recipe["targets"] = targets
@@ -560,6 +562,8 @@ def _method_inputs(acts, grads, val_grads, pool, layout, tive_grads=None, aum=No
         vals = {f"val/{name}": st.array("gradients") for name, st in val_grads.items()}
         if m in ("icons", "less"):
             return {**train, **vals}, params
+        if m == "less_tive":  # LESS's mix from every LoRA's gradients, TIVE's instance values from its own
+            return {**train, "instance": (tive_grads or grads).array("gradients"), **vals}, params
         if m in COMPOSITES:
             params.update(n_clusters=k, num_layers=layout.get("num_layers"), hidden_size=layout.get("hidden_size"))
             return {"features": feats, **train, **vals}, params

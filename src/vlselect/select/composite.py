@@ -1,4 +1,4 @@
-"""vlselect's own composite methods: COINCIDE x ICONS, in both orders.
+"""vlselect's own composite methods: COINCIDE x ICONS, in both orders, and LESS x TIVE.
 
 ``coincide_icons``: COINCIDE's cluster budgets, ICONS's cross-task votes inside each cluster.
 ``icons_coincide``: ICONS's votes choose ``candidate_factor x budget`` candidates, COINCIDE picks among them.
@@ -9,6 +9,11 @@ ranks every row by how many target tasks it helps (the vote of per-task gradient
 its top rows can pile up in a few concepts. The composite keeps COINCIDE's per-cluster counts, so coverage and
 the cluster mix are COINCIDE's, and fills each cluster's count with the rows ICONS ranks highest in that cluster
 (more votes first, then the higher mean percentile rank across tasks, then the lower row index).
+
+``less_tive``: how many rows of each pool task to keep comes from the targets (every target task's LESS ranking,
+merged with an equal share per target), which rows of a task from TIVE's weighted sampling by within-task gradient
+agreement. A gradient top-k keeps the rows closest to the target's mean gradient, and in a pool of short answers
+those are the rows with one answer (``benchmarks/icons_answers.py``); TIVE's sampling keeps a task's spread.
 
 Pure function of arrays (DESIGN.md): ``features`` (COINCIDE activations), ``train`` and ``val/<task>`` (projected
 gradients, as ICONS takes them).
@@ -21,7 +26,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from vlselect.errors import SelectionError
-from vlselect.select.base import Budget, Param, Role, Selection, register_method
+from vlselect.select.base import Budget, Param, Role, Selection, factorize_labels, register_method, stable_order
 from vlselect.select.coincide import PARAMS as COINCIDE_PARAMS
 from vlselect.select.coincide import _fill_shortfall, allocate_budget, coincide_stages
 from vlselect.select.icons import icons_mean_rank, icons_targets, icons_task_scores, icons_votes
@@ -216,4 +221,127 @@ def icons_coincide(
             picked = cand[sel.indices]
         info = {"candidates": m, "n_clusters_used": None if m == b.count else k}
         out.append(Selection(picked, key.astype(np.float64), "icons_coincide", b, dict(params), seed, False, info))
+    return out
+
+
+def balanced_merge(scores: Mapping[str, np.ndarray], count: int) -> np.ndarray:
+    """``count`` rows taken in turns from several rankings: target tasks in sorted order, each adds its best row
+    not yet taken (score descending, ties by row index, NaN never), until ``count`` rows or none left. Every target
+    gets an equal share of the budget, whatever the scale of its scores (a ``max`` over targets hands the budget to
+    the target whose scores run highest)."""
+    names = sorted(scores)
+    if not names:
+        return np.zeros(0, dtype=np.int64)
+    orders = []
+    for t in names:
+        s = np.asarray(scores[t], dtype=np.float64)
+        keep = np.flatnonzero(np.isfinite(s))
+        orders.append(keep[np.lexsort((keep, -s[keep]))])
+    taken = np.zeros(np.asarray(scores[names[0]]).shape[0], dtype=bool)
+    out: list[int] = []
+    pos = [0] * len(names)
+    while len(out) < count:
+        moved = False
+        for i, order in enumerate(orders):
+            if len(out) >= count:
+                break
+            while pos[i] < order.size and taken[order[pos[i]]]:
+                pos[i] += 1
+            if pos[i] < order.size:
+                r = int(order[pos[i]])
+                taken[r] = True
+                out.append(r)
+                moved = True
+        if not moved:
+            break
+    return np.asarray(out, dtype=np.int64)
+
+
+@register_method(
+    "less_tive",
+    roles=[
+        Role("train", "projected training gradients, one row per pool row (as LESS)"),
+        Role("instance", "projected gradients for TIVE's instance values (TIVE: self-attention LoRA only); "
+             "default: train", required=False),
+        Role("val/*", "validation gradients of a target task: val/<task> or val/<task>/<sub> (as LESS)",
+             aligned=False),
+    ],
+    params=[
+        Param("merge", "balanced", str, "how the target tasks' LESS rankings make the task mix: 'balanced' (an "
+              "equal share of the budget per target, taken in turns) or 'max' (LESS's top-k by the best score)",
+              choices=("balanced", "max")),
+        Param("normalize", True, bool, "L2-normalise every gradient for the LESS scores (as LESS)"),
+        Param("q", 0.001, float, "TIVE's inverse temperature of the within-task softmax over instance values", gt=0),
+    ],
+    summary="vlselect composite: the task mix of the targets' LESS rankings, filled in each task by TIVE's "
+            "weighted sampling",
+    needs_tasks=True,
+    reference="vlselect (this package): LESS (specs/survey.md §5.2) x TIVE (specs/tive.md §5.3-5.4)",
+)
+def less_tive(
+    arrays: Mapping[str, np.ndarray],
+    tasks: np.ndarray | None,
+    budgets: Sequence[Budget],
+    *,
+    seed: int = 0,
+    strict_official: bool = False,
+    merge: str = "balanced",
+    normalize: bool = True,
+    q: float = 0.001,
+) -> list[Selection]:
+    """Select at one or more budgets.
+
+    1. Every target task scores every pool row as LESS does (cosine to the mean validation gradient, max over
+       sub-tasks; :func:`vlselect.select.less.less_scores`). ``merge="balanced"`` takes ``count`` rows in turns
+       from the targets' rankings (:func:`balanced_merge`); ``"max"`` takes LESS's own top ``count``.
+    2. Those rows only decide the *task mix*: ``k_t`` = how many of them belong to pool task ``t``.
+    3. Inside each task, ``k_t`` rows are drawn without replacement with TIVE's probabilities ``softmax(q · s_i)``
+       over its instance values (mean cosine to the task's rows, :func:`vlselect.select.tive.tive_instance_scores`
+       on ``instance``, or ``train``), one ``RandomState(seed)`` for all tasks, tasks in first-appearance order.
+
+    Returns
+    -------
+    list of Selection, rows grouped by task in that order, draw order inside; ``scores`` = instance values;
+    ``info["task_counts"]`` = rows per task; ``info["targets"]``.
+    """
+    from vlselect.select.less import _group_val, less_scores
+    from vlselect.select.tive import _choice, tive_instance_scores, tive_instance_weights, tive_tasks
+
+    if strict_official:
+        raise SelectionError("less_tive is vlselect's own method: it has no official code to be strict to")
+    if tasks is None:
+        raise SelectionError("less_tive needs task labels (its mix is per pool task); pass --pool FILE or "
+                             "--tasks TASKS.json")
+    train = arrays.get("train")
+    if train is None:
+        raise SelectionError("less_tive needs --input train=GRADS (and val/<task>, optionally instance=GRADS)")
+    val = _group_val(arrays)
+    if not val:
+        raise SelectionError("less_tive needs at least one validation input: --input val/TASK=PATH")
+    inst = arrays.get("instance", train)
+    n = int(train.shape[0])
+    if inst.shape[0] != n:
+        raise SelectionError(f"less_tive: instance has {inst.shape[0]} rows, train {n}; both must have one row per "
+                             "pool row")
+    per_target = less_scores(train, val, normalize=normalize)
+    labels = factorize_labels(tasks)
+    if labels[1].shape[0] != n:
+        raise SelectionError(f"less_tive: {labels[1].shape[0]} task labels for {n} rows; give one per pool row")
+    tt = tive_tasks(np.ones(n), labels, excluded_task=None)
+    scores, _ = tive_instance_scores(inst, tt.codes, len(tt.names), rows=tt.rows)
+    weights = [tive_instance_weights(scores[r], q) for r in tt.rows]
+    if merge == "max":
+        best = np.max(np.stack([per_target[t] for t in sorted(per_target)], axis=1), axis=1)
+        ranking = stable_order(best, descending=True)
+    params = {"merge": merge, "normalize": normalize, "q": q}
+    out: list[Selection] = []
+    for b in budgets:
+        mixed = ranking[: b.count] if merge == "max" else balanced_merge(per_target, b.count)
+        want = np.bincount(tt.codes[mixed], minlength=len(tt.names))
+        rng = np.random.RandomState(int(seed))
+        parts = [np.asarray(_choice(rng, r, int(k), w, scores[r], False), dtype=np.int64)
+                 for r, k, w in zip(tt.rows, want, weights)]
+        picked = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+        info = {"targets": sorted(per_target), "task_counts": {t: int(k) for t, k in zip(tt.names, want)}}
+        out.append(Selection(picked, scores.astype(np.float64), "less_tive", b, dict(params), seed, False, info))
     return out

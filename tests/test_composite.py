@@ -82,3 +82,76 @@ def test_icons_coincide_picks_among_icons_candidates_as_coincide_would(budget):
     [one] = run_method("icons_coincide", arrays, budget, params={"K": 12, "candidate_factor": 1.0, **LAYOUT})
     [ic] = run_method("icons", {k2: v for k2, v in arrays.items() if k2 != "features"}, budget)
     assert sorted(one.indices.tolist()) == sorted(ic.indices.tolist())
+
+
+# ------------------------------------------------------------------------------------------ less_tive
+
+
+def test_balanced_merge_takes_turns_by_hand():
+    from vlselect.select.composite import balanced_merge
+
+    a = np.array([9, 8, 7, 1, 0, 0], dtype=float)  # ranking 0, 1, 2, 3, 4, 5
+    b = np.array([9, 0, 1, 8, 7, 2], dtype=float)  # ranking 0, 3, 4, 5, 2, 1
+    # a: 0; b: 0 is taken -> 3; a: 1; b: 4; a: 2; b: 5
+    assert balanced_merge({"b": b, "a": a}, 5).tolist() == [0, 3, 1, 4, 2]
+    assert balanced_merge({"a": a, "b": b}, 6).tolist() == [0, 3, 1, 4, 2, 5]
+    b[5] = np.nan  # a NaN score is never a pick of that target; the other target still reaches the row
+    assert balanced_merge({"a": a, "b": b}, 6).tolist() == [0, 3, 1, 4, 2, 2 + 3]
+    assert balanced_merge({"a": a[:2], "b": b[:2]}, 5).tolist() == [0, 1]  # fewer rows than asked: all of them
+
+
+def _two_task_pool():
+    """Rows 0-3 task A, rows 4-7 task B. LESS gradients: A's rows point at target x exactly (cosine 1), B's close
+    to target y (cosine 0.958). Instance gradients of A: [1,0], [1,0], [0,1], [0.6,0.8] -> mean cosines with the
+    task's rows (itself included) 0.65, 0.65, 0.45, 0.75; of B: [1,0], [0.8,0.6], [0,1], [1,0] -> 0.7, 0.8, 0.4, 0.7."""
+    train = np.array([[1, 0]] * 4 + [[0.3, 1]] * 4, dtype=np.float32)
+    inst = np.array([[1, 0], [1, 0], [0, 1], [0.6, 0.8], [1, 0], [0.8, 0.6], [0, 1], [1, 0]], dtype=np.float32)
+    arrays = {"train": train, "instance": inst, "val/x": np.array([[2.0, 0.0]]), "val/y": np.array([[0.0, 3.0]])}
+    return arrays, np.array(["A"] * 4 + ["B"] * 4)
+
+
+def test_less_tive_mix_and_draws_by_hand():
+    arrays, tasks = _two_task_pool()
+    # balanced: x's best two rows are A's, y's best two are B's -> 2 + 2
+    [bal] = run_method("less_tive", arrays, 4, tasks=tasks, params={"q": 1e6})
+    assert bal.info["task_counts"] == {"A": 2, "B": 2} and bal.info["targets"] == ["x", "y"]
+    # max (LESS's top-k): A's cosine 1 beats B's 0.958 for all four places
+    [mx] = run_method("less_tive", arrays, 4, tasks=tasks, params={"q": 1e6, "merge": "max"})
+    assert mx.info["task_counts"] == {"A": 4, "B": 0} and sorted(mx.indices.tolist()) == [0, 1, 2, 3]
+    np.testing.assert_allclose(bal.scores[:4], [0.65, 0.65, 0.45, 0.75], atol=1e-6)
+    # q = 1e6: only the best row of a task keeps a weight; the rest follow by instance value, ties by row index
+    assert bal.indices[:2].tolist() == [3, 0]
+    np.testing.assert_allclose(bal.scores[4:], [0.7, 0.8, 0.4, 0.7], atol=1e-6)
+    assert bal.indices[2:].tolist() == [5, 4]  # 4 and 7 tie at 0.7: the lower row index
+
+
+def test_less_tive_with_the_default_q_draws_inside_the_mix_reproducibly():
+    rng = np.random.default_rng(0)
+    n = 300
+    tasks = np.array(["a", "b", "c"])[rng.integers(0, 3, n)]
+    arrays = {"train": rng.normal(size=(n, 8)), "val/p": rng.normal(size=(3, 8)), "val/q": rng.normal(size=(3, 8))}
+    sels = run_method("less_tive", arrays, [0.1, 0.3], tasks=tasks, seed=4)
+    again = run_method("less_tive", arrays, [0.1, 0.3], tasks=tasks, seed=4)
+    other = run_method("less_tive", arrays, [0.1, 0.3], tasks=tasks, seed=5)
+    [less] = run_method("less", arrays, 0.3)
+    for sel, same, diff in zip(sels, again, other):
+        idx = sel.indices
+        assert np.unique(idx).size == idx.size == sel.budget.count
+        assert idx.tolist() == same.indices.tolist() and idx.tolist() != diff.indices.tolist()
+        assert {t: int((tasks[idx] == t).sum()) for t in "abc"} == {t: sel.info["task_counts"][t] for t in "abc"}
+        assert sel.info["task_counts"] == diff.info["task_counts"]  # the mix does not depend on the seed
+    # the max merge keeps LESS's own per-task counts (LESS, a separate method, as the independent source)
+    [mx] = run_method("less_tive", arrays, 0.3, tasks=tasks, params={"merge": "max"})
+    assert mx.info["task_counts"] == {t: int((tasks[less.indices] == t).sum()) for t in "abc"}
+
+
+def test_less_tive_refuses_what_it_cannot_use():
+    from vlselect.errors import SelectionError
+
+    arrays, tasks = _two_task_pool()
+    with pytest.raises(SelectionError, match="task labels"):
+        run_method("less_tive", arrays, 4)
+    with pytest.raises(SelectionError, match="val/"):
+        run_method("less_tive", {"train": arrays["train"]}, 4, tasks=tasks)
+    with pytest.raises(SelectionError, match="no official code"):
+        run_method("less_tive", arrays, 4, tasks=tasks, strict_official=True)

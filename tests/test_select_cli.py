@@ -271,3 +271,33 @@ def test_pool_with_tasks_selects_on_the_given_labels_and_keeps_the_subset(work, 
                        "--out", str(work / "sel2")], capsys)
     assert code == 0, text
     assert np.array_equal(np.load(work / "sel2" / "indices.npy"), idx)  # the same labels, the same seed
+
+
+def test_less_tive_from_gradient_stores(work: Path, capsys):
+    """The composite from the command line: LESS's scores from one gradient store, TIVE's instance values from
+    another (its ``gradients`` array, with no ``:array`` given), the targets from a .npy; the same subset as the
+    Python API gives."""
+    from vlselect.pool import open_pool
+    from vlselect.select import run_method
+
+    fp = open_pool(work / "pool.json").fingerprint
+    rng = np.random.default_rng(3)
+    g, gi = rng.normal(size=(N, 6)).astype(np.float32), rng.normal(size=(N, 4)).astype(np.float32)
+    norms = np.abs(rng.normal(size=N)).astype(np.float32)
+    _store(work / "g", fp, {"gradients": g, "grad_norms": norms})
+    _store(work / "gi", fp, {"gradients": gi, "grad_norms": norms})
+    np.save(work / "vx.npy", rng.normal(size=(3, 6)).astype(np.float32))
+    np.save(work / "vy.npy", rng.normal(size=(2, 6)).astype(np.float32))
+    code, text = _run(["select", "less_tive", "--input", f"train={work / 'g'}", "--input", f"instance={work / 'gi'}",
+                       "--input", f"val/x={work / 'vx.npy'}", "--input", f"val/y={work / 'vy.npy'}",
+                       "--tasks", str(work / "tasks.json"), "--budget", "12", "--seed", "2", "--out", str(work / "o")],
+                      capsys)
+    assert code == 0, text
+    tasks = np.array(json.loads((work / "tasks.json").read_text()))
+    [want] = run_method("less_tive", {"train": g, "instance": gi, "val/x": np.load(work / "vx.npy"),
+                                      "val/y": np.load(work / "vy.npy")}, 12, tasks=tasks, seed=2)
+    got = np.load(work / "o" / "indices.npy")
+    assert got.tolist() == want.indices.tolist() and got.size == 12
+    m = json.loads((work / "o" / "manifest.json").read_text())
+    assert {t: c["subset"] for t, c in m["extra"]["task_counts"].items()} == want.info["task_counts"]
+    assert m["extra"]["inputs"]["instance"]["array"] == "gradients"

@@ -116,6 +116,11 @@ def test_composites_honour_the_mask_of_every_store(tmp_path):
         assert sel.count == int(0.25 * 36), name
         assert not {3, 8, 17, 30} & set(sel.indices.tolist()), name
         assert sel.info["excluded_rows"]["missing"] == 4
+    tasks = np.array(["a", "b", "c"])[np.arange(N) % 3]
+    with pytest.warns(RuntimeWarning, match="1 pool row"):  # row 8 of the train store (no activations read)
+        [sel] = run_method("less_tive", {k: v for k, v in inputs.items() if k != "features"}, 0.25, tasks=tasks)
+    assert sel.count == int(0.25 * 36) and 8 not in sel.indices.tolist()
+    assert sel.info["excluded_rows"]["missing"] == 1
 
 
 def test_random_and_length_with_a_store_mask_given_as_exclude(tmp_path):

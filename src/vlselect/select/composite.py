@@ -13,7 +13,8 @@ the cluster mix are COINCIDE's, and fills each cluster's count with the rows ICO
 ``less_tive``: how many rows of each pool task to keep comes from the targets (every target task's LESS ranking,
 merged with an equal share per target), which rows of a task from TIVE's weighted sampling by within-task gradient
 agreement. A gradient top-k keeps the rows closest to the target's mean gradient, and in a pool of short answers
-those are the rows with one answer (``benchmarks/icons_answers.py``); TIVE's sampling keeps a task's spread.
+those are the rows with one answer (``benchmarks/icons_answers.py``); a draw inside the task keeps its answers. At
+TIVE's q = 0.001 the weights of a task differ by at most 0.2%, so that draw is practically uniform.
 
 Pure function of arrays (DESIGN.md): ``features`` (COINCIDE activations), ``train`` and ``val/<task>`` (projected
 gradients, as ICONS takes them).
@@ -262,7 +263,7 @@ def balanced_merge(scores: Mapping[str, np.ndarray], count: int) -> np.ndarray:
     roles=[
         Role("train", "projected training gradients, one row per pool row (as LESS)"),
         Role("instance", "projected gradients for TIVE's instance values (TIVE: self-attention LoRA only); "
-             "default: train", required=False),
+             "default: train", required=False, store_arrays=("gradients",)),
         Role("val/*", "validation gradients of a target task: val/<task> or val/<task>/<sub> (as LESS)",
              aligned=False),
     ],

@@ -104,7 +104,7 @@ class BenchConfig:
     methods: tuple[str, ...] = DEFAULT_METHODS
     budgets: tuple[float, ...] = (0.05, 0.1, 0.2)
     seeds: tuple[int, ...] = (0, 1, 2)
-    seed_budgets: tuple[float, ...] = (0.1, 0.2)
+    seed_budgets: tuple[float, ...] = (0.05, 0.1, 0.2)
     epochs: int = 1
     lr: float = 1e-3
     learned_margin: float = 10.0

@@ -1,5 +1,5 @@
 """Reading a ``vlselect bench`` run's cache from the benchmark scripts (``icons_anatomy.py``, ``subset_profile.py``,
-``icons_answers.py``, ``task_mix_probe.py``)."""
+``icons_answers.py``, ``task_mix_probe.py``, ``more_seeds.py``)."""
 
 from __future__ import annotations
 
@@ -24,3 +24,31 @@ def method_selection(cache: Path, method: str) -> Path:
         raise SystemExit(f"{cache}: expected one finished selection of {method}, found {len(found)}: "
                          f"{[p.name for p in found]}; pass the bench folder of one run that included {method}")
     return found[0]
+
+
+def bench_run(bench: Path) -> tuple[dict, "object", dict]:
+    """A finished bench's ``results.json``, its :class:`~vlselect.bench.run.BenchConfig`, and its identity: the
+    folder, the md5 of ``results.json`` (a rerun of the bench into that folder changes it) and vlselect's code
+    version. A result a script makes from the bench records the identity and is reused only on an exact match."""
+    import hashlib
+
+    from vlselect.artifact import code_version
+    from vlselect.bench.run import BenchConfig
+
+    raw = (bench / "results.json").read_bytes()
+    res = json.loads(raw)
+    cfg = BenchConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in res["config"].items()})
+    ident = {"bench": str(bench.resolve()), "results_md5": hashlib.md5(raw).hexdigest(), "code": code_version()}
+    return res, cfg, ident
+
+
+def train_job(cfg, cache: Path, indices: Path, seed: int, out: Path) -> dict:
+    """The bench's own training + evaluation job (``vlselect.bench.run._train_and_eval``) for one subset and seed:
+    its world, its warm-up's base model, its evaluation sets and its recipe."""
+    world = one_stage(cache, "world") / "w"
+    base = json.loads((one_stage(cache, "warmup") / "done.json").read_text())["result"]["base_model"]
+    return {"out": str(out), "base": base, "pool": str(world / "pool.json"), "images": str(world / "images"),
+            "eval_files": sorted(str(p) for p in (world / "eval").glob("*.json")), "indices": str(indices),
+            "r": cfg.lora_r, "lr": cfg.lr, "epochs": cfg.epochs, "batch_size": cfg.batch_size,
+            "length_group": cfg.length_group, "seed": seed, "max_new_tokens": cfg.max_new_tokens,
+            "adapter": cfg.adapter, "modules_to_save": list(cfg.modules_to_save), "zero_shot": False}

@@ -9,8 +9,8 @@ order), never the subset. It prints each method's relative performance over the 
 side by side, and writes ``summary.json``.
 
 Runs go to ``--out`` (default ``OUT/more_seeds``), one folder per method, budget and seed, each with the recipe it
-was made from (``job.json``: the bench, the method, the budget, the seed and the md5 of the indices file); a
-finished run with the same recipe is reused, any other is refused with the fix, an unfinished one starts over.
+was made from (``job.json``: the bench folder, the md5 of its ``results.json`` and vlselect's code version, the
+method, the budget, the seed and the md5 of the indices file); a finished run with the same recipe is reused, any other is refused with the fix, an unfinished one starts over.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from _bench_cache import method_selection, one_stage  # a sibling module: the scripts run from benchmarks/
+from _bench_cache import bench_run, method_selection, train_job  # a sibling module: the scripts run from benchmarks/
 
 
 def main(argv=None) -> int:
@@ -37,10 +37,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, help="where the runs go (default BENCH/more_seeds)")
     args = ap.parse_args(argv)
 
-    from vlselect.bench.run import BenchConfig, _train_and_eval
+    from vlselect.bench.run import _train_and_eval
 
-    res = json.loads((args.bench / "results.json").read_text())
-    cfg = BenchConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in res["config"].items()})
+    res, cfg, ident = bench_run(args.bench)
     if args.budget not in cfg.budgets:
         sys.exit(f"--budget {args.budget} is not a budget of {args.bench} ({', '.join(map(str, cfg.budgets))})")
     methods = [m for m in args.methods.split(",") if m]
@@ -55,9 +54,6 @@ def main(argv=None) -> int:
         sys.exit(f"{args.bench}: no row for {', '.join(missing)} at {args.budget}; fix: name methods of that bench")
     cache = args.bench / "cache"
     ref, counted = res["reference"]["scores"], res["relative_sets"]
-    world = one_stage(cache, "world") / "w"
-    base = json.loads((one_stage(cache, "warmup") / "done.json").read_text())["result"]["base_model"]
-    evals = sorted(str(p) for p in (world / "eval").glob("*.json"))
     out = args.out or args.bench / "more_seeds"
 
     def rel(scores: dict) -> float:
@@ -69,8 +65,7 @@ def main(argv=None) -> int:
         md5 = hashlib.md5(idx.read_bytes()).hexdigest()
         for seed in seeds:
             folder = out / f"{m}_{args.budget:g}_{seed}"
-            recipe = {"bench": str(args.bench.resolve()), "method": m, "budget": args.budget, "seed": seed,
-                      "indices_md5": md5}
+            recipe = {**ident, "method": m, "budget": args.budget, "seed": seed, "indices_md5": md5}
             if (folder / "job.json").exists():
                 had = json.loads((folder / "job.json").read_text())
                 if had != recipe:
@@ -82,12 +77,7 @@ def main(argv=None) -> int:
                 shutil.rmtree(folder)
             folder.mkdir(parents=True)
             (folder / "job.json").write_text(json.dumps(recipe, indent=1))
-            jobs.append((m, seed, folder, {
-                "out": str(folder / "run"), "base": base, "pool": str(world / "pool.json"),
-                "images": str(world / "images"), "eval_files": evals, "indices": str(idx), "r": cfg.lora_r,
-                "lr": cfg.lr, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "length_group": cfg.length_group,
-                "seed": seed, "max_new_tokens": cfg.max_new_tokens, "adapter": cfg.adapter,
-                "modules_to_save": list(cfg.modules_to_save), "zero_shot": False}))
+            jobs.append((m, seed, folder, train_job(cfg, cache, idx, seed, folder / "run")))
     if jobs:
         with ProcessPoolExecutor(cfg.jobs, mp_context=mp.get_context("spawn")) as ex:
             futs = [(m, seed, folder, ex.submit(_train_and_eval, job)) for m, seed, folder, job in jobs]

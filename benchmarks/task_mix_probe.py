@@ -26,7 +26,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from _bench_cache import method_selection, one_stage  # a sibling module: the scripts run from benchmarks/
+from _bench_cache import bench_run, method_selection, one_stage, train_job  # a sibling module: the scripts run from benchmarks/
 
 
 def main(argv=None) -> int:
@@ -38,16 +38,17 @@ def main(argv=None) -> int:
     ap.add_argument("--draw-seed", type=int, default=0, help="seed of the weighted draws inside each task")
     args = ap.parse_args(argv)
 
-    from vlselect.bench.run import BenchConfig, _train_and_eval
+    from vlselect.bench.run import _train_and_eval
     from vlselect.features.store import FeatureStore
     from vlselect.select import run_method
     from vlselect.select.tive import tive_instance_weights
 
     cache = args.bench / "cache"
     out = args.out or args.bench / (f"task_mix_probe-{args.mix}" + (f"-draw{args.draw_seed}" if args.draw_seed else ""))
-    # the folder is this probe's alone: another bench, mix, q or draw seed is refused (never mixed with its subsets
+    # the folder is this probe's alone: another bench (or a rerun of it, or other code), mix, q or draw seed is refused (never mixed with its subsets
     # and runs); the same probe already finished is shown, not rerun; an unfinished one starts over
-    probe = {"bench": str(args.bench.resolve()), "mix": args.mix, "q": args.q, "draw_seed": args.draw_seed}
+    res, cfg, ident = bench_run(args.bench)
+    probe = {**ident, "mix": args.mix, "q": args.q, "draw_seed": args.draw_seed}
     if (out / "probe.json").exists():
         had = json.loads((out / "probe.json").read_text())
         if had != probe:
@@ -61,8 +62,6 @@ def main(argv=None) -> int:
         shutil.rmtree(out)
     out.mkdir(parents=True)
     (out / "probe.json").write_text(json.dumps(probe, indent=1))
-    res = json.loads((args.bench / "results.json").read_text())
-    cfg = BenchConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in res["config"].items()})
     ref, counted = res["reference"]["scores"], res["relative_sets"]
     world = one_stage(cache, "world") / "w"
     pool = json.loads((world / "pool.json").read_text())
@@ -72,8 +71,6 @@ def main(argv=None) -> int:
                       tasks=tasks, seed=cfg.seed)
     scores = np.asarray(tive[0].scores, dtype=float)  # instance values (NaN for rows that take no part)
     mix_dir = method_selection(cache, args.mix)
-    base = json.loads((one_stage(cache, "warmup") / "done.json").read_text())["result"]["base_model"]
-    evals = sorted(str(p) for p in (world / "eval").glob("*.json"))
     jobs = []
     for b in cfg.budgets:
         mix = np.load(mix_dir / f"indices_{b}.npy")
@@ -92,12 +89,7 @@ def main(argv=None) -> int:
         u, n = np.unique(tasks[idx], return_counts=True)
         print(f"{b:g}: {idx.size} rows; " + ", ".join(f"{a} {c}" for a, c in zip(u.tolist(), n.tolist())), flush=True)
         for seed in (cfg.seeds if b in cfg.seed_budgets else cfg.seeds[:1]):
-            jobs.append((b, seed, {
-                "out": str(out / f"run_{b}_{seed}"), "base": base, "pool": str(world / "pool.json"),
-                "images": str(world / "images"), "eval_files": evals, "indices": str(path), "r": cfg.lora_r,
-                "lr": cfg.lr, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "length_group": cfg.length_group,
-                "seed": seed, "max_new_tokens": cfg.max_new_tokens, "adapter": cfg.adapter,
-                "modules_to_save": list(cfg.modules_to_save), "zero_shot": False}))
+            jobs.append((b, seed, train_job(cfg, cache, path, seed, out / f"run_{b}_{seed}")))
 
     def rel(s: dict) -> float:
         return float(np.mean([s[k] / ref[k] * 100 for k in counted]))

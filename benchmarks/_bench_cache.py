@@ -12,7 +12,8 @@ def one_stage(cache: Path, prefix: str) -> Path:
     found = sorted(p for p in cache.glob(f"{prefix}-*") if (p / "done.json").exists())
     if len(found) != 1:
         raise SystemExit(f"{cache}: expected one finished {prefix}-* stage, found {len(found)}: "
-                         f"{[p.name for p in found]}; pass the bench folder of one run")
+                         f"{[p.name for p in found]}; pass the bench folder of one run (of a several-world run: "
+                         "its OUT/world-N folder)")
     return found[0]
 
 
@@ -37,6 +38,9 @@ def bench_run(bench: Path) -> tuple[dict, "object", dict]:
 
     raw = (bench / "results.json").read_bytes()
     res = json.loads(raw)
+    if "worlds" in res:
+        raise SystemExit(f"{bench}: a mean over worlds {res['worlds']}; pass one world's folder "
+                         f"({', '.join(str(bench / f) for f in res['world_folders'])})")
     cfg = BenchConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in res["config"].items()})
     ident = {"bench": str(bench.resolve()), "results_md5": hashlib.md5(raw).hexdigest(), "code": code_version()}
     return res, cfg, ident

@@ -206,7 +206,19 @@ def test_targets_are_judged_from_the_rows():
     assert got["coincide_icons beats every single method at 5%"] is True  # 81 > random 80
     assert got["coincide_icons beats every single method at 10%"] is True  # 96 > icons 95
     assert got["coincide_icons beats every single method at 20%"] is False  # 98.5 < icons 99
-    assert got["random at 5% clearly below the full pool (<= 95)"] is True
+    assert got["random keeps at most 85% of the full pool at 5%"] is True  # 80
+    assert got["random keeps 88-97% of the full pool at 20%"] is True  # 90
+    assert "the full pool learns at least 7 evaluation sets" not in got  # no learned sets in the input: not judged
+    rows[0]["relative_mean"], rows[2]["relative_mean"] = 85.5, 97.5
+    seven = {"learned_sets": list("abcdefg")}
+    got = {t["target"]: t["met"] for t in check_targets({"rows": rows, **seven})}
+    assert got["random keeps at most 85% of the full pool at 5%"] is False  # 85.5
+    assert got["random keeps 88-97% of the full pool at 20%"] is False  # 97.5: above the band
+    assert got["the full pool learns at least 7 evaluation sets"] is True
+    per_world = {"learned_per_world": [list("abcdefg"), list("abcdef")]}  # every world must learn seven
+    got = {t["target"]: t["met"] for t in check_targets({"rows": rows[1:], **per_world})}
+    assert got["the full pool learns at least 7 evaluation sets"] is False
+    assert got["random keeps at most 85% of the full pool at 5%"] is None  # no 5% row (the quick form)
 
 
 def test_generation_length_covers_every_evaluation_answer(tmp_path):
@@ -240,7 +252,9 @@ def test_bench_command_passes_the_fine_tuning_batch_size(tmp_path, monkeypatch):
 
     seen = []
     monkeypatch.setattr(vb, "run_bench", lambda out, cfg, overwrite=False: seen.append(cfg) or {})
+    monkeypatch.setattr(vb, "run_worlds", lambda out, cfg, worlds, overwrite=False: seen.append(cfg) or {})
     monkeypatch.setattr(rc, "print_results", lambda results, console: None)
+    monkeypatch.setattr(rc, "print_worlds", lambda results, console: None)
     runner = CliRunner()
     for args, want in (([], 8), (["--batch-size", "32"], 32), (["--quick", "--batch-size", "4"], 4)):
         res = runner.invoke(app, ["bench", "--out", str(tmp_path / "b"), *args])
@@ -314,7 +328,9 @@ def test_bench_command_passes_the_validation_targets(tmp_path, monkeypatch):
 
     seen = []
     monkeypatch.setattr(vb, "run_bench", lambda out, cfg, overwrite=False: seen.append(cfg) or {})
+    monkeypatch.setattr(vb, "run_worlds", lambda out, cfg, worlds, overwrite=False: seen.append(cfg) or {})
     monkeypatch.setattr(rc, "print_results", lambda results, console: None)
+    monkeypatch.setattr(rc, "print_worlds", lambda results, console: None)
     runner = CliRunner()
     for args, want in (([], "counted"), (["--val-targets", "all"], "all")):
         res = runner.invoke(app, ["bench", "--out", str(tmp_path / "b"), *args])

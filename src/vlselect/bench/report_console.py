@@ -63,3 +63,50 @@ def print_results(results: dict[str, Any], console: Console) -> None:
             mark = {True: "[green]yes[/]", False: "[red]no[/]", None: "[dim]–[/]"}[x["met"]]
             t2.add_row(x["target"], mark, x["detail"])
         console.print(t2)
+
+
+def print_worlds(combined: dict[str, Any], console: Console) -> None:
+    """The mean over worlds (:func:`vlselect.bench.worlds.combine_worlds`): per method and budget the mean relative
+    performance and each world's value, the full pool's learned sets per world, then the targets on the means."""
+    if not console.is_terminal and console.width < 160:
+        console = Console(width=160)
+    rows, seeds = combined["rows"], combined["worlds"]
+    budgets = sorted({r["budget"] for r in rows})
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    t = Table(title=f"relative performance (% of each world's full pool): mean of worlds {', '.join(map(str, seeds))} "
+                    f"(each world's value in brackets)", title_justify="left")
+    t.add_column("method")
+    for b in budgets:
+        t.add_column(f"{b * 100:g}%", justify="right")
+    best = {b: max((r["relative_mean"] for r in rows if r["budget"] == b), default=None) for b in budgets}
+    for m in methods:
+        cells = []
+        for b in budgets:
+            r = next((r for r in rows if r["method"] == m and r["budget"] == b), None)
+            if r is None:
+                cells.append("–")
+                continue
+            txt = f"{r['relative_mean']:.1f} ({' / '.join(f'{v:.1f}' for v in r['relative_per_world'])})"
+            cells.append(f"[bold green]{txt}[/]" if r["relative_mean"] == best[b] else txt)
+        t.add_row(m, *cells)
+    console.print(t)
+    zs = combined.get("zero_shot")
+    if zs:
+        console.print(f"[dim]the base model without fine-tuning (zero-shot): {zs['relative']:.1f}% of the full pool "
+                      f"({' / '.join(f'{v:.1f}' for v in zs['relative_per_world'])})[/]")
+    for s, learned, folder in zip(seeds, combined["learned_per_world"], combined["world_folders"]):
+        console.print(f"world {s}: the full pool learns {len(learned)} sets ({', '.join(learned)}); its table, "
+                      f"intervals over seeds and report: {folder}/")
+    for note in combined.get("notes", []):
+        if not note.startswith("Target"):
+            console.print(f"[dim]{note}[/]")
+    targets = combined.get("targets") or []
+    if targets:
+        t2 = Table(title="targets, on the mean of the worlds", title_justify="left")
+        t2.add_column("target")
+        t2.add_column("met")
+        t2.add_column("numbers")
+        for x in targets:
+            mark = {True: "[green]yes[/]", False: "[red]no[/]", None: "[dim]–[/]"}[x["met"]]
+            t2.add_row(x["target"], mark, x["detail"])
+        console.print(t2)

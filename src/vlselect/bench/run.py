@@ -38,9 +38,18 @@ from vlselect.artifact import atomic_open, atomic_save_npy, atomic_write_json
 from vlselect.bench.stages import StageCache, measure
 from vlselect.errors import ConfigError, VlselectError
 
-DEFAULT_METHODS = (
+#: Every method the bench knows (``vlselect bench --methods all``).
+ALL_METHODS = (
     "random", "random_stratified", "length", "el2n", "perplexity", "semdedup", "d2pruning", "coincide", "icons",
     "tive", "less", "coincide_icons", "icons_coincide", "less_tive",
+)
+#: The bench's default: the methods the targets judge, the baselines they are judged against, LESS and the
+#: composites. Length, EL2N, perplexity, SemDeDup and D2-Pruning scored below random at every budget in both
+#: worlds measured (benchmarks/RESULTS.md, "A second world"); they cost a third of a world's training time, which
+#: the full bench now spends on a second world. ``--methods all`` runs them too.
+DEFAULT_METHODS = (
+    "random", "random_stratified", "coincide", "icons", "tive", "less", "coincide_icons", "icons_coincide",
+    "less_tive",
 )
 #: vlselect's own composite methods (judged against every single method).
 COMPOSITES = ("coincide_icons", "icons_coincide", "less_tive")
@@ -678,13 +687,27 @@ def learned_sets(reference: dict[str, float], chance: dict[str, float], margin: 
 
 def check_targets(results: dict[str, Any], composites: Sequence[str] = COMPOSITES,
                   named: Sequence[str] = ("coincide", "icons", "tive")) -> list[dict[str, Any]]:
-    """The issue's targets, judged on a results dict: each named method above random at 10% and 20%; the best
-    method at 20% at >= 98% of the full pool; each composite above every single (non-composite) method at every
-    budget; random at the smallest budget clearly (<= 95) below the full pool. Each item: ``{"target", "met",
-    "detail"}``; a target whose rows are missing is ``met: None``."""
+    """The issue's targets (issue 12), judged on a results dict: the full pool learns at least 7 evaluation sets
+    (``learned_sets``, or in every world of ``learned_per_world``); random keeps 88-97% of the full pool at 20% and
+    at most 85% at 5%; each named method above random at 10% and 20%; the best method at 20% at >= 98% of the
+    full pool; each composite above every single (non-composite) method at every budget. The wall-time targets
+    are judged in benchmarks/RESULTS.md (a run's time depends on the machine and on its cache). Each item:
+    ``{"target", "met", "detail"}``; a target whose rows are missing is ``met: None`` (e.g. random at 5% in the
+    quick form, which has no 5% budget)."""
     rows = {(r["method"], r["budget"]): r["relative_mean"] for r in results.get("rows", [])}
     budgets = sorted({b for _, b in rows})
     out: list[dict[str, Any]] = []
+    learned = results.get("learned_per_world") or ([results["learned_sets"]] if "learned_sets" in results else None)
+    if learned is not None:
+        n = min(len(x) for x in learned)
+        out.append({"target": "the full pool learns at least 7 evaluation sets", "met": bool(n >= 7),
+                    "detail": " / ".join(str(len(x)) for x in learned)
+                    + (" per world" if len(learned) > 1 else "") + f" ({', '.join(learned[0])})"})
+    for b, lo, hi in ((0.2, 88.0, 97.0), (0.05, None, 85.0)):
+        v = rows.get(("random", b))
+        out.append({"target": f"random keeps {f'{lo:g}-' if lo else 'at most '}{hi:g}% of the full pool at {b:.0%}",
+                    "met": None if v is None else bool((lo is None or v >= lo) and v <= hi),
+                    "detail": "" if v is None else f"{v:.1f}"})
     for m in named:
         for b in (0.1, 0.2):
             a, r = rows.get((m, b)), rows.get(("random", b))
@@ -706,10 +729,6 @@ def check_targets(results: dict[str, Any], composites: Sequence[str] = COMPOSITE
             top = max(others, key=others.get)
             out.append({"target": f"{composite} beats every single method at {b:.0%}", "met": bool(c > others[top]),
                         "detail": f"{c:.1f} vs {top} {others[top]:.1f}"})
-    if budgets and ("random", budgets[0]) in rows:
-        v = rows[("random", budgets[0])]
-        out.append({"target": f"random at {budgets[0]:.0%} clearly below the full pool (<= 95)", "met": bool(v <= 95),
-                    "detail": f"{v:.1f}"})
     return out
 
 

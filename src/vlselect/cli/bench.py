@@ -13,12 +13,19 @@ def register(app: typer.Typer) -> None:
     def bench(
         out: Path = typer.Option(Path("bench-out"), "--out", help="Output folder (cache/, results.json/.csv, report.html)."),
         quick: bool = typer.Option(False, "--quick", help="The quick form (a 4,000-record world, 100 samples per evaluation set, budgets 10% and 20%, 1 seed; about 6 minutes on 2 cores, the same as `vlselect demo`)."),
-        methods: str = typer.Option("", "--methods", help="Comma list of methods (default: every built-in one)."),
+        methods: str = typer.Option("", "--methods", help="Comma list of methods, or all (default: random, "
+                                    "random_stratified, coincide, icons, tive, less and the composites; all adds length, "
+                                    "el2n, perplexity, semdedup and d2pruning)."),
         budgets: str = typer.Option("", "--budgets", help="Comma list of fractions (default 0.05,0.1,0.2; quick 0.1,0.2)."),
         seeds: str = typer.Option("", "--seeds", help="Comma list of training seeds (default 0,1,2; quick 0)."),
         size: Optional[int] = typer.Option(None, "--size", help="World size (default 10000; quick 4000)."),
         jobs: int = typer.Option(2, "--jobs", help="Training/evaluation workers side by side (one thread each)."),
-        seed: int = typer.Option(0, "--seed", help="Seed of the world, the model and the selections."),
+        worlds: str = typer.Option("", "--worlds", help="Comma list of world seeds (default 0,1; quick 0). Each "
+                                   "world is a whole bench in OUT/world-<seed>/ (its own pool, evaluation and "
+                                   "validation questions, warm-up and selection seed); OUT/results.json is their "
+                                   "mean, on which the targets are judged. One world writes straight into OUT."),
+        seed: Optional[int] = typer.Option(None, "--seed", help="One world: the seed of the world, the model and "
+                                           "the selections (the same as --worlds SEED)."),
         d2_score: str = typer.Option("margin", "--d2-score", help="D2-Pruning's score: margin (one-checkpoint "
                                      "probability margin, as COINCIDE's score_aum.py) or aum (area under the margin "
                                      "while fine-tuning on the whole pool: one more training run)."),
@@ -47,8 +54,9 @@ def register(app: typer.Typer) -> None:
         """
         from rich.console import Console
 
-        from vlselect.bench import BenchConfig, run_bench
-        from vlselect.bench.report_console import print_results
+        import vlselect.bench as vb
+        import vlselect.bench.report_console as rc
+        from vlselect.bench import BenchConfig
 
         if d2_score not in ("margin", "aum"):
             from vlselect.errors import ConfigError
@@ -66,11 +74,31 @@ def register(app: typer.Typer) -> None:
             from vlselect.errors import ConfigError
 
             raise ConfigError(f"--length-group {length_group}: 0 (off) or a number of steps")
-        over: dict = {"jobs": jobs, "seed": seed, "d2_score": d2_score, "base": base, "adapter": adapter,
+        from vlselect.bench.worlds import DEFAULT_WORLDS
+
+        if seed is not None and worlds:
+            from vlselect.errors import ConfigError
+
+            raise ConfigError(f"--seed {seed} and --worlds {worlds}: give one (--seed S is --worlds S)")
+        try:
+            world_seeds = ([seed] if seed is not None else
+                           [int(w) for w in worlds.split(",") if w.strip()] if worlds else
+                           [0] if quick else list(DEFAULT_WORLDS))
+        except ValueError:
+            from vlselect.errors import ConfigError
+
+            raise ConfigError(f"--worlds {worlds!r}: give world seeds as integers, e.g. --worlds 0,1") from None
+        if not world_seeds or len(set(world_seeds)) != len(world_seeds):
+            from vlselect.errors import ConfigError
+
+            raise ConfigError(f"--worlds {worlds!r}: give one or more different world seeds, e.g. --worlds 0,1")
+        over: dict = {"jobs": jobs, "seed": world_seeds[0], "d2_score": d2_score, "base": base, "adapter": adapter,
                       "length_group": length_group, "batch_size": batch_size, "val_targets": val_targets}
         if base == "captions":  # the earlier recipe: the random vision tower is trained in every run
             over["modules_to_save"] = ("vision_tower",)
-        if methods:
+        if methods.strip() == "all":
+            over["methods"] = vb.ALL_METHODS
+        elif methods:
             over["methods"] = tuple(m.strip() for m in methods.split(",") if m.strip())
         if budgets:
             over["budgets"] = tuple(float(b) for b in budgets.split(",") if b.strip())
@@ -79,6 +107,10 @@ def register(app: typer.Typer) -> None:
         if size:
             over["size"] = size
         cfg = BenchConfig.quick(**over) if quick else BenchConfig(**over)
-        results = run_bench(out, cfg, overwrite=overwrite)
-        print_results(results, Console())
+        if len(world_seeds) == 1:
+            results = vb.run_bench(out, cfg, overwrite=overwrite)
+            rc.print_results(results, Console())
+        else:
+            results = vb.run_worlds(out, cfg, world_seeds, overwrite=overwrite)
+            rc.print_worlds(results, Console())
         Console().print(f"\nreport: {out / 'report.html'}  ·  table: {out / 'results.csv'}")

@@ -1,0 +1,158 @@
+"""The benchmark over several worlds: the mean table, its refusals, its files and the command's world seeds.
+
+The mean is checked against numbers worked by hand, not against the code's own arithmetic."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+from vlselect.bench import BenchConfig, combine_worlds
+from vlselect.errors import ConfigError
+
+
+def _world(seed: int, rel: dict, learned=("color", "count"), zero=40.0) -> dict:
+    """A finished single-world results dict as run_bench writes it (the fields combine_worlds reads)."""
+    from dataclasses import asdict
+
+    cfg = asdict(BenchConfig(seed=seed))
+    return {"config": cfg, "sets": ["color", "count", "exist"], "chance": {"color": 20.0, "count": 25.0, "exist": 66.7},
+            "learned_sets": list(learned), "relative_sets": list(learned),
+            "reference": {"label": "full pool", "scores": {"color": 60.0 + seed, "count": 50.0, "exist": 50.0},
+                          "per_seed": []},
+            "zero_shot": {"scores": {"color": 20.0, "count": 30.0, "exist": 40.0}, "relative": zero},
+            "rows": [{"method": m, "budget": b, "n_seeds": 3, "relative_mean": v, "relative_low": v - 5,
+                      "relative_high": v + 5, "scores": {"color": v / 2, "count": 10.0, "exist": 0.0}}
+                     for (m, b), v in rel.items()],
+            "costs": [{"stage": "train+eval random", "seconds": 10.0 + seed, "peak_rss_mb": 600.0 + seed, "runs": 9,
+                       "cached": 0}],
+            "wall_seconds": 100.0, "targets": [], "failures": []}
+
+
+W0 = {("random", 0.05): 70.0, ("random", 0.1): 80.0, ("random", 0.2): 90.0, ("icons", 0.1): 75.0,
+      ("icons", 0.2): 99.0, ("coincide_icons", 0.05): 72.0}
+W1 = {("random", 0.05): 76.0, ("random", 0.1): 78.0, ("random", 0.2): 86.0, ("icons", 0.1): 89.0,
+      ("icons", 0.2): 97.0, ("coincide_icons", 0.05): 80.0}
+
+
+def test_mean_over_worlds_by_hand():
+    c = combine_worlds([_world(0, W0), _world(1, W1)])
+    rows = {(r["method"], r["budget"]): r for r in c["rows"]}
+    assert rows[("random", 0.2)]["relative_mean"] == pytest.approx(88.0)  # (90 + 86) / 2
+    assert rows[("icons", 0.1)]["relative_mean"] == pytest.approx(82.0)  # (75 + 89) / 2
+    assert rows[("icons", 0.1)]["relative_per_world"] == [75.0, 89.0]
+    assert rows[("icons", 0.1)]["relative_low"] is None  # no interval over two worlds
+    assert c["worlds"] == [0, 1] and c["world_folders"] == ["world-0", "world-1"]
+    assert c["reference"]["scores"]["color"] == pytest.approx(60.5)  # (60 + 61) / 2
+    assert c["zero_shot"]["relative"] == pytest.approx(40.0)
+    assert c["costs"] == [{"stage": "train+eval random", "seconds": 21.0, "peak_rss_mb": 601.0, "runs": 18,
+                           "cached": 0}]
+    got = {t["target"]: t for t in c["targets"]}
+    # judged on the means: icons 82 vs random 79 at 10% (world 0 alone: 75 vs 80, not met)
+    assert got["icons above random at 10%"]["met"] is True and got["icons above random at 10%"]["detail"] == "82.0 vs 79.0"
+    assert got["random keeps 88-97% of the full pool at 20%"]["met"] is True  # 88.0, the band's edge
+    assert got["random keeps at most 85% of the full pool at 5%"]["met"] is True  # 73.0
+    assert got["coincide_icons beats every single method at 5%"]["met"] is True  # 76.0 vs random 73.0
+    assert got["the full pool learns at least 7 evaluation sets"]["met"] is False
+    assert got["the full pool learns at least 7 evaluation sets"]["detail"].startswith("2 / 2 per world")
+
+
+def test_worlds_that_differ_in_more_than_the_seed_are_refused():
+    a, b = _world(0, W0), _world(1, W1)
+    b["config"]["lr"] = 3e-4
+    with pytest.raises(ConfigError, match="world-1: its recipe differs from world-0's in lr"):
+        combine_worlds([a, b])
+    with pytest.raises(ConfigError, match="same world"):
+        combine_worlds([_world(0, W0), _world(0, W1)])
+    with pytest.raises(ConfigError, match="at least two"):
+        combine_worlds([_world(0, W0)])
+
+
+def test_a_row_missing_from_one_world_is_left_out_and_named():
+    w1 = dict(W1)
+    del w1[("icons", 0.2)]  # e.g. its selection failed in world 1
+    c = combine_worlds([_world(0, W0), _world(1, w1, learned=("color",))])
+    assert ("icons", 0.2) not in {(r["method"], r["budget"]) for r in c["rows"]}
+    assert c["incomplete"] == [{"method": "icons", "budget": 0.2, "worlds": [0]}]
+    assert any("icons at 20% is missing from some worlds" in n for n in c["notes"])
+    assert any("count different evaluation sets" in n for n in c["notes"])
+    assert c["relative_sets"] == ["color", "count"] and c["learned_sets"] == ["color"]
+
+
+def test_run_worlds_writes_each_world_and_the_mean(tmp_path, monkeypatch):
+    import vlselect.bench.worlds as bw
+
+    seen = []
+
+    def fake_run_bench(out, cfg, log=None, command=None, overwrite=False):
+        seen.append((out, cfg.seed))
+        return _world(cfg.seed, {0: W0, 3: W1}[cfg.seed])
+
+    monkeypatch.setattr(bw, "run_bench", fake_run_bench)
+    c = bw.run_worlds(tmp_path / "b", BenchConfig(), [0, 3], log=lambda m: None)
+    assert seen == [(tmp_path / "b" / "world-0", 0), (tmp_path / "b" / "world-3", 3)]
+    saved = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert saved["worlds"] == [0, 3] and saved["rows"] == json.loads(json.dumps(c["rows"]))
+    csv_rows = (tmp_path / "b" / "results.csv").read_text().splitlines()
+    assert csv_rows[0].startswith("method,budget,relative_mean,world_0,world_3,color")
+    assert any(r.startswith("random,0.2,88.00,90.00,86.00,") for r in csv_rows)  # mean, world 0, world 3
+    assert "mean of 2 worlds" in (tmp_path / "b" / "report.html").read_text()
+    with pytest.raises(ConfigError, match="at least two different"):
+        bw.run_worlds(tmp_path / "c", BenchConfig(), [2, 2], log=lambda m: None)
+
+
+def test_bench_command_runs_two_worlds_by_default_and_one_when_asked(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import vlselect.bench as vb
+    import vlselect.bench.report_console as rc
+    from vlselect.cli import app
+
+    calls = []
+    monkeypatch.setattr(vb, "run_bench", lambda out, cfg, overwrite=False: calls.append(("one", cfg.seed, cfg)) or {})
+    monkeypatch.setattr(vb, "run_worlds", lambda out, cfg, worlds, overwrite=False:
+                        calls.append(("worlds", list(worlds), cfg)) or {})
+    monkeypatch.setattr(rc, "print_results", lambda results, console: None)
+    monkeypatch.setattr(rc, "print_worlds", lambda results, console: None)
+    runner = CliRunner()
+    for args, want in (([], ("worlds", [0, 1])), (["--quick"], ("one", 0)), (["--seed", "3"], ("one", 3)),
+                       (["--worlds", "2,5,7"], ("worlds", [2, 5, 7])), (["--worlds", "4"], ("one", 4))):
+        res = runner.invoke(app, ["bench", "--out", str(tmp_path / "b"), *args])
+        assert res.exit_code == 0, res.output
+        assert calls[-1][:2] == want, args
+    assert calls[0][2].methods == vb.DEFAULT_METHODS and "length" not in vb.DEFAULT_METHODS
+    res = runner.invoke(app, ["bench", "--out", str(tmp_path / "b"), "--methods", "all", "--seed", "0"])
+    assert res.exit_code == 0 and calls[-1][2].methods == vb.ALL_METHODS
+    n = len(calls)
+    for bad, msg in ((["--seed", "1", "--worlds", "0,1"], "give one"), (["--worlds", "0,x"], "integers"),
+                     (["--worlds", "1,1"], "different world seeds")):
+        res = runner.invoke(app, ["bench", "--out", str(tmp_path / "b"), *bad])
+        assert res.exit_code != 0 and msg in str(res.exception), bad
+    assert len(calls) == n  # refused before any work
+
+
+def test_across_worlds_script_refuses_a_mean_and_combines_worlds(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "across_worlds", Path(__file__).resolve().parents[1] / "benchmarks" / "across_worlds.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    for s, rel in ((0, W0), (1, W1)):
+        (tmp_path / f"w{s}").mkdir()
+        (tmp_path / f"w{s}" / "results.json").write_text(json.dumps(_world(s, rel)))
+    assert mod.main([str(tmp_path / "w0"), str(tmp_path / "w1"), "--json", str(tmp_path / "m.json")]) == 0
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert {(r["method"], r["budget"]): r["relative_mean"] for r in m["rows"]}[("icons", 0.2)] == pytest.approx(98.0)
+    (tmp_path / "mean").mkdir()
+    (tmp_path / "mean" / "results.json").write_text(json.dumps(m))
+    with pytest.raises(SystemExit, match="already a mean over worlds"):
+        mod.main([str(tmp_path / "mean"), str(tmp_path / "w0")])
+    bad = copy.deepcopy(_world(1, W1))
+    bad["config"]["batch_size"] = 32
+    (tmp_path / "w1" / "results.json").write_text(json.dumps(bad))
+    with pytest.raises(SystemExit, match="batch_size"):
+        mod.main([str(tmp_path / "w0"), str(tmp_path / "w1")])

@@ -39,9 +39,45 @@ def main(argv=None) -> int:
     except ConfigError as exc:
         sys.exit(str(exc))
     print_worlds(combined, Console())
+    combined["spread"] = spread(res)
+    print("\nwhere the spread comes from (per budget, averaged over methods; sd in points of relative performance):")
+    for b, x in combined["spread"].items():
+        print(f"  {float(b):.0%}: between training seeds sd {x['seed_sd']:.1f}, between worlds sd {x['world_sd']:.1f}; "
+              "sd of a method's mean: " + ", ".join(f"{k} {v:.1f}" for k, v in x["mean_sd"].items()))
     if args.json:
         args.json.write_text(json.dumps(combined, indent=1))
     return 0
+
+
+def spread(res: list[dict]) -> dict[str, dict]:
+    """Variance components of the relative scores, per budget, averaged over the methods every world has with the
+    same number (>= 2) of training seeds: within a world between training seeds (the mean of each world's sample
+    variance), and between worlds (the variance of the world means less the seed part, ``var_w - var_s / S``, the
+    one-way random-effects estimate, floored at 0). From them, the standard deviation of a method's mean over W
+    worlds x S seeds, ``sqrt(var_world / W + var_seed / (W S))``, for a few layouts of the same kind of budget."""
+    import numpy as np
+
+    rows = [{(x["method"], x["budget"]): x["relative_per_seed"] for x in r["rows"]} for r in res]
+    out = {}
+    for b in sorted({k[1] for k in rows[0]}):
+        seed_v, world_v = [], []
+        for k in rows[0]:
+            if k[1] != b or not all(k in r for r in rows):
+                continue
+            x = [r[k] for r in rows]
+            n = {len(v) for v in x}
+            if len(n) != 1 or n == {1}:
+                continue
+            a = np.array(x, dtype=float)  # worlds x seeds
+            vs = float(a.var(axis=1, ddof=1).mean())
+            seed_v.append(vs)
+            world_v.append(max(float(a.mean(axis=1).var(ddof=1)) - vs / a.shape[1], 0.0))
+        if not seed_v:
+            continue
+        vs, vw = float(np.mean(seed_v)), float(np.mean(world_v))
+        out[str(b)] = {"methods": len(seed_v), "seed_sd": vs ** 0.5, "world_sd": vw ** 0.5,
+                       "mean_sd": {f"{w}x{s}": (vw / w + vs / (w * s)) ** 0.5 for w, s in ((1, 3), (2, 3), (3, 2), (3, 3))}}
+    return out
 
 
 if __name__ == "__main__":

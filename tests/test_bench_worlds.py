@@ -24,6 +24,7 @@ def _world(seed: int, rel: dict, learned=("color", "count"), zero=40.0) -> dict:
                           "per_seed": []},
             "zero_shot": {"scores": {"color": 20.0, "count": 30.0, "exist": 40.0}, "relative": zero},
             "rows": [{"method": m, "budget": b, "n_seeds": 3, "relative_mean": v, "relative_low": v - 5,
+                      "relative_per_seed": [v - 2, v, v + 2],
                       "relative_high": v + 5, "scores": {"color": v / 2, "count": 10.0, "exist": 0.0}}
                      for (m, b), v in rel.items()],
             "costs": [{"stage": "train+eval random", "seconds": 10.0 + seed, "peak_rss_mb": 600.0 + seed, "runs": 9,
@@ -156,3 +157,22 @@ def test_across_worlds_script_refuses_a_mean_and_combines_worlds(tmp_path, capsy
     (tmp_path / "w1" / "results.json").write_text(json.dumps(bad))
     with pytest.raises(SystemExit, match="batch_size"):
         mod.main([str(tmp_path / "w0"), str(tmp_path / "w1")])
+
+
+def test_across_worlds_spread_by_hand():
+    """Seeds [1, 3] and [5, 7]: within-world variance 2; world means 2 and 6 have variance 8, less 2 / 2 for the
+    seeds' share of it: 7 between worlds."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "across_worlds", Path(__file__).resolve().parents[1] / "benchmarks" / "across_worlds.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    res = [{"rows": [{"method": "random", "budget": 0.2, "relative_per_seed": v},
+                     {"method": "one_seed", "budget": 0.2, "relative_per_seed": [50.0]}]}
+           for v in ([1.0, 3.0], [5.0, 7.0])]
+    got = mod.spread(res)["0.2"]
+    assert got["methods"] == 1  # the one-seed row has no seed variance: left out
+    assert got["seed_sd"] == pytest.approx(2 ** 0.5) and got["world_sd"] == pytest.approx(7 ** 0.5)
+    assert got["mean_sd"]["2x3"] == pytest.approx((7 / 2 + 2 / 6) ** 0.5)

@@ -1,7 +1,7 @@
 """The demo: the quick benchmark on the built-in world (what the README's first command runs).
 
 It makes the world, shows its pool statistics, then runs :func:`vlselect.bench.run_bench` in its quick form:
-features, every selection method, fine-tuning on each subset, evaluation, the results table and the HTML report.
+features, the bench's selection methods, fine-tuning on each subset, evaluation, the results table and the HTML report.
 """
 
 from __future__ import annotations

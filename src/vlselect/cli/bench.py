@@ -12,7 +12,7 @@ def register(app: typer.Typer) -> None:
     @app.command("bench")
     def bench(
         out: Path = typer.Option(Path("bench-out"), "--out", help="Output folder (cache/, results.json/.csv, report.html)."),
-        quick: bool = typer.Option(False, "--quick", help="The quick form (a 4,000-record world, 100 samples per evaluation set, budgets 10% and 20%, 1 seed; about 6 minutes on 2 cores, the same as `vlselect demo`)."),
+        quick: bool = typer.Option(False, "--quick", help="The quick form (a 4,000-record world, 100 samples per evaluation set, budgets 10% and 20%, 1 seed, one world; about 4 minutes on 2 cores, the same as `vlselect demo`)."),
         methods: str = typer.Option("", "--methods", help="Comma list of methods, or all (default: random, "
                                     "random_stratified, coincide, icons, tive, less and the composites; all adds length, "
                                     "el2n, perplexity, semdedup and d2pruning)."),
@@ -45,10 +45,11 @@ def register(app: typer.Typer) -> None:
         overwrite: bool = typer.Option(False, "--overwrite", help="Recompute every stage instead of reusing the "
                                        "cache (a stage is reused only when its recipe and the code version match)."),
     ) -> None:
-        """Run every method on the synthetic world, train on each subset, evaluate, and write the table and report.
+        """Run the selection methods on the synthetic world (two worlds by default), train on each subset,
+        evaluate, and write the table and report.
 
-        Stages are cached under OUT/cache by a hash of their inputs: a second run with a new method only pays for
-        that method.
+        Stages are cached under OUT/world-<seed>/cache (one world: OUT/cache) by a hash of their inputs: a second
+        run with a new method only pays for that method.
 
         Example: vlselect bench --quick --out bench-out
         """

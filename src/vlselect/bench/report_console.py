@@ -2,37 +2,61 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from rich.console import Console
 from rich.table import Table
 
 
-def print_results(results: dict[str, Any], console: Console) -> None:
-    """Relative performance per method and budget (with intervals), then per-set scores."""
-    if not console.is_terminal and console.width < 160:
-        console = Console(width=160)  # a log file or a pipe: no need to squeeze ten columns into 80
-    rows = results["rows"]
+def _wide(console: Console) -> Console:
+    """A log file or a pipe: no need to squeeze ten columns into 80."""
+    return Console(width=160) if not console.is_terminal and console.width < 160 else console
+
+
+def _relative_table(rows: list[dict], title: str, cell: Callable[[dict], str]) -> Table:
+    """Method x budget, each cell ``cell(row)``, the best mean of each budget in bold green."""
     budgets = sorted({r["budget"] for r in rows})
-    methods = list(dict.fromkeys(r["method"] for r in rows))
-    t = Table(title="relative performance (% of the full-pool score)", title_justify="left")
+    t = Table(title=title, title_justify="left")
     t.add_column("method")
     for b in budgets:
         t.add_column(f"{b * 100:g}%", justify="right")
     best = {b: max((r["relative_mean"] for r in rows if r["budget"] == b), default=None) for b in budgets}
-    for m in methods:
+    for m in dict.fromkeys(r["method"] for r in rows):
         cells = []
         for b in budgets:
             r = next((r for r in rows if r["method"] == m and r["budget"] == b), None)
-            if r is None:
-                cells.append("–")
-                continue
-            txt = f"{r['relative_mean']:.1f}"
-            if r.get("relative_low") is not None:
-                txt += f" [{r['relative_low']:.1f}, {r['relative_high']:.1f}]"
-            cells.append(f"[bold green]{txt}[/]" if r["relative_mean"] == best[b] else txt)
+            txt = "–" if r is None else cell(r)
+            cells.append(f"[bold green]{txt}[/]" if r is not None and r["relative_mean"] == best[b] else txt)
         t.add_row(m, *cells)
+    return t
+
+
+def _print_targets(targets: list[dict], title: str, console: Console) -> None:
+    """The targets (:func:`vlselect.bench.run.check_targets`), one row each, when there are any."""
+    if not targets:
+        return
+    t = Table(title=title, title_justify="left")
+    t.add_column("target")
+    t.add_column("met")
+    t.add_column("numbers")
+    for x in targets:
+        mark = {True: "[green]yes[/]", False: "[red]no[/]", None: "[dim]–[/]"}[x["met"]]
+        t.add_row(x["target"], mark, x["detail"])
     console.print(t)
+
+
+def print_results(results: dict[str, Any], console: Console) -> None:
+    """Relative performance per method and budget (with intervals), then per-set scores."""
+    console = _wide(console)
+    rows = results["rows"]
+
+    def cell(r: dict) -> str:
+        txt = f"{r['relative_mean']:.1f}"
+        if r.get("relative_low") is not None:
+            txt += f" [{r['relative_low']:.1f}, {r['relative_high']:.1f}]"
+        return txt
+
+    console.print(_relative_table(rows, "relative performance (% of the full-pool score)", cell))
     zs = results.get("zero_shot")
     if zs:
         console.print(f"[dim]the base model without fine-tuning (zero-shot): {zs['relative']:.1f}% of the full pool "
@@ -53,43 +77,18 @@ def print_results(results: dict[str, Any], console: Console) -> None:
     for r in rows:
         s.add_row(f"{r['method']} @ {r['budget'] * 100:g}%", *[f"{r['scores'].get(x, float('nan')):.1f}" for x in sets])
     console.print(s)
-    targets = results.get("targets") or []
-    if targets:
-        t2 = Table(title="targets", title_justify="left")
-        t2.add_column("target")
-        t2.add_column("met")
-        t2.add_column("numbers")
-        for x in targets:
-            mark = {True: "[green]yes[/]", False: "[red]no[/]", None: "[dim]–[/]"}[x["met"]]
-            t2.add_row(x["target"], mark, x["detail"])
-        console.print(t2)
+    _print_targets(results.get("targets") or [], "targets", console)
 
 
 def print_worlds(combined: dict[str, Any], console: Console) -> None:
     """The mean over worlds (:func:`vlselect.bench.worlds.combine_worlds`): per method and budget the mean relative
     performance and each world's value, the full pool's learned sets per world, then the targets on the means."""
-    if not console.is_terminal and console.width < 160:
-        console = Console(width=160)
+    console = _wide(console)
     rows, seeds = combined["rows"], combined["worlds"]
-    budgets = sorted({r["budget"] for r in rows})
-    methods = list(dict.fromkeys(r["method"] for r in rows))
-    t = Table(title=f"relative performance (% of each world's full pool): mean of worlds {', '.join(map(str, seeds))} "
-                    f"(each world's value in brackets)", title_justify="left")
-    t.add_column("method")
-    for b in budgets:
-        t.add_column(f"{b * 100:g}%", justify="right")
-    best = {b: max((r["relative_mean"] for r in rows if r["budget"] == b), default=None) for b in budgets}
-    for m in methods:
-        cells = []
-        for b in budgets:
-            r = next((r for r in rows if r["method"] == m and r["budget"] == b), None)
-            if r is None:
-                cells.append("–")
-                continue
-            txt = f"{r['relative_mean']:.1f} ({' / '.join(f'{v:.1f}' for v in r['relative_per_world'])})"
-            cells.append(f"[bold green]{txt}[/]" if r["relative_mean"] == best[b] else txt)
-        t.add_row(m, *cells)
-    console.print(t)
+    title = (f"relative performance (% of each world's full pool): mean of worlds {', '.join(map(str, seeds))} "
+             "(each world's value in brackets)")
+    console.print(_relative_table(rows, title, lambda r: f"{r['relative_mean']:.1f} "
+                                  f"({' / '.join(f'{v:.1f}' for v in r['relative_per_world'])})"))
     zs = combined.get("zero_shot")
     if zs:
         console.print(f"[dim]the base model without fine-tuning (zero-shot): {zs['relative']:.1f}% of the full pool "
@@ -100,13 +99,4 @@ def print_worlds(combined: dict[str, Any], console: Console) -> None:
     for note in combined.get("notes", []):
         if not note.startswith("Target"):
             console.print(f"[dim]{note}[/]")
-    targets = combined.get("targets") or []
-    if targets:
-        t2 = Table(title="targets, on the mean of the worlds", title_justify="left")
-        t2.add_column("target")
-        t2.add_column("met")
-        t2.add_column("numbers")
-        for x in targets:
-            mark = {True: "[green]yes[/]", False: "[red]no[/]", None: "[dim]–[/]"}[x["met"]]
-            t2.add_row(x["target"], mark, x["detail"])
-        console.print(t2)
+    _print_targets(combined.get("targets") or [], "targets, on the mean of the worlds", console)

@@ -42,8 +42,11 @@ def main(argv=None) -> int:
     combined["spread"] = spread(res)
     print("\nwhere the spread comes from (per budget, averaged over methods; sd in points of relative performance):")
     for b, x in combined["spread"].items():
-        print(f"  {float(b):.0%}: between training seeds sd {x['seed_sd']:.1f}, between worlds sd {x['world_sd']:.1f}; "
-              "sd of a method's mean: " + ", ".join(f"{k} {v:.1f}" for k, v in x["mean_sd"].items()))
+        for what, y in (("a method's score", x), ("its gap to random", x.get("vs_random"))):
+            if y:
+                print(f"  {float(b):.0%}, {what}: between training seeds sd {y['seed_sd']:.1f}, between worlds sd "
+                      f"{y['world_sd']:.1f}; sd of the mean over worlds x seeds: "
+                      + ", ".join(f"{k} {v:.1f}" for k, v in y["mean_sd"].items()))
     if args.json:
         args.json.write_text(json.dumps(combined, indent=1))
     return 0
@@ -54,29 +57,40 @@ def spread(res: list[dict]) -> dict[str, dict]:
     same number (>= 2) of training seeds: within a world between training seeds (the mean of each world's sample
     variance), and between worlds (the variance of the world means less the seed part, ``var_w - var_s / S``, the
     one-way random-effects estimate, floored at 0). From them, the standard deviation of a method's mean over W
-    worlds x S seeds, ``sqrt(var_world / W + var_seed / (W S))``, for a few layouts of the same kind of budget."""
+    worlds x S seeds, ``sqrt(var_world / W + var_seed / (W S))``, for a few layouts of the same kind of budget.
+    ``vs_random``: the same for each method's gap to random (training seed i against random's seed i), what the
+    "above random" and "at least as good as" targets compare."""
     import numpy as np
 
     rows = [{(x["method"], x["budget"]): x["relative_per_seed"] for x in r["rows"]} for r in res]
+
+    def per_seed(k: tuple) -> "np.ndarray | None":  # worlds x seeds, or None when the seeds do not line up
+        if not all(k in r for r in rows):
+            return None
+        x = [r[k] for r in rows]
+        n = {len(v) for v in x}
+        return None if len(n) != 1 or n == {1} else np.array(x, dtype=float)
+
+    def components(arrays: list) -> dict | None:
+        seed_v = [float(a.var(axis=1, ddof=1).mean()) for a in arrays]
+        world_v = [max(float(a.mean(axis=1).var(ddof=1)) - v / a.shape[1], 0.0) for a, v in zip(arrays, seed_v)]
+        if not seed_v:
+            return None
+        vs, vw = float(np.mean(seed_v)), float(np.mean(world_v))
+        return {"methods": len(seed_v), "seed_sd": vs ** 0.5, "world_sd": vw ** 0.5,
+                "mean_sd": {f"{w}x{s}": (vw / w + vs / (w * s)) ** 0.5 for w, s in ((1, 3), (2, 3), (3, 2), (3, 3))}}
+
     out = {}
     for b in sorted({k[1] for k in rows[0]}):
-        seed_v, world_v = [], []
-        for k in rows[0]:
-            if k[1] != b or not all(k in r for r in rows):
-                continue
-            x = [r[k] for r in rows]
-            n = {len(v) for v in x}
-            if len(n) != 1 or n == {1}:
-                continue
-            a = np.array(x, dtype=float)  # worlds x seeds
-            vs = float(a.var(axis=1, ddof=1).mean())
-            seed_v.append(vs)
-            world_v.append(max(float(a.mean(axis=1).var(ddof=1)) - vs / a.shape[1], 0.0))
-        if not seed_v:
+        keys = [k for k in rows[0] if k[1] == b and per_seed(k) is not None]
+        c = components([per_seed(k) for k in keys])
+        if c is None:
             continue
-        vs, vw = float(np.mean(seed_v)), float(np.mean(world_v))
-        out[str(b)] = {"methods": len(seed_v), "seed_sd": vs ** 0.5, "world_sd": vw ** 0.5,
-                       "mean_sd": {f"{w}x{s}": (vw / w + vs / (w * s)) ** 0.5 for w, s in ((1, 3), (2, 3), (3, 2), (3, 3))}}
+        ref = per_seed(("random", b))  # a method's gap to random, seed i against random's seed i
+        if ref is not None:
+            c["vs_random"] = components([per_seed(k) - ref for k in keys if k[0] != "random"
+                                         and per_seed(k).shape == ref.shape])
+        out[str(b)] = c
     return out
 
 

@@ -88,8 +88,9 @@ def spread(res: list[dict]) -> dict[str, dict]:
             continue
         ref = per_seed(("random", b))  # a method's gap to random, seed i against random's seed i
         if ref is not None:
-            c["vs_random"] = components([per_seed(k) - ref for k in keys if k[0] != "random"
-                                         and per_seed(k).shape == ref.shape])
+            gap = components([per_seed(k) - ref for k in keys if k[0] != "random" and per_seed(k).shape == ref.shape])
+            if gap is not None:
+                c["vs_random"] = gap
         out[str(b)] = c
     return out
 

@@ -176,7 +176,7 @@ def test_across_worlds_spread_by_hand():
     assert got["methods"] == 1  # the one-seed row has no seed variance: left out
     assert got["seed_sd"] == pytest.approx(2 ** 0.5) and got["world_sd"] == pytest.approx(7 ** 0.5)
     assert got["mean_sd"]["2x3"] == pytest.approx((7 / 2 + 2 / 6) ** 0.5)
-    assert "vs_random" not in got  # no random row
+    assert "vs_random" not in got  # random alone: no gap to measure
     # a method's gap to random, paired by seed: gaps [0, 2] and [4, 6] give the same components as above
     res = [{"rows": [{"method": "random", "budget": 0.1, "relative_per_seed": r},
                      {"method": "m", "budget": 0.1, "relative_per_seed": [a + d for a, d in zip(r, g)]}]}

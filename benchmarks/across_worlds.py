@@ -21,6 +21,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("runs", nargs="+", type=Path, help="finished single-world vlselect bench folders")
     ap.add_argument("--json", type=Path, help="write the mean table and the targets here")
+    ap.add_argument("--allow-other-code", action="store_true",
+                    help="combine runs of different (or unrecorded) vlselect code versions; the notes name them")
     args = ap.parse_args(argv)
     from rich.console import Console
 
@@ -35,7 +37,7 @@ def main(argv=None) -> int:
             sys.exit(f"{p}: already a mean over worlds {r['worlds']}; pass its world folders ({', '.join(r['world_folders'])})")
         res.append(r)
     try:
-        combined = combine_worlds(res, [str(p) for p in args.runs])
+        combined = combine_worlds(res, [str(p) for p in args.runs], allow_other_code=args.allow_other_code)
     except ConfigError as exc:
         sys.exit(str(exc))
     print_worlds(combined, Console())

@@ -97,6 +97,9 @@ def test_miniature_bench_end_to_end_and_a_second_run_reuses_every_stage(tmp_path
     assert all(res["overlap"]["jaccard"][i][i] == 1.0 for i in range(3))
     saved = json.loads((out / "results.json").read_text())
     assert saved["rows"] == json.loads(json.dumps(res["rows"]))
+    from vlselect.artifact import code_version
+
+    assert saved["code_version"] == code_version()  # what combining worlds checks
     csv_lines = (out / "results.csv").read_text().splitlines()
     assert csv_lines[0].startswith("method,budget,n_seeds,relative_mean") and len(csv_lines) == 1 + 1 + 1 + 3
     assert csv_lines[2].startswith("base model (zero-shot),0.0,1,")

@@ -29,7 +29,7 @@ def _world(seed: int, rel: dict, learned=("color", "count"), zero=40.0) -> dict:
                      for (m, b), v in rel.items()],
             "costs": [{"stage": "train+eval random", "seconds": 10.0 + seed, "peak_rss_mb": 600.0 + seed, "runs": 9,
                        "cached": 0}],
-            "wall_seconds": 100.0, "targets": [], "failures": []}
+            "wall_seconds": 100.0, "targets": [], "failures": [], "code_version": "0.1+abc"}
 
 
 W0 = {("random", 0.05): 70.0, ("random", 0.1): 80.0, ("random", 0.2): 90.0, ("icons", 0.1): 75.0,
@@ -69,6 +69,13 @@ def test_worlds_that_differ_in_more_than_the_seed_are_refused():
         combine_worlds([_world(0, W0), _world(0, W1)])
     with pytest.raises(ConfigError, match="at least two"):
         combine_worlds([_world(0, W0)])
+    a, b = _world(0, W0), _world(1, W1)
+    b["code_version"] = "0.1+def"  # world 1 run by other code: refused unless asked for, then named
+    with pytest.raises(ConfigError, match="world-1: 0.1\\+def.*--allow-other-code"):
+        combine_worlds([a, b])
+    del a["code_version"]  # a results.json from before the version was recorded
+    c = combine_worlds([a, b], allow_other_code=True)
+    assert any("world 0: not recorded; world 1: 0.1+def" in n for n in c["notes"])
 
 
 def test_a_row_missing_from_one_world_is_left_out_and_named():
@@ -184,3 +191,31 @@ def test_across_worlds_spread_by_hand():
     gap = mod.spread(res)["0.1"]["vs_random"]
     assert gap["methods"] == 1
     assert gap["seed_sd"] == pytest.approx(2 ** 0.5) and gap["world_sd"] == pytest.approx(7 ** 0.5)
+
+
+def test_two_miniature_worlds_end_to_end_and_a_rerun_with_other_input_recomputes(tmp_path):
+    """Two real (miniature) worlds: each gets its own pool and folder, the mean is made from their files, and a
+    rerun into the same folder with another world size recomputes instead of handing back the first run."""
+    import dataclasses
+
+    from vlselect.bench import run_worlds
+
+    cfg = BenchConfig.quick(size=120, eval_size=6, val_size=4, pretrain_size=64, methods=("random", "coincide"),
+                            budgets=(0.25,), epochs=1, grad_dim=32, batch_size=16, lora_r=4, jobs=1,
+                            max_new_tokens=4, model_size="xs", base="captions", modules_to_save=("vision_tower",))
+    out = tmp_path / "b"
+    c = run_worlds(out, cfg, [0, 1], log=lambda m: None)
+    worlds = [json.loads((out / f"world-{w}" / "results.json").read_text()) for w in (0, 1)]
+    assert [w["config"]["seed"] for w in worlds] == [0, 1]
+    pools = [json.loads(next((out / f"world-{w}" / "cache").glob("world-*/w/pool.json")).read_text()) for w in (0, 1)]
+    assert len(pools[0]) == len(pools[1]) == 120 and pools[0] != pools[1]  # two draws, not one world twice
+    for r in c["rows"]:
+        per = [next(x for x in w["rows"] if (x["method"], x["budget"]) == (r["method"], r["budget"]))["relative_mean"]
+               for w in worlds]
+        assert r["relative_per_world"] == per and r["relative_mean"] == pytest.approx(sum(per) / 2)
+    assert json.loads((out / "results.json").read_text())["worlds"] == [0, 1]
+    c2 = run_worlds(out, dataclasses.replace(cfg, size=150), [0, 1], log=lambda m: None)
+    assert c2["config"]["size"] == 150
+    for w in (0, 1):
+        r = json.loads((out / f"world-{w}" / "results.json").read_text())
+        assert r["config"]["size"] == 150 and sum(r["composition"]["pool"].values()) == 150

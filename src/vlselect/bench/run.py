@@ -34,7 +34,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from vlselect.artifact import atomic_open, atomic_save_npy, atomic_write_json
+from vlselect.artifact import atomic_open, atomic_save_npy, atomic_write_json, code_version
 from vlselect.bench.stages import StageCache, measure
 from vlselect.errors import ConfigError, VlselectError
 
@@ -789,6 +789,7 @@ def _assemble(cfg: BenchConfig, runs: list[dict], subsets, tasks: np.ndarray, n:
         "composition": {"pool": pool_counts, "subsets": comp},
         "costs": cache.cost_table(),
         "wall_seconds": round(time.time() - started, 1),
+        "code_version": code_version(),  # combining worlds refuses runs of other code (bench.worlds)
     }
 
 

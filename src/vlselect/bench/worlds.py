@@ -96,14 +96,16 @@ def write_combined(out: str | os.PathLike, combined: dict[str, Any]) -> None:
     write_report(combined, out / "report.html")
 
 
-def combine_worlds(results: Sequence[dict[str, Any]], folders: Sequence[str] | None = None) -> dict[str, Any]:
+def combine_worlds(results: Sequence[dict[str, Any]], folders: Sequence[str] | None = None, *,
+                   allow_other_code: bool = False) -> dict[str, Any]:
     """The mean over finished single-world bench results (``results.json`` dicts) that differ only in the world
     seed (``config.seed``): per method and budget the mean of the worlds' relative performance (each world's own
     full pool is its 100), each world's value beside it, and :func:`~vlselect.bench.run.check_targets` judged on
     the means.
 
-    Refuses (:class:`~vlselect.errors.ConfigError`) runs whose recipes differ in anything but the seed, or two runs
-    of one world. A method and budget missing from a world (a failed stage) is left out of the mean and named in
+    Refuses (:class:`~vlselect.errors.ConfigError`) runs whose recipes differ in anything but the seed, two runs
+    of one world, and runs of different (or unrecorded) vlselect code versions unless ``allow_other_code``, in
+    which case the versions are named in the notes. A method and budget missing from a world (a failed stage) is left out of the mean and named in
     ``incomplete``; worlds that count different evaluation sets are combined and the difference is named in the
     notes (each world's relative score is over its own counted sets)."""
     if len(results) < 2:
@@ -119,6 +121,13 @@ def combine_worlds(results: Sequence[dict[str, Any]], folders: Sequence[str] | N
     seeds = [r["config"]["seed"] for r in results]
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"two runs of the same world (seeds {seeds}); pass runs of different worlds")
+    codes = [r.get("code_version") for r in results]
+    other_code = len(set(codes)) > 1 or None in codes
+    if other_code and not allow_other_code:
+        raise ConfigError("the worlds were run by different or unrecorded vlselect code versions ("
+                          + "; ".join(f"{n}: {c or 'not recorded'}" for n, c in zip(folders, codes))
+                          + "); rerun them with one version, or combine them knowingly (across_worlds.py "
+                          "--allow-other-code), which names the versions in the notes")
 
     per = [{(x["method"], x["budget"]): x for x in r["rows"]} for r in results]
     order = list(dict.fromkeys(k for p in per for k in p))
@@ -167,6 +176,7 @@ def combine_worlds(results: Sequence[dict[str, Any]], folders: Sequence[str] | N
         "incomplete": incomplete,
         "costs": _summed_costs(results),
         "wall_seconds": float(sum(r.get("wall_seconds", 0.0) for r in results)),
+        "code_versions": codes,
         "targets_per_world": {str(s): r.get("targets", []) for s, r in zip(seeds, results)},
         "failures": [{**f, "world": s} for s, r in zip(seeds, results) for f in r.get("failures", [])],
     }
@@ -195,6 +205,9 @@ def _notes(c: dict[str, Any]) -> list[str]:
              "evaluation and validation questions and warm-up; a relative score is each world's score over its own "
              "full pool, then averaged. Each world's table, intervals over seeds and report: "
              + ", ".join(f"{f}/report.html" for f in c["world_folders"]) + "."]
+    if len(set(c["code_versions"])) > 1 or None in c["code_versions"]:
+        notes.append("The worlds were run by different or unrecorded code versions, combined on request: "
+                     + "; ".join(f"world {s}: {v or 'not recorded'}" for s, v in zip(seeds, c["code_versions"])) + ".")
     counted = c["relative_sets_per_world"]
     if any(set(x) != set(counted[0]) for x in counted):
         notes.append("The worlds count different evaluation sets ("

@@ -58,40 +58,26 @@ def register(app: typer.Typer) -> None:
         import vlselect.bench as vb
         import vlselect.bench.report_console as rc
         from vlselect.bench import BenchConfig
+        from vlselect.bench.worlds import DEFAULT_WORLDS
+        from vlselect.errors import ConfigError
 
         if d2_score not in ("margin", "aum"):
-            from vlselect.errors import ConfigError
-
             raise ConfigError(f"--d2-score {d2_score!r}: choose margin or aum")
         if adapter not in ("lora", "full"):
-            from vlselect.errors import ConfigError
-
             raise ConfigError(f"--adapter {adapter!r}: choose lora or full")
         if val_targets not in ("counted", "all"):
-            from vlselect.errors import ConfigError
-
             raise ConfigError(f"--val-targets {val_targets!r}: choose counted or all")
         if length_group < 0:
-            from vlselect.errors import ConfigError
-
             raise ConfigError(f"--length-group {length_group}: 0 (off) or a number of steps")
-        from vlselect.bench.worlds import DEFAULT_WORLDS
-
         if seed is not None and worlds:
-            from vlselect.errors import ConfigError
-
             raise ConfigError(f"--seed {seed} and --worlds {worlds}: give one (--seed S is --worlds S)")
         try:
             world_seeds = ([seed] if seed is not None else
                            [int(w) for w in worlds.split(",") if w.strip()] if worlds else
                            [0] if quick else list(DEFAULT_WORLDS))
         except ValueError:
-            from vlselect.errors import ConfigError
-
             raise ConfigError(f"--worlds {worlds!r}: give world seeds as integers, e.g. --worlds 0,1") from None
         if not world_seeds or len(set(world_seeds)) != len(world_seeds):
-            from vlselect.errors import ConfigError
-
             raise ConfigError(f"--worlds {worlds!r}: give one or more different world seeds, e.g. --worlds 0,1")
         over: dict = {"jobs": jobs, "seed": world_seeds[0], "d2_score": d2_score, "base": base, "adapter": adapter,
                       "length_group": length_group, "batch_size": batch_size, "val_targets": val_targets}

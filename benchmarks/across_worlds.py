@@ -6,7 +6,9 @@
 e.g. an older world with a new one. Each ``RUN`` is a finished single-world bench folder (its ``results.json``).
 The runs must have the same recipe except the world seed and must be of different worlds; anything else is
 refused with the difference named (:func:`vlselect.bench.worlds.combine_worlds`). Prints each world's relative
-performance and their mean per method and budget, then the targets judged on the means.
+performance and their mean per method and budget, then the targets judged on the means, where the spread comes
+from (:func:`spread`), and where each method's points are lost: its share of the full pool's score on each counted
+set, mean over the worlds (:func:`per_set`; the relative performance is the mean of these shares).
 """
 
 from __future__ import annotations
@@ -49,9 +51,33 @@ def main(argv=None) -> int:
                 print(f"  {float(b):.0%}, {what}: between training seeds sd {y['seed_sd']:.1f}, between worlds sd "
                       f"{y['world_sd']:.1f}; sd of the mean over worlds x seeds: "
                       + ", ".join(f"{k} {v:.1f}" for k, v in y["mean_sd"].items()))
+    combined["per_set"] = per_set(res)
+    sets = res[0]["relative_sets"]
+    print("\nshare of the full pool's score on each counted set (%, mean over the worlds):")
+    print(f"  {'method':<20}{'budget':>7}" + "".join(f"{s[:14]:>16}" for s in sets))
+    for m, by_b in combined["per_set"].items():
+        for b, v in by_b.items():
+            print(f"  {m:<20}{float(b):>7.0%}" + "".join(f"{v[s]:>16.1f}" for s in sets))
     if args.json:
         args.json.write_text(json.dumps(combined, indent=1))
     return 0
+
+
+def per_set(res: list[dict]) -> dict[str, dict[str, dict[str, float]]]:
+    """Per method and budget, each counted set's score as a share of that world's full pool (100 x score /
+    reference score, the method's mean over its training seeds), averaged over the worlds; methods and budgets that
+    every world has. The mean over the sets is the table's relative performance."""
+    sets = res[0]["relative_sets"]
+    if any(r["relative_sets"] != sets for r in res):
+        raise SystemExit("the worlds count different sets: " + "; ".join(str(r["relative_sets"]) for r in res))
+    rows = [{(x["method"], x["budget"]): x["scores"] for x in r["rows"]} for r in res]
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for k in rows[0]:
+        if all(k in r for r in rows):
+            out.setdefault(k[0], {})[str(k[1])] = {
+                s: sum(100.0 * r[k][s] / w["reference"]["scores"][s] for r, w in zip(rows, res)) / len(res)
+                for s in sets}
+    return out
 
 
 def spread(res: list[dict]) -> dict[str, dict]:

@@ -209,6 +209,23 @@ def test_two_miniature_worlds_end_to_end_and_a_rerun_with_other_input_recomputes
     assert [w["config"]["seed"] for w in worlds] == [0, 1]
     pools = [json.loads(next((out / f"world-{w}" / "cache").glob("world-*/w/pool.json")).read_text()) for w in (0, 1)]
     assert len(pools[0]) == len(pools[1]) == 120 and pools[0] != pools[1]  # two draws, not one world twice
+    # benchmarks/count_prior.py reads the same folders: the full pool's counting rows, counted here by another
+    # path (the records whose first question is one of the world's "How many objects" phrasings)
+    import importlib.util
+    from pathlib import Path
+
+    from vlselect.world.vocab import QUESTIONS
+
+    spec = importlib.util.spec_from_file_location(
+        "count_prior", Path(__file__).resolve().parents[1] / "benchmarks" / "count_prior.py")
+    cp = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cp)
+    w0 = cp.read_world(out / "world-0")
+    first_q = [r["conversations"][0]["value"].replace("<image>", "").strip().split("\n")[0] for r in pools[0]]
+    full = [r for r in w0["runs"] if r["method"] == "full pool"]
+    assert full and sum(full[0]["rows"].values()) == sum(q in QUESTIONS["count_all"] for q in first_q) > 0
+    assert {(r["method"], r["budget"]) for r in w0["runs"]} >= {("random", 0.25), ("coincide", 0.25)}
+    assert all(sum(r["questions"].values()) > 0 for r in w0["runs"])
     for r in c["rows"]:
         per = [next(x for x in w["rows"] if (x["method"], x["budget"]) == (r["method"], r["budget"]))["relative_mean"]
                for w in worlds]

@@ -4,17 +4,21 @@ Stages (each cached by a hash of its inputs, see :mod:`vlselect.bench.stages`):
 
 1. ``world``: the training pool and evaluation sets (:func:`vlselect.world.make_world`); ``valworld``: a small
    world of another seed whose evaluation sets serve as the *validation* (target-task) sets of ICONS and LESS, so
-   the test sets are never looked at by a method; ``captions``: a caption-only pool for pre-training.
-2. ``base``: a tiny LLaVA (:func:`vlselect.models.tiny.build_tiny`) pre-trained on the caption pool, merged.
+   the test sets are never looked at by a method.
+2. the base model: the world's foundation shipped with the package (``base="foundation"``, the default,
+   :mod:`vlselect.models.foundation`, checked against its fingerprint), a model directory, or with
+   ``base="captions"`` the earlier recipe: a ``captions`` pool and a tiny LLaVA pre-trained on it (``base``).
 3. ``activations``: COINCIDE activations plus loss / perplexity / EL2N, and SemDeDup's / D2-Pruning's inputs
    (last-token and mean embeddings, probability margin; :mod:`vlselect.features.embeddings`) from one pass of the
    base model.
 4. ``warmup`` and ``gradients``: TIVE's warm-up LoRA on 8% of the pool, then projected per-sample gradients (and
    their norms) of the pool (every LoRA A/B: ICONS, LESS and the composites; and, from the same forward and backward
-   pass, the self-attention LoRA only, as TIVE takes them) and of every validation set (``val_gradients``).
-5. ``select``: every method at every budget (one scoring pass per method).
-6. ``train`` and ``eval``: fine-tuning of the base model (``adapter``: full by default) on each subset (and on the full pool, the
-   reference), evaluated on the world's evaluation sets; several seeds at the budgets in ``seed_budgets``.
+   pass, the self-attention LoRA only, as TIVE takes them) and of the validation sets (``val_gradients``).
+5. ``select``: every method at every budget (one scoring pass per method); ICONS, LESS and the composites after
+   the full-pool runs, which decide the sets they target (``val_targets``).
+6. ``train`` and ``eval``: fine-tuning of the base model (``adapter``: LoRA on the language model, the projector in
+   full, the vision tower frozen, by default) on each subset (and on the full pool, the reference), evaluated on
+   the world's evaluation sets; several seeds at the budgets in ``seed_budgets``.
 7. ``results.json``, ``results.csv`` and ``report.html``.
 """
 

@@ -1,5 +1,5 @@
 """Reading a ``vlselect bench`` run's cache from the benchmark scripts (``icons_anatomy.py``, ``subset_profile.py``,
-``icons_answers.py``, ``task_mix_probe.py``, ``more_seeds.py``)."""
+``icons_answers.py``, ``task_mix_probe.py``, ``more_seeds.py``, ``count_prior.py``, ``question_noise.py``)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,20 @@ def one_stage(cache: Path, prefix: str) -> Path:
                          f"{[p.name for p in found]}; pass the bench folder of one run (of a several-world run: "
                          "its OUT/world-N folder)")
     return found[0]
+
+
+def world_folders(folders) -> list[Path]:
+    """The single-world bench folders among ``folders``: a several-world ``vlselect bench --out`` folder stands
+    for its ``world-*`` folders. Exits with a clear message when one is not a finished bench with its cache."""
+    out: list[Path] = []
+    for f in map(Path, folders):
+        subs = sorted(p for p in f.glob("world-*") if (p / "results.json").is_file())
+        out += subs or [f]
+    for f in out:
+        if not (f / "results.json").is_file() or not (f / "cache").is_dir():
+            raise SystemExit(f"{f}: not a finished vlselect bench folder with its cache (results.json and cache/ "
+                             "expected; the committed results folders hold no cache)")
+    return out
 
 
 def method_selection(cache: Path, method: str) -> Path:

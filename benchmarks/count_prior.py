@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from _bench_cache import one_stage, world_folders  # a sibling module: the scripts run from benchmarks/
 from vlselect.world.vocab import CAPTION_PROMPTS, QUESTIONS, SHORT_SUFFIX
 
 #: The evaluation's "How many objects" question (the canonical count_all template).
@@ -58,30 +59,12 @@ def answer_shift(predictions: list[dict]) -> dict:
             "questions": {n: len(v) for n, v in sorted(by_n.items())}}
 
 
-def _worlds(folders: list[Path]) -> list[Path]:
-    out = []
-    for f in folders:
-        subs = sorted(p for p in f.glob("world-*") if (p / "results.json").is_file())
-        out += subs or [f]
-    for f in out:
-        if not (f / "results.json").is_file() or not (f / "cache").is_dir():
-            raise SystemExit(f"{f}: not a finished vlselect bench folder (results.json and cache/ expected)")
-    return out
-
-
-def _one(cache: Path, prefix: str) -> Path:
-    found = [p for p in cache.glob(f"{prefix}-*") if (p / "done.json").is_file()]
-    if len(found) != 1:
-        raise SystemExit(f"{cache}: expected one finished {prefix}-* stage, found {len(found)}")
-    return found[0]
-
-
 def read_world(folder: Path) -> dict:
     """One world's runs: method, budget, seed, relative score (from results.json), the count answers, and the
     counting rows of the subset it trained on."""
     res = json.loads((folder / "results.json").read_text())
     cache = folder / "cache"
-    pool = json.loads((_one(cache, "world") / "w" / "pool.json").read_text())
+    pool = json.loads((one_stage(cache, "world") / "w" / "pool.json").read_text())
     nobj = np.array([len(r["meta"]["scene"]["objects"]) if r.get("meta", {}).get("kind") == "count_all" else 0
                      for r in pool])
 
@@ -162,8 +145,8 @@ def probe(folder: Path, n: int = 100) -> dict:
     from vlselect.world.tasks import caption_text
 
     cache = folder / "cache"
-    world = _one(cache, "world") / "w"
-    base = json.loads((_one(cache, "warmup") / "done.json").read_text())["result"]["base_model"]
+    world = one_stage(cache, "world") / "w"
+    base = json.loads((one_stage(cache, "warmup") / "done.json").read_text())["result"]["base_model"]
     pool = json.loads((world / "pool.json").read_text())
     recs = [r for r in pool if r.get("meta", {}).get("kind") == "count_all" and r.get("image")
             and 2 <= len(r["meta"]["scene"]["objects"]) <= 4][:n]
@@ -208,7 +191,7 @@ def main() -> None:
                     help="also ask the base model about N counting records of the first world (0: no)")
     ap.add_argument("--json", type=Path, default=None, help="also write every run's figures here")
     a = ap.parse_args()
-    folders = _worlds(a.bench)
+    folders = world_folders(a.bench)
     worlds = [read_world(f) for f in folders]
     print(f"{len(worlds)} world(s): " + ", ".join(f"{w['world_seed']} ({w['folder']})" for w in worlds))
     found = {}

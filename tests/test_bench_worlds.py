@@ -216,10 +216,16 @@ def test_two_miniature_worlds_end_to_end_and_a_rerun_with_other_input_recomputes
 
     from vlselect.world.vocab import QUESTIONS
 
-    spec = importlib.util.spec_from_file_location(
-        "count_prior", Path(__file__).resolve().parents[1] / "benchmarks" / "count_prior.py")
+    import sys
+
+    bench_dir = str(Path(__file__).resolve().parents[1] / "benchmarks")
+    spec = importlib.util.spec_from_file_location("count_prior", bench_dir + "/count_prior.py")
     cp = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cp)
+    sys.path.insert(0, bench_dir)  # the script imports its sibling _bench_cache
+    try:
+        spec.loader.exec_module(cp)
+    finally:
+        sys.path.remove(bench_dir)
     w0 = cp.read_world(out / "world-0")
     first_q = [r["conversations"][0]["value"].replace("<image>", "").strip().split("\n")[0] for r in pools[0]]
     full = [r for r in w0["runs"] if r["method"] == "full pool"]

@@ -7,6 +7,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -72,3 +73,19 @@ def test_seed_spread_by_hand():
     assert got["set"] == pytest.approx(1250 ** 0.5)  # 50 and 100
     assert got["all"] == pytest.approx(112.5 ** 0.5)  # 75 and 90
     assert got["without"] == pytest.approx(200 ** 0.5)  # 100 and 80
+
+
+def test_question_part_by_hand():
+    """Seeds right on questions [1, 1, 0, 0] and [1, 0, 1, 1] of one set, reference 50: shares 100 and 150
+    (variance 1250); per-question differences x 200 = [0, 200, -200, -200], variance 110000 / 3, over n = 4 and
+    two runs: 4583.3."""
+    qn = _script("question_noise")
+    obs, part = qn.question_part({0: {"a": np.array([1.0, 1, 0, 0])}, 1: {"a": np.array([1.0, 0, 1, 1])}},
+                                 {"a": 50.0})
+    assert obs == pytest.approx(1250.0)
+    assert part == pytest.approx(110000 / 3 / 4 / 2)
+    # two sets weigh a quarter each: the same set twice gives the same relative performance and variance
+    obs2, part2 = qn.question_part({s: {"a": v, "b": v} for s, v in ((0, np.array([1.0, 1, 0, 0])),
+                                                                    (1, np.array([1.0, 0, 1, 1])))},
+                                   {"a": 50.0, "b": 50.0})
+    assert obs2 == pytest.approx(1250.0) and part2 == pytest.approx(part / 2)

@@ -43,7 +43,6 @@ def main(argv=None) -> int:
     except ConfigError as exc:
         sys.exit(str(exc))
     print_worlds(combined, Console())
-    combined["spread"] = spread(res)
     print("\nwhere the spread comes from (per budget, averaged over methods; sd in points of relative performance):")
     for b, x in combined["spread"].items():
         for what, y in (("a method's score", x), ("its gap to random", x.get("vs_random"))):
@@ -81,46 +80,12 @@ def per_set(res: list[dict]) -> dict[str, dict[str, dict[str, float]]]:
 
 
 def spread(res: list[dict]) -> dict[str, dict]:
-    """Variance components of the relative scores, per budget, averaged over the methods every world has with the
-    same number (>= 2) of training seeds: within a world between training seeds (the mean of each world's sample
-    variance), and between worlds (the variance of the world means less the seed part, ``var_w - var_s / S``, the
-    one-way random-effects estimate, floored at 0). From them, the standard deviation of a method's mean over W
-    worlds x S seeds, ``sqrt(var_world / W + var_seed / (W S))``, for a few layouts of the same kind of budget.
-    ``vs_random``: the same for each method's gap to random (training seed i against random's seed i), what the
-    "above random" and "at least as good as" targets compare."""
-    import numpy as np
+    """Variance components of the relative scores, per budget (:func:`vlselect.bench.spread.variance_components`):
+    between training seeds within a world and between worlds, for a method's score and (``vs_random``) for its gap
+    to random, with the standard deviation of a mean over a few layouts of worlds x seeds (``mean_sd``)."""
+    from vlselect.bench.spread import variance_components
 
-    rows = [{(x["method"], x["budget"]): x["relative_per_seed"] for x in r["rows"]} for r in res]
-
-    def per_seed(k: tuple) -> "np.ndarray | None":  # worlds x seeds, or None when the seeds do not line up
-        if not all(k in r for r in rows):
-            return None
-        x = [r[k] for r in rows]
-        n = {len(v) for v in x}
-        return None if len(n) != 1 or n == {1} else np.array(x, dtype=float)
-
-    def components(arrays: list) -> dict | None:
-        seed_v = [float(a.var(axis=1, ddof=1).mean()) for a in arrays]
-        world_v = [max(float(a.mean(axis=1).var(ddof=1)) - v / a.shape[1], 0.0) for a, v in zip(arrays, seed_v)]
-        if not seed_v:
-            return None
-        vs, vw = float(np.mean(seed_v)), float(np.mean(world_v))
-        return {"methods": len(seed_v), "seed_sd": vs ** 0.5, "world_sd": vw ** 0.5,
-                "mean_sd": {f"{w}x{s}": (vw / w + vs / (w * s)) ** 0.5 for w, s in ((1, 3), (2, 3), (3, 2), (3, 3))}}
-
-    out = {}
-    for b in sorted({k[1] for k in rows[0]}):
-        keys = [k for k in rows[0] if k[1] == b and per_seed(k) is not None]
-        c = components([per_seed(k) for k in keys])
-        if c is None:
-            continue
-        ref = per_seed(("random", b))  # a method's gap to random, seed i against random's seed i
-        if ref is not None:
-            gap = components([per_seed(k) - ref for k in keys if k[0] != "random" and per_seed(k).shape == ref.shape])
-            if gap is not None:
-                c["vs_random"] = gap
-        out[str(b)] = c
-    return out
+    return variance_components(res)
 
 
 if __name__ == "__main__":

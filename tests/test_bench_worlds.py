@@ -242,3 +242,38 @@ def test_two_miniature_worlds_end_to_end_and_a_rerun_with_other_input_recomputes
     for w in (0, 1):
         r = json.loads((out / f"world-{w}" / "results.json").read_text())
         assert r["config"]["size"] == 150 and sum(r["composition"]["pool"].values()) == 150
+
+
+def test_target_margins_against_the_spread_by_hand():
+    """Each target's margin beside the sd of its number, worked by hand."""
+    from vlselect.bench.run import check_targets
+    from vlselect.bench.spread import sd_of_mean, variance_components
+
+    # two worlds (the fixtures): every row's seeds are v-2, v, v+2 (seed variance 4); icons' gap to random at 10%
+    # is -5 in every seed of world 0 (75 vs 80) and +11 in world 1 (89 vs 78): seed variance 0, world means -5 and
+    # 11, variance 128, between worlds 128 - 0/3; sd of a two-world x three-seed mean sqrt(128 / 2) = 8
+    c = combine_worlds([_world(0, W0), _world(1, W1)])
+    gap = c["spread"]["0.1"]["vs_random"]
+    assert gap["methods"] == 1 and gap["seed_var"] == pytest.approx(0.0) and gap["world_var"] == pytest.approx(128.0)
+    got = {t["target"]: t for t in c["targets"]}
+    t = got["icons above random at 10%"]
+    assert t["margin"] == pytest.approx(3.0) and t["sd"] == pytest.approx(8.0) and t["resolved"] is False
+    # random at 20%: 90 and 86 (world means), seeds add variance 4: between worlds 8 - 4/3 over the one method
+    # there with icons (99, 97): icons' world variance 2 - 4/3; pooled (20/3 + 2/3) / 2 = 11/3; seed 4
+    s20 = c["spread"]["0.2"]
+    assert s20["world_var"] == pytest.approx(11 / 3) and s20["seed_var"] == pytest.approx(4.0)
+    band = got["random keeps 88-97% of the full pool at 20%"]
+    assert band["margin"] == pytest.approx(0.0)  # 88.0 is on the band's lower edge
+    assert band["sd"] == pytest.approx((11 / 3 / 2 + 4 / 6) ** 0.5) and band["resolved"] is False
+    assert "margin" not in got["the full pool learns at least 7 evaluation sets"]
+
+    # one world: the seeds' spread only. random 78, 80, 82 (variance 4), icons 80, 84, 88 (16): a score's seed
+    # variance 10; icons' gap 2, 4, 6 (variance 4), sd of a three-seed mean sqrt(4 / 3)
+    one = {"rows": [{"method": "random", "budget": 0.1, "relative_mean": 80.0, "relative_per_seed": [78.0, 80.0, 82.0]},
+                    {"method": "icons", "budget": 0.1, "relative_mean": 84.0, "relative_per_seed": [80.0, 84.0, 88.0]}]}
+    sp = variance_components([one])
+    assert sp["0.1"]["seed_var"] == pytest.approx(10.0) and sp["0.1"]["world_var"] is None
+    assert sd_of_mean(sp["0.1"], 1, 3) == pytest.approx((10 / 3) ** 0.5)
+    t = {x["target"]: x for x in check_targets(one, spread=sp)}["icons above random at 10%"]
+    assert t["margin"] == pytest.approx(4.0) and t["sd"] == pytest.approx((4 / 3) ** 0.5) and t["resolved"] is True
+    assert "sd" not in {x["target"]: x for x in check_targets(one)}["icons above random at 10%"]  # no spread given

@@ -31,7 +31,7 @@ def _relative_table(rows: list[dict], title: str, cell: Callable[[dict], str]) -
     return t
 
 
-def _print_targets(targets: list[dict], title: str, console: Console) -> None:
+def _print_targets(targets: list[dict], title: str, console: Console, worlds: int = 1) -> None:
     """The targets (:func:`vlselect.bench.run.check_targets`), one row each, when there are any."""
     if not targets:
         return
@@ -39,10 +39,22 @@ def _print_targets(targets: list[dict], title: str, console: Console) -> None:
     t.add_column("target")
     t.add_column("met")
     t.add_column("numbers")
+    with_sd = any(x.get("sd") for x in targets)
+    if with_sd:
+        t.add_column("margin ± 2 sd")
     for x in targets:
         mark = {True: "[green]yes[/]", False: "[red]no[/]", None: "[dim]–[/]"}[x["met"]]
-        t.add_row(x["target"], mark, x["detail"])
+        cells = [x["target"], mark, x["detail"]]
+        if with_sd:
+            cells.append("" if not x.get("sd") else f"{x['margin']:+.1f} ± {2 * x['sd']:.1f}"
+                         + ("" if x["resolved"] else " [dim](within noise)[/]"))
+        t.add_row(*cells)
     console.print(t)
+    if with_sd:
+        console.print("[dim]margin: how far the number is on the met side of its threshold; sd: of a mean over the "
+                      "run's worlds x seeds, from the spread between its training seeds"
+                      + (" (one world: the spread between worlds, about as large here, is not in it)" if worlds == 1
+                         else " and between its worlds") + ".[/]")
 
 
 def print_results(results: dict[str, Any], console: Console) -> None:
@@ -99,4 +111,4 @@ def print_worlds(combined: dict[str, Any], console: Console) -> None:
     for note in combined.get("notes", []):
         if not note.startswith("Target"):
             console.print(f"[dim]{note}[/]")
-    _print_targets(combined.get("targets") or [], "targets, on the mean of the worlds", console)
+    _print_targets(combined.get("targets") or [], "targets, on the mean of the worlds", console, len(combined["worlds"]))

@@ -100,8 +100,9 @@ def combine_worlds(results: Sequence[dict[str, Any]], folders: Sequence[str] | N
                    allow_other_code: bool = False) -> dict[str, Any]:
     """The mean over finished single-world bench results (``results.json`` dicts) that differ only in the world
     seed (``config.seed``): per method and budget the mean of the worlds' relative performance (each world's own
-    full pool is its 100), each world's value beside it, and :func:`~vlselect.bench.run.check_targets` judged on
-    the means.
+    full pool is its 100), each world's value beside it, the variance components of the worlds' per-seed scores
+    (``spread``, :func:`vlselect.bench.spread.variance_components`) and :func:`~vlselect.bench.run.check_targets`
+    judged on the means, each target's margin set against the spread.
 
     Refuses (:class:`~vlselect.errors.ConfigError`) runs whose recipes differ in anything but the seed, two runs
     of one world, and runs of different (or unrecorded) vlselect code versions unless ``allow_other_code``, in
@@ -180,7 +181,10 @@ def combine_worlds(results: Sequence[dict[str, Any]], folders: Sequence[str] | N
         "targets_per_world": {str(s): r.get("targets", []) for s, r in zip(seeds, results)},
         "failures": [{**f, "world": s} for s, r in zip(seeds, results) for f in r.get("failures", [])],
     }
-    combined["targets"] = check_targets(combined)
+    from vlselect.bench.spread import variance_components
+
+    combined["spread"] = variance_components(results)
+    combined["targets"] = check_targets(combined, spread=combined["spread"])
     combined["notes"] = _notes(combined)
     return combined
 

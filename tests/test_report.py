@@ -148,3 +148,19 @@ def test_bench_notes_for_the_quick_form_read_well():
     text = " ".join(_notes(BenchConfig.quick(), {}))
     assert "[]" not in text and "survey.md" not in text
     assert "one training seed (0) at every budget" in text
+
+
+def test_targets_section_shows_each_margin_and_whether_it_is_within_noise():
+    targets = [{"target": "icons above random at 10%", "met": True, "detail": "84.0 vs 80.0", "margin": 4.0,
+                "sd": 1.5, "resolved": True},
+               {"target": "tive above random at 10%", "met": False, "detail": "79.0 vs 80.0", "margin": -1.0,
+                "sd": 3.0, "resolved": False},
+               {"target": "the full pool learns at least 7 evaluation sets", "met": False, "detail": "4 (a, b)"}]
+    page = render_html({**RESULTS, "targets": targets})
+    assert "<h2>Targets</h2>" in page
+    assert "<td>+4.0 ± 3.0</td>" in page and "<td>-1.0 ± 6.0 (within noise)</td>" in page
+    assert "<td>4 (a, b)</td><td></td>" in page  # no margin for a count of sets
+    plain = render_html({**RESULTS, "targets": [{k: v for k, v in t.items() if k in ("target", "met", "detail")}
+                                                  for t in targets]})
+    assert "<h2>Targets</h2>" in plain and "margin ± 2 sd" not in plain  # no spread: no margin column
+    assert "Targets" not in render_html(RESULTS)

@@ -328,6 +328,25 @@ def render_html(results: Mapping[str, Any]) -> str:
                          + heatmap_svg(ov["methods"], ov["jaccard"]) + "</section>")
         parts.append("</div>")
 
+    # 5. the bench's targets, each with its margin against the run's spread
+    targets = results.get("targets") or []
+    if targets:
+        with_sd = any(t.get("sd") for t in targets)
+        mark = {True: "yes", False: "no", None: "–"}
+
+        def margin(t: Mapping[str, Any]) -> str:
+            if not t.get("sd"):
+                return ""
+            return f"{t['margin']:+.1f} ± {2 * t['sd']:.1f}" + ("" if t.get("resolved") else " (within noise)")
+
+        hint = ("<p class='hint'>margin: how far the number is on the met side of its threshold, ± 2 sd of a mean "
+                "over the run's worlds x seeds; within noise, met or missed is the draw of the seeds and worlds.</p>"
+                if with_sd else "")
+        head = "<tr><th>target</th><th>met</th><th>numbers</th>" + ("<th>margin ± 2 sd</th>" if with_sd else "")
+        body = "".join(f"<tr><td>{_e(t['target'])}</td><td>{mark[t.get('met')]}</td><td>{_e(t.get('detail', ''))}</td>"
+                       + (f"<td>{_e(margin(t))}</td>" if with_sd else "") + "</tr>" for t in targets)
+        parts.append(f"<section><h2>Targets</h2>{hint}<table>{head}</tr>{body}</table></section>")
+
     notes = results.get("notes") or []
     if notes:
         parts.append("<section><h2>Notes</h2><ul>" + "".join(f"<li>{_e(n)}</li>" for n in notes) + "</ul></section>")

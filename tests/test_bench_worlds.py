@@ -277,3 +277,20 @@ def test_target_margins_against_the_spread_by_hand():
     t = {x["target"]: x for x in check_targets(one, spread=sp)}["icons above random at 10%"]
     assert t["margin"] == pytest.approx(4.0) and t["sd"] == pytest.approx((4 / 3) ** 0.5) and t["resolved"] is True
     assert "sd" not in {x["target"]: x for x in check_targets(one)}["icons above random at 10%"]  # no spread given
+
+
+def test_console_targets_show_the_margin_or_say_why_there_is_none():
+    from rich.console import Console
+
+    from vlselect.bench.report_console import _print_targets
+
+    with_sd = [{"target": "icons above random at 10%", "met": True, "detail": "84.0 vs 80.0", "margin": 4.0,
+                "sd": 3.0, "resolved": False}]
+    con = Console(record=True, width=200)
+    _print_targets(with_sd, "targets", con, worlds=2)
+    out = con.export_text()
+    assert "+4.0 ± 6.0 (within noise)" in out and "between its worlds" in out and "No margins" not in out
+    con = Console(record=True, width=200)
+    _print_targets([{k: v for k, v in with_sd[0].items() if k in ("target", "met", "detail")}], "targets", con)
+    out = con.export_text()
+    assert "No margins" in out and "± " not in out

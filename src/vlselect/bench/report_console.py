@@ -50,6 +50,9 @@ def _print_targets(targets: list[dict], title: str, console: Console, worlds: in
                          + ("" if x["resolved"] else " [dim](within noise)[/]"))
         t.add_row(*cells)
     console.print(t)
+    if not with_sd:
+        console.print("[dim]No margins: with one training seed per budget the run has no spread to set its verdicts "
+                      "against (the full bench trains three seeds on two worlds and prints each margin ± 2 sd).[/]")
     if with_sd:
         console.print("[dim]margin: how far the number is on the met side of its threshold; sd: of a mean over the "
                       "run's worlds x seeds, from the spread between its training seeds"

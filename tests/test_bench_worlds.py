@@ -293,4 +293,4 @@ def test_console_targets_show_the_margin_or_say_why_there_is_none():
     con = Console(record=True, width=200)
     _print_targets([{k: v for k, v in with_sd[0].items() if k in ("target", "met", "detail")}], "targets", con)
     out = con.export_text()
-    assert "No margins" in out and "margin ± 2 sd  " not in out and "(within noise)" not in out
+    assert "No margins" in out and "┃ margin" not in out and "(within noise)" not in out

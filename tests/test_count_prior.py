@@ -4,6 +4,7 @@ hand-made predictions and results."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -89,3 +90,42 @@ def test_question_part_by_hand():
                                                                     (1, np.array([1.0, 0, 1, 1])))},
                                    {"a": 50.0, "b": 50.0})
     assert obs2 == pytest.approx(1250.0) and part2 == pytest.approx(part / 2)
+
+
+def test_swap_rows_by_hand():
+    sw = _script("swap_rows")
+    tasks = np.array(["color", "color", "caption", "count", "caption", "color", "caption", "count"])
+    idx = np.array([0, 1, 3, 5])  # three colour rows and a count row
+    new = sw.swap(idx, tasks, "color", "caption", 2, seed=0)
+    assert new.size == 4 and len(set(new.tolist())) == 4
+    assert (tasks[new] == "color").sum() == 1 and (tasks[new] == "caption").sum() == 2 and 3 in new
+    assert set(new.tolist()) - set(idx.tolist()) <= {2, 4, 6}  # only captions come in
+    assert np.array_equal(new, sw.swap(idx, tasks, "color", "caption", 2, seed=0))  # seeded
+    with pytest.raises(SystemExit, match="holds 1 rows of 'count'"):
+        sw.swap(idx, tasks, "count", "caption", 2, seed=0)
+    with pytest.raises(SystemExit, match="1 rows of 'count' outside"):
+        sw.swap(idx, tasks, "color", "count", 3, seed=0)
+
+
+def test_skill_rows_reads_a_world_by_hand(tmp_path):
+    """A five-record pool, one selection at 40%: the position set asks pos_of and shape_at_pos."""
+    sr = _script("skill_rows")
+    cache = tmp_path / "w0" / "cache"
+    (cache / "world-a" / "w").mkdir(parents=True)
+    (cache / "world-a" / "done.json").write_text("{}")
+    pool = [{"task": "vqa_position", "meta": {"kind": "pos_of"}}, {"task": "caption", "meta": {"kind": "caption"}},
+            {"task": "vqa_position", "meta": {"kind": "shape_at_pos"}}, {"task": "caption", "meta": {"kind": "caption"}},
+            {"task": "vqa_color", "meta": {"kind": "color_of_shape"}}]
+    (cache / "world-a" / "w" / "pool.json").write_text(json.dumps(pool))
+    (cache / "select-b").mkdir()
+    (cache / "select-b" / "done.json").write_text("{}")
+    (cache / "select-b" / "recipe.json").write_text(json.dumps({"method": "less", "budgets": [0.4]}))
+    np.save(cache / "select-b" / "indices_0.4.npy", np.array([0, 3]))
+    (tmp_path / "w0" / "results.json").write_text(json.dumps({
+        "config": {"seed": 0}, "relative_sets": ["position", "color"],
+        "reference": {"scores": {"position": 40.0, "color": 50.0}},
+        "rows": [{"method": "less", "budget": 0.4, "scores": {"position": 30.0, "color": 10.0}}]}))
+    got = {c["set"]: c for c in sr.read_world(tmp_path / "w0")}
+    assert got["position"]["rows"] == {"pos_of": 1, "shape_at_pos": 0} and got["position"]["captions"] == 1
+    assert got["position"]["share"] == pytest.approx(75.0) and got["color"]["share"] == pytest.approx(20.0)
+    assert got["color"]["rows"] == {"color_of_shape": 0}

@@ -1,5 +1,6 @@
 """Reading a ``vlselect bench`` run's cache from the benchmark scripts (``icons_anatomy.py``, ``subset_profile.py``,
-``icons_answers.py``, ``task_mix_probe.py``, ``more_seeds.py``, ``count_prior.py``, ``question_noise.py``)."""
+``icons_answers.py``, ``task_mix_probe.py``, ``more_seeds.py``, ``count_prior.py``, ``question_noise.py``,
+``skill_rows.py``, ``swap_rows.py``)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,29 @@ def world_folders(folders) -> list[Path]:
             raise SystemExit(f"{f}: not a finished vlselect bench folder with its cache (results.json and cache/ "
                              "expected; the committed results folders hold no cache)")
     return out
+
+
+def claim_folder(out: Path, probe: dict) -> str | None:
+    """Make ``out`` the folder of one probe (a script's run on a bench: its identity and options, ``probe``): a
+    folder holding another probe is refused with a clear message (never mixed), one holding this probe finished
+    returns its ``summary.json`` text (shown, not rerun), one unfinished starts over; an unrelated non-empty folder
+    is refused. On return None, ``out`` is empty but for ``probe.json``."""
+    import shutil
+    import sys
+
+    if (out / "probe.json").exists():
+        had = json.loads((out / "probe.json").read_text())
+        if had != probe:
+            sys.exit(f"{out} holds the probe {had}, not {probe}; fix: pass another --out, or delete that folder")
+        if (out / "summary.json").exists():
+            return (out / "summary.json").read_text()
+    elif out.exists() and any(out.iterdir()):
+        sys.exit(f"{out} is not empty and holds no probe; fix: pass an empty or new --out")
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    (out / "probe.json").write_text(json.dumps(probe, indent=1))
+    return None
 
 
 def method_selection(cache: Path, method: str) -> Path:

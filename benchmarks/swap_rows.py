@@ -17,14 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
-import shutil
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-from _bench_cache import bench_run, method_selection, one_stage, train_job  # a sibling module: the scripts run from benchmarks/
+from _bench_cache import bench_run, claim_folder, method_selection, one_stage, train_job  # a sibling module: the scripts run from benchmarks/
 
 
 def swap(idx: np.ndarray, tasks: np.ndarray, drop: str, add: str, n: int, seed: int) -> np.ndarray:
@@ -61,20 +60,10 @@ def main(argv=None) -> int:
     out = a.out or a.bench / name
     probe = {**ident, "method": a.method, "budget": a.budget, "drop": a.drop, "add": a.add, "n": a.n,
              "draw_seed": a.draw_seed}
-    # the folder is this probe's alone: another bench, rerun or code, or other options are refused, never mixed
-    if (out / "probe.json").exists():
-        had = json.loads((out / "probe.json").read_text())
-        if had != probe:
-            sys.exit(f"{out} holds the probe {had}, not {probe}; fix: pass another --out, or delete that folder")
-        if (out / "summary.json").exists():
-            print((out / "summary.json").read_text())
-            return 0
-    elif out.exists() and any(out.iterdir()):
-        sys.exit(f"{out} is not empty and holds no probe; fix: pass an empty or new --out")
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    (out / "probe.json").write_text(json.dumps(probe, indent=1))
+    done = claim_folder(out, probe)  # this probe's folder alone; a finished one is shown, not rerun
+    if done is not None:
+        print(done)
+        return 0
 
     pool = json.loads((one_stage(cache, "world") / "w" / "pool.json").read_text())
     tasks = np.array([r["task"] for r in pool])

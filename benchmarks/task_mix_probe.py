@@ -20,13 +20,12 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
-import shutil
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from _bench_cache import bench_run, method_selection, one_stage, train_job  # a sibling module: the scripts run from benchmarks/
+from _bench_cache import bench_run, claim_folder, method_selection, one_stage, train_job  # a sibling module: the scripts run from benchmarks/
 
 
 def main(argv=None) -> int:
@@ -45,23 +44,12 @@ def main(argv=None) -> int:
 
     cache = args.bench / "cache"
     out = args.out or args.bench / (f"task_mix_probe-{args.mix}" + (f"-draw{args.draw_seed}" if args.draw_seed else ""))
-    # the folder is this probe's alone: another bench (or a rerun of it, or other code), mix, q or draw seed is refused (never mixed with its subsets
-    # and runs); the same probe already finished is shown, not rerun; an unfinished one starts over
     res, cfg, ident = bench_run(args.bench)
     probe = {**ident, "mix": args.mix, "q": args.q, "draw_seed": args.draw_seed}
-    if (out / "probe.json").exists():
-        had = json.loads((out / "probe.json").read_text())
-        if had != probe:
-            sys.exit(f"{out} holds the probe {had}, not {probe}; fix: pass another --out, or delete that folder")
-        if (out / "summary.json").exists():
-            print((out / "summary.json").read_text())
-            return 0
-    elif out.exists() and any(out.iterdir()):
-        sys.exit(f"{out} is not empty and holds no probe; fix: pass an empty or new --out")
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    (out / "probe.json").write_text(json.dumps(probe, indent=1))
+    done = claim_folder(out, probe)  # this probe's folder alone; a finished one is shown, not rerun
+    if done is not None:
+        print(done)
+        return 0
     ref, counted = res["reference"]["scores"], res["relative_sets"]
     world = one_stage(cache, "world") / "w"
     pool = json.loads((world / "pool.json").read_text())

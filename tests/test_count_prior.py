@@ -129,3 +129,20 @@ def test_skill_rows_reads_a_world_by_hand(tmp_path):
     assert got["position"]["rows"] == {"pos_of": 1, "shape_at_pos": 0} and got["position"]["captions"] == 1
     assert got["position"]["share"] == pytest.approx(75.0) and got["color"]["share"] == pytest.approx(20.0)
     assert got["color"]["rows"] == {"color_of_shape": 0}
+
+
+def test_claim_folder_keeps_one_probe_per_folder(tmp_path):
+    bc = _script("_bench_cache")
+    out = tmp_path / "p"
+    assert bc.claim_folder(out, {"a": 1}) is None and json.loads((out / "probe.json").read_text()) == {"a": 1}
+    (out / "run_0").mkdir()  # unfinished: starts over
+    assert bc.claim_folder(out, {"a": 1}) is None and not (out / "run_0").exists()
+    (out / "summary.json").write_text('{"done": true}')
+    assert bc.claim_folder(out, {"a": 1}) == '{"done": true}'  # finished: shown, not rerun
+    with pytest.raises(SystemExit, match="holds the probe"):
+        bc.claim_folder(out, {"a": 2})
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "x.txt").write_text("mine")
+    with pytest.raises(SystemExit, match="holds no probe"):
+        bc.claim_folder(tmp_path / "other", {"a": 1})
+    assert (tmp_path / "other" / "x.txt").read_text() == "mine"

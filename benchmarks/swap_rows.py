@@ -55,6 +55,8 @@ def main(argv=None) -> int:
     from vlselect.bench.run import _train_and_eval
 
     res, cfg, ident = bench_run(a.bench)
+    if a.budget not in cfg.budgets:
+        sys.exit(f"--budget {a.budget:g} is not one of the bench's budgets {list(cfg.budgets)}")
     cache = a.bench / "cache"
     name = f"swap_rows-{a.method}-{a.budget:g}-{a.drop}-{a.add}-{a.n}" + (f"-draw{a.draw_seed}" if a.draw_seed else "")
     out = a.out or a.bench / name
@@ -67,8 +69,6 @@ def main(argv=None) -> int:
 
     pool = json.loads((one_stage(cache, "world") / "w" / "pool.json").read_text())
     tasks = np.array([r["task"] for r in pool])
-    if a.budget not in cfg.budgets:
-        sys.exit(f"--budget {a.budget:g} is not one of the bench's budgets {list(cfg.budgets)}")
     idx = np.load(method_selection(cache, a.method) / f"indices_{a.budget}.npy")
     new = swap(idx, tasks, a.drop, a.add, a.n, a.draw_seed)
     path = out / f"indices_{a.budget}.npy"

@@ -58,6 +58,7 @@ def main(argv=None) -> int:
     if a.budget not in cfg.budgets:
         sys.exit(f"--budget {a.budget:g} is not one of the bench's budgets {list(cfg.budgets)}")
     cache = a.bench / "cache"
+    selection = method_selection(cache, a.method)  # before the output folder is claimed: a wrong name leaves none
     name = f"swap_rows-{a.method}-{a.budget:g}-{a.drop}-{a.add}-{a.n}" + (f"-draw{a.draw_seed}" if a.draw_seed else "")
     out = a.out or a.bench / name
     probe = {**ident, "method": a.method, "budget": a.budget, "drop": a.drop, "add": a.add, "n": a.n,
@@ -69,7 +70,7 @@ def main(argv=None) -> int:
 
     pool = json.loads((one_stage(cache, "world") / "w" / "pool.json").read_text())
     tasks = np.array([r["task"] for r in pool])
-    idx = np.load(method_selection(cache, a.method) / f"indices_{a.budget}.npy")
+    idx = np.load(selection / f"indices_{a.budget}.npy")
     new = swap(idx, tasks, a.drop, a.add, a.n, a.draw_seed)
     path = out / f"indices_{a.budget}.npy"
     np.save(path, new)

@@ -55,6 +55,45 @@ def claim_folder(out: Path, probe: dict) -> str | None:
     return None
 
 
+def _finished(cache: Path, prefix: str) -> list[tuple[Path, dict]]:
+    return [(p, json.loads((p / "recipe.json").read_text())) for p in sorted(cache.glob(f"{prefix}-*"))
+            if (p / "done.json").exists()]
+
+
+def _one_bench(cache: Path, what: str, dups: list) -> None:
+    if dups:
+        raise SystemExit(f"{cache}: more than one finished {what} for {sorted(set(dups))[:5]}: the cache holds the "
+                         "stages of more than one bench (a rerun into the same --out with other options); pass the "
+                         "folder of one run")
+
+
+def bench_runs(cache: Path) -> dict[tuple[str, float, int], Path]:
+    """Every finished training run of the cache by (method, budget, seed). Refuses (exits with a clear message) a
+    cache holding two runs of one key: runs of two benches would otherwise be mixed silently."""
+    out: dict[tuple[str, float, int], Path] = {}
+    dups = []
+    for p, r in _finished(cache, "run"):
+        key = (r["method"], float(r.get("budget", 0.0)), int(r.get("seed", 0)))
+        dups += [key] if key in out else []
+        out[key] = p
+    _one_bench(cache, "training run", dups)
+    return out
+
+
+def bench_selections(cache: Path) -> dict[tuple[str, float], Path]:
+    """Every finished selection of the cache by (method, budget): the path of its indices. Refuses a cache holding
+    two selections of one method (another bench's, or a variant such as another K) instead of picking one."""
+    out: dict[tuple[str, float], Path] = {}
+    dups = []
+    for p, r in _finished(cache, "select"):
+        for b in r["budgets"]:
+            key = (r["method"], float(b))
+            dups += [key] if key in out else []
+            out[key] = p / f"indices_{b}.npy"
+    _one_bench(cache, "selection", dups)
+    return out
+
+
 def method_selection(cache: Path, method: str) -> Path:
     """The one finished ``select-*`` stage folder of ``method`` in ``cache``; exits with a clear message otherwise."""
     found = sorted(p for p in cache.glob("select-*") if (p / "done.json").exists()

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _bench_cache import one_stage, world_folders  # a sibling module: the scripts run from benchmarks/
+from _bench_cache import bench_runs, bench_selections, one_stage, world_folders  # a sibling module: the scripts run from benchmarks/
 from vlselect.world.vocab import CAPTION_PROMPTS, QUESTIONS, SHORT_SUFFIX
 
 #: The evaluation's "How many objects" question (the canonical count_all template).
@@ -74,21 +74,13 @@ def read_world(folder: Path) -> dict:
 
     rows: dict[tuple[str, float], dict[int, int]] = {("full pool", 1.0): per_n(slice(None)),
                                                      (ZERO_SHOT, 0.0): per_n([])}
-    for sel in cache.glob("select-*"):
-        if not (sel / "done.json").is_file():
-            continue
-        recipe = json.loads((sel / "recipe.json").read_text())
-        for b in recipe["budgets"]:
-            rows[(recipe["method"], float(b))] = per_n(np.load(sel / f"indices_{b}.npy"))
+    for key, idx in bench_selections(cache).items():
+        rows[key] = per_n(np.load(idx))
     clean = [p for p in cache.glob("clean-*") if (p / "indices.npy").is_file()]
     clean_rows = per_n(np.load(clean[0] / "indices.npy")) if len(clean) == 1 else None
     relative = {(r["method"], float(r["budget"])): r.get("relative_per_seed") or [] for r in res["rows"]}
     runs = []
-    for run in sorted(cache.glob("run-*")):
-        if not (run / "done.json").is_file():
-            continue
-        recipe = json.loads((run / "recipe.json").read_text())
-        method, budget, seed = recipe["method"], float(recipe.get("budget", 0.0)), int(recipe.get("seed", 0))
+    for (method, budget, seed), run in sorted(bench_runs(cache).items()):
         preds = [json.loads(line) for line in (run / "eval" / "predictions" / "count.jsonl").read_text().splitlines()
                  if line.strip()]
         seeds = res["config"]["seeds"]

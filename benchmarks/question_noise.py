@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _bench_cache import world_folders  # a sibling module: the scripts run from benchmarks/
+from _bench_cache import bench_runs, world_folders  # a sibling module: the scripts run from benchmarks/
 
 SPECIAL = ("full pool", "clean pool", "base model (zero-shot)")
 
@@ -59,18 +59,15 @@ def main(argv=None) -> int:
         res = json.loads((folder / "results.json").read_text())
         ref = {x: res["reference"]["scores"][x] for x in res["relative_sets"]}
         cells: dict[tuple, dict] = defaultdict(dict)
-        for run in sorted((folder / "cache").glob("run-*")):
-            if not (run / "done.json").is_file():
-                continue
-            recipe = json.loads((run / "recipe.json").read_text())
-            if recipe["method"] in SPECIAL:
+        for (method, budget, seed), run in sorted(bench_runs(folder / "cache").items()):
+            if method in SPECIAL:
                 continue
             right = {}
             for x in ref:
                 lines = (run / "eval" / "predictions" / f"{x}.jsonl").read_text().splitlines()
                 right[x] = np.array([float(json.loads(line)["score"]) for line in lines if line.strip()])
                 n_questions.add(len(right[x]))
-            cells[(recipe["method"], float(recipe["budget"]))][int(recipe["seed"])] = right
+            cells[(method, budget)][seed] = right
         for (m, b), right in cells.items():
             if len(right) >= 2:
                 by_budget[b].append(question_part(right, ref))

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _bench_cache import one_stage, world_folders  # a sibling module: the scripts run from benchmarks/
+from _bench_cache import bench_selections, one_stage, world_folders  # a sibling module: the scripts run from benchmarks/
 from vlselect.world.build import EVAL_SETS
 
 BINS = ((0, 25), (25, 50), (50, 100), (100, 200), (200, 400), (400, 10**9))
@@ -42,21 +42,16 @@ def read_world(folder: Path) -> list[dict]:
     ref = res["reference"]["scores"]
     scores = {(r["method"], float(r["budget"])): r["scores"] for r in res["rows"]}
     out = []
-    for sel in sorted(cache.glob("select-*")):
-        if not (sel / "done.json").is_file():
+    for key, path in sorted(bench_selections(cache).items()):
+        if key not in scores:
             continue
-        recipe = json.loads((sel / "recipe.json").read_text())
-        for b in recipe["budgets"]:
-            key = (recipe["method"], float(b))
-            if key not in scores:
-                continue
-            idx = np.load(sel / f"indices_{b}.npy")
-            got = kinds[idx]
-            for s in res["relative_sets"]:
-                ks = EVAL_SETS[s][1]
-                out.append({"world": res["config"]["seed"], "method": key[0], "budget": key[1], "set": s,
-                            "rows": {k: int((got == k).sum()) for k in ks}, "captions": int(is_caption[idx].sum()),
-                            "share": 100.0 * scores[key][s] / ref[s]})
+        idx = np.load(path)
+        got = kinds[idx]
+        for s in res["relative_sets"]:
+            ks = EVAL_SETS[s][1]
+            out.append({"world": res["config"]["seed"], "method": key[0], "budget": key[1], "set": s,
+                        "rows": {k: int((got == k).sum()) for k in ks}, "captions": int(is_caption[idx].sum()),
+                        "share": 100.0 * scores[key][s] / ref[s]})
     return out
 
 

@@ -146,3 +146,29 @@ def test_claim_folder_keeps_one_probe_per_folder(tmp_path):
     with pytest.raises(SystemExit, match="holds no probe"):
         bc.claim_folder(tmp_path / "other", {"a": 1})
     assert (tmp_path / "other" / "x.txt").read_text() == "mine"
+
+
+def test_a_cache_of_two_benches_is_refused_not_mixed(tmp_path):
+    """Two finished runs of one (method, budget, seed), e.g. a rerun with another lr into the same --out: the
+    scripts refuse instead of keeping one of them; unfinished stages are not counted."""
+    bc = _script("_bench_cache")
+    cache = tmp_path / "cache"
+
+    def stage(name, recipe, done=True):
+        (cache / name).mkdir(parents=True)
+        (cache / name / "recipe.json").write_text(json.dumps(recipe))
+        if done:
+            (cache / name / "done.json").write_text("{}")
+
+    stage("run-a", {"method": "random", "budget": 0.2, "seed": 0, "lr": 1e-3})
+    stage("run-b", {"method": "random", "budget": 0.2, "seed": 1, "lr": 1e-3})
+    stage("run-c", {"method": "random", "budget": 0.2, "seed": 0, "lr": 5e-4}, done=False)
+    stage("select-a", {"method": "less", "budgets": [0.1, 0.2]})
+    assert set(bc.bench_runs(cache)) == {("random", 0.2, 0), ("random", 0.2, 1)}
+    assert bc.bench_selections(cache)[("less", 0.1)] == cache / "select-a" / "indices_0.1.npy"
+    (cache / "run-c" / "done.json").write_text("{}")
+    with pytest.raises(SystemExit, match=r"more than one finished training run for \[\('random', 0.2, 0\)\]"):
+        bc.bench_runs(cache)
+    stage("select-b", {"method": "less", "budgets": [0.2], "n_clusters": 150})
+    with pytest.raises(SystemExit, match=r"more than one finished selection for \[\('less', 0.2\)\]"):
+        bc.bench_selections(cache)

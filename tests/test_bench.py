@@ -298,19 +298,26 @@ def test_validation_targets_are_the_counted_sets_and_the_selection_records_them(
     given: dict[str, dict] = {}
     real = select_pkg.run_method
 
+    params: dict[str, dict] = {}
+
     def spy(name, inputs, *a, **kw):
         seen[name] = sorted(k for k in inputs if k.startswith("val/"))
         given[name] = inputs
+        params[name] = dict(kw.get("params") or {})
         return real(name, inputs, *a, **kw)
 
     monkeypatch.setattr(br, "run_method", spy, raising=False)
     monkeypatch.setattr(select_pkg, "run_method", spy)
     monkeypatch.setattr(br, "counted_sets", lambda runs, files, margin: ["color", "count"])
     cfg = BenchConfig.quick(size=120, eval_size=4, val_size=4,
-                            methods=("random", "icons", "icons_coincide", "less_tive", "tive"),
+                            methods=("random", "icons", "icons_coincide", "less_tive", "less_support", "tive"),
                             budgets=(0.25,), grad_dim=32, batch_size=16, lora_r=4, jobs=1, zero_shot_reference=False)
     res = run_bench(tmp_path / "b", cfg, log=lambda m: None)
-    assert seen["icons"] == seen["icons_coincide"] == seen["less_tive"] == ["val/color", "val/count"]
+    assert seen["icons"] == seen["icons_coincide"] == seen["less_tive"] == seen["less_support"] == [
+        "val/color", "val/count"]
+    # less_support: LESS's gradients, and the world card's support task (captions) keeps its pool share
+    assert params["less_support"] == {"support": "caption"}
+    assert np.array_equal(given["less_support"]["train"], given["icons"]["train"])
     assert seen["random"] == seen["tive"] == []
     # less_tive: LESS's mix from every LoRA's gradients (ICONS's train), instance values from TIVE's own
     assert np.array_equal(given["less_tive"]["train"], given["icons"]["train"])
@@ -319,7 +326,11 @@ def test_validation_targets_are_the_counted_sets_and_the_selection_records_them(
     recipes = {json.loads((d / "recipe.json").read_text())["method"]: json.loads((d / "recipe.json").read_text())
                for d in (tmp_path / "b" / "cache").glob("select-*")}
     assert recipes["icons"]["targets"] == ["color", "count"] and "targets" not in recipes["random"]
-    assert [r["method"] for r in res["rows"]] == ["random", "icons", "icons_coincide", "less_tive", "tive"]
+    assert [r["method"] for r in res["rows"]] == ["random", "icons", "icons_coincide", "less_tive", "less_support",
+                                                  "tive"]
+    pool = res["composition"]["pool"]
+    sub = res["composition"]["subsets"]["less_support@0.25"]
+    assert sub.get("caption", 0) == int(np.floor(pool["caption"] / sum(pool.values()) * sum(sub.values()) + 0.5))
     every = sorted(f"val/{p.stem}" for p in next((tmp_path / "b" / "cache").glob("world-*/w/eval")).glob("*.json"))
     run_bench(tmp_path / "b", dataclasses.replace(cfg, val_targets="all"), log=lambda m: None)
     assert len(every) == 9 and seen["icons"] == every

@@ -155,3 +155,63 @@ def test_less_tive_refuses_what_it_cannot_use():
         run_method("less_tive", {"train": arrays["train"]}, 4, tasks=tasks)
     with pytest.raises(SelectionError, match="no official code"):
         run_method("less_tive", arrays, 4, tasks=tasks, strict_official=True)
+
+
+# ------------------------------------------------------------------------------------------ less_support
+
+
+def _support_pool():
+    """Tasks A A A C C B B C, C the support task (3 of 8 rows). Gradients against the one target x = [1, 0]:
+    cosines 1, 0.707, 0, 0, -0.707, 0.949, -1, -1. LESS alone, top 5: rows 0, 5, 1, then 2 and 3 (tied at 0, the
+    lower index first): one support row, by a tie."""
+    train = np.array([[1, 0], [1, 1], [0, 1], [0, 1], [-1, 1], [3, 1], [-1, 0], [-1, 0]], dtype=np.float64)
+    return {"train": train, "val/x": np.array([[2.0, 0.0]])}, np.array(list("AAACCBBC"))
+
+
+def test_less_support_by_hand():
+    arrays, tasks = _support_pool()
+    [less] = run_method("less", arrays, 5)
+    assert less.indices.tolist() == [0, 5, 1, 2, 3]
+    # share 3/8: round(5 x 0.375 = 1.875) = 2 support rows drawn, LESS's top 3 of the other rows (0, 5, 1)
+    five, seven = run_method("less_support", arrays, [5, 7], tasks=tasks, params={"support": "C"}, seed=3)
+    assert five.indices[:3].tolist() == [0, 5, 1] and five.info["support_rows"] == 2
+    assert set(five.indices[3:].tolist()) < {3, 4, 7} and len(set(five.indices[3:].tolist())) == 2
+    # 7 x 0.375 = 2.625 -> 3: every support row; the other four by LESS (row 2 before 6 and the rest)
+    assert seven.indices[:4].tolist() == [0, 5, 1, 2] and sorted(seven.indices[4:].tolist()) == [3, 4, 7]
+    # the smaller budget's draw is the start of the larger one's
+    assert seven.indices[4:6].tolist() == five.indices[3:].tolist()
+    # support_share = 0: LESS over the non-support rows only; 1: every support row, then LESS fills the budget
+    [none] = run_method("less_support", arrays, 5, tasks=tasks, params={"support": "C", "support_share": 0.0})
+    assert none.indices.tolist() == [0, 5, 1, 2, 6]
+    [all_] = run_method("less_support", arrays, 5, tasks=tasks, params={"support": "C", "support_share": 1.0})
+    assert all_.indices[:2].tolist() == [0, 5] and sorted(all_.indices[2:].tolist()) == [3, 4, 7]
+    np.testing.assert_allclose(five.scores, [1, 2 ** -0.5, 0, 0, -(2 ** -0.5), 3 / 10 ** 0.5, -1, -1], atol=1e-12)
+
+
+def test_less_support_draws_every_support_row_alike():
+    """Over 600 seeds each of the three support rows is drawn in 2 of 3 runs (binomial sd about 11 runs)."""
+    arrays, tasks = _support_pool()
+    counts = {3: 0, 4: 0, 7: 0}
+    for seed in range(600):
+        [sel] = run_method("less_support", arrays, 5, tasks=tasks, params={"support": "C"}, seed=seed)
+        for r in sel.indices[3:].tolist():
+            counts[r] += 1
+    assert all(abs(c - 400) < 50 for c in counts.values()), counts
+
+
+def test_less_support_refuses_what_it_cannot_use():
+    from vlselect.errors import SelectionError
+
+    arrays, tasks = _support_pool()
+    with pytest.raises(SelectionError, match="task labels"):
+        run_method("less_support", arrays, 4, params={"support": "C"})
+    with pytest.raises(SelectionError, match=r"support=TASK.*A, B, C"):
+        run_method("less_support", arrays, 4, tasks=tasks)
+    with pytest.raises(SelectionError, match="caption not in the pool"):
+        run_method("less_support", arrays, 4, tasks=tasks, params={"support": "caption"})
+    with pytest.raises(SelectionError, match="val/"):
+        run_method("less_support", {"train": arrays["train"]}, 4, tasks=tasks, params={"support": "C"})
+    with pytest.raises(SelectionError, match="support_share"):
+        run_method("less_support", arrays, 4, tasks=tasks, params={"support": "C", "support_share": 1.5})
+    with pytest.raises(SelectionError, match="no official code"):
+        run_method("less_support", arrays, 4, tasks=tasks, params={"support": "C"}, strict_official=True)

@@ -121,6 +121,13 @@ def test_composites_honour_the_mask_of_every_store(tmp_path):
         [sel] = run_method("less_tive", {k: v for k, v in inputs.items() if k != "features"}, 0.25, tasks=tasks)
     assert sel.count == int(0.25 * 36) and 8 not in sel.indices.tolist()
     assert sel.info["excluded_rows"]["missing"] == 1
+    # less_support: the share is of the selectable rows: task c holds 13 of the 40 rows, row 8 among them, so 12
+    # of 39 and 9 x 12 / 39 = 2.77 -> 3 support rows, none of them row 8
+    with pytest.warns(RuntimeWarning, match="1 pool row"):
+        [sel] = run_method("less_support", {k: v for k, v in inputs.items() if k != "features"}, 0.25, tasks=tasks,
+                           params={"support": "c"})
+    assert sel.count == 9 and 8 not in sel.indices.tolist() and sel.info["support_rows"] == 3
+    assert (tasks[sel.indices] == "c").sum() >= 3 and sel.info["support_share"] == pytest.approx(12 / 39)
 
 
 def test_random_and_length_with_a_store_mask_given_as_exclude(tmp_path):

@@ -1,4 +1,4 @@
-"""vlselect's own composite methods: COINCIDE x ICONS, in both orders, and LESS x TIVE.
+"""vlselect's own composite methods: COINCIDE x ICONS, in both orders, LESS x TIVE and LESS x random.
 
 ``coincide_icons``: COINCIDE's cluster budgets, ICONS's cross-task votes inside each cluster.
 ``icons_coincide``: ICONS's votes choose ``candidate_factor x budget`` candidates, COINCIDE picks among them.
@@ -16,6 +16,11 @@ agreement. A gradient top-k keeps the rows closest to the target's mean gradient
 those are the rows with one answer (``benchmarks/icons_answers.py``); a draw inside the task keeps its answers. At
 TIVE's q = 0.001 the weights of a task differ by at most 0.2%, so that draw is practically uniform.
 
+``less_support``: LESS's top rows for the targets, except that the pool's *support* tasks (tasks no target asks
+about that teach what the targets build on: LLaVA's conversations and detailed descriptions, the bench world's
+captions) keep their share of the budget, drawn at random. LESS ranks by gradient agreement with the targets, and
+rows of a task no target asks about rarely agree, so LESS alone drops nearly all of them.
+
 Pure function of arrays (DESIGN.md): ``features`` (COINCIDE activations), ``train`` and ``val/<task>`` (projected
 gradients, as ICONS takes them).
 """
@@ -27,7 +32,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from vlselect.errors import SelectionError
-from vlselect.select.base import Budget, Param, Role, Selection, factorize_labels, register_method, stable_order
+from vlselect.select.base import (Budget, Param, Role, Selection, factorize_labels, register_method, stable_order,
+                                   str_labels)
 from vlselect.select.coincide import PARAMS as COINCIDE_PARAMS
 from vlselect.select.coincide import _fill_shortfall, allocate_budget, coincide_stages
 from vlselect.select.icons import icons_mean_rank, icons_targets, icons_task_scores, icons_votes
@@ -345,4 +351,100 @@ def less_tive(
         picked = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
         info = {"targets": sorted(per_target), "task_counts": {t: int(k) for t, k in zip(tt.names, want)}}
         out.append(Selection(picked, scores.astype(np.float64), "less_tive", b, dict(params), seed, False, info))
+    return out
+
+
+@register_method(
+    "less_support",
+    roles=[
+        Role("train", "projected training gradients, one row per pool row (as LESS)"),
+        Role("val/*", "validation gradients of a target task: val/<task> or val/<task>/<sub> (as LESS)",
+             aligned=False),
+    ],
+    params=[
+        Param("support", None, str, "the pool's support tasks, comma-separated: tasks no target asks about that "
+              "teach what the targets build on (LLaVA's conversations and detailed descriptions; the bench world's "
+              "captions). Required"),
+        Param("support_share", None, float, "share of each budget drawn at random from the support tasks; default "
+              "their share of the pool (what random selection keeps of them)", ge=0, le=1),
+        Param("normalize", True, bool, "L2-normalise every gradient for the LESS scores (as LESS)"),
+        Param("aggregation", "max", str, "how the target tasks' LESS scores are combined into one: max or mean "
+              "(as LESS)", choices=("max", "mean")),
+    ],
+    summary="vlselect composite: LESS's top rows of the other tasks for the targets, the support tasks' share of "
+            "the budget drawn at random",
+    needs_tasks=True,
+    reference="vlselect (this package): LESS (specs/survey.md §5.2) x random selection",
+)
+def less_support(
+    arrays: Mapping[str, np.ndarray],
+    tasks: np.ndarray | None,
+    budgets: Sequence[Budget],
+    *,
+    seed: int = 0,
+    strict_official: bool = False,
+    support: str | None = None,
+    support_share: float | None = None,
+    normalize: bool = True,
+    aggregation: str = "max",
+) -> list[Selection]:
+    """Select at one or more budgets.
+
+    LESS keeps the rows whose gradients point where the targets' do; rows of a task no target asks about rarely
+    do, so LESS drops the pool's support data (a pool's captions or conversations) although the targets' skills
+    are learned from it too. This composite keeps a random share of it:
+
+    1. ``k_s = round(share x count)`` rows (half up) (at most the support rows there are) are drawn uniformly without
+       replacement from the support tasks' rows, ``RandomState(seed).permutation`` (so a smaller budget's draw is
+       the start of a larger one's); ``share`` = ``support_share``, by default the support tasks' share of the
+       selectable pool.
+    2. The other ``count - k_s`` rows are LESS's top rows among the rest of the pool (LESS's score:
+       :func:`vlselect.select.less.less_combined_scores`; ties by row index). If the rest runs out, more support
+       rows fill the budget.
+
+    Returns
+    -------
+    list of Selection: LESS's rows first (best first), then the support rows in draw order; ``scores`` = LESS's
+    score; ``info["support_rows"]`` = rows from the support tasks, ``info["support_share"]``, ``info["targets"]``.
+    """
+    from vlselect.select.less import less_combined_scores
+
+    if strict_official:
+        raise SelectionError("less_support is vlselect's own method: it has no official code to be strict to")
+    if tasks is None:
+        raise SelectionError("less_support needs task labels (its support share is per pool task); pass --pool FILE "
+                             "or --tasks TASKS.json")
+    if arrays.get("train") is None:
+        raise SelectionError("less_support needs --input train=GRADS (and val/<task>)")
+    labels = str_labels(tasks)
+    n = int(arrays["train"].shape[0])
+    if labels.shape[0] != n:
+        raise SelectionError(f"less_support: {labels.shape[0]} task labels for {n} rows; give one per pool row")
+    names = [t.strip() for t in (support or "").split(",") if t.strip()]
+    present = sorted(set(labels.tolist()))
+    if not names:
+        raise SelectionError("less_support needs the pool's support tasks: --param support=TASK[,TASK] (the pool's "
+                             f"tasks: {', '.join(present)})")
+    unknown = [t for t in names if t not in present]
+    if unknown:
+        raise SelectionError(f"less_support: support task(s) {', '.join(unknown)} not in the pool; its tasks: "
+                             f"{', '.join(present)}")
+    score, per_target = less_combined_scores(arrays, normalize=normalize, aggregation=aggregation,
+                                             name="less_support")
+    is_support = np.isin(labels, names)
+    support_rows = np.flatnonzero(is_support)
+    order = stable_order(score, descending=True)
+    rest = order[~is_support[order]]
+    share = float(is_support.mean()) if support_share is None else float(support_share)
+    drawn = np.random.RandomState(int(seed)).permutation(support_rows)
+    params = {"support": ",".join(names), "support_share": support_share, "normalize": normalize,
+              "aggregation": aggregation}
+    out: list[Selection] = []
+    for b in budgets:
+        k_s = min(support_rows.size, int(np.floor(share * b.count + 0.5)))
+        k_r = min(rest.size, b.count - k_s)
+        k_s = min(support_rows.size, b.count - k_r)
+        picked = np.concatenate([rest[:k_r], drawn[:k_s]]).astype(np.int64)
+        info = {"targets": sorted(per_target), "support": names, "support_share": share, "support_rows": int(k_s)}
+        out.append(Selection(picked, score.astype(np.float64), "less_support", b, dict(params), seed, False, info))
     return out

@@ -82,6 +82,18 @@ def less_scores(
     return targets
 
 
+def less_combined_scores(arrays: Mapping[str, np.ndarray], *, normalize: bool, aggregation: str, name: str
+                         ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """LESS's one ranking score per training row (the target tasks' :func:`less_scores` combined by ``max`` or
+    ``mean``) and the per-target scores; ``name`` is the method named in the error for missing targets."""
+    val = _group_val(arrays)
+    if not val:
+        raise SelectionError(f"{name} needs at least one validation input; pass --input val/TASK=PATH")
+    per_task = less_scores(arrays["train"], val, normalize=normalize)
+    stacked = np.stack([per_task[t] for t in sorted(per_task)], axis=1)
+    return (stacked.max(axis=1) if aggregation == "max" else stacked.mean(axis=1)), per_task
+
+
 @register_method(
     "less",
     roles=(
@@ -127,12 +139,7 @@ def select_less(
     validation rows, max over sub-tasks) and ``write_selected_data.py`` (sort descending, keep the top).
     A single checkpoint is used here: pass one gradient set per role.
     """
-    val = _group_val(arrays)
-    if not val:
-        raise SelectionError("less needs at least one validation input; pass --input val/TASK=PATH")
-    per_task = less_scores(arrays["train"], val, normalize=normalize)
-    stacked = np.stack([per_task[t] for t in sorted(per_task)], axis=1)
-    score = stacked.max(axis=1) if aggregation == "max" else stacked.mean(axis=1)
+    score, per_task = less_combined_scores(arrays, normalize=normalize, aggregation=aggregation, name="less")
     order = stable_order(score, descending=True)
     info = {"targets": sorted(per_task), "task_scores_max": {t: float(np.max(v)) for t, v in per_task.items()}}
     return [

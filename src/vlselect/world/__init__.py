@@ -3,15 +3,15 @@ pool with the structure that makes data selection matter, held-out evaluation se
 
 Public API: :func:`make_world` (writes a world), :func:`make_pretrain_pool` (a separate caption pool for
 pre-training the base model), :class:`WorldInfo`, :class:`WorldConfig`, :func:`corpus`
-(texts for the tokenizer), :data:`TASKS`, :data:`EVAL_SETS`.
+(texts for the tokenizer), :data:`TASKS`, :data:`EVAL_SETS`, :data:`SUPPORT` (the support tasks).
 """
 
 from __future__ import annotations
 
-from vlselect.world.build import EVAL_SETS, TASKS, WorldConfig
+from vlselect.world.build import EVAL_SETS, SUPPORT, TASKS, WorldConfig
 from vlselect.world.corpus import corpus
 
-__all__ = ["EVAL_SETS", "TASKS", "WorldConfig", "WorldInfo", "corpus", "make_pretrain_pool", "make_world"]
+__all__ = ["EVAL_SETS", "SUPPORT", "TASKS", "WorldConfig", "WorldInfo", "corpus", "make_pretrain_pool", "make_world"]
 
 
 def __getattr__(name: str):

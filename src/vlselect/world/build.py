@@ -36,6 +36,10 @@ EASY_KIND: dict[str, str] = {
     "vqa_position": "pos_of", "exist": "exist", "grounding": "rec",
 }
 OFF_TARGET: tuple[str, ...] = ("text",)
+#: Support tasks: no evaluation set asks about them, but every caption names each object's colour, shape and
+#: position, so they teach what the skill sets build on (the card's "support" role; ``less_support``'s default in
+#: the bench).
+SUPPORT: tuple[str, ...] = ("caption",)
 
 
 def task_kinds(task: str, compose_share: float) -> list[tuple[str, float]]:
@@ -341,6 +345,6 @@ def plan_pool(cfg: WorldConfig, avoid: set | None = None) -> tuple[list[PlannedR
 
 
 __all__ = [
-    "DEFAULT_COMPOSITION", "DEFAULT_REDUNDANCY", "EASY_KIND", "EVAL_SETS", "LETTERS", "OFF_TARGET", "TASKS",
+    "DEFAULT_COMPOSITION", "DEFAULT_REDUNDANCY", "EASY_KIND", "EVAL_SETS", "LETTERS", "OFF_TARGET", "SUPPORT", "TASKS",
     "Picture", "PlannedRecord", "WorldConfig", "plan_eval", "plan_pool", "task_kinds",
 ]

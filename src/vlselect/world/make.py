@@ -19,6 +19,7 @@ from vlselect.world.build import (
     EASY_KIND,
     EVAL_SETS,
     OFF_TARGET,
+    SUPPORT,
     TASKS,
     Picture,
     PlannedRecord,
@@ -175,7 +176,7 @@ def _card(cfg: WorldConfig, stats: dict[str, dict[str, int]], eval_sizes: dict[s
           "| task | records | share | scenes | redundant | noisy | wrong | easy | text-only | role |",
           "|---|---|---|---|---|---|---|---|---|---|"]
     for t, s in stats.items():
-        role = "off-target" if t in OFF_TARGET else ("support" if t in ("caption",) else "skill")
+        role = "off-target" if t in OFF_TARGET else ("support" if t in SUPPORT else "skill")
         L.append(f"| {t} | {s['records']} | {s['records'] / N:.1%} | {s['groups']} | {s['redundant']} | "
                  f"{s['noisy']} | {s['wrong']} | {s['easy']} | {s['text_only']} | {role} |")
     L.append(f"| **total** | {tot['records']} | 100.0% | {tot['groups']} | {tot['redundant']} | {tot['noisy']} | "

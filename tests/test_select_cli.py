@@ -301,3 +301,26 @@ def test_less_tive_from_gradient_stores(work: Path, capsys):
     m = json.loads((work / "o" / "manifest.json").read_text())
     assert {t: c["subset"] for t, c in m["extra"]["task_counts"].items()} == want.info["task_counts"]
     assert m["extra"]["inputs"]["instance"]["array"] == "gradients"
+
+
+def test_less_support_from_the_command_line(work: Path, capsys):
+    """``--param support=c``: task c is a third of the 60 rows, so 4 of a 12-row budget are c rows; the other 8 are
+    LESS's top rows among tasks a and b (LESS, run separately, as the source); without the parameter the error
+    names it and the pool's tasks."""
+    from vlselect.select import run_method
+
+    rng = np.random.default_rng(5)
+    g = rng.normal(size=(N, 6)).astype(np.float32)
+    np.save(work / "g.npy", g)
+    np.save(work / "vx.npy", rng.normal(size=(3, 6)).astype(np.float32))
+    base = ["select", "less_support", "--input", f"train={work / 'g.npy'}", "--input", f"val/x={work / 'vx.npy'}",
+            "--tasks", str(work / "tasks.json"), "--budget", "12"]
+    code, text = _run([*base, "--out", str(work / "o")], capsys)
+    assert code == 2 and "support=TASK" in text and "a, b, c" in text, text
+    code, text = _run([*base, "--param", "support=c", "--out", str(work / "o")], capsys)
+    assert code == 0, text
+    got = np.load(work / "o" / "indices.npy")
+    tasks = np.array([["a", "b", "c"][i % 3] for i in range(N)])
+    assert (tasks[got] == "c").sum() == 4 and got.size == np.unique(got).size == 12
+    [less] = run_method("less", {"train": g[tasks != "c"], "val/x": np.load(work / "vx.npy")}, 8)
+    assert got[:8].tolist() == np.flatnonzero(tasks != "c")[less.indices].tolist()

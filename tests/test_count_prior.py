@@ -172,3 +172,22 @@ def test_a_cache_of_two_benches_is_refused_not_mixed(tmp_path):
     stage("select-b", {"method": "less", "budgets": [0.2], "n_clusters": 150})
     with pytest.raises(SystemExit, match=r"more than one finished selection for \[\('less', 0.2\)\]"):
         bc.bench_selections(cache)
+
+
+def test_answer_skew_tells_the_kinds_apart_and_counts_by_hand():
+    sk = _script("answer_skew")
+    pos = sk.template_pattern("pos_of")
+    assert pos.match("Where is the purple circle?") and pos.match("In which part of the image is the red cross?")
+    assert not pos.match("What shape is at the top left?") and not pos.match("Where is the purple circle")
+    assert sk.template_pattern("shape_at_pos").match("What is the shape of the object at the bottom right?")
+    with pytest.raises(SystemExit, match="unknown question kind"):
+        sk.template_pattern("nope")
+    assert sk.top_share(["a", "b", "b", "c"]) == ("b", 0.5)
+    assert sk.top_share(["b", "a"]) == ("a", 0.5)  # a tie: the alphabetically first
+    assert sk.top_share([]) == (None, 0.0)
+    preds = [{**_p("Where is the red cross?", "top", "bottom right"), "score": 0.0},
+             {**_p("Where is the blue circle?", "bottom right", "bottom right"), "score": 1.0},
+             {**_p("Where is the green square located?", "left", "left"), "score": 1.0},
+             {**_p("What shape is at the top?", "cross", "cross"), "score": 1.0}]  # another kind: left out
+    acc, top, share, n = sk.runs_on_kind(preds, pos)
+    assert (acc, top, n) == (pytest.approx(200 / 3), "bottom right", 3) and share == pytest.approx(2 / 3)

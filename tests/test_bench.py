@@ -310,27 +310,31 @@ def test_validation_targets_are_the_counted_sets_and_the_selection_records_them(
     monkeypatch.setattr(select_pkg, "run_method", spy)
     monkeypatch.setattr(br, "counted_sets", lambda runs, files, margin: ["color", "count"])
     cfg = BenchConfig.quick(size=120, eval_size=4, val_size=4,
-                            methods=("random", "icons", "icons_coincide", "less_tive", "less_support", "tive"),
+                            methods=("random", "icons", "icons_coincide", "less_tive", "less_support", "tive",
+                                     "less_tive_support"),
                             budgets=(0.25,), grad_dim=32, batch_size=16, lora_r=4, jobs=1, zero_shot_reference=False)
     res = run_bench(tmp_path / "b", cfg, log=lambda m: None)
     assert seen["icons"] == seen["icons_coincide"] == seen["less_tive"] == seen["less_support"] == [
-        "val/color", "val/count"]
+        "val/color", "val/count"] == seen["less_tive_support"]
     # less_support: LESS's gradients, and the world card's support task (captions) keeps its pool share
-    assert params["less_support"] == {"support": "caption"}
+    assert params["less_support"] == {"support": "caption"} == params["less_tive_support"]
     assert np.array_equal(given["less_support"]["train"], given["icons"]["train"])
     assert seen["random"] == seen["tive"] == []
     # less_tive: LESS's mix from every LoRA's gradients (ICONS's train), instance values from TIVE's own
     assert np.array_equal(given["less_tive"]["train"], given["icons"]["train"])
     assert np.array_equal(given["less_tive"]["instance"], given["tive"]["train"])
+    assert np.array_equal(given["less_tive_support"]["instance"], given["tive"]["train"])
+    assert np.array_equal(given["less_tive_support"]["train"], given["icons"]["train"])
     assert not np.array_equal(given["tive"]["train"], given["icons"]["train"])
     recipes = {json.loads((d / "recipe.json").read_text())["method"]: json.loads((d / "recipe.json").read_text())
                for d in (tmp_path / "b" / "cache").glob("select-*")}
     assert recipes["icons"]["targets"] == ["color", "count"] and "targets" not in recipes["random"]
     assert [r["method"] for r in res["rows"]] == ["random", "icons", "icons_coincide", "less_tive", "less_support",
-                                                  "tive"]
+                                                  "tive", "less_tive_support"]
     pool = res["composition"]["pool"]
-    sub = res["composition"]["subsets"]["less_support@0.25"]
-    assert sub.get("caption", 0) == int(np.floor(pool["caption"] / sum(pool.values()) * sum(sub.values()) + 0.5))
+    for m in ("less_support", "less_tive_support"):
+        sub = res["composition"]["subsets"][f"{m}@0.25"]
+        assert sub.get("caption", 0) == int(np.floor(pool["caption"] / sum(pool.values()) * sum(sub.values()) + 0.5))
     every = sorted(f"val/{p.stem}" for p in next((tmp_path / "b" / "cache").glob("world-*/w/eval")).glob("*.json"))
     run_bench(tmp_path / "b", dataclasses.replace(cfg, val_targets="all"), log=lambda m: None)
     assert len(every) == 9 and seen["icons"] == every

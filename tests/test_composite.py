@@ -215,3 +215,87 @@ def test_less_support_refuses_what_it_cannot_use():
         run_method("less_support", arrays, 4, tasks=tasks, params={"support": "C", "support_share": 1.5})
     with pytest.raises(SelectionError, match="no official code"):
         run_method("less_support", arrays, 4, tasks=tasks, params={"support": "C"}, strict_official=True)
+
+
+# ------------------------------------------------------------------------------------------ less_tive_support
+
+
+def _support_pool_with_instances():
+    """``_support_pool`` (tasks A A A C C B B C, C the support task) with instance gradients: A's rows 0, 1, 2
+    [1,0], [0,1], [0.6,0.8] -> mean cosines with the task's rows 0.533, 0.6, 0.8; B's rows 5, 6 [1,0], [0,1] ->
+    0.5 each (a tie); C's rows all [1,0]."""
+    arrays, tasks = _support_pool()
+    inst = np.array([[1, 0], [0, 1], [0.6, 0.8], [1, 0], [1, 0], [1, 0], [0, 1], [1, 0]], dtype=np.float64)
+    return {**arrays, "instance": inst}, tasks
+
+
+def test_less_tive_support_by_hand():
+    arrays, tasks = _support_pool_with_instances()
+    p = {"support": "C", "q": 1e6}
+    # 5 x 3/8 = 1.875 -> 2 support rows; the target's top 3 of the other rows are 0, 5, 1 -> A 2, B 1. q = 1e6: A's
+    # draw is its best instance value (row 2), then row 1 (0.6 > 0.533): not LESS's row 0. B's two rows tie.
+    five, seven = run_method("less_tive_support", arrays, [5, 7], tasks=tasks, params=p, seed=3)
+    assert five.info["task_counts"] == {"A": 2, "C": 0, "B": 1} and five.info["support_rows"] == 2
+    assert five.indices[:2].tolist() == [2, 1] and five.indices[2] in (5, 6)
+    assert len(set(five.indices[3:].tolist())) == 2 and set(five.indices[3:].tolist()) < {3, 4, 7}
+    # the support draw is less_support's (same seed, same share)
+    [ls] = run_method("less_support", {k: v for k, v in arrays.items() if k != "instance"}, 5, tasks=tasks,
+                      params={"support": "C"}, seed=3)
+    assert five.indices[3:].tolist() == ls.indices[3:].tolist()
+    # 7 x 3/8 = 2.625 -> 3: every support row; the top 4 others 0, 5, 1, 2 -> all of A (2, 1, 0) and one of B
+    assert seven.info["task_counts"] == {"A": 3, "C": 0, "B": 1}
+    assert seven.indices[:3].tolist() == [2, 1, 0] and sorted(seven.indices[4:].tolist()) == [3, 4, 7]
+    # share 0: the five non-support rows; share 1: every support row, then the top 2 others (0, 5) -> A 1, B 1,
+    # and A's one row is its draw (row 2), not LESS's row 0
+    [none] = run_method("less_tive_support", arrays, 5, tasks=tasks, params={**p, "support_share": 0.0})
+    assert sorted(none.indices.tolist()) == [0, 1, 2, 5, 6] and none.info["support_rows"] == 0
+    [all_] = run_method("less_tive_support", arrays, 5, tasks=tasks, params={**p, "support_share": 1.0})
+    assert all_.indices[0] == 2 and all_.indices[1] in (5, 6) and sorted(all_.indices[2:].tolist()) == [3, 4, 7]
+    # B's tie is a fair coin: over 400 seeds each of its rows about half the time (binomial sd 10)
+    fives = sum(int(run_method("less_tive_support", arrays, 5, tasks=tasks, params=p, seed=s)[0].indices[2] == 5)
+                for s in range(400))
+    assert abs(fives - 200) < 45, fives
+
+
+def test_less_tive_support_mix_is_less_over_the_other_tasks():
+    """The task mix of the non-support rows is LESS's own top-k (one target, so the balanced merge is LESS's
+    ranking) run as a separate method on the non-support rows alone."""
+    rng = np.random.default_rng(1)
+    n = 400
+    tasks = np.array(["a", "b", "c", "s"])[rng.integers(0, 4, n)]
+    arrays = {"train": rng.normal(size=(n, 8)), "val/p": rng.normal(size=(3, 8))}
+    other = np.flatnonzero(tasks != "s")
+    share = (tasks == "s").mean()
+    sels = run_method("less_tive_support", arrays, [0.05, 0.2], tasks=tasks, params={"support": "s"}, seed=2)
+    for sel in sels:
+        idx = sel.indices
+        k_s = int(np.floor(share * sel.count + 0.5))
+        assert np.unique(idx).size == idx.size == sel.count and int((tasks[idx] == "s").sum()) == k_s
+        [less] = run_method("less", {"train": arrays["train"][other], "val/p": arrays["val/p"]}, sel.count - k_s)
+        want = {t: int((tasks[other[less.indices]] == t).sum()) for t in "abc"}
+        assert {t: int((tasks[idx] == t).sum()) for t in "abc"} == want
+        assert {t: sel.info["task_counts"][t] for t in "abc"} == want and sel.info["task_counts"]["s"] == 0
+    # merge=max with two targets: the mix is LESS's top-k of the other rows by the best target
+    arrays["val/q"] = rng.normal(size=(3, 8))
+    [mx] = run_method("less_tive_support", arrays, 0.2, tasks=tasks, params={"support": "s", "merge": "max"})
+    k_s = int(np.floor(share * mx.count + 0.5))
+    [less] = run_method("less", {"train": arrays["train"][other], "val/p": arrays["val/p"], "val/q": arrays["val/q"]},
+                        mx.count - k_s)
+    assert {t: mx.info["task_counts"][t] for t in "abc"} == {t: int((tasks[other[less.indices]] == t).sum())
+                                                              for t in "abc"}
+
+
+def test_less_tive_support_refuses_what_it_cannot_use():
+    from vlselect.errors import SelectionError
+
+    arrays, tasks = _support_pool_with_instances()
+    with pytest.raises(SelectionError, match="task labels"):
+        run_method("less_tive_support", arrays, 4, params={"support": "C"})
+    with pytest.raises(SelectionError, match=r"less_tive_support needs the pool's support tasks.*A, B, C"):
+        run_method("less_tive_support", arrays, 4, tasks=tasks)
+    with pytest.raises(SelectionError, match="caption not in the pool"):
+        run_method("less_tive_support", arrays, 4, tasks=tasks, params={"support": "caption"})
+    with pytest.raises(SelectionError, match="val/"):
+        run_method("less_tive_support", {"train": arrays["train"]}, 4, tasks=tasks, params={"support": "C"})
+    with pytest.raises(SelectionError, match="no official code"):
+        run_method("less_tive_support", arrays, 4, tasks=tasks, params={"support": "C"}, strict_official=True)

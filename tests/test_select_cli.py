@@ -324,3 +324,28 @@ def test_less_support_from_the_command_line(work: Path, capsys):
     assert (tasks[got] == "c").sum() == 4 and got.size == np.unique(got).size == 12
     [less] = run_method("less", {"train": g[tasks != "c"], "val/x": np.load(work / "vx.npy")}, 8)
     assert got[:8].tolist() == np.flatnonzero(tasks != "c")[less.indices].tolist()
+
+
+def test_less_tive_support_from_the_command_line(work: Path, capsys):
+    """The support share as ``less_support`` (4 of 12 rows from task c); the other 8 rows hold as many rows of a and
+    b as LESS's top 8 among a and b (LESS, run separately, as the source), drawn inside each task."""
+    from vlselect.select import run_method
+
+    rng = np.random.default_rng(6)
+    g = rng.normal(size=(N, 6)).astype(np.float32)
+    np.save(work / "g.npy", g)
+    np.save(work / "vx.npy", rng.normal(size=(3, 6)).astype(np.float32))
+    code, text = _run(["select", "less_tive_support", "--input", f"train={work / 'g.npy'}", "--input",
+                       f"val/x={work / 'vx.npy'}", "--tasks", str(work / "tasks.json"), "--budget", "12",
+                       "--param", "support=c", "--out", str(work / "o")], capsys)
+    assert code == 0, text
+    got = np.load(work / "o" / "indices.npy")
+    tasks = np.array([["a", "b", "c"][i % 3] for i in range(N)])
+    other = np.flatnonzero(tasks != "c")
+    [less] = run_method("less", {"train": g[other], "val/x": np.load(work / "vx.npy")}, 8)
+    assert (tasks[got] == "c").sum() == 4 and got.size == np.unique(got).size == 12
+    assert {t: int((tasks[got] == t).sum()) for t in "ab"} == {t: int((tasks[other[less.indices]] == t).sum())
+                                                              for t in "ab"}
+    m = json.loads((work / "o" / "manifest.json").read_text())
+    assert m["extra"]["info"]["support_rows"] == 4 and m["params"]["support"] == "c"
+    assert {t: c["subset"] for t, c in m["extra"]["task_counts"].items()} == {"a": 2, "b": 6, "c": 4}

@@ -45,23 +45,25 @@ from vlselect.errors import ConfigError, VlselectError
 #: Every method the bench knows (``vlselect bench --methods all``).
 ALL_METHODS = (
     "random", "random_stratified", "length", "el2n", "perplexity", "semdedup", "d2pruning", "coincide", "icons",
-    "tive", "less", "coincide_icons", "icons_coincide", "less_tive", "less_support",
+    "tive", "less", "coincide_icons", "icons_coincide", "less_tive", "less_support", "less_tive_support",
 )
 #: The bench's default: the methods the targets judge, the baselines they are judged against, LESS and the
 #: composites. Length, EL2N, perplexity, SemDeDup and D2-Pruning scored below random at every budget in both
 #: worlds measured (benchmarks/RESULTS.md, "A second world"); they cost a third of a world's training time, which
 #: the full bench now spends on a second world. ``random_stratified`` (random with every task's pool share) gave
 #: its place to ``less_support`` (2026-12-05) so that the two-world bench stays inside 45 minutes; it scored at or
-#: below random at every budget on the mean of two and of four worlds. ``--methods all`` runs them all.
+#: below random at every budget on the mean of two and of four worlds. ``less_tive_support`` joined on 2026-12-05
+#: (about 85 s a world). ``--methods all`` runs them all.
 DEFAULT_METHODS = (
     "random", "coincide", "icons", "tive", "less", "coincide_icons", "icons_coincide", "less_tive", "less_support",
+    "less_tive_support",
 )
 #: vlselect's own composite methods (judged against every single method).
-COMPOSITES = ("coincide_icons", "icons_coincide", "less_tive", "less_support")
+COMPOSITES = ("coincide_icons", "icons_coincide", "less_tive", "less_support", "less_tive_support")
 #: methods that read the validation sets' gradients (their targets)
 VAL_METHODS = ("icons", "less", *COMPOSITES)
 #: methods that read TIVE's own gradients (self-attention LoRA only, tive.md §3)
-TIVE_GRADS = {"tive", "less_tive"}
+TIVE_GRADS = {"tive", "less_tive", "less_tive_support"}
 #: The name of the clean-pool reference run (not a method: it reads the world's answer-correctness metadata).
 CLEAN = "clean pool"
 #: The name of the zero-shot reference: the base model evaluated without any fine-tuning (what needs no data).
@@ -336,7 +338,8 @@ def run_bench(out: str | os.PathLike, config: BenchConfig | None = None, *,
         for m in methods:
             sel_recipe = {"method": m, "budgets": list(cfg.budgets), "seed": cfg.seed, "act": acts_stage,
                           "grad": cfg.grad_dim if m in grad_methods else None, "n_clusters": cfg.n_clusters,
-                          "grad_params": {"tive": "self_attn", "less_tive": "lora+self_attn"}.get(m),
+                          "grad_params": {"tive": "self_attn", "less_tive": "lora+self_attn",
+                                          "less_tive_support": "lora+self_attn"}.get(m),
                           "d2_score": cfg.d2_score if m == "d2pruning" else None}
             if m in VAL_METHODS and cfg.val_targets != "all":
                 sel_recipe["targets"] = targets
@@ -581,10 +584,11 @@ def _method_inputs(acts, grads, val_grads, pool, layout, tive_grads=None, aum=No
             return {**train, **vals}, params
         if m == "less_tive":  # LESS's mix from every LoRA's gradients, TIVE's instance values from its own
             return {**train, "instance": (tive_grads or grads).array("gradients"), **vals}, params
-        if m == "less_support":  # the world's support tasks (its card's "support" role) keep their pool share
-            from vlselect.world import SUPPORT
+        if m in ("less_support", "less_tive_support"):  # the world's support tasks (its card's "support" role)
+            from vlselect.world import SUPPORT  # keep their pool share
 
-            return {**train, **vals}, {"support": ",".join(SUPPORT)}
+            extra = {"instance": (tive_grads or grads).array("gradients")} if m == "less_tive_support" else {}
+            return {**train, **extra, **vals}, {"support": ",".join(SUPPORT)}
         if m in COMPOSITES:
             params.update(n_clusters=k, num_layers=layout.get("num_layers"), hidden_size=layout.get("hidden_size"))
             return {"features": feats, **train, **vals}, params

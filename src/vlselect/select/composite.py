@@ -1,4 +1,4 @@
-"""vlselect's own composite methods: COINCIDE x ICONS, in both orders, LESS x TIVE and LESS x random.
+"""vlselect's own composite methods: COINCIDE x ICONS, in both orders, LESS x TIVE, LESS x random and all three.
 
 ``coincide_icons``: COINCIDE's cluster budgets, ICONS's cross-task votes inside each cluster.
 ``icons_coincide``: ICONS's votes choose ``candidate_factor x budget`` candidates, COINCIDE picks among them.
@@ -20,6 +20,9 @@ TIVE's q = 0.001 the weights of a task differ by at most 0.2%, so that draw is p
 about that teach what the targets build on: LLaVA's conversations and detailed descriptions, the bench world's
 captions) keep their share of the budget, drawn at random. LESS ranks by gradient agreement with the targets, and
 rows of a task no target asks about rarely agree, so LESS alone drops nearly all of them.
+
+``less_tive_support``: both at once: the support tasks keep their share of the budget, drawn at random, and the
+rest is ``less_tive`` over the other tasks (the targets' task mix, rows drawn inside each task).
 
 Pure function of arrays (DESIGN.md): ``features`` (COINCIDE activations), ``train`` and ``val/<task>`` (projected
 gradients, as ICONS takes them).
@@ -264,22 +267,117 @@ def balanced_merge(scores: Mapping[str, np.ndarray], count: int) -> np.ndarray:
     return np.asarray(out, dtype=np.int64)
 
 
+_LESS_TIVE_ROLES = [
+    Role("train", "projected training gradients, one row per pool row (as LESS)"),
+    Role("instance", "projected gradients for TIVE's instance values (TIVE: self-attention LoRA only); "
+         "default: train", required=False, store_arrays=("gradients",)),
+    Role("val/*", "validation gradients of a target task: val/<task> or val/<task>/<sub> (as LESS)",
+         aligned=False),
+]
+_LESS_TIVE_PARAMS = [
+    Param("merge", "balanced", str, "how the target tasks' LESS rankings make the task mix: 'balanced' (an "
+          "equal share of the budget per target, taken in turns) or 'max' (LESS's top-k by the best score)",
+          choices=("balanced", "max")),
+    Param("normalize", True, bool, "L2-normalise every gradient for the LESS scores (as LESS)"),
+    Param("q", 0.001, float, "TIVE's inverse temperature of the within-task softmax over instance values", gt=0),
+]
+_SUPPORT_PARAMS = [
+    Param("support", None, str, "the pool's support tasks, comma-separated: tasks no target asks about that "
+          "teach what the targets build on (LLaVA's conversations and detailed descriptions; the bench world's "
+          "captions). Required"),
+    Param("support_share", None, float, "share of each budget drawn at random from the support tasks; default "
+          "their share of the pool (what random selection keeps of them)", ge=0, le=1),
+]
+
+
+def support_rows(name: str, labels: np.ndarray, support: str | None) -> tuple[list[str], np.ndarray]:
+    """The named support tasks (checked against the pool's tasks: a clear error names them) and a mask of their
+    rows."""
+    names = [t.strip() for t in (support or "").split(",") if t.strip()]
+    present = sorted(set(labels.tolist()))
+    if not names:
+        raise SelectionError(f"{name} needs the pool's support tasks: --param support=TASK[,TASK] (the pool's "
+                             f"tasks: {', '.join(present)})")
+    unknown = [t for t in names if t not in present]
+    if unknown:
+        raise SelectionError(f"{name}: support task(s) {', '.join(unknown)} not in the pool; its tasks: "
+                             f"{', '.join(present)}")
+    return names, np.isin(labels, names)
+
+
+def support_count(share: float, count: int, available: int) -> int:
+    """Support rows a budget of ``count`` holds: ``share x count`` rounded half up, at most ``available``."""
+    return min(int(available), int(np.floor(share * count + 0.5)))
+
+
+def _less_tive_select(name: str, arrays: Mapping[str, np.ndarray], tasks: np.ndarray | None,
+                      budgets: Sequence[Budget], *, seed: int, strict_official: bool, merge: str, normalize: bool,
+                      q: float, support: str | None, support_share: float | None, with_support: bool
+                      ) -> list[Selection]:
+    """``less_tive`` (``with_support=False``) and ``less_tive_support``: see their docstrings."""
+    from vlselect.select.less import _group_val, less_scores
+    from vlselect.select.tive import _choice, tive_instance_scores, tive_instance_weights, tive_tasks
+
+    if strict_official:
+        raise SelectionError(f"{name} is vlselect's own method: it has no official code to be strict to")
+    if tasks is None:
+        raise SelectionError(f"{name} needs task labels (its mix is per pool task); pass --pool FILE or "
+                             "--tasks TASKS.json")
+    train = arrays.get("train")
+    if train is None:
+        raise SelectionError(f"{name} needs --input train=GRADS (and val/<task>, optionally instance=GRADS)")
+    val = _group_val(arrays)
+    if not val:
+        raise SelectionError(f"{name} needs at least one validation input: --input val/TASK=PATH")
+    inst = arrays.get("instance", train)
+    n = int(train.shape[0])
+    if inst.shape[0] != n:
+        raise SelectionError(f"{name}: instance has {inst.shape[0]} rows, train {n}; both must have one row per "
+                             "pool row")
+    labels = factorize_labels(tasks)
+    if labels[1].shape[0] != n:
+        raise SelectionError(f"{name}: {labels[1].shape[0]} task labels for {n} rows; give one per pool row")
+    params: dict[str, Any] = {"merge": merge, "normalize": normalize, "q": q}
+    is_support = np.zeros(n, dtype=bool)
+    names: list[str] = []
+    if with_support:
+        names, is_support = support_rows(name, str_labels(tasks), support)
+        params.update(support=",".join(names), support_share=support_share)
+    per_target = less_scores(train, val, normalize=normalize)
+    if is_support.any():  # the targets' mix is of the other tasks: a support row is never a pick of a target
+        per_target = {t: np.where(is_support, np.nan, s) for t, s in per_target.items()}
+    tt = tive_tasks(np.ones(n), labels, excluded_task=None)
+    scores, _ = tive_instance_scores(inst, tt.codes, len(tt.names), rows=tt.rows)
+    weights = [tive_instance_weights(scores[r], q) for r in tt.rows]
+    if merge == "max":
+        best = np.max(np.stack([per_target[t] for t in sorted(per_target)], axis=1), axis=1)
+        ranking = stable_order(np.where(np.isnan(best), -np.inf, best), descending=True)
+        ranking = ranking[~is_support[ranking]]
+    sup = np.flatnonzero(is_support)
+    share = (float(is_support.mean()) if support_share is None else float(support_share)) if with_support else 0.0
+    drawn = np.random.RandomState(int(seed)).permutation(sup)
+    out: list[Selection] = []
+    for b in budgets:
+        k_s = support_count(share, b.count, sup.size)
+        mixed = ranking[: b.count - k_s] if merge == "max" else balanced_merge(per_target, b.count - k_s)
+        k_s = min(sup.size, b.count - mixed.size)  # the other tasks ran out: more support rows fill the budget
+        want = np.bincount(tt.codes[mixed], minlength=len(tt.names))
+        rng = np.random.RandomState(int(seed))
+        parts = [np.asarray(_choice(rng, r, int(k), w, scores[r], False), dtype=np.int64)
+                 for r, k, w in zip(tt.rows, want, weights)]
+        picked = np.concatenate([*parts, drawn[:k_s]]).astype(np.int64)
+        info: dict[str, Any] = {"targets": sorted(per_target),
+                                "task_counts": {t: int(k) for t, k in zip(tt.names, want)}}
+        if with_support:
+            info.update(support=names, support_share=share, support_rows=int(k_s))
+        out.append(Selection(picked, scores.astype(np.float64), name, b, dict(params), seed, False, info))
+    return out
+
+
 @register_method(
     "less_tive",
-    roles=[
-        Role("train", "projected training gradients, one row per pool row (as LESS)"),
-        Role("instance", "projected gradients for TIVE's instance values (TIVE: self-attention LoRA only); "
-             "default: train", required=False, store_arrays=("gradients",)),
-        Role("val/*", "validation gradients of a target task: val/<task> or val/<task>/<sub> (as LESS)",
-             aligned=False),
-    ],
-    params=[
-        Param("merge", "balanced", str, "how the target tasks' LESS rankings make the task mix: 'balanced' (an "
-              "equal share of the budget per target, taken in turns) or 'max' (LESS's top-k by the best score)",
-              choices=("balanced", "max")),
-        Param("normalize", True, bool, "L2-normalise every gradient for the LESS scores (as LESS)"),
-        Param("q", 0.001, float, "TIVE's inverse temperature of the within-task softmax over instance values", gt=0),
-    ],
+    roles=_LESS_TIVE_ROLES,
+    params=_LESS_TIVE_PARAMS,
     summary="vlselect composite: the task mix of the targets' LESS rankings, filled in each task by TIVE's "
             "weighted sampling",
     needs_tasks=True,
@@ -311,47 +409,52 @@ def less_tive(
     list of Selection, rows grouped by task in that order, draw order inside; ``scores`` = instance values;
     ``info["task_counts"]`` = rows per task; ``info["targets"]``.
     """
-    from vlselect.select.less import _group_val, less_scores
-    from vlselect.select.tive import _choice, tive_instance_scores, tive_instance_weights, tive_tasks
+    return _less_tive_select("less_tive", arrays, tasks, budgets, seed=seed, strict_official=strict_official,
+                             merge=merge, normalize=normalize, q=q, support=None, support_share=None,
+                             with_support=False)
 
-    if strict_official:
-        raise SelectionError("less_tive is vlselect's own method: it has no official code to be strict to")
-    if tasks is None:
-        raise SelectionError("less_tive needs task labels (its mix is per pool task); pass --pool FILE or "
-                             "--tasks TASKS.json")
-    train = arrays.get("train")
-    if train is None:
-        raise SelectionError("less_tive needs --input train=GRADS (and val/<task>, optionally instance=GRADS)")
-    val = _group_val(arrays)
-    if not val:
-        raise SelectionError("less_tive needs at least one validation input: --input val/TASK=PATH")
-    inst = arrays.get("instance", train)
-    n = int(train.shape[0])
-    if inst.shape[0] != n:
-        raise SelectionError(f"less_tive: instance has {inst.shape[0]} rows, train {n}; both must have one row per "
-                             "pool row")
-    per_target = less_scores(train, val, normalize=normalize)
-    labels = factorize_labels(tasks)
-    if labels[1].shape[0] != n:
-        raise SelectionError(f"less_tive: {labels[1].shape[0]} task labels for {n} rows; give one per pool row")
-    tt = tive_tasks(np.ones(n), labels, excluded_task=None)
-    scores, _ = tive_instance_scores(inst, tt.codes, len(tt.names), rows=tt.rows)
-    weights = [tive_instance_weights(scores[r], q) for r in tt.rows]
-    if merge == "max":
-        best = np.max(np.stack([per_target[t] for t in sorted(per_target)], axis=1), axis=1)
-        ranking = stable_order(best, descending=True)
-    params = {"merge": merge, "normalize": normalize, "q": q}
-    out: list[Selection] = []
-    for b in budgets:
-        mixed = ranking[: b.count] if merge == "max" else balanced_merge(per_target, b.count)
-        want = np.bincount(tt.codes[mixed], minlength=len(tt.names))
-        rng = np.random.RandomState(int(seed))
-        parts = [np.asarray(_choice(rng, r, int(k), w, scores[r], False), dtype=np.int64)
-                 for r, k, w in zip(tt.rows, want, weights)]
-        picked = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
-        info = {"targets": sorted(per_target), "task_counts": {t: int(k) for t, k in zip(tt.names, want)}}
-        out.append(Selection(picked, scores.astype(np.float64), "less_tive", b, dict(params), seed, False, info))
-    return out
+
+@register_method(
+    "less_tive_support",
+    roles=_LESS_TIVE_ROLES,
+    params=[*_SUPPORT_PARAMS, *_LESS_TIVE_PARAMS],
+    summary="vlselect composite: the support tasks' share of the budget drawn at random, the rest as less_tive "
+            "over the other tasks (the targets' task mix, rows drawn inside each task)",
+    needs_tasks=True,
+    reference="vlselect (this package): LESS (specs/survey.md §5.2) x TIVE (specs/tive.md §5.3-5.4) x random "
+              "selection",
+)
+def less_tive_support(
+    arrays: Mapping[str, np.ndarray],
+    tasks: np.ndarray | None,
+    budgets: Sequence[Budget],
+    *,
+    seed: int = 0,
+    strict_official: bool = False,
+    support: str | None = None,
+    support_share: float | None = None,
+    merge: str = "balanced",
+    normalize: bool = True,
+    q: float = 0.001,
+) -> list[Selection]:
+    """Select at one or more budgets: ``less_support``'s support share with ``less_tive``'s draw for the rest.
+
+    1. ``k_s = round(share x count)`` rows (half up; at most the support rows there are) are drawn uniformly without
+       replacement from the support tasks' rows, exactly as :func:`less_support` draws them (``share`` =
+       ``support_share``, by default the support tasks' share of the selectable pool).
+    2. The other ``count - k_s`` rows are :func:`less_tive` over the other tasks: the targets' LESS rankings of the
+       non-support rows (merged as ``merge`` says) decide how many rows of each task, and that many are drawn
+       inside each task with TIVE's probabilities. If the other tasks run out, more support rows fill the budget.
+
+    Returns
+    -------
+    list of Selection: the other tasks' rows grouped by task (first-appearance order, draw order inside), then the
+    support rows in draw order; ``scores`` = instance values; ``info["task_counts"]`` (of the targets' mix; the
+    support tasks' count is 0 there), ``info["support_rows"]``, ``info["support_share"]``, ``info["targets"]``.
+    """
+    return _less_tive_select("less_tive_support", arrays, tasks, budgets, seed=seed,
+                             strict_official=strict_official, merge=merge, normalize=normalize, q=q,
+                             support=support, support_share=support_share, with_support=True)
 
 
 @register_method(
@@ -362,11 +465,7 @@ def less_tive(
              aligned=False),
     ],
     params=[
-        Param("support", None, str, "the pool's support tasks, comma-separated: tasks no target asks about that "
-              "teach what the targets build on (LLaVA's conversations and detailed descriptions; the bench world's "
-              "captions). Required"),
-        Param("support_share", None, float, "share of each budget drawn at random from the support tasks; default "
-              "their share of the pool (what random selection keeps of them)", ge=0, le=1),
+        *_SUPPORT_PARAMS,
         Param("normalize", True, bool, "L2-normalise every gradient for the LESS scores (as LESS)"),
         Param("aggregation", "max", str, "how the target tasks' LESS scores are combined into one: max or mean "
               "(as LESS)", choices=("max", "mean")),
@@ -420,30 +519,20 @@ def less_support(
     n = int(arrays["train"].shape[0])
     if labels.shape[0] != n:
         raise SelectionError(f"less_support: {labels.shape[0]} task labels for {n} rows; give one per pool row")
-    names = [t.strip() for t in (support or "").split(",") if t.strip()]
-    present = sorted(set(labels.tolist()))
-    if not names:
-        raise SelectionError("less_support needs the pool's support tasks: --param support=TASK[,TASK] (the pool's "
-                             f"tasks: {', '.join(present)})")
-    unknown = [t for t in names if t not in present]
-    if unknown:
-        raise SelectionError(f"less_support: support task(s) {', '.join(unknown)} not in the pool; its tasks: "
-                             f"{', '.join(present)}")
+    names, is_support = support_rows("less_support", labels, support)
     score, per_target = less_combined_scores(arrays, normalize=normalize, aggregation=aggregation,
                                              name="less_support")
-    is_support = np.isin(labels, names)
-    support_rows = np.flatnonzero(is_support)
+    sup = np.flatnonzero(is_support)
     order = stable_order(score, descending=True)
     rest = order[~is_support[order]]
     share = float(is_support.mean()) if support_share is None else float(support_share)
-    drawn = np.random.RandomState(int(seed)).permutation(support_rows)
+    drawn = np.random.RandomState(int(seed)).permutation(sup)
     params = {"support": ",".join(names), "support_share": support_share, "normalize": normalize,
               "aggregation": aggregation}
     out: list[Selection] = []
     for b in budgets:
-        k_s = min(support_rows.size, int(np.floor(share * b.count + 0.5)))
-        k_r = min(rest.size, b.count - k_s)
-        k_s = min(support_rows.size, b.count - k_r)
+        k_r = min(rest.size, b.count - support_count(share, b.count, sup.size))
+        k_s = min(sup.size, b.count - k_r)
         picked = np.concatenate([rest[:k_r], drawn[:k_s]]).astype(np.int64)
         info = {"targets": sorted(per_target), "support": names, "support_share": share, "support_rows": int(k_s)}
         out.append(Selection(picked, score.astype(np.float64), "less_support", b, dict(params), seed, False, info))

@@ -311,11 +311,15 @@ def test_validation_targets_are_the_counted_sets_and_the_selection_records_them(
     monkeypatch.setattr(br, "counted_sets", lambda runs, files, margin: ["color", "count"])
     cfg = BenchConfig.quick(size=120, eval_size=4, val_size=4,
                             methods=("random", "icons", "icons_coincide", "less_tive", "less_support", "tive",
-                                     "less_tive_support"),
+                                     "less_tive_support", "less_coincide"),
                             budgets=(0.25,), grad_dim=32, batch_size=16, lora_r=4, jobs=1, zero_shot_reference=False)
     res = run_bench(tmp_path / "b", cfg, log=lambda m: None)
     assert seen["icons"] == seen["icons_coincide"] == seen["less_tive"] == seen["less_support"] == [
-        "val/color", "val/count"] == seen["less_tive_support"]
+        "val/color", "val/count"] == seen["less_tive_support"] == seen["less_coincide"]
+    # less_coincide: LESS's gradients (every LoRA, as ICONS) and COINCIDE's activations with the bench's K
+    assert np.array_equal(given["less_coincide"]["train"], given["icons"]["train"])
+    assert np.array_equal(given["less_coincide"]["features"], given["icons_coincide"]["features"])
+    assert params["less_coincide"]["n_clusters"] == params["icons_coincide"]["n_clusters"] == round((120 / 2) ** 0.5)
     # less_support: LESS's gradients, and the world card's support task (captions) keeps its pool share
     assert params["less_support"] == {"support": "caption"} == params["less_tive_support"]
     assert np.array_equal(given["less_support"]["train"], given["icons"]["train"])
@@ -330,7 +334,7 @@ def test_validation_targets_are_the_counted_sets_and_the_selection_records_them(
                for d in (tmp_path / "b" / "cache").glob("select-*")}
     assert recipes["icons"]["targets"] == ["color", "count"] and "targets" not in recipes["random"]
     assert [r["method"] for r in res["rows"]] == ["random", "icons", "icons_coincide", "less_tive", "less_support",
-                                                  "tive", "less_tive_support"]
+                                                  "tive", "less_tive_support", "less_coincide"]
     pool = res["composition"]["pool"]
     for m in ("less_support", "less_tive_support"):
         sub = res["composition"]["subsets"][f"{m}@0.25"]

@@ -84,6 +84,56 @@ def test_icons_coincide_picks_among_icons_candidates_as_coincide_would(budget):
     assert sorted(one.indices.tolist()) == sorted(ic.indices.tolist())
 
 
+# ------------------------------------------------------------------------------------------ less_coincide
+
+
+@pytest.mark.parametrize("budget", [0.1, 0.25])
+def test_less_coincide_picks_among_less_top_rows_as_coincide_would(budget):
+    """Candidates are the 2 x budget rows with the highest cosine to a target's mean validation gradient (worked
+    here with NumPy, max over the two targets); among them the picks are exactly COINCIDE run on the candidates
+    alone, with K scaled to the candidates' share of the pool."""
+    arrays = _inputs()
+    n, count = 120, int(budget * 120)
+    [comp] = run_method("less_coincide", arrays, budget, params={"K": 12, **LAYOUT})
+    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+    cos = np.stack([unit(arrays["train"]) @ unit(arrays[t]).mean(axis=0) for t in ("val/a", "val/b")]).max(axis=0)
+    cand = np.sort(np.argsort(-cos, kind="stable")[: 2 * count])
+    assert comp.count == count and len(set(comp.indices.tolist())) == count
+    assert comp.info["candidates"] == 2 * count and comp.info["targets"] == ["a", "b"]
+    assert set(comp.indices.tolist()) <= set(cand.tolist())
+    k = max(1, round(12 * 2 * count / n))
+    assert comp.info["n_clusters_used"] == k
+    [coin] = run_method("coincide", {"features": arrays["features"][cand]}, count, params={"K": k, **LAYOUT})
+    assert comp.indices.tolist() == cand[coin.indices].tolist()
+
+
+def test_less_coincide_ends_are_less_and_coincide():
+    """candidate_factor 1 keeps LESS's top rows; a factor that hands COINCIDE the whole pool is COINCIDE."""
+    arrays = _inputs()
+    grads = {k: v for k, v in arrays.items() if k != "features"}
+    [one] = run_method("less_coincide", arrays, 0.2, params={"K": 12, "candidate_factor": 1.0, **LAYOUT})
+    [less] = run_method("less", grads, 0.2)
+    assert sorted(one.indices.tolist()) == sorted(less.indices.tolist())
+    [whole] = run_method("less_coincide", arrays, 0.2, params={"K": 12, "candidate_factor": 5.0, **LAYOUT})
+    [coin] = run_method("coincide", {"features": arrays["features"]}, 0.2, params={"K": 12, **LAYOUT})
+    assert whole.indices.tolist() == coin.indices.tolist()
+
+
+def test_less_coincide_refuses_what_it_cannot_use():
+    from vlselect.errors import SelectionError
+
+    arrays = _inputs()
+    with pytest.raises(SelectionError, match="val/"):
+        run_method("less_coincide", {"features": arrays["features"], "train": arrays["train"]}, 0.2,
+                   params={"K": 2, **LAYOUT})
+    with pytest.raises(SelectionError, match="features"):
+        run_method("less_coincide", {k: v for k, v in arrays.items() if k != "features"}, 0.2)
+    with pytest.raises(SelectionError, match="candidate_factor"):
+        run_method("less_coincide", arrays, 0.2, params={"candidate_factor": 0.5, **LAYOUT})
+    with pytest.raises(SelectionError, match="own method"):
+        run_method("less_coincide", arrays, 0.2, params=LAYOUT, strict_official=True)
+
+
 # ------------------------------------------------------------------------------------------ less_tive
 
 

@@ -110,7 +110,7 @@ def test_composites_honour_the_mask_of_every_store(tmp_path):
     inputs = {"features": acts.array("activations"), "train": train.array("gradients"),
               "val/t": val.array("gradients")}
     params = {"n_clusters": 4, "num_layers": 1, "hidden_size": 2}
-    for name in ("coincide_icons", "icons_coincide"):
+    for name in ("coincide_icons", "icons_coincide", "less_coincide"):
         with pytest.warns(RuntimeWarning, match="4 pool row"):
             [sel] = run_method(name, inputs, 0.25, params=params)
         assert sel.count == int(0.25 * 36), name
@@ -219,6 +219,7 @@ def test_a_damaged_array_file_is_an_error_naming_it(tmp_path):
         ("tive", {"numpy_seed": 2**32}, "numpy_seed"),
         ("icons", {"top_percent": 0}, "in (0, 100]"),
         ("icons_coincide", {"candidate_factor": 0.5}, "candidate_factor=0.5"),
+        ("less_coincide", {"aggregation": "median"}, "one of max, mean"),
         ("d2pruning", {"graph": "hnsw"}, "one of exact, ivfpq"),
         ("el2n", {"prune_subset": 3}, "prune_subset=3"),
     ],

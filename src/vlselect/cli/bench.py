@@ -14,8 +14,8 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(Path("bench-out"), "--out", help="Output folder (cache/, results.json/.csv, report.html)."),
         quick: bool = typer.Option(False, "--quick", help="The quick form (a 4,000-record world, 100 samples per evaluation set, budgets 10% and 20%, 1 seed, one world; about 4 minutes on 2 cores, the same as `vlselect demo`)."),
         methods: str = typer.Option("", "--methods", help="Comma list of methods, or all (default: random, "
-                                    "coincide, icons, tive, less and the five composites; all adds random_stratified, length, "
-                                    "el2n, perplexity, semdedup and d2pruning)."),
+                                    "coincide, icons, tive, less and five composites; all adds random_stratified, length, "
+                                    "el2n, perplexity, semdedup, d2pruning and less_tive_support)."),
         budgets: str = typer.Option("", "--budgets", help="Comma list of fractions (default 0.05,0.1,0.2; quick 0.1,0.2)."),
         seeds: str = typer.Option("", "--seeds", help="Comma list of training seeds (default 0,1,2; quick 0)."),
         size: Optional[int] = typer.Option(None, "--size", help="World size (default 10000; quick 4000)."),

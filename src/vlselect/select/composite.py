@@ -1,7 +1,9 @@
-"""vlselect's own composite methods: COINCIDE x ICONS, in both orders, LESS x TIVE, LESS x random and all three.
+"""vlselect's own composite methods: COINCIDE x ICONS, in both orders, LESS x COINCIDE, LESS x TIVE, LESS x random
+and all three.
 
 ``coincide_icons``: COINCIDE's cluster budgets, ICONS's cross-task votes inside each cluster.
 ``icons_coincide``: ICONS's votes choose ``candidate_factor x budget`` candidates, COINCIDE picks among them.
+``less_coincide``: the same with LESS's ranking choosing the candidates.
 
 COINCIDE decides *how much* of each concept cluster to keep (softmax of transferability / density) and, inside a
 cluster, picks a representative spread of rows by greedy MMD, blind to what the model is being tuned for. ICONS
@@ -204,33 +206,115 @@ def icons_coincide(
     -------
     list of Selection, rows in COINCIDE's output order; ``scores`` = ICONS key; ``info["candidates"]``.
     """
-    from vlselect.select.coincide import coincide
-
     features, train, val = _composite_inputs("icons_coincide", arrays, strict_official)
     if candidate_factor < 1:
         raise SelectionError(f"icons_coincide: candidate_factor={candidate_factor} must be at least 1")
     n = int(train.shape[0])
-    k_seed = int(kmeans_seed) if kmeans_seed is not None else 1234 + int(seed)
-    params: dict[str, Any] = {"n_clusters": n_clusters, "niter": niter, "kmeans_seed": k_seed,
-                              "near_duplicate_cosine_cut": near_duplicate_cosine_cut, "temp": temp, "sigma": sigma,
-                              "num_layers": num_layers, "hidden_size": hidden_size,
-                              "candidate_factor": candidate_factor}
+    coin = _coincide_settings(locals())
+    params: dict[str, Any] = {**coin, "candidate_factor": candidate_factor}
     out: list[Selection] = []
     for b in budgets:
-        m = min(n, max(b.count, int(np.ceil(candidate_factor * b.count))))
+        m = candidate_count(candidate_factor, b.count, n)
         key, _ = icons_priority(train, val, 100.0 - 100.0 * m / max(1, n))
         cand = _descending(key, np.arange(n))[:m]
-        if m == b.count:
-            picked = cand
-        else:
-            k = max(1, min(m, int(round(n_clusters * m / n))))
-            sub = Budget(count=b.count, fraction=b.count / m, n=m, given=str(b.count))
-            sel, = coincide({"features": np.asarray(features)[cand]}, None, [sub], seed=seed, n_clusters=k, niter=niter,
-                            kmeans_seed=k_seed, near_duplicate_cosine_cut=near_duplicate_cosine_cut, temp=temp,
-                            sigma=sigma, num_layers=num_layers, hidden_size=hidden_size)
-            picked = cand[sel.indices]
-        info = {"candidates": m, "n_clusters_used": None if m == b.count else k}
+        picked, info = coincide_among(features, cand, b.count, n, seed=seed, **coin)
         out.append(Selection(picked, key.astype(np.float64), "icons_coincide", b, dict(params), seed, False, info))
+    return out
+
+
+def _coincide_settings(args: Mapping[str, Any]) -> dict[str, Any]:
+    """COINCIDE's parameters out of a composite's arguments (its ``locals()``): the shared ones as given, the k-means
+    seed ``1234 + seed`` unless set (COINCIDE's rule)."""
+    out = {p.name: args[p.name] for p in _SHARED}
+    out["kmeans_seed"] = int(args["kmeans_seed"]) if args["kmeans_seed"] is not None else 1234 + int(args["seed"])
+    return out
+
+
+def candidate_count(candidate_factor: float, count: int, n: int) -> int:
+    """How many candidates a ranking hands to COINCIDE: ``ceil(candidate_factor x count)``, at least ``count``, at
+    most the ``n`` rows there are."""
+    return min(n, max(count, int(np.ceil(candidate_factor * count))))
+
+
+def coincide_among(features: np.ndarray, cand: np.ndarray, count: int, n: int, *, seed: int, n_clusters: int,
+                   **coincide_params: Any) -> tuple[np.ndarray, dict]:
+    """COINCIDE run on the candidate rows ``cand`` alone (of a pool of ``n``), picking ``count`` of them: spherical
+    k-means with ``n_clusters`` scaled to the candidates' share of the pool (so rows per cluster stay as
+    COINCIDE's), transferability / density budgets, greedy MMD. With as many candidates as ``count`` they are
+    all kept. Returns the picked pool rows (COINCIDE's output order) and ``{"candidates", "n_clusters_used"}``."""
+    from vlselect.select.coincide import coincide
+
+    m = int(cand.size)
+    if m == count:
+        return cand, {"candidates": m, "n_clusters_used": None}
+    k = max(1, min(m, int(round(n_clusters * m / n))))
+    sub = Budget(count=count, fraction=count / m, n=m, given=str(count))
+    sel, = coincide({"features": np.asarray(features)[cand]}, None, [sub], seed=seed, n_clusters=k,
+                    **coincide_params)
+    return cand[sel.indices], {"candidates": m, "n_clusters_used": k}
+
+
+@register_method(
+    "less_coincide",
+    roles=_ROLES,
+    params=[*_SHARED,
+            Param("candidate_factor", 2.0, float, "LESS keeps candidate_factor x budget rows (its top score); "
+                  "COINCIDE picks the budget among them", ge=1),
+            Param("normalize", True, bool, "L2-normalise every gradient (as LESS)"),
+            Param("aggregation", "max", str, "how the target tasks' LESS scores are combined: max or mean",
+                  choices=("max", "mean"))],
+    summary="vlselect composite: LESS's top rows are the candidates, COINCIDE's clusters and MMD pick the subset",
+    reference="vlselect (this package): LESS (specs/survey.md §5.2) then COINCIDE (specs/coincide.md §2-§4)",
+)
+def less_coincide(
+    arrays: Mapping[str, np.ndarray],
+    tasks: np.ndarray | None,
+    budgets: Sequence[Budget],
+    *,
+    seed: int = 0,
+    strict_official: bool = False,
+    n_clusters: int = 10000,
+    niter: int = 50,
+    kmeans_seed: int | None = None,
+    near_duplicate_cosine_cut: float = 0.9,
+    temp: float = 0.1,
+    sigma: float = 1.0,
+    num_layers: int = 5,
+    hidden_size: int = 2048,
+    candidate_factor: float = 2.0,
+    normalize: bool = True,
+    aggregation: str = "max",
+) -> list[Selection]:
+    """:func:`icons_coincide` with LESS's ranking in place of ICONS's: LESS's top ``candidate_factor x budget``
+    rows (:func:`vlselect.select.less.less_combined_scores`, ties by row index) are the candidates, and COINCIDE
+    run on them alone, in pool order, picks the budget (:func:`coincide_among`). A gradient top-k fills the budget
+    with the rows nearest the targets' mean gradient, which pile up in a few kinds of question
+    (``benchmarks/RESULTS.md``); COINCIDE spreads the budget over the candidates' clusters. ``candidate_factor = 1``
+    is LESS; one that makes every row a candidate is COINCIDE, exactly.
+
+    Returns
+    -------
+    list of Selection, rows in COINCIDE's output order; ``scores`` = LESS's score; ``info["candidates"]``,
+    ``info["targets"]``.
+    """
+    from vlselect.select.less import less_combined_scores
+
+    features, train, _ = _composite_inputs("less_coincide", arrays, strict_official)
+    if candidate_factor < 1:
+        raise SelectionError(f"less_coincide: candidate_factor={candidate_factor} must be at least 1")
+    n = int(train.shape[0])
+    score, per_target = less_combined_scores(arrays, normalize=normalize, aggregation=aggregation,
+                                             name="less_coincide")
+    order = stable_order(score, descending=True)
+    coin = _coincide_settings(locals())
+    params: dict[str, Any] = {**coin, "candidate_factor": candidate_factor, "normalize": normalize,
+                              "aggregation": aggregation}
+    out: list[Selection] = []
+    for b in budgets:
+        cand = np.sort(order[:candidate_count(candidate_factor, b.count, n)])  # pool order, as COINCIDE reads a pool
+        picked, info = coincide_among(features, cand, b.count, n, seed=seed, **coin)
+        info["targets"] = sorted(per_target)
+        out.append(Selection(picked, score.astype(np.float64), "less_coincide", b, dict(params), seed, False, info))
     return out
 
 

@@ -1,6 +1,6 @@
 """Reading a ``vlselect bench`` run's cache from the benchmark scripts (``icons_anatomy.py``, ``subset_profile.py``,
 ``icons_answers.py``, ``task_mix_probe.py``, ``more_seeds.py``, ``count_prior.py``, ``question_noise.py``,
-``skill_rows.py``, ``swap_rows.py``, ``answer_skew.py``,
+``skill_rows.py``, ``swap_rows.py``, ``answer_skew.py``, ``method_on_bench.py``,
 ``coincide_reference.py``)."""
 
 from __future__ import annotations

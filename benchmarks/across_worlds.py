@@ -25,6 +25,8 @@ def main(argv=None) -> int:
     ap.add_argument("--json", type=Path, help="write the mean table and the targets here")
     ap.add_argument("--allow-other-code", action="store_true",
                     help="combine runs of different (or unrecorded) vlselect code versions; the notes name them")
+    ap.add_argument("--allow-other-methods", action="store_true",
+                    help="combine runs of different --methods: the table keeps the methods every world ran")
     args = ap.parse_args(argv)
     from rich.console import Console
 
@@ -39,7 +41,8 @@ def main(argv=None) -> int:
             sys.exit(f"{p}: already a mean over worlds {r['worlds']}; pass its world folders ({', '.join(r['world_folders'])})")
         res.append(r)
     try:
-        combined = combine_worlds(res, [str(p) for p in args.runs], allow_other_code=args.allow_other_code)
+        combined = combine_worlds(res, [str(p) for p in args.runs], allow_other_code=args.allow_other_code,
+                                  allow_other_methods=args.allow_other_methods)
     except ConfigError as exc:
         sys.exit(str(exc))
     print_worlds(combined, Console())

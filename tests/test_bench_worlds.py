@@ -78,6 +78,24 @@ def test_worlds_that_differ_in_more_than_the_seed_are_refused():
     assert any("world 0: not recorded; world 1: 0.1+def" in n for n in c["notes"])
 
 
+def test_worlds_of_other_methods_are_refused_unless_asked_then_only_the_shared_methods_count():
+    a, b = _world(0, W0), _world(1, W1)
+    b["config"]["methods"] = ["random", "coincide_icons", "less"]  # world 1 ran another list (icons left out)
+    b["rows"] = [r for r in b["rows"] if r["method"] != "icons"]
+    with pytest.raises(ConfigError, match="differs from world-0's in methods.*--allow-other-methods"):
+        combine_worlds([a, b])
+    c = combine_worlds([a, b], allow_other_methods=True)
+    assert c["config"]["methods"] == ["random", "less", "coincide_icons"]  # world 0's order, those world 1 ran too
+    assert {r["method"] for r in c["rows"]} == {"random", "coincide_icons"}
+    assert c["incomplete"] == []  # a method a world did not run is not a failure
+    rows = {(r["method"], r["budget"]): r for r in c["rows"]}
+    assert rows[("random", 0.2)]["relative_mean"] == pytest.approx(88.0)  # (90 + 86) / 2, as with every method
+    assert any("ran different methods" in n and "(random, less, coincide_icons)" in n
+               and "world 1: random, coincide_icons, less" in n for n in c["notes"])
+    # nothing is judged on a method one world did not run: its targets say "not judged"
+    assert [t["met"] for t in c["targets"] if t["target"].startswith("icons ")] == [None, None]
+
+
 def test_a_row_missing_from_one_world_is_left_out_and_named():
     w1 = dict(W1)
     del w1[("icons", 0.2)]  # e.g. its selection failed in world 1

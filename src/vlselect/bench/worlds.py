@@ -97,7 +97,7 @@ def write_combined(out: str | os.PathLike, combined: dict[str, Any]) -> None:
 
 
 def combine_worlds(results: Sequence[dict[str, Any]], folders: Sequence[str] | None = None, *,
-                   allow_other_code: bool = False) -> dict[str, Any]:
+                   allow_other_code: bool = False, allow_other_methods: bool = False) -> dict[str, Any]:
     """The mean over finished single-world bench results (``results.json`` dicts) that differ only in the world
     seed (``config.seed``): per method and budget the mean of the worlds' relative performance (each world's own
     full pool is its 100), each world's value beside it, the variance components of the worlds' per-seed scores
@@ -106,19 +106,28 @@ def combine_worlds(results: Sequence[dict[str, Any]], folders: Sequence[str] | N
 
     Refuses (:class:`~vlselect.errors.ConfigError`) runs whose recipes differ in anything but the seed, two runs
     of one world, and runs of different (or unrecorded) vlselect code versions unless ``allow_other_code``, in
-    which case the versions are named in the notes. A method and budget missing from a world (a failed stage) is left out of the mean and named in
+    which case the versions are named in the notes. Runs of different ``--methods`` are refused too unless
+    ``allow_other_methods``: then the table holds the methods every world ran and the notes name each world's
+    list. A method and budget missing from a world (a failed stage) is left out of the mean and named in
     ``incomplete``; worlds that count different evaluation sets are combined and the difference is named in the
     notes (each world's relative score is over its own counted sets)."""
     if len(results) < 2:
         raise ConfigError(f"{len(results)} world(s): the mean over worlds needs at least two")
     folders = list(folders) if folders is not None else [f"world-{r['config']['seed']}" for r in results]
-    first = {k: v for k, v in results[0]["config"].items() if k != "seed"}
+    apart = {"seed", "methods"} if allow_other_methods else {"seed"}
+    first = {k: v for k, v in results[0]["config"].items() if k not in apart}
     for r, name in zip(results[1:], folders[1:]):
-        other = {k: v for k, v in r["config"].items() if k != "seed"}
+        other = {k: v for k, v in r["config"].items() if k not in apart}
         diff = sorted(k for k in set(first) | set(other) if first.get(k) != other.get(k))
         if diff:
             raise ConfigError(f"{name}: its recipe differs from {folders[0]}'s in {', '.join(diff)}; only the world "
-                              "seed may differ between the worlds of one table")
+                              "seed may differ between the worlds of one table"
+                              + (" (different methods: combine them knowingly with across_worlds.py "
+                                 "--allow-other-methods, which keeps the methods every world ran)"
+                                 if diff == ["methods"] else ""))
+    method_lists = [list(r["config"]["methods"]) for r in results]
+    common = [m for m in method_lists[0] if all(m in x for x in method_lists)]
+    first["methods"] = common
     seeds = [r["config"]["seed"] for r in results]
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"two runs of the same world (seeds {seeds}); pass runs of different worlds")
@@ -130,7 +139,7 @@ def combine_worlds(results: Sequence[dict[str, Any]], folders: Sequence[str] | N
                           + "); rerun them with one version, or combine them knowingly (across_worlds.py "
                           "--allow-other-code), which names the versions in the notes")
 
-    per = [{(x["method"], x["budget"]): x for x in r["rows"]} for r in results]
+    per = [{(x["method"], x["budget"]): x for x in r["rows"] if x["method"] in common} for r in results]
     order = list(dict.fromkeys(k for p in per for k in p))
     keys = [k for k in order if all(k in p for p in per)]
     incomplete = [{"method": m, "budget": b, "worlds": [s for s, p in zip(seeds, per) if (m, b) in p]}
@@ -152,7 +161,7 @@ def combine_worlds(results: Sequence[dict[str, Any]], folders: Sequence[str] | N
     learned = [r.get("learned_sets", []) for r in results]
     zero = [r.get("zero_shot") for r in results]
     combined: dict[str, Any] = {
-        "title": f"vlselect bench: {len(results[0]['config']['methods'])} methods, mean of {len(results)} worlds "
+        "title": f"vlselect bench: {len(common)} methods, mean of {len(results)} worlds "
                  f"(seeds {', '.join(map(str, seeds))})",
         "created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "command": results[0].get("command", ""),
@@ -178,6 +187,7 @@ def combine_worlds(results: Sequence[dict[str, Any]], folders: Sequence[str] | N
         "costs": _summed_costs(results),
         "wall_seconds": float(sum(r.get("wall_seconds", 0.0) for r in results)),
         "code_versions": codes,
+        "methods_per_world": method_lists,
         "targets_per_world": {str(s): r.get("targets", []) for s, r in zip(seeds, results)},
         "failures": [{**f, "world": s} for s, r in zip(seeds, results) for f in r.get("failures", [])],
     }
@@ -212,6 +222,11 @@ def _notes(c: dict[str, Any]) -> list[str]:
     if len(set(c["code_versions"])) > 1 or None in c["code_versions"]:
         notes.append("The worlds were run by different or unrecorded code versions, combined on request: "
                      + "; ".join(f"world {s}: {v or 'not recorded'}" for s, v in zip(seeds, c["code_versions"])) + ".")
+    lists = c.get("methods_per_world") or []
+    if any(x != lists[0] for x in lists):
+        notes.append("The worlds ran different methods, combined on request; the table holds the methods every world "
+                     "ran (" + ", ".join(c["config"]["methods"]) + "); "
+                     + "; ".join(f"world {s}: {', '.join(x)}" for s, x in zip(seeds, lists)) + ".")
     counted = c["relative_sets_per_world"]
     if any(set(x) != set(counted[0]) for x in counted):
         notes.append("The worlds count different evaluation sets ("

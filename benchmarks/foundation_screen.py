@@ -52,6 +52,11 @@ VARIANTS: dict[str, dict] = {
     "count_ocr_sentence": dict(counted_captions=True, answer_style="sentence",
                                short_kinds=("color_of_shape", "color_at_pos", "shape_at_pos", "pos_of", "exist",
                                             "mc_color", "mc_shape")),
+    # capacity probes of the shipped recipe (issue 12's seven sets): pictures of 48 px (each grid cell on 2x2
+    # patches, 36 image tokens: shapes drawn on four times the pixels) ...
+    "half_short_48": dict(counted_captions=True, answer_style="sentence", short_kinds=HALF, image_size=48),
+    # ... and a language model of 8 layers instead of 4 (matching a question against the picture's tokens)
+    "half_short_deep": dict(counted_captions=True, answer_style="sentence", short_kinds=HALF, size="b8"),
 }
 
 
@@ -100,7 +105,8 @@ def _child(args: argparse.Namespace) -> None:
         build_foundation(found, recipe, progress=False)
     print(f"[{name}] built in {time.time() - t0:.0f} s", flush=True)
     _pack(work, name, report)
-    cfg_kw = dict(base=str(found), batch_size=8, seeds=(0,), clean_reference=False, jobs=1)
+    cfg_kw = dict(base=str(found), batch_size=8, seeds=(0,), clean_reference=False, jobs=1,
+                  image_size=recipe.image_size)
     cfg = (BenchConfig.quick(**cfg_kw) if args.quick else BenchConfig(**cfg_kw))
     from dataclasses import replace
 
@@ -148,16 +154,19 @@ def main() -> None:
     from vlselect.bench.run import BenchConfig, make_worlds
     from vlselect.bench.stages import StageCache
 
-    cfg = BenchConfig.quick(batch_size=8) if args.quick else BenchConfig(batch_size=8)
-    shared = Path(args.out) / "shared-cache"
-    make_worlds(StageCache(shared, log=print), cfg)
+    from vlselect.models.foundation import FoundationRecipe
+
+    sides = {n: FoundationRecipe(**VARIANTS[n]).image_size for n in names}
+    for side in sorted(set(sides.values())):  # one world per picture size (the world is drawn at the model's)
+        cfg = (BenchConfig.quick if args.quick else BenchConfig)(batch_size=8, image_size=side)
+        make_worlds(StageCache(Path(args.out) / f"shared-cache-{side}", log=print), cfg)
     print(f"worlds ready at {time.time() - started:.0f} s", flush=True)
     procs = {}
     for name in names:
         work = Path(args.out) / name
         (work / "bench").mkdir(parents=True, exist_ok=True)
         if not (work / "bench" / "cache").exists():
-            shutil.copytree(shared, work / "bench" / "cache")
+            shutil.copytree(Path(args.out) / f"shared-cache-{sides[name]}", work / "bench" / "cache")
         cmd = [sys.executable, __file__, "--out", args.out, "--report", args.report, "--threads", str(args.threads),
                "--scale", str(args.scale), "--methods", args.methods, "--child", name] + (["--quick"] if args.quick else [])
         log = open(work / "log.txt", "w")

@@ -15,7 +15,7 @@ def tiny(
     out_dir: Path = typer.Argument(..., help="Directory to write the model to."),
     family: str = typer.Option("llava", "--family", help="llava or qwen2-vl."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random weights."),
-    size: str = typer.Option("xs", "--size", help="xs (hidden 32, 4 layers), s (hidden 64, 8 layers), b (hidden 128, 4 layers: the bench model) or m (hidden 128, 24 layers)."),
+    size: str = typer.Option("xs", "--size", help="xs (hidden 32, 4 layers), s (hidden 64, 8 layers), b (hidden 128, 4 layers: the bench model), b8 (b with 8 layers) or m (hidden 128, 24 layers)."),
     image_size: Optional[int] = typer.Option(None, "--image-size", help="Image side in px (default: the size's own; 24 fits the world's grid)."),
     initializer_range: Optional[float] = typer.Option(None, "--init-std", help="Std of the language model's random init (default 0.02)."),
 ) -> None:

@@ -17,7 +17,8 @@ Families
 
 Sizes: ``"xs"`` (hidden 32, 4 LLM layers, 32 px images; the default, for tests), ``"s"`` (hidden 64, 8 layers, for
 demos), ``"b"`` (hidden 128, 4 layers, vision hidden 64, 24 px images: the benchmark's model, wide enough to learn
-the world's skills on a CPU) and ``"m"`` (hidden 128, 24 layers = the paper's depth, 64 px images → 64 LLaVA image tokens; benchmarks).
+the world's skills on a CPU), ``"b8"`` (``"b"`` with 8 language layers: a capacity probe of the bench) and ``"m"``
+(hidden 128, 24 layers = the paper's depth, 64 px images → 64 LLaVA image tokens; benchmarks).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ _SIZES = {
     "s": (64, 8, 4, 128, 48, 2, 32),
     "b": (128, 4, 4, 256, 64, 2, 24),  # the benchmark's model: wide and shallow (world-feasibility note's "S")
     "m": (128, 24, 4, 344, 64, 2, 64),  # the paper's depth (24 layers) for benchmarks; 64 image tokens (LLaVA)
+    "b8": (128, 8, 4, 256, 64, 2, 24),  # "b" with twice the language layers (issue 12's capacity probe)
 }
 
 IMAGE_SIZE = 32
@@ -158,7 +160,7 @@ def build_tiny(out_dir, family: str = "llava", *, seed: int = 0, corpus=None, si
         Seed of the weight initialisation; the same seed gives the same weight bytes.
     corpus : iterable of str, optional
         Texts to train the tokenizer on. Default: ``vlselect.world.corpus()`` if available, else built-in texts.
-    size : {"xs", "s", "b", "m"}
+    size : {"xs", "s", "b", "b8", "m"}
         Model size (see module docstring).
     image_size : int, optional
         Image side in pixels (default: the size's own, 32 or 64). A multiple of the 8 px patch (LLaVA) or of 16 px

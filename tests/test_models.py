@@ -127,3 +127,22 @@ def test_leading_answer_turn_and_stray_image_tags_are_dropped(tiny_llava):  # no
     assert not e["image_mask"].any()
     with pytest.raises(PoolError, match="no answer"):
         encode_sample(loaded, Sample("u", [], [{"from": "human", "value": "Hi"}]), None)
+
+
+def test_b8_is_b_with_eight_language_layers_and_48_px_gives_36_image_tokens(tmp_path):
+    # the capacity probes of benchmarks/foundation_screen.py (issue 12): "b8" keeps b's widths and doubles its
+    # language layers; 48 px pictures with 8 px patches are 6 x 6 = 36 image tokens (24 px: 3 x 3 = 9)
+    b = load_vlm(build_tiny(tmp_path / "b", family="llava", size="b"), device="cpu")
+    b8 = load_vlm(build_tiny(tmp_path / "b8", family="llava", size="b8", image_size=48), device="cpu")
+    assert (b.num_layers, b8.num_layers) == (4, 8)
+    cb, c8 = b.model.config.text_config, b8.model.config.text_config
+    assert (c8.hidden_size, c8.intermediate_size, c8.num_attention_heads) == (cb.hidden_size, cb.intermediate_size,
+                                                                               cb.num_attention_heads)
+    assert b.model.config.vision_config.image_size == 24 and b8.model.config.vision_config.image_size == 48
+    s = make_samples(1)[0]
+    from PIL import Image
+
+    Image.new("RGB", (48, 48), (200, 30, 30)).save(tmp_path / "p.png")
+    s.images = ["p.png"]
+    assert int(encode_sample(b8, s, tmp_path)["image_mask"].sum()) == 36
+    assert int(encode_sample(b, s, tmp_path)["image_mask"].sum()) == 9

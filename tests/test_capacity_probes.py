@@ -1,0 +1,97 @@
+"""The issue-12 capacity probes: benchmarks/vision_probe.py and benchmarks/scores_by_kind.py, on hand-made cases."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from bench_scripts import load_script
+
+
+def test_cells_of_maps_the_grid_onto_patches_by_hand():
+    vp = load_script("vision_probe")
+    # 24 px: 3 x 3 patches, one per cell
+    assert vp.cells_of(24) == [[i] for i in range(9)]
+    # 48 px: 6 x 6 patches (row-major), each cell 2 x 2 of them
+    cells = vp.cells_of(48)
+    assert cells[0] == [0, 1, 6, 7]
+    assert cells[4] == [14, 15, 20, 21]  # the centre: rows 2-3, columns 2-3
+    assert cells[8] == [28, 29, 34, 35]
+    assert sorted(i for c in cells for i in c) == list(range(36))
+    with pytest.raises(SystemExit, match="whole 8 px patches"):
+        vp.cells_of(32)
+
+
+def test_probe_separates_what_is_separable_and_not_noise():
+    vp = load_script("vision_probe")
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 600).astype(str)
+    x = rng.normal(size=(600, 5)).astype(np.float32)
+    train = rng.random(600) < 0.7
+    assert vp.probe(x, y, train) < 50  # three balanced classes of noise: about a third
+    x[:, 0] += 10 * (y == "1")
+    x[:, 1] += 10 * (y == "2")
+    assert vp.probe(x, y, train) == 100.0
+
+
+def test_pixels_tell_colour_and_size_of_every_cell():
+    # the world draws colours and sizes apart at 24 px (every object's colour and size, and the empty cells, are
+    # read off the cell's pixels); shape only in part: what the vision tower can be asked for
+    vp = load_script("vision_probe")
+    scs = vp.scenes(400, 1)
+    lab = vp.labels(scs)
+    assert len(lab["shape"]) == 9 * 400
+    assert all(sum(1 for s in lab["shape"][9 * i:9 * i + 9] if s != "none") == len(sc.objects)
+               for i, (sc, _) in enumerate(scs))
+    px = vp.pixel_features(vp.pictures(scs, 24))
+    assert px.shape == (3600, 8 * 8 * 3)
+    train = np.repeat(np.random.default_rng(2).random(400) < 0.7, 9)
+    assert vp.probe(px, lab["colour"], train) > 99
+    assert vp.probe(px, lab["size"], train) > 99
+
+
+def _run(cache, name, method, budget, preds):
+    d = cache / name
+    (d / "eval" / "predictions").mkdir(parents=True)
+    (d / "recipe.json").write_text(json.dumps({"method": method, "budget": budget}))
+    for set_name, rows in preds.items():
+        (d / "eval" / "predictions" / f"{set_name}.jsonl").write_text(
+            "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_scores_by_kind_splits_a_set_by_its_alternating_kinds(tmp_path, capsys):
+    sk = load_script("scores_by_kind")
+    assert sk.kind_of("count", "count_0000") == "count_all" and sk.kind_of("count", "count_0013") == "count_shape"
+    assert sk.kind_of("mc", "mc_0002") == "mc_color" and sk.kind_of("color", "color_0007") == "color_of_shape"
+    cache = tmp_path / "world-0" / "cache"
+
+    def count(scores, answers):
+        return [{"id": f"count_{i:04d}", "score": s, "answers": [a]} for i, (s, a) in enumerate(zip(scores, answers))]
+
+    # count_all = ids 0, 2, 4; count_shape = ids 1, 3, 5
+    _run(cache, "run-a", "full pool", 1.0, {"count": count([1, 0, 1, 0, 1, 1], ["2", "0", "2", "1", "3", "0"])})
+    _run(cache, "run-b", "full pool", 1.0, {"count": count([0, 0, 1, 1, 1, 0], ["2", "0", "2", "1", "3", "0"])})
+    _run(cache, "run-c", "random", 0.2, {"count": count([0] * 6, ["1"] * 6)})
+    out = tmp_path / "k.json"
+    import sys
+
+    argv = sys.argv
+    sys.argv = ["scores_by_kind", str(tmp_path), "--json", str(out)]
+    try:
+        sk.main()
+    finally:
+        sys.argv = argv
+    got = json.loads(out.read_text())
+    assert got["runs"] == ["world-0/run-a", "world-0/run-b"]  # the random run is not the full pool
+    assert got["kinds"]["count_all"]["runs"] == [100.0, pytest.approx(200 / 3)]
+    assert got["kinds"]["count_shape"]["runs"] == [pytest.approx(100 / 3), pytest.approx(100 / 3)]
+    assert got["kinds"]["count_all"]["majority"] == pytest.approx(200 / 3)  # "2" twice of "2", "2", "3"
+    assert got["kinds"]["count_shape"]["majority"] == pytest.approx(200 / 3)  # "0" twice of "0", "1", "0"
+    assert "count_shape" in capsys.readouterr().out
+    sys.argv = ["scores_by_kind", str(tmp_path), "--method", "less"]
+    try:
+        with pytest.raises(SystemExit, match="no run of 'less'"):
+            sk.main()
+    finally:
+        sys.argv = argv

@@ -41,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
+KIND_SETS = ("count", "position", "mc")  # the evaluation sets of two kinds of question
 QUESTION = "Is there a {c} {s} in the image?\nAnswer the question using a single word or phrase."
 
 
@@ -145,6 +146,8 @@ def main() -> None:
     what.add_argument("--probe", action="store_true", help="train nothing: read every question kind off descriptions")
     ap.add_argument("--size", type=int, default=10000, help="records of that task (default 10,000)")
     ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--batch-size", type=int, default=32,
+                    help="32: the rows of 2026-12-03 (the bench's batch then); the bench fine-tunes at 8 since 2026-12-04")
     ap.add_argument("--adapter", choices=("lora", "full"), default=None,
                     help="lora (the bench's recipe; default for --task) or full (default for --reading)")
     ap.add_argument("--lr", type=float, default=1e-3)
@@ -175,7 +178,8 @@ def main() -> None:
             print(f"| {name.removeprefix('probe_')} | {v['score']:.0f} |")
         return
     adapter = a.adapter or ("full" if a.reading else "lora")
-    tag = f"{a.task or 'read_' + a.reading}_{a.size}_e{a.epochs}_{adapter}" + ("_from_base" if a.base else "")
+    tag = f"{a.task or 'read_' + a.reading}_{a.size}_e{a.epochs}_{adapter}" + ("_from_base" if a.base else "") + \
+        (f"_b{a.batch_size}" if a.batch_size != 32 else "")
     run = a.out / tag
     shutil.rmtree(run, ignore_errors=True)
     if a.task:
@@ -193,7 +197,8 @@ def main() -> None:
     kw = {"r": 16, "lora_alpha": 32, "projector_lr": a.lr} if adapter == "lora" else {}
     t0 = time.perf_counter()
     res = train_lora(base, str(pool), str(images) if a.task else None, run / "train", adapter=adapter, lr=a.lr,
-                     epochs=a.epochs, batch_size=32, seed=a.seed, gradient_checkpointing=False, progress=True, **kw)
+                     epochs=a.epochs, batch_size=a.batch_size, seed=a.seed, gradient_checkpointing=False, progress=True,
+                     **kw)
     seconds = time.perf_counter() - t0
     r = evaluate(res.final_dir, [str(f) for f in files], str(images), run / "eval", progress=False,
                  max_new_tokens=32, batch_size=64)
@@ -207,6 +212,15 @@ def main() -> None:
             continue
         c = chance.get(name, 0.0)
         print(f"| {name} | {v['score']:.1f} | {c:.1f} | {'yes' if v['score'] >= c + 10 else 'no'} |")
+    # the sets that alternate two kinds of question, kind by kind (scores_by_kind.py's split)
+    from scores_by_kind import kind_of
+
+    for f in sorted((run / "eval" / "predictions").glob("*.jsonl")):
+        rows = [json.loads(line) for line in f.read_text().splitlines()]
+        kinds = sorted({kind_of(f.stem, p["id"]) for p in rows}) if f.stem in KIND_SETS else []
+        for k in kinds if len(kinds) > 1 else []:
+            got = [float(p["score"]) for p in rows if kind_of(f.stem, p["id"]) == k]
+            print(f"| {f.stem}: {k} | {100 * sum(got) / len(got):.1f} | | |")
 
 
 if __name__ == "__main__":

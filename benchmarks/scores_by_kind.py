@@ -11,6 +11,13 @@ majority-answer share (the best constant answer; the bench's chance level of a k
     python benchmarks/scores_by_kind.py BENCH_OR_WORLD [...] [--method "full pool"] [--budget 1.0]
 
 A bench folder (``world-N`` folders with ``cache/``) or a world folder; nothing is recomputed.
+
+``--objects`` sets the four kinds that ask for one object's attribute (colour of a shape, colour at a position,
+position of a shape, shape at a position) beside the **random-object answer**: the attribute of an object of the
+picture drawn at random (its expected accuracy, from the evaluation scenes, re-planned from the world's recipe),
+with the share of the run's answers that name an attribute of some object in the picture, and its accuracy on
+one-object pictures and on the others. A model that names what is there without finding the object asked for
+scores the random-object answer.
 """
 
 from __future__ import annotations
@@ -75,21 +82,64 @@ def majority(run: Path) -> dict[str, float]:
     return {k: 100 * c.most_common(1)[0][1] / sum(c.values()) for k, c in ans.items()}
 
 
+#: kinds that ask for one object's attribute: kind → the attribute (of :class:`vlselect.world.scene.Obj`)
+ONE_OBJECT = {"color_of_shape": "color", "color_at_pos": "color", "pos_of": "pos", "shape_at_pos": "shape"}
+
+
+def object_stats(run: Path, sets: dict, pictures: list) -> dict[str, dict[str, float]]:
+    """For the :data:`ONE_OBJECT` kinds of one run: accuracy, the random-object answer's expected accuracy, the share
+    of answers naming an attribute of an object in the picture, accuracy on one-object pictures and on the others
+    (all 0-100); ``sets``/``pictures`` as :func:`vlselect.world.build.plan_eval` returns them for the run's world."""
+    acc: dict[str, dict[str, list[float]]] = {}
+    for f in sorted((run / "eval" / "predictions").glob("*.jsonl")):
+        if f.stem not in sets:
+            continue
+        for line in f.read_text().splitlines():
+            p = json.loads(line)
+            i = int(p["id"].rsplit("_", 1)[1])
+            smp = sets[f.stem][i]
+            attr = ONE_OBJECT.get(smp["kind"])
+            if attr is None:
+                continue
+            vals = [str(getattr(o, attr)).lower() for o in pictures[smp["picture"]].scene.objects]
+            a = acc.setdefault(smp["kind"], {"model": [], "random_object": [], "names_an_object": [], "one": [],
+                                             "several": []})
+            a["model"].append(float(p["score"]))
+            a["random_object"].append(sum(v == smp["qa"].answer.lower() for v in vals) / len(vals))
+            a["names_an_object"].append(float(str(p["prediction"]).strip().lower() in vals))
+            a["one" if len(vals) == 1 else "several"].append(float(p["score"]))
+    return {k: {m: (100 * sum(v) / len(v) if v else float("nan")) for m, v in a.items()} for k, a in acc.items()}
+
+
+def world_plan(run: Path):
+    """The evaluation sets and pictures of the world a run was scored on (re-planned from its recipe's world)."""
+    from vlselect.world.build import WorldConfig, plan_eval
+
+    w = json.loads((run / "recipe.json").read_text()).get("world")
+    if not w:
+        raise SystemExit(f"{run}: its recipe.json names no world (seed, eval_size, image_size); not a bench run")
+    return plan_eval(WorldConfig(seed=w["seed"], eval_size=w["eval_size"], image_size=w["image_size"]))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("paths", nargs="+", help="bench folders or world folders")
     ap.add_argument("--method", default="full pool", help='a method as the bench names it ("full pool", random, ...)')
     ap.add_argument("--budget", type=float, default=1.0)
+    ap.add_argument("--objects", action="store_true", help="the one-object kinds against the random-object answer")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
-    per_run, chance = [], {}
+    per_run, chance, objs = [], {}, []
     for c in caches(args.paths):
         rs = runs(c, args.method, args.budget)
         if not rs:
             raise SystemExit(f"{c}: no run of {args.method!r} at budget {args.budget} with saved predictions")
+        plan = world_plan(rs[0]) if args.objects else None
         for r in rs:
             per_run.append((f"{c.parent.name}/{r.name}", kind_scores(r)))
             chance = chance or majority(r)
+            if plan is not None:
+                objs.append(object_stats(r, *plan))
     from vlselect.world.build import EVAL_SETS
 
     print(f"{args.method} at {args.budget:g}: {len(per_run)} runs ({', '.join(n for n, _ in per_run)})")
@@ -104,9 +154,22 @@ def main() -> None:
             out[k] = {"set": name, "majority": chance.get(k, 0.0), "mean": m, "runs": vals}
             print(f"{name:15s} {k:15s} {chance[k] if k in chance else 0.0:8.1f} {m:6.1f}   "
                   + " ".join(f"{v:5.1f}" for v in vals))
+    mean_objs = {}
+    if objs:
+        print("\none object's attribute (mean over the runs): the model, the random-object answer, answers naming an "
+              "object there, the model on one-object pictures / on the others")
+        for k in ONE_OBJECT:
+            rows = [o[k] for o in objs if k in o]
+            if not rows:
+                continue
+            mean_objs[k] = {m: sum(r[m] for r in rows) / len(rows) for m in rows[0]}
+            m = mean_objs[k]
+            print(f"{k:15s} model {m['model']:5.1f}  random object {m['random_object']:5.1f}  names an object there "
+                  f"{m['names_an_object']:5.1f}  one object {m['one']:5.1f} / several {m['several']:5.1f}")
     if args.json:
         Path(args.json).write_text(json.dumps({"method": args.method, "budget": args.budget,
-                                               "runs": [n for n, _ in per_run], "kinds": out}, indent=1))
+                                               "runs": [n for n, _ in per_run], "kinds": out,
+                                               "one_object": mean_objs}, indent=1))
 
 
 if __name__ == "__main__":

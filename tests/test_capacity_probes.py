@@ -95,3 +95,26 @@ def test_scores_by_kind_splits_a_set_by_its_alternating_kinds(tmp_path, capsys):
             sk.main()
     finally:
         sys.argv = argv
+
+
+def test_object_stats_against_the_random_object_answer(tmp_path):
+    from vlselect.world.build import WorldConfig, plan_eval
+
+    sk = load_script("scores_by_kind")
+    sets, pics = plan_eval(WorldConfig(seed=0, eval_size=6, image_size=24))
+    colour = sets["color"]  # the colour of the one object of a named shape
+    run = tmp_path / "run-x"
+    right = [{"id": f"color_{i:04d}", "prediction": s["qa"].answer, "score": 1.0} for i, s in enumerate(colour)]
+    _run(tmp_path, "run-x", "full pool", 1.0, {"color": right})
+    got = sk.object_stats(run, sets, pics)["color_of_shape"]
+    by_hand = [len(pics[s["picture"]].scene.with_color(s["qa"].answer)) / len(pics[s["picture"]].scene.objects)
+               for s in colour]
+    assert got["random_object"] == pytest.approx(100 * sum(by_hand) / len(by_hand))
+    assert got["model"] == 100.0 and got["names_an_object"] == 100.0
+    # answers that name no colour of the picture
+    wrong = [{"id": f"color_{i:04d}", "prediction": "plaid", "score": 0.0} for i in range(len(colour))]
+    _run(tmp_path, "run-y", "full pool", 1.0, {"color": wrong})
+    got = sk.object_stats(tmp_path / "run-y", sets, pics)["color_of_shape"]
+    assert got["model"] == 0.0 and got["names_an_object"] == 0.0
+    n_one = sum(len(pics[s["picture"]].scene.objects) == 1 for s in colour)
+    assert (got["one"] == 0.0) if n_one else np.isnan(got["one"])

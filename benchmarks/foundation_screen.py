@@ -57,6 +57,10 @@ VARIANTS: dict[str, dict] = {
     "half_short_48": dict(counted_captions=True, answer_style="sentence", short_kinds=HALF, image_size=48),
     # ... and a language model of 8 layers instead of 4 (matching a question against the picture's tokens)
     "half_short_deep": dict(counted_captions=True, answer_style="sentence", short_kinds=HALF, size="b8"),
+    # ... and a language stage that reads better: three times the text records at the rate that read shape at a
+    # position 68% instead of 30% (benchmarks/RESULTS.md, "Short of data, or out of reach?")
+    "half_short_read": dict(counted_captions=True, answer_style="sentence", short_kinds=HALF, text_size=180000,
+                            text_lr=3e-4),
 }
 
 

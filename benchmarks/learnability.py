@@ -138,6 +138,31 @@ def probe_sets(out: Path, per_kind: int = 100) -> list[Path]:
     return files
 
 
+def colour_against_random_object(predictions: Path) -> dict[str, float]:
+    """The probe's "colour of a shape" answers against the random-object answer: the colour of an object of the
+    description drawn at random (expected accuracy), the share of answers naming a colour the description names, and
+    accuracy on one-object and on several-object descriptions (all %). Printed, and returned."""
+    import re
+
+    from vlselect.world.vocab import COLOR_NAMES
+
+    base, named, one, several = [], [], [], []
+    for line in predictions.read_text().splitlines():
+        r = json.loads(line)
+        desc = r["question"].split("\n")[0].lower()
+        cols = [w for w in re.findall(r"[a-z]+", desc) if w in COLOR_NAMES]
+        base.append(sum(c == r["answers"][0] for c in cols) / len(cols))
+        named.append(float(str(r["prediction"]).strip().lower() in cols))
+        (one if len(cols) == 1 else several).append(float(r["score"]))
+    mean = lambda v: 100 * sum(v) / len(v) if v else float("nan")  # noqa: E731
+    out = {"random_object": mean(base), "names_one_there": mean(named), "one_object": mean(one),
+           "several": mean(several)}
+    print(f"\ncolour of a shape, from a description: random-object answer {out['random_object']:.1f}, answers naming a "
+          f"colour of the description {out['names_one_there']:.0f}, right on one-object descriptions "
+          f"{out['one_object']:.0f} ({len(one)}), on the others {out['several']:.0f} ({len(several)})")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     what = ap.add_mutually_exclusive_group(required=True)
@@ -176,6 +201,7 @@ def main() -> None:
         print("|---|---|")
         for name, v in r["sets"].items():
             print(f"| {name.removeprefix('probe_')} | {v['score']:.0f} |")
+        colour_against_random_object(a.out / "probe" / "eval" / "predictions" / "probe_color_of_shape.jsonl")
         return
     adapter = a.adapter or ("full" if a.reading else "lora")
     tag = f"{a.task or 'read_' + a.reading}_{a.size}_e{a.epochs}_{adapter}" + ("_from_base" if a.base else "") + \

@@ -118,3 +118,24 @@ def test_object_stats_against_the_random_object_answer(tmp_path):
     assert got["model"] == 0.0 and got["names_an_object"] == 0.0
     n_one = sum(len(pics[s["picture"]].scene.objects) == 1 for s in colour)
     assert (got["one"] == 0.0) if n_one else np.isnan(got["one"])
+
+
+def test_reading_probe_against_the_random_object_answer_by_hand(tmp_path):
+    lb = load_script("learnability")
+    rows = [
+        {"question": "A small red cross at the top and a large blue circle at the center.\nWhat color is the cross?\n"
+                     "Answer the question using a single word or phrase.",
+         "prediction": "blue", "answers": ["red"], "score": 0.0},
+        {"question": "A large green square at the top.\nWhat color is the square?\n"
+                     "Answer the question using a single word or phrase.",
+         "prediction": "green", "answers": ["green"], "score": 1.0},
+        {"question": "A small red cross at the top, a small red circle at the left and a large blue square at the "
+                     "bottom.\nWhat color is the square?\nAnswer the question using a single word or phrase.",
+         "prediction": "purple", "answers": ["blue"], "score": 0.0},
+    ]
+    f = tmp_path / "p.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    got = lb.colour_against_random_object(f)
+    assert got["random_object"] == pytest.approx(100 * (1 / 2 + 1 + 1 / 3) / 3)
+    assert got["names_one_there"] == pytest.approx(200 / 3)  # blue and green are named there, purple is not
+    assert (got["one_object"], got["several"]) == (100.0, 0.0)

@@ -298,10 +298,12 @@ def _card(cfg: WorldConfig, stats: dict[str, dict[str, int]], eval_sizes: dict[s
           "every subset. The colour kinds are answered as often right as the colour of an object of the picture "
           "drawn at random would be (63 and 59; one-object pictures 99-100): the model names a colour that is there "
           "(95%) without finding the object asked for (`scores_by_kind.py --objects`). Pictures of 48 px, a "
-          "language model of 8 layers and two vision epochs learn the same four sets, and a linear "
+          "language model of 8 layers, two vision epochs and three times the text learn the same four sets, and "
+          "a linear "
           "probe reads every object's colour and most shapes (81%) off its cell's image token "
           "(`benchmarks/vision_probe.py`): what is missing is the language model finding the token a question "
-          "names by an attribute (benchmarks/RESULTS.md, issue 12).", ""]
+          "names by an attribute; reading a description instead of a picture, it names the colour of a random "
+          "object of it just the same (`benchmarks/learnability.py --probe`; benchmarks/RESULTS.md, issue 12).", ""]
     L += ["## Files", "",
           "- `images/NNNNNN.png`: pool pictures; `images/eval_<set>_NNNN.png`: evaluation pictures.",
           "- `pool.json`: LLaVA JSON list (`id`, `image` relative to `images/` and absent for text-only, "

@@ -17,9 +17,11 @@ gets the easy ones right first.
 the world about *descriptions* of 100 held-out scenes per kind and prints the share answered right (what its
 language model reads, before any picture).
 
-``--reading exist`` (or ``mc``) asks the question about a *description* of the scene instead of a picture (text
-only: scene caption, then the question), ``--size`` dedicated records, the language model trained in full:
-can the language model do it at all, without the vision side?
+``--reading exist`` (or ``mc``, or ``color``: the colour of the one object of a shape) asks the question about a
+*description* of the scene instead of a picture (text only: scene caption, then the question), ``--size`` dedicated
+records, the language model trained in full: can the language model do it at all, without the vision side? With
+``color`` (and with ``--probe``) the answers are set beside the random-object answer: the colour of an object of the
+description drawn at random.
 
 One thread; each run prints its training time.
 
@@ -90,9 +92,9 @@ def exist_variants(seed: int, eval_size: int, image_size: int, out: Path) -> lis
 def reading_world(kind: str, size: int, out: Path) -> tuple[Path, Path]:
     """A text-only pool of ``size`` (description, question) records of one kind, and 300 held-out ones."""
     from vlselect.world.scene import sample_scene
-    from vlselect.world.tasks import ask_exist, ask_mc_color, caption_text
+    from vlselect.world.tasks import ask_color_of_shape, ask_exist, ask_mc_color, caption_text
 
-    ask = {"exist": ask_exist, "mc": ask_mc_color}[kind]
+    ask = {"exist": ask_exist, "mc": ask_mc_color, "color": ask_color_of_shape}[kind]
 
     def make(rng, n: int, canonical: bool) -> list:
         rows = []
@@ -167,7 +169,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     what = ap.add_mutually_exclusive_group(required=True)
     what.add_argument("--task", help="pool task of the world to train on alone (exist, mc, ocr, grounding, ...)")
-    what.add_argument("--reading", choices=("exist", "mc"), help="text only: the question about a description")
+    what.add_argument("--reading", choices=("exist", "mc", "color"),
+                      help="text only: the question about a description (color: the colour of the one object of a shape)")
     what.add_argument("--probe", action="store_true", help="train nothing: read every question kind off descriptions")
     ap.add_argument("--size", type=int, default=10000, help="records of that task (default 10,000)")
     ap.add_argument("--epochs", type=int, default=1)
@@ -228,6 +231,8 @@ def main() -> None:
     seconds = time.perf_counter() - t0
     r = evaluate(res.final_dir, [str(f) for f in files], str(images), run / "eval", progress=False,
                  max_new_tokens=32, batch_size=64)
+    if a.reading == "color":  # beside the random-object answer, as --probe does
+        colour_against_random_object(run / "eval" / "predictions" / "read_color.jsonl")
     chance = chance_levels([str(f) for f in files])
     print(f"\n{tag}: {res.samples} samples seen, training {seconds:.0f} s (one thread)")
     print("| set | score | chance | learned (10+ above chance) |")

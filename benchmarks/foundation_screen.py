@@ -183,11 +183,16 @@ def main() -> None:
                     p.terminate()
             break
         time.sleep(5)
+    finished = []
     for name, p in procs.items():
         p.wait()
-        _pack(Path(args.out) / name, name, Path(args.report))
         print(f"{name}: exit {p.returncode}", flush=True)
-    summary = {n: _summary(Path(args.out) / n) for n in names}
+        if p.returncode == 0:
+            _pack(Path(args.out) / name, name, Path(args.report))
+            finished.append(name)
+        else:  # its folder may hold an earlier run's results: never summarised or packed as this run's
+            print(f"{name}: not summarised (see {Path(args.out) / name / 'log.txt'})", flush=True)
+    summary = {n: _summary(Path(args.out) / n) for n in finished}
     print(json.dumps(summary, indent=1))
     print(f"done in {time.time() - started:.0f} s")
 

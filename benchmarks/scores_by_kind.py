@@ -98,6 +98,10 @@ def object_stats(run: Path, sets: dict, pictures: list) -> dict[str, dict[str, f
             p = json.loads(line)
             i = int(p["id"].rsplit("_", 1)[1])
             smp = sets[f.stem][i]
+            if p.get("question") is not None and p["question"] != smp["qa"].prompt:
+                # the world re-planned from the run's recipe is not the one the run was scored on (other code)
+                raise SystemExit(f"{run}: {f.stem} sample {p['id']} asked {p['question']!r}, but the re-planned world "
+                                 f"asks {smp['qa'].prompt!r}; --objects needs the code that made the bench")
             attr = ONE_OBJECT.get(smp["kind"])
             if attr is None:
                 continue

@@ -139,3 +139,17 @@ def test_reading_probe_against_the_random_object_answer_by_hand(tmp_path):
     assert got["random_object"] == pytest.approx(100 * (1 / 2 + 1 + 1 / 3) / 3)
     assert got["names_one_there"] == pytest.approx(200 / 3)  # blue and green are named there, purple is not
     assert (got["one_object"], got["several"]) == (100.0, 0.0)
+
+
+def test_object_stats_refuses_predictions_of_another_world(tmp_path):
+    from vlselect.world.build import WorldConfig, plan_eval
+
+    sk = load_script("scores_by_kind")
+    sets, pics = plan_eval(WorldConfig(seed=0, eval_size=6, image_size=24))
+    other, _ = plan_eval(WorldConfig(seed=1, eval_size=6, image_size=24))
+    rows = [{"id": f"color_{i:04d}", "question": s["qa"].prompt, "prediction": "red", "score": 0.0}
+            for i, s in enumerate(other["color"])]
+    assert any(r["question"] != s["qa"].prompt for r, s in zip(rows, sets["color"]))
+    _run(tmp_path, "run-z", "full pool", 1.0, {"color": rows})
+    with pytest.raises(SystemExit, match="re-planned world"):
+        sk.object_stats(tmp_path / "run-z", sets, pics)

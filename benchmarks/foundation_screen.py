@@ -61,6 +61,13 @@ VARIANTS: dict[str, dict] = {
     # position 68% instead of 30% (benchmarks/RESULTS.md, "Short of data, or out of reach?")
     "half_short_read": dict(counted_captions=True, answer_style="sentence", short_kinds=HALF, text_size=180000,
                             text_lr=3e-4),
+    # a language model that looks things up (benchmarks/recall_lr.py): 1,500 steps of compact lookup rows before
+    # stage 1, the language stages at lr 1e-4 (1e-3 never forms the lookup) ...
+    "half_short_lookup": dict(counted_captions=True, answer_style="sentence", short_kinds=HALF, lookup_steps=1500,
+                              text_lr=1e-4, vision_lr=3e-4),
+    # ... and with the vision stage (which trains the language model too) at the shipped lr 1e-3
+    "half_short_lookup_v1e3": dict(counted_captions=True, answer_style="sentence", short_kinds=HALF,
+                                   lookup_steps=1500, text_lr=1e-4),
 }
 
 

@@ -153,3 +153,59 @@ def test_object_stats_refuses_predictions_of_another_world(tmp_path):
     _run(tmp_path, "run-z", "full pool", 1.0, {"color": rows})
     with pytest.raises(SystemExit, match="re-planned world"):
         sk.object_stats(tmp_path / "run-z", sets, pics)
+
+
+def test_recall_rows_answer_the_colour_before_the_queried_shape():
+    rl = load_script("recall_lr")
+    c0, c1, c2 = rl.COLOURS[:3]
+    s0, s1, s2 = rl.SHAPES[:3]
+    # by hand: red-ish c0 square-ish s0, c1 s1, c0 s2; asked for s2 -> c0; the random-object answer names c0 two
+    # times in three
+    seq = [c0, s0, c1, s1, c0, s2, rl.QUERY, s2]
+    assert rl.recall_answer(seq) == c0
+    assert rl.random_object_tokens(seq, c0) == pytest.approx(2 / 3)
+    assert rl.recall_answer([c2, s1, c1, s0, rl.QUERY, s0]) == c1
+    rng = np.random.default_rng(0)
+    sizes = set()
+    for _ in range(300):
+        seq, ans = rl.recall_row(rng)
+        pairs = seq[:-2]
+        sizes.add(len(pairs) // 2)
+        assert seq[-2] == rl.QUERY and rl.recall_answer(seq) == ans
+        assert len(set(pairs[1::2])) == len(pairs) // 2  # distinct shapes: one right answer
+        assert set(pairs[0::2]) <= set(rl.COLOURS) and set(pairs[1::2]) <= set(rl.SHAPES)
+    assert sizes == {2, 3, 4}
+
+
+def test_recall_text_rows_and_their_random_object_answer():
+    rl = load_script("recall_lr")
+    assert rl.random_object_text("A large red square at the left and a small blue circle at the top.", "blue") == 0.5
+    assert rl.random_object_text("A small red cross at the top, a large red circle and a blue square.", "red") == \
+        pytest.approx(2 / 3)
+    for d, q, a in rl.text_rows(np.random.default_rng(3), 50, canonical=True):
+        assert q.endswith("? Answer:")
+        shape = q.removesuffix("? Answer:").split()[-1]
+        words = d.lower().replace(",", "").replace(".", "").split()
+        # the shape asked for occurs once in the description, right after its colour
+        assert words.count(shape) == 1 and words[words.index(shape) - 1] == a
+
+
+def test_recall_compact_description_and_token_variants_by_hand():
+    rl = load_script("recall_lr")
+    from vlselect.world.scene import Obj, Scene
+
+    scene = Scene((Obj("square", "red", "large", 0), Obj("circle", "blue", "small", 4)))
+    assert rl.compact_text(scene) == "Red square, blue circle."
+    # the lookup rows: the compact description, the shape alone as the prompt, its colour as the answer
+    for d, q, a in rl.text_rows(np.random.default_rng(4), 30, canonical=False, compact="lookup"):
+        words = d.lower().rstrip(".").replace(",", "").split()
+        assert words.count(q) == 1 and words[words.index(q) - 1] == a
+    # other tokens after each pair and filler after the query leave the answer the colour before the shape
+    c0, c1 = rl.COLOURS[:2]
+    s0, s1 = rl.SHAPES[:2]
+    o = rl.OTHER[0]
+    seq = [c0, s0, o, o, c1, s1, o, o, rl.QUERY, s1, rl.FILL, rl.FILL]
+    assert rl.recall_answer(seq) == c1 and rl.random_object_tokens(seq, c1) == 0.5
+    seq, ans = rl.recall_row(np.random.default_rng(5), between=2, filler=3)
+    q = seq.index(rl.QUERY)
+    assert seq[q + 2:] == [rl.FILL] * 3 and len(seq[:q]) % 4 == 0 and rl.recall_answer(seq) == ans

@@ -75,6 +75,12 @@ class FoundationRecipe:
     there (a subset has to teach each question kind its answer type). The shipped foundation answers in
     sentences but for ``short_kinds``.
 
+    ``lookup_steps``: steps of a warm-up before stage 1 that teaches the language model to look a thing up
+    (:func:`vlselect.train.foundation.lookup_warmup`: compact descriptions, the shape asked for right before the
+    answer, at ``text_lr``). The bench's language model does not learn to find the object a question names from the
+    world's descriptions and questions alone; after a few hundred such steps at lr 1e-4 it does (benchmarks/
+    recall_lr.py, benchmarks/RESULTS.md, issue 12). The shipped foundation has 0.
+
     ``format_share``: the share of stage 1's one-word chat facts (arithmetic, colour mixing, sides of a shape) asked
     with the short-answer format prompt and answered in one word (:func:`vlselect.world.make.make_text_pool`): the
     language model knows the instruction from questions the benchmark does not ask, as an instruction-tuned LLM
@@ -110,6 +116,7 @@ class FoundationRecipe:
     align_size: int = 20000
     align_lr: float = 1e-3
     batch_size: int = 32
+    lookup_steps: int = 0
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -137,12 +144,13 @@ class FoundationRecipe:
         return replace(self, text_size=max(32, int(self.text_size * factor)),
                        vision_size=max(32, int(self.vision_size * factor)),
                        vision_text_size=max(16, int(self.vision_text_size * factor)),
-                       align_size=max(32, int(self.align_size * factor)))
+                       align_size=max(32, int(self.align_size * factor)),
+                       lookup_steps=max(1, int(self.lookup_steps * factor)) if self.lookup_steps else 0)
 
 
 #: Recipe fields added after the first foundation, with what that foundation did (omitted from the JSON when equal).
 ADDED_FIELDS: dict[str, Any] = {"vision_epochs": 1, "counted_captions": False, "answer_style": "short",
-                                "format_share": 0.0, "short_kinds": []}
+                                "format_share": 0.0, "short_kinds": [], "lookup_steps": 0}
 
 
 def foundation_path() -> Path:

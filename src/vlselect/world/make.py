@@ -650,6 +650,33 @@ def make_text_pool(out_dir: str | os.PathLike, *, size: int = 40000, seed: int =
     return WorldInfo(out, cfg, dict(counts), {}, {}, 0, 0)
 
 
+def lookup_rows(n: int, *, seed: int = 0, image_size: int = 24,
+                avoid: tuple[tuple[int, int], ...] = ((0, 200),)) -> list[tuple[str, str]]:
+    """``n`` raw-text rows ``(prompt, answer)`` that teach a language model to look a thing up: a compact
+    description of a scene (:func:`vlselect.world.tasks.compact_caption`), a new line, a shape of exactly one of
+    its objects; the answer is that object's colour ("Red square, blue circle.\\ncircle" -> "blue"). The query is
+    the last token before the answer, as in the smallest associative-recall task: a tiny transformer learns this
+    in a few hundred steps at lr 1e-4 and then finds the object a full description and question name
+    (benchmarks/recall_lr.py; benchmarks/RESULTS.md, issue 12). Scenes of the evaluation sets of the worlds in
+    ``avoid`` never occur. Deterministic in ``seed``."""
+    from vlselect.world.build import _stream
+    from vlselect.world.scene import sample_scene
+    from vlselect.world.tasks import compact_caption
+
+    avoid_sigs = _eval_signatures(avoid, image_size)
+    rng = _stream(seed, "lookup-rows")
+    rows: list[tuple[str, str]] = []
+    while len(rows) < n:
+        scene = sample_scene(rng)
+        shapes = [o.shape for o in scene.objects]
+        unique = [s for s in sorted(set(shapes)) if shapes.count(s) == 1]
+        if not unique or scene.signature() in avoid_sigs:
+            continue
+        shape = unique[int(rng.integers(0, len(unique)))]
+        rows.append((f"{compact_caption(scene)}\n{shape}", next(o.color for o in scene.objects if o.shape == shape)))
+    return rows
+
+
 def _without_format_prompt(prompt: str) -> str:
     """A question prompt without its last line when that is one of the world's format prompts (short answer,
     option letter)."""

@@ -60,6 +60,13 @@ def short(question: str) -> str:
     return f"{question}\n{SHORT_SUFFIX}"
 
 
+def compact_caption(scene: Scene) -> str:
+    """Each object's colour and shape and nothing else: "Red square, blue circle." (the foundation's lookup
+    warm-up, :func:`vlselect.world.make.lookup_rows`)."""
+    body = ", ".join(f"{o.color} {o.shape}" for o in scene.objects) or "nothing"
+    return body[0].upper() + body[1:] + "."
+
+
 def caption_text(scene: Scene, counted: bool = False) -> str:
     """The caption: every object with its size, colour, shape and position, then the word if any.
 

@@ -83,19 +83,15 @@ def random_object_text(description: str, answer: str) -> float:
     return sum(c == answer for c in cols) / len(cols)
 
 
-def compact_text(scene) -> str:
-    """A description with nothing but each object's colour and shape: "Red square, blue circle." (a curriculum)."""
-    body = ", ".join(f"{o.color} {o.shape}" for o in scene.objects)
-    return body[0].upper() + body[1:] + "."
-
-
 def text_rows(rng: np.random.Generator, n: int, canonical: bool, compact: str | None = None) -> list[tuple[str, str, str]]:
     """``(description, prompt, answer)`` of the world's colour-of-a-shape question, text only: the prompt is the
-    question then " Answer:". ``compact="description"``: the description of :func:`compact_text` instead of the
+    question then " Answer:". ``compact="description"``: the description of
+    :func:`vlselect.world.tasks.compact_caption` ("Red square, blue circle.") instead of the
     world's caption; ``compact="lookup"``: that description and the shape alone as the prompt (the query right
     before the answer, as in the token task)."""
     from vlselect.world.scene import sample_scene
     from vlselect.world.tasks import ask_color_of_shape, caption_text
+    from vlselect.world.tasks import compact_caption as compact_text
 
     rows = []
     while len(rows) < n:

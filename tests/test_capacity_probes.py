@@ -192,10 +192,7 @@ def test_recall_text_rows_and_their_random_object_answer():
 
 def test_recall_compact_description_and_token_variants_by_hand():
     rl = load_script("recall_lr")
-    from vlselect.world.scene import Obj, Scene
 
-    scene = Scene((Obj("square", "red", "large", 0), Obj("circle", "blue", "small", 4)))
-    assert rl.compact_text(scene) == "Red square, blue circle."
     # the lookup rows: the compact description, the shape alone as the prompt, its colour as the answer
     for d, q, a in rl.text_rows(np.random.default_rng(4), 30, canonical=False, compact="lookup"):
         words = d.lower().rstrip(".").replace(",", "").split()

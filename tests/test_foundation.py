@@ -615,3 +615,63 @@ def test_build_command_flags_name_the_recipe(tmp_path, monkeypatch):
     assert (first.counted_captions, first.answer_style, first.short_kinds) == (False, "short", ())
     assert (sentence.counted_captions, sentence.answer_style, sentence.short_kinds) == (True, "sentence", ())
     assert two.short_kinds == ("count_all", "ocr")
+
+
+# ------------------------------------------------------------------------- the lookup warm-up (lookup_steps)
+
+
+def test_compact_caption_and_lookup_rows_by_hand():
+    from vlselect.world.make import lookup_rows
+    from vlselect.world.scene import Obj, Scene
+    from vlselect.world.tasks import compact_caption
+
+    scene = Scene((Obj("square", "red", "large", 0), Obj("circle", "blue", "small", 4),
+                   Obj("square", "green", "small", 8)))
+    assert compact_caption(scene) == "Red square, blue circle, green square."
+    rows = lookup_rows(300, seed=3)
+    assert rows == lookup_rows(300, seed=3) and rows != lookup_rows(300, seed=4)
+    for prompt, answer in rows:
+        desc, shape = prompt.split("\n")
+        pairs = [p.split() for p in desc.lower().rstrip(".").split(", ")]
+        # the shape asked for is the one object of that shape; the answer is its colour
+        assert [s for _, s in pairs].count(shape) == 1 and answer == next(c for c, s in pairs if s == shape)
+
+
+def test_lookup_warmup_trains_the_language_model_only_and_is_reused_only_for_its_parameters(tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    from vlselect.errors import ModelError
+    from vlselect.models.tiny import build_tiny
+    from vlselect.train.foundation import lookup_warmup
+
+    torch.set_num_threads(1)
+    init = build_tiny(tmp_path / "init", size="xs", image_size=24)
+    res = lookup_warmup(init, tmp_path / "lk", steps=6, lr=1e-3, seed=0, batch_size=4, progress=False)
+    before = load_file(str(Path(init) / "model.safetensors"))
+    after = load_file(str(Path(res["dir"]) / "model.safetensors"))
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all("language_model" in k or "lm_head" in k for k in changed)
+    assert not any("vision_tower" in k or "multi_modal_projector" in k for k in changed)
+    assert len(res["losses"]) == 6
+    again = lookup_warmup(init, tmp_path / "lk", steps=6, lr=1e-3, seed=0, batch_size=4, progress=False)
+    assert again["losses"] == res["losses"]  # reused, not retrained
+    with pytest.raises(ModelError, match="other parameters"):
+        lookup_warmup(init, tmp_path / "lk", steps=7, lr=1e-3, seed=0, batch_size=4, progress=False)
+
+
+def test_lookup_steps_reach_the_build_and_the_recipe_and_leave_the_shipped_json_alone(tmp_path):
+    from dataclasses import replace
+
+    import torch
+
+    from vlselect.models.foundation import FoundationRecipe, verify_foundation
+    from vlselect.train.foundation import build_foundation
+
+    assert "lookup_steps" not in FoundationRecipe().to_json()
+    torch.set_num_threads(1)
+    rc = replace(FoundationRecipe().scaled(0.0006), lookup_steps=3)
+    info = verify_foundation(build_foundation(tmp_path / "f", rc, progress=False, log=lambda m: None))
+    assert info["recipe"]["lookup_steps"] == 3 and FoundationRecipe.from_json(info["recipe"]) == rc
+    assert info["stages"]["lookup"]["steps"] == 3
+    assert replace(rc, lookup_steps=1000).scaled(0.01).lookup_steps == 10

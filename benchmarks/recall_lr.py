@@ -25,6 +25,14 @@ replacement); 500 held-out rows; greedy answer of the first answer token(s).
 
     python benchmarks/recall_lr.py --task tokens --lr 1e-3 3e-4 1e-4 --steps 3000
     python benchmarks/recall_lr.py --task text --init foundation --lr 1e-3 3e-4 --steps 4000
+    python benchmarks/recall_lr.py --task tokens --filler 4 --compact-first 1000 --lr 3e-4 1e-4
+    python benchmarks/recall_lr.py --task text --compact-first 1500 --compact-style lookup --lr 1e-4 [--chat]
+    python benchmarks/recall_lr.py --table results/recall-2026-12-05/tokens.json     # reprint saved curves
+
+``--between``/``--filler`` (tokens) put other tokens after each pair / between the query and the answer;
+``--compact-first N`` trains N steps on compact rows first (a curriculum); ``--chat`` (text) asks the question as
+the bench does, with its format line in the chat template. Results of 2026-12-05: benchmarks/RESULTS.md, "The
+language model can look things up".
 """
 
 from __future__ import annotations
@@ -83,12 +91,15 @@ def random_object_text(description: str, answer: str) -> float:
     return sum(c == answer for c in cols) / len(cols)
 
 
-def text_rows(rng: np.random.Generator, n: int, canonical: bool, compact: str | None = None) -> list[tuple[str, str, str]]:
+def text_rows(rng: np.random.Generator, n: int, canonical: bool, compact: str | None = None,
+              chat: bool = False) -> list[tuple[str, str, str]]:
     """``(description, prompt, answer)`` of the world's colour-of-a-shape question, text only: the prompt is the
     question then " Answer:". ``compact="description"``: the description of
     :func:`vlselect.world.tasks.compact_caption` ("Red square, blue circle.") instead of the
     world's caption; ``compact="lookup"``: that description and the shape alone as the prompt (the query right
-    before the answer, as in the token task)."""
+    before the answer, as in the token task). ``chat``: the question as the world's pool and the bench ask it, with
+    its format line, in the tiny LLaVA's chat template ("USER: <description>\\n<question>\\nAnswer the question
+    using a single word or phrase. ASSISTANT:"): the query about fifteen tokens before the answer."""
     from vlselect.world.scene import sample_scene
     from vlselect.world.tasks import ask_color_of_shape, caption_text
     from vlselect.world.tasks import compact_caption as compact_text
@@ -103,7 +114,8 @@ def text_rows(rng: np.random.Generator, n: int, canonical: bool, compact: str | 
                 shape = next(o.shape for o in scene.objects if o.cell == qa.extra["target"])
                 rows.append((compact_text(scene), shape, qa.answer))
             else:
-                rows.append((compact_text(scene) if compact else caption_text(scene), f"{q} Answer:", qa.answer))
+                d = compact_text(scene) if compact else caption_text(scene)
+                rows.append((f"USER: {d}", f"{qa.prompt} ASSISTANT:", qa.answer) if chat else (d, f"{q} Answer:", qa.answer))
     return rows
 
 
@@ -163,7 +175,7 @@ def accuracy(model, rows: list[tuple[list[int], list[int]]], pad: int, batch: in
 
 
 def curve(task: str, init: str, lr: float, steps: int, every: int, seed: int, between: int = 0,
-          filler: int = 0, compact_first: int = 0, compact_style: str = "description") -> dict:
+          filler: int = 0, compact_first: int = 0, compact_style: str = "description", chat: bool = False) -> dict:
     """Train one model and return its accuracy every ``every`` steps, with the random-object answer.
 
     ``compact_first``: the first that many steps train on compact rows (tokens: no other tokens, no filler; text:
@@ -194,10 +206,10 @@ def curve(task: str, init: str, lr: float, steps: int, every: int, seed: int, be
             return [(tok(f"{d}\n{q}")["input_ids"], tok(f" {a}")["input_ids"] + [tok.eos_token_id])
                     for d, q, a in rows]
 
-        held = text_rows(np.random.default_rng(99), 500, True)
+        held = text_rows(np.random.default_rng(99), 500, True, chat=chat)
         test = enc(held)
         baseline = float(np.mean([random_object_text(d, a) for d, _, a in held]))
-        train = enc(text_rows(np.random.default_rng([seed, 1]), 40000, False))
+        train = enc(text_rows(np.random.default_rng([seed, 1]), 40000, False, chat=chat))
         easy = enc(text_rows(np.random.default_rng([seed, 2]), 40000, False, compact=compact_style)) \
             if compact_first else []
 
@@ -223,6 +235,7 @@ def curve(task: str, init: str, lr: float, steps: int, every: int, seed: int, be
     return {"task": task, "init": init if task == "text" else "scratch", "lr": lr, "seed": seed,
             "between": between, "filler": filler, "compact_first": compact_first,
             **({"compact_style": compact_style} if task == "text" and compact_first else {}),
+            **({"chat": True} if chat else {}),
             "random_object": round(100 * baseline, 1), "seconds": round(time.perf_counter() - t0),
             "curve": [[s, round(100 * a, 1)] for s, a in points]}
 
@@ -230,7 +243,8 @@ def curve(task: str, init: str, lr: float, steps: int, every: int, seed: int, be
 def print_table(runs: list[dict]) -> None:
     """The curves as a table: one row per lr and seed, about seven step columns, and the first step at 90%."""
     r0 = runs[0]
-    what = (f"text from {r0['init']}" if r0["task"] == "text" else
+    what = (f"text from {r0['init']}" + (" (chat template, format line)" if r0.get("chat") else "")
+            if r0["task"] == "text" else
             f"tokens from scratch, {r0.get('between', 0)} other tokens after each pair, {r0.get('filler', 0)} after "
             "the query") + (f", {r0['compact_first']} compact steps first" if r0.get("compact_first") else "") \
         + (f" ({r0.get('compact_style', 'description')})" if r0["task"] == "text" and r0.get("compact_first") else "")
@@ -261,6 +275,8 @@ def main() -> None:
                     help="train that many steps on compact rows first (a curriculum; text: colour and shape only)")
     ap.add_argument("--compact-style", choices=("description", "lookup"), default="description",
                     help="text: compact rows keep the question (description) or ask the shape alone (lookup)")
+    ap.add_argument("--chat", action="store_true", help="text: the question with its format line in the chat "
+                    "template, as the bench asks it (default: the question then ' Answer:')")
     ap.add_argument("--json", type=Path, default=None, help="write the curves here")
     a = ap.parse_args()
     if a.table:
@@ -276,7 +292,7 @@ def main() -> None:
     torch.set_num_threads(1)
     transformers.logging.set_verbosity_error()
     runs = [curve(a.task, a.init, lr, a.steps, a.every, seed, a.between, a.filler, a.compact_first,
-                  a.compact_style)
+                  a.compact_style, a.chat)
             for lr in a.lr for seed in a.seeds]
     print_table(runs)
     if a.json:

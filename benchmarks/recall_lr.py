@@ -175,7 +175,8 @@ def accuracy(model, rows: list[tuple[list[int], list[int]]], pad: int, batch: in
 
 
 def curve(task: str, init: str, lr: float, steps: int, every: int, seed: int, between: int = 0,
-          filler: int = 0, compact_first: int = 0, compact_style: str = "description", chat: bool = False) -> dict:
+          filler: int = 0, compact_first: int = 0, compact_style: str = "description", chat: bool = False,
+          plain_next: int = 0) -> dict:
     """Train one model and return its accuracy every ``every`` steps, with the random-object answer.
 
     ``compact_first``: the first that many steps train on compact rows (tokens: no other tokens, no filler; text:
@@ -212,9 +213,12 @@ def curve(task: str, init: str, lr: float, steps: int, every: int, seed: int, be
         train = enc(text_rows(np.random.default_rng([seed, 1]), 40000, False, chat=chat))
         easy = enc(text_rows(np.random.default_rng([seed, 2]), 40000, False, compact=compact_style)) \
             if compact_first else []
+        # --chat --plain-next M: M steps of the plain question (" Answer:", the query three tokens from the
+        # answer) between the compact rows and the bench's prompt: a curriculum on the query's distance
+        plain = enc(text_rows(np.random.default_rng([seed, 1]), 40000, False)) if chat and plain_next else []
 
         def draw(b: int, step: int):
-            src = easy if step <= compact_first else train
+            src = easy if step <= compact_first else plain if step <= compact_first + plain_next and plain else train
             return [src[int(i)] for i in rng.integers(0, len(src), b)]
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 100))
@@ -235,7 +239,7 @@ def curve(task: str, init: str, lr: float, steps: int, every: int, seed: int, be
     return {"task": task, "init": init if task == "text" else "scratch", "lr": lr, "seed": seed,
             "between": between, "filler": filler, "compact_first": compact_first,
             **({"compact_style": compact_style} if task == "text" and compact_first else {}),
-            **({"chat": True} if chat else {}),
+            **({"chat": True} if chat else {}), **({"plain_next": plain_next} if chat and plain_next else {}),
             "random_object": round(100 * baseline, 1), "seconds": round(time.perf_counter() - t0),
             "curve": [[s, round(100 * a, 1)] for s, a in points]}
 
@@ -244,6 +248,7 @@ def print_table(runs: list[dict]) -> None:
     """The curves as a table: one row per lr and seed, about seven step columns, and the first step at 90%."""
     r0 = runs[0]
     what = (f"text from {r0['init']}" + (" (chat template, format line)" if r0.get("chat") else "")
+            + (f", {r0['plain_next']} plain-question steps after the compact ones" if r0.get("plain_next") else "")
             if r0["task"] == "text" else
             f"tokens from scratch, {r0.get('between', 0)} other tokens after each pair, {r0.get('filler', 0)} after "
             "the query") + (f", {r0['compact_first']} compact steps first" if r0.get("compact_first") else "") \
@@ -277,6 +282,8 @@ def main() -> None:
                     help="text: compact rows keep the question (description) or ask the shape alone (lookup)")
     ap.add_argument("--chat", action="store_true", help="text: the question with its format line in the chat "
                     "template, as the bench asks it (default: the question then ' Answer:')")
+    ap.add_argument("--plain-next", type=int, default=0, help="with --chat: that many steps of the plain question "
+                    "after the compact ones, before the bench's prompt (a curriculum on the query's distance)")
     ap.add_argument("--json", type=Path, default=None, help="write the curves here")
     a = ap.parse_args()
     if a.table:
@@ -292,7 +299,7 @@ def main() -> None:
     torch.set_num_threads(1)
     transformers.logging.set_verbosity_error()
     runs = [curve(a.task, a.init, lr, a.steps, a.every, seed, a.between, a.filler, a.compact_first,
-                  a.compact_style, a.chat)
+                  a.compact_style, a.chat, a.plain_next)
             for lr in a.lr for seed in a.seeds]
     print_table(runs)
     if a.json:

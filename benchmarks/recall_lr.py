@@ -287,6 +287,9 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None, help="write the curves here")
     a = ap.parse_args()
     if a.table:
+        missing = [str(f) for f in a.table if not f.is_file()]
+        if missing:
+            ap.error(f"no such curves file: {', '.join(missing)} (write one with --json)")
         for f in a.table:
             print_table(json.loads(f.read_text()))
         return

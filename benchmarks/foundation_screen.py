@@ -68,6 +68,10 @@ VARIANTS: dict[str, dict] = {
     # ... and with the vision stage (which trains the language model too) at the shipped lr 1e-3
     "half_short_lookup_v1e3": dict(counted_captions=True, answer_style="sentence", short_kinds=HALF,
                                    lookup_steps=1500, text_lr=1e-4),
+    # ... and the whole curriculum on the query's distance (lookup rows, the plain question, the bench's prompt:
+    # 100% in text, benchmarks/recall_lr.py), the vision stage at the shipped 1e-3
+    "half_short_curriculum": dict(counted_captions=True, answer_style="sentence", short_kinds=HALF,
+                                  lookup_steps=1500, lookup_plain_steps=1500, lookup_chat_steps=1000, text_lr=1e-4),
 }
 
 

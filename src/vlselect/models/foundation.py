@@ -79,7 +79,9 @@ class FoundationRecipe:
     (:func:`vlselect.train.foundation.lookup_warmup`: compact descriptions, the shape asked for right before the
     answer, at ``text_lr``). The bench's language model does not learn to find the object a question names from the
     world's descriptions and questions alone; after a few hundred such steps at lr 1e-4 it does (benchmarks/
-    recall_lr.py, benchmarks/RESULTS.md, issue 12). The shipped foundation has 0.
+    recall_lr.py, benchmarks/RESULTS.md, issue 12). The shipped foundation has 0. ``lookup_plain_steps`` and
+    ``lookup_chat_steps``: more warm-up steps on the world's colour-of-a-shape question asked plainly, then as the
+    bench asks it (the curriculum on the query's distance that teaches the bench's prompt in text); 0 shipped.
 
     ``format_share``: the share of stage 1's one-word chat facts (arithmetic, colour mixing, sides of a shape) asked
     with the short-answer format prompt and answered in one word (:func:`vlselect.world.make.make_text_pool`): the
@@ -117,6 +119,8 @@ class FoundationRecipe:
     align_lr: float = 1e-3
     batch_size: int = 32
     lookup_steps: int = 0
+    lookup_plain_steps: int = 0
+    lookup_chat_steps: int = 0
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -145,12 +149,15 @@ class FoundationRecipe:
                        vision_size=max(32, int(self.vision_size * factor)),
                        vision_text_size=max(16, int(self.vision_text_size * factor)),
                        align_size=max(32, int(self.align_size * factor)),
-                       lookup_steps=max(1, int(self.lookup_steps * factor)) if self.lookup_steps else 0)
+                       lookup_steps=max(1, int(self.lookup_steps * factor)) if self.lookup_steps else 0,
+                       lookup_plain_steps=max(1, int(self.lookup_plain_steps * factor)) if self.lookup_plain_steps else 0,
+                       lookup_chat_steps=max(1, int(self.lookup_chat_steps * factor)) if self.lookup_chat_steps else 0)
 
 
 #: Recipe fields added after the first foundation, with what that foundation did (omitted from the JSON when equal).
 ADDED_FIELDS: dict[str, Any] = {"vision_epochs": 1, "counted_captions": False, "answer_style": "short",
-                                "format_share": 0.0, "short_kinds": [], "lookup_steps": 0}
+                                "format_share": 0.0, "short_kinds": [], "lookup_steps": 0,
+                                "lookup_plain_steps": 0, "lookup_chat_steps": 0}
 
 
 def foundation_path() -> Path:

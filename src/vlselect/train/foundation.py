@@ -65,7 +65,8 @@ def build_foundation(out_dir: str | os.PathLike, recipe: FoundationRecipe | None
     if rc.lookup_steps > 0:
         log(f"foundation 0/3: the language model looks things up ({rc.lookup_steps} steps of compact lookup rows)")
         lookup = lookup_warmup(init, work / "lookup", steps=rc.lookup_steps, lr=rc.text_lr, seed=rc.seed,
-                               batch_size=rc.batch_size, image_size=rc.image_size, avoid=rc.avoid, progress=progress)
+                               batch_size=rc.batch_size, image_size=rc.image_size, avoid=rc.avoid, progress=progress,
+                               plain_steps=rc.lookup_plain_steps, chat_steps=rc.lookup_chat_steps)
         start = lookup["dir"]
     log("foundation 1/3: the language model on text")
     lang = train_lora(start, text / "pool.json", None, work / "language", adapter="full", lr=rc.text_lr,
@@ -84,7 +85,7 @@ def build_foundation(out_dir: str | os.PathLike, recipe: FoundationRecipe | None
 
 def lookup_warmup(init: str | os.PathLike, out_dir: str | os.PathLike, *, steps: int, lr: float, seed: int,
                   batch_size: int = 32, image_size: int = 24, avoid: tuple[tuple[int, int], ...] = ((0, 200),),
-                  progress: bool = True) -> dict[str, Any]:
+                  progress: bool = True, plain_steps: int = 0, chat_steps: int = 0) -> dict[str, Any]:
     """Teach the language model of the LLaVA model in ``init`` to look a thing up, before stage 1: ``steps`` steps
     of ``batch_size`` raw-text rows of :func:`vlselect.world.make.lookup_rows` (a compact description, then the
     shape asked for, the answer its colour; no chat template, so the query is the last token before the answer),
@@ -95,7 +96,11 @@ def lookup_warmup(init: str | os.PathLike, out_dir: str | os.PathLike, *, steps:
 
     Writes the whole model to ``out_dir`` (a model directory; ``done.json`` records the parameters and the
     losses) and returns ``{"dir", "losses"}``; a ``done.json`` of the same parameters is reused, another one
-    refused. Deterministic in the parameters on one machine (one process, CPU)."""
+    refused. Deterministic in the parameters on one machine (one process, CPU).
+
+    ``plain_steps`` then ``chat_steps`` more steps follow on the world's colour-of-a-shape question asked plainly
+    and then as the bench asks it (``lookup_rows(style="plain" | "chat")``): the curriculum on the query's distance
+    that teaches the bench's own prompt in text (benchmarks/recall_lr.py)."""
     import torch
     from transformers import AutoTokenizer, LlavaForConditionalGeneration
 
@@ -108,6 +113,8 @@ def lookup_warmup(init: str | os.PathLike, out_dir: str | os.PathLike, *, steps:
     out = Path(out_dir)
     params = {"steps": int(steps), "lr": float(lr), "seed": int(seed), "batch_size": int(batch_size),
               "image_size": int(image_size), "avoid": [list(a) for a in avoid], "init": model_hash(init)}
+    if plain_steps or chat_steps:  # only then: the parameters of a lookup-only warm-up stay as they were
+        params.update(plain_steps=int(plain_steps), chat_steps=int(chat_steps))
     done = out / "done.json"
     if done.exists():
         info = json.loads(done.read_text())
@@ -124,7 +131,10 @@ def lookup_warmup(init: str | os.PathLike, out_dir: str | os.PathLike, *, steps:
         p.requires_grad_(False)
     for p in params_t:
         p.requires_grad_(True)
-    rows = lookup_rows(steps * batch_size, seed=seed + 19, image_size=image_size, avoid=tuple(avoid))
+    rows = [r for style, k in (("lookup", steps), ("plain", plain_steps), ("chat", chat_steps)) if k
+            for r in lookup_rows(k * batch_size, seed=seed + 19, image_size=image_size, avoid=tuple(avoid),
+                                 style=style)]
+    steps = steps + plain_steps + chat_steps
     enc = [(tok(q, add_special_tokens=False)["input_ids"],
             tok(f" {a}", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]) for q, a in rows]
     opt = torch.optim.AdamW(params_t, lr=lr, weight_decay=0.0)

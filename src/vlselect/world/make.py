@@ -654,24 +654,41 @@ def make_text_pool(out_dir: str | os.PathLike, *, size: int = 40000, seed: int =
     return WorldInfo(out, cfg, dict(counts), {}, {}, 0, 0)
 
 
-def lookup_rows(n: int, *, seed: int = 0, image_size: int = 24,
-                avoid: tuple[tuple[int, int], ...] = ((0, 200),)) -> list[tuple[str, str]]:
+def lookup_rows(n: int, *, seed: int = 0, image_size: int = 24, avoid: tuple[tuple[int, int], ...] = ((0, 200),),
+                style: str = "lookup") -> list[tuple[str, str]]:
     """``n`` raw-text rows ``(prompt, answer)`` that teach a language model to look a thing up: a compact
     description of a scene (:func:`vlselect.world.tasks.compact_caption`), a new line, a shape of exactly one of
     its objects; the answer is that object's colour ("Red square, blue circle.\\ncircle" -> "blue"). The query is
     the last token before the answer, as in the smallest associative-recall task: a tiny transformer learns this
     in a few hundred steps at lr 1e-4 and then finds the object a full description and question name
     (benchmarks/recall_lr.py; benchmarks/RESULTS.md, issue 12). Scenes of the evaluation sets of the worlds in
-    ``avoid`` never occur. Deterministic in ``seed``."""
+    ``avoid`` never occur. Deterministic in ``seed``.
+
+    ``style="plain"``: the scene's caption and the world's colour-of-a-shape question in any phrasing, then
+    " Answer:" (the query three tokens before the answer); ``"chat"``: that question as the pool asks it, with its
+    format line, in the tiny LLaVA's chat template ("USER: <caption>\\n<question>\\n<format line> ASSISTANT:",
+    the query some fifteen tokens before the answer). Lookup rows, then plain, then chat rows teach the bench's own
+    question (benchmarks/recall_lr.py's curriculum on the query's distance)."""
+    if style not in ("lookup", "plain", "chat"):
+        raise ConfigError(f"lookup_rows: style={style!r}; use lookup, plain or chat")
     from vlselect.world.build import _stream
     from vlselect.world.scene import sample_scene
-    from vlselect.world.tasks import compact_caption
+    from vlselect.world.tasks import ask_color_of_shape, caption_text, compact_caption
 
     avoid_sigs = _eval_signatures(avoid, image_size)
-    rng = _stream(seed, "lookup-rows")
+    rng = _stream(seed, "lookup-rows" if style == "lookup" else f"lookup-rows-{style}")
     rows: list[tuple[str, str]] = []
     while len(rows) < n:
         scene = sample_scene(rng)
+        if style != "lookup":
+            qa = ask_color_of_shape(scene, rng, canonical=False)
+            if qa is None or scene.signature() in avoid_sigs:
+                continue
+            if style == "plain":
+                rows.append((f"{caption_text(scene)}\n{qa.prompt.split(chr(10))[0]} Answer:", qa.answer))
+            else:
+                rows.append((f"USER: {caption_text(scene)}\n{qa.prompt} ASSISTANT:", qa.answer))
+            continue
         shapes = [o.shape for o in scene.objects]
         unique = [s for s in sorted(set(shapes)) if shapes.count(s) == 1]
         if not unique or scene.signature() in avoid_sigs:

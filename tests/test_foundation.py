@@ -658,6 +658,13 @@ def test_lookup_warmup_trains_the_language_model_only_and_is_reused_only_for_its
     assert again["losses"] == res["losses"]  # reused, not retrained
     with pytest.raises(ModelError, match="other parameters"):
         lookup_warmup(init, tmp_path / "lk", steps=7, lr=1e-3, seed=0, batch_size=4, progress=False)
+    # the curriculum's phases add their steps and are part of the parameters; a lookup-only warm-up's are unchanged
+    assert "plain_steps" not in json.loads((tmp_path / "lk" / "done.json").read_text())["params"]
+    cur = lookup_warmup(init, tmp_path / "cur", steps=2, plain_steps=3, chat_steps=1, lr=1e-3, seed=0, batch_size=4,
+                        progress=False)
+    assert len(cur["losses"]) == 6
+    params = json.loads((tmp_path / "cur" / "done.json").read_text())["params"]
+    assert (params["plain_steps"], params["chat_steps"]) == (3, 1)
 
 
 def test_lookup_steps_reach_the_build_and_the_recipe_and_leave_the_shipped_json_alone(tmp_path):
@@ -675,3 +682,26 @@ def test_lookup_steps_reach_the_build_and_the_recipe_and_leave_the_shipped_json_
     assert info["recipe"]["lookup_steps"] == 3 and FoundationRecipe.from_json(info["recipe"]) == rc
     assert info["stages"]["lookup"]["steps"] == 3
     assert replace(rc, lookup_steps=1000).scaled(0.01).lookup_steps == 10
+
+
+def test_lookup_rows_of_the_curriculum_ask_the_worlds_question_plainly_then_as_the_bench_does():
+    import re
+
+    from vlselect.errors import ConfigError
+    from vlselect.world.make import lookup_rows
+    from vlselect.world.vocab import SHORT_SUFFIX
+
+    for style in ("plain", "chat"):
+        rows = lookup_rows(60, seed=2, style=style)
+        for prompt, answer in rows:
+            caption, question = prompt.removeprefix("USER: ").split("\n", 1)
+            shape = re.search(r"(circle|square|triangle|cross)", question).group(1)
+            objs = re.findall(r"(small|large) (\w+) (\w+)", caption)
+            # the shape asked for is one object's; the answer is that object's colour
+            assert [s for _, _, s in objs].count(shape) == 1 and answer == next(c for _, c, s in objs if s == shape)
+            if style == "plain":
+                assert prompt.endswith(" Answer:") and "\n" + SHORT_SUFFIX not in prompt
+            else:
+                assert prompt.startswith("USER: ") and prompt.endswith(f"\n{SHORT_SUFFIX} ASSISTANT:")
+    with pytest.raises(ConfigError, match="style"):
+        lookup_rows(1, style="fancy")

@@ -307,7 +307,8 @@ def _card(cfg: WorldConfig, stats: dict[str, dict[str, int]], eval_sizes: dict[s
           "That is optimisation, not size: the same language model learns the lookup at lr 1e-4 or 3e-4 and never at "
           "the 1e-3 of every stage, and after a warm-up on compact lookup rows it answers the colour of a shape from "
           "descriptions 100% (`benchmarks/recall_lr.py`), and asked with the bench's prompt (the query some fifteen "
-          "tokens before the answer) after a curriculum on that distance; no foundation has that curriculum yet.", ""]
+          "tokens before the answer) after a curriculum on that distance. A foundation with that curriculum "
+          "(`lookup_steps` and the fields after it) keeps it through stage 1 but does not yet use it over pictures.", ""]
     L += ["## Files", "",
           "- `images/NNNNNN.png`: pool pictures; `images/eval_<set>_NNNN.png`: evaluation pictures.",
           "- `pool.json`: LLaVA JSON list (`id`, `image` relative to `images/` and absent for text-only, "

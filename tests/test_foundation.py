@@ -665,6 +665,12 @@ def test_lookup_warmup_trains_the_language_model_only_and_is_reused_only_for_its
     assert len(cur["losses"]) == 6
     params = json.loads((tmp_path / "cur" / "done.json").read_text())["params"]
     assert (params["plain_steps"], params["chat_steps"]) == (3, 1)
+    # the chat rows go through the model's own chat template: the text the bench's training encodes for a turn
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(init)
+    assert tok.apply_chat_template([{"role": "user", "content": "Q?"}], add_generation_prompt=True,
+                                   tokenize=False) == "USER: Q? ASSISTANT:"
 
 
 def test_lookup_steps_reach_the_build_and_the_recipe_and_leave_the_shipped_json_alone(tmp_path):
@@ -701,7 +707,7 @@ def test_lookup_rows_of_the_curriculum_ask_the_worlds_question_plainly_then_as_t
             assert [s for _, _, s in objs].count(shape) == 1 and answer == next(c for _, c, s in objs if s == shape)
             if style == "plain":
                 assert prompt.endswith(" Answer:") and "\n" + SHORT_SUFFIX not in prompt
-            else:
-                assert prompt.startswith("USER: ") and prompt.endswith(f"\n{SHORT_SUFFIX} ASSISTANT:")
+            else:  # the user turn as the pool asks it, format line last
+                assert prompt.endswith(f"\n{SHORT_SUFFIX}") and not prompt.startswith("USER")
     with pytest.raises(ConfigError, match="style"):
         lookup_rows(1, style="fancy")

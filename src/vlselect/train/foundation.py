@@ -131,9 +131,14 @@ def lookup_warmup(init: str | os.PathLike, out_dir: str | os.PathLike, *, steps:
         p.requires_grad_(False)
     for p in params_t:
         p.requires_grad_(True)
-    rows = [r for style, k in (("lookup", steps), ("plain", plain_steps), ("chat", chat_steps)) if k
-            for r in lookup_rows(k * batch_size, seed=seed + 19, image_size=image_size, avoid=tuple(avoid),
-                                 style=style)]
+    def as_asked(style: str, q: str) -> str:  # the chat rows as the bench's training renders a text-only turn
+        if style != "chat":
+            return q
+        return tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=False)
+
+    rows = [(as_asked(style, q), a) for style, k in (("lookup", steps), ("plain", plain_steps), ("chat", chat_steps))
+            if k for q, a in lookup_rows(k * batch_size, seed=seed + 19, image_size=image_size, avoid=tuple(avoid),
+                                         style=style)]
     steps = steps + plain_steps + chat_steps
     enc = [(tok(q, add_special_tokens=False)["input_ids"],
             tok(f" {a}", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]) for q, a in rows]

@@ -667,8 +667,9 @@ def lookup_rows(n: int, *, seed: int = 0, image_size: int = 24, avoid: tuple[tup
 
     ``style="plain"``: the scene's caption and the world's colour-of-a-shape question in any phrasing, then
     " Answer:" (the query three tokens before the answer); ``"chat"``: that question as the pool asks it, with its
-    format line, in the tiny LLaVA's chat template ("USER: <caption>\\n<question>\\n<format line> ASSISTANT:",
-    the query some fifteen tokens before the answer). Lookup rows, then plain, then chat rows teach the bench's own
+    format line (the user turn; :func:`vlselect.train.foundation.lookup_warmup` puts it in the model's chat
+    template, "USER: <caption>\\n<question>\\n<format line> ASSISTANT:": the query some fifteen tokens before the
+    answer). Lookup rows, then plain, then chat rows teach the bench's own
     question (benchmarks/recall_lr.py's curriculum on the query's distance)."""
     if style not in ("lookup", "plain", "chat"):
         raise ConfigError(f"lookup_rows: style={style!r}; use lookup, plain or chat")
@@ -687,8 +688,8 @@ def lookup_rows(n: int, *, seed: int = 0, image_size: int = 24, avoid: tuple[tup
                 continue
             if style == "plain":
                 rows.append((f"{caption_text(scene)}\n{qa.prompt.split(chr(10))[0]} Answer:", qa.answer))
-            else:
-                rows.append((f"USER: {caption_text(scene)}\n{qa.prompt} ASSISTANT:", qa.answer))
+            else:  # the user turn; the warm-up renders it with the model's own chat template
+                rows.append((f"{caption_text(scene)}\n{qa.prompt}", qa.answer))
             continue
         shapes = [o.shape for o in scene.objects]
         unique = [s for s in sorted(set(shapes)) if shapes.count(s) == 1]

@@ -176,8 +176,10 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--batch-size", type=int, default=32,
                     help="32: the rows of 2026-12-03 (the bench's batch then); the bench fine-tunes at 8 since 2026-12-04")
-    ap.add_argument("--adapter", choices=("lora", "full"), default=None,
-                    help="lora (the bench's recipe; default for --task) or full (default for --reading)")
+    ap.add_argument("--adapter", choices=("lora", "full", "projector"), default=None,
+                    help="lora (the bench's recipe; default for --task), full (default for --reading) or projector "
+                         "(the projector alone, LLaVA-1.5 stage 1's: can the frozen language model's skill be reached "
+                         "over pictures?)")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--base", default=None, help="model to fine-tune (default: the shipped foundation), e.g. the "

@@ -83,6 +83,12 @@ class FoundationRecipe:
     ``lookup_chat_steps``: more warm-up steps on the world's colour-of-a-shape question asked plainly, then as the
     bench asks it (the curriculum on the query's distance that teaches the bench's prompt in text); 0 shipped.
 
+    ``align_lookup_share``: the share of stage 3's pictures asked the colour of the one object of a shape (the
+    world's question, short-answer format) instead of their caption (:func:`vlselect.world.make.make_pretrain_pool`).
+    The projector, trained alone with the language model frozen, then makes the pictures' tokens answerable by the
+    lookup the warm-up taught in text: after the curriculum warm-up, 40,000 such questions took the colour of a
+    shape over pictures from the random-object answer to 90% (benchmarks/RESULTS.md, issue 12). 0 shipped.
+
     ``format_share``: the share of stage 1's one-word chat facts (arithmetic, colour mixing, sides of a shape) asked
     with the short-answer format prompt and answered in one word (:func:`vlselect.world.make.make_text_pool`): the
     language model knows the instruction from questions the benchmark does not ask, as an instruction-tuned LLM
@@ -121,6 +127,7 @@ class FoundationRecipe:
     lookup_steps: int = 0
     lookup_plain_steps: int = 0
     lookup_chat_steps: int = 0
+    align_lookup_share: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -157,7 +164,8 @@ class FoundationRecipe:
 #: Recipe fields added after the first foundation, with what that foundation did (omitted from the JSON when equal).
 ADDED_FIELDS: dict[str, Any] = {"vision_epochs": 1, "counted_captions": False, "answer_style": "short",
                                 "format_share": 0.0, "short_kinds": [], "lookup_steps": 0,
-                                "lookup_plain_steps": 0, "lookup_chat_steps": 0}
+                                "lookup_plain_steps": 0, "lookup_chat_steps": 0,
+                                "align_lookup_share": 0.0}
 
 
 def foundation_path() -> Path:

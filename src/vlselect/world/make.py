@@ -446,7 +446,8 @@ def make_world(out_dir: str | os.PathLike, *, size: int = 20000, seed: int = 0, 
 
 def make_pretrain_pool(out_dir: str | os.PathLike, *, size: int = 50000, seed: int = 0, image_size: int = 64,
                        eval_size: int = 200, word_share: float = 0.15, overwrite: bool = True,
-                       avoid: tuple[tuple[int, int], ...] | None = None, counted: bool = False) -> WorldInfo:
+                       avoid: tuple[tuple[int, int], ...] | None = None, counted: bool = False,
+                       lookup_share: float = 0.0) -> WorldInfo:
     """A separate caption pool for pre-training the tiny base model (the analogue of LLaVA's stage-1 data).
 
     Every record is a clean caption of its own scene (no redundancy, noise or easy share): the caption names
@@ -473,11 +474,17 @@ def make_pretrain_pool(out_dir: str | os.PathLike, *, size: int = 50000, seed: i
         Every caption starts with the number of objects ("3 objects: a small red cross at the top, ...");
         the same scenes, pictures and prompts as without it. A vision tower trained on such captions has to see
         how many objects there are (benchmarks/RESULTS.md, issue 12).
+    lookup_share : float
+        Share of the pictures asked the colour of the one object of a shape (the world's ``color_of_shape``
+        question, any phrasing, with the short-answer format line) instead of their caption: the same scenes and
+        pictures, the choice drawn from a stream of its own. A projector aligned on such questions with the
+        language model frozen lets a language model that looks things up in text find the object asked for in a
+        picture (benchmarks/RESULTS.md, issue 12). A scene with no shape of exactly one object keeps its caption.
 
     Returns
     -------
     WorldInfo
-        With ``task_counts == {"caption": size}`` and no evaluation sets.
+        With ``task_counts == {"caption": size}`` (and ``"vqa_color"`` for the questions) and no evaluation sets.
 
     Examples
     --------
@@ -485,14 +492,17 @@ def make_pretrain_pool(out_dir: str | os.PathLike, *, size: int = 50000, seed: i
     """
     from vlselect.world.build import _stream, _variant
     from vlselect.world.scene import sample_scene
-    from vlselect.world.tasks import ask_caption, caption_text
+    from vlselect.world.tasks import ask_caption, ask_color_of_shape, caption_text
 
     cfg = WorldConfig(size=size, seed=seed, image_size=image_size, eval_size=eval_size, word_share=word_share,
                       composition={"caption": 1.0})
     cfg.validate()
+    if not 0.0 <= lookup_share <= 1.0:
+        raise ConfigError(f"make_pretrain_pool: lookup_share={lookup_share}; give a share between 0 and 1")
     out = _check_out_dir(out_dir, overwrite)
     avoid_sigs = _eval_signatures(((seed, eval_size),) if avoid is None else tuple(avoid), image_size)
     rng = _stream(seed, "pretrain")
+    qrng = _stream(seed, "pretrain-lookup")  # its own stream: the scenes are those of the caption pool
     plan: list[PlannedRecord] = []
     pictures: list[Picture] = []
     while len(plan) < size:
@@ -502,12 +512,18 @@ def make_pretrain_pool(out_dir: str | os.PathLike, *, size: int = 50000, seed: i
         pictures.append(Picture(scene, _variant(rng), "clean"))
         qa = ask_caption(scene, rng)  # called either way: it draws from rng, so both pools get the same scenes
         answer = caption_text(scene, counted=True) if counted else qa.answer
+        ask = ask_color_of_shape(scene, qrng) if lookup_share > 0 and qrng.random() < lookup_share else None
+        if ask is not None:
+            plan.append(PlannedRecord("vqa_color", f"pretrain-{len(plan):06d}", "clean", False, "color_of_shape",
+                                      [(ask.prompt, ask.answer)], True, None, len(pictures) - 1))
+            continue
         plan.append(PlannedRecord("caption", f"pretrain-{len(plan):06d}", "clean", False, "caption",
                                   [(qa.prompt, answer)], True, None, len(pictures) - 1))
     with _staged(out, "images") as tmp:
         records, used = _pool_records(plan, pictures, cfg)
         for r in records:
-            r["id"] = "pretrain" + r["id"].removeprefix("caption")
+            r["id"] = "pretrain" + r["id"].removeprefix("caption") if r["task"] == "caption" else \
+                "pretrain-" + r["id"]
         _render_all([(pic, tmp / "images" / name) for pic, name in used], image_size,
                     f"pre-training pool: {len(used)} pictures")
         _write_text(tmp / "pool.json", _dumps_records(records))
@@ -515,7 +531,10 @@ def make_pretrain_pool(out_dir: str | os.PathLike, *, size: int = 50000, seed: i
         meta = {"format": "vlselect-world/1", "kind": "pretrain", "config": cfg.__dict__}
         if counted:  # written only when set: a plain pool's world.json as before
             meta["counted_captions"] = True
-        _write_text(tmp / "world.json", json.dumps({**meta, "task_counts": {"caption": size},
+        counts = dict(Counter(r["task"] for r in records))
+        if lookup_share > 0:
+            meta["lookup_share"] = lookup_share
+        _write_text(tmp / "world.json", json.dumps({**meta, "task_counts": counts,
                                                      "task_stats": stats, "eval_sets": {},
                                                      "n_images": len(used), "n_eval_images": 0}, indent=1) + "\n")
         _write_text(tmp / "README.md", "\n".join([
@@ -523,11 +542,14 @@ def make_pretrain_pool(out_dir: str | os.PathLike, *, size: int = 50000, seed: i
             f"Made with `vlselect world pretrain DIR --size {size} --seed {seed}{' --counted' if counted else ''}` "
             f"(image size {image_size} px).", "",
             "One clean caption per picture, each picture its own scene (the pictures of the world, see its card)"
-            + ("; each caption starts with the number of objects" if counted else "") + "; "
+            + ("; each caption starts with the number of objects" if counted else "")
+            + (f"; {counts.get('vqa_color', 0)} pictures are asked the colour of the one object of a shape "
+               "instead (the world's colour-of-a-shape question, short-answer format)" if lookup_share > 0 else "")
+            + "; "
             "no near-duplicates, no noise, no easy share. Scenes of the world's evaluation sets (same seed, "
             f"eval size {eval_size}) never occur. Prompts: the six caption instructions of the world's pool. "
             "Use it to pre-train the base model before instruction tuning on `pool.json` of a world.", ""]))
-    return WorldInfo(out, cfg, {"caption": size}, stats, {}, len(used), 0)
+    return WorldInfo(out, cfg, counts, stats, {}, len(used), 0)
 
 
 #: Question kinds of the text-only reading pool (every image skill of the world that a caption can answer;

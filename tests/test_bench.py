@@ -363,6 +363,12 @@ def test_bench_command_passes_the_validation_targets(tmp_path, monkeypatch):
         assert seen[-1].val_targets == want
     res = runner.invoke(app, ["bench", "--out", str(tmp_path / "b"), "--val-targets", "learned"])
     assert res.exit_code != 0 and "counted or all" in str(res.exception) and len(seen) == 2
+    assert seen[-1].lr == 1e-3 == BenchConfig().lr  # the default is the config's
+    res = runner.invoke(app, ["bench", "--out", str(tmp_path / "b"), "--lr", "3e-4", "--worlds", "0"])
+    assert res.exit_code == 0, res.output
+    assert seen[-1].lr == 3e-4 and len(seen) == 3
+    res = runner.invoke(app, ["bench", "--out", str(tmp_path / "b"), "--lr", "0"])
+    assert res.exit_code != 0 and "positive learning rate" in str(res.exception) and len(seen) == 3
     from vlselect.errors import ConfigError
 
     with pytest.raises(ConfigError, match="val_targets='some'"):  # before any work

@@ -429,6 +429,44 @@ def test_counted_captions_state_the_number_of_objects(tmp_path):
     assert "counted_captions" not in json.loads((tmp_path / "plain" / "world.json").read_text())
 
 
+def test_pretrain_pool_lookup_share_asks_the_colour_of_a_shape_on_the_same_pictures(tmp_path):
+    """``lookup_share`` (the foundation's stage 3 with lookup questions, issue 12): the same scenes and pictures as
+    the caption pool; a share of them asked the colour of the one object of a shape, whose answer is read here off
+    the scene metadata; a scene with no such shape keeps its caption; the caption pool is unchanged."""
+    import re
+
+    from vlselect.errors import ConfigError
+    from vlselect.world import make_pretrain_pool
+    from vlselect.world.vocab import SHORT_SUFFIX
+
+    make_pretrain_pool(tmp_path / "caps", size=120, seed=3, eval_size=EVAL, image_size=24, counted=True)
+    info = make_pretrain_pool(tmp_path / "mix", size=120, seed=3, eval_size=EVAL, image_size=24, counted=True,
+                              lookup_share=0.5)
+    caps = json.loads((tmp_path / "caps" / "pool.json").read_text())
+    mix = json.loads((tmp_path / "mix" / "pool.json").read_text())
+    assert {k: v for k, v in _files(tmp_path / "caps").items() if k.startswith("images")} == \
+        {k: v for k, v in _files(tmp_path / "mix").items() if k.startswith("images")}
+    asked = 0
+    for c, m in zip(caps, mix):
+        assert c["image"] == m["image"] and c["meta"]["scene"] == m["meta"]["scene"]
+        if m["task"] == "caption":
+            assert m["conversations"] == c["conversations"]
+            continue
+        asked += 1
+        q, answer = m["conversations"][0]["value"], m["conversations"][1]["value"]
+        assert m["task"] == "vqa_color" and m["meta"]["kind"] == "color_of_shape" and q.endswith("\n" + SHORT_SUFFIX)
+        shape = re.search(r"(circle|square|triangle|cross|star|heart)", q).group(1)
+        objs = m["meta"]["scene"]["objects"]
+        assert [o["shape"] for o in objs].count(shape) == 1
+        assert answer == next(o["color"] for o in objs if o["shape"] == shape)
+    assert 35 <= asked <= 70 and info.task_counts == {"caption": 120 - asked, "vqa_color": asked}
+    assert len({r["id"] for r in mix}) == 120
+    assert json.loads((tmp_path / "mix" / "world.json").read_text())["lookup_share"] == 0.5
+    assert "lookup_share" not in json.loads((tmp_path / "caps" / "world.json").read_text())
+    with pytest.raises(ConfigError, match="lookup_share"):
+        make_pretrain_pool(tmp_path / "bad", size=4, seed=3, eval_size=EVAL, lookup_share=1.5)
+
+
 def test_world_help_has_examples():
     from typer.testing import CliRunner
 

@@ -29,6 +29,8 @@ One thread; each run prints its training time.
     python benchmarks/learnability.py --task exist --size 10000 --epochs 3
     python benchmarks/learnability.py --reading exist --size 20000 --lr 3e-4
     python benchmarks/learnability.py --probe [--base MODEL]
+    python benchmarks/learnability.py --task vqa_color --size 40000 --adapter projector --base FOUNDATION
+    python benchmarks/learnability.py --objects-of learnability-out/vqa_color_40000_e1_projector
     python benchmarks/learnability.py --task exist --size 10000 \
         --base learnability-out/read_exist_20000_e1_full/train/final      # that language model, then pictures
 """
@@ -172,6 +174,8 @@ def main() -> None:
     what.add_argument("--reading", choices=("exist", "mc", "color"),
                       help="text only: the question about a description (color: the colour of the one object of a shape)")
     what.add_argument("--probe", action="store_true", help="train nothing: read every question kind off descriptions")
+    what.add_argument("--objects-of", type=Path, default=None, metavar="RUN",
+                      help="train nothing: a finished --task run's one-object kinds against the random-object answer")
     ap.add_argument("--size", type=int, default=10000, help="records of that task (default 10,000)")
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--batch-size", type=int, default=32,
@@ -197,6 +201,8 @@ def main() -> None:
     from vlselect.world import make_world
 
     base = str(a.base or foundation_path())
+    if a.objects_of:
+        return print_objects(a.objects_of, a.seed)
     if a.probe:
         files = probe_sets(a.out / "probe")
         r = evaluate(base, [str(f) for f in files], str(a.out / "probe"), a.out / "probe" / "eval", progress=False,
@@ -254,6 +260,26 @@ def main() -> None:
         for k in kinds if len(kinds) > 1 else []:
             got = [float(p["score"]) for p in rows if kind_of(f.stem, p["id"]) == k]
             print(f"| {f.stem}: {k} | {100 * sum(got) / len(got):.1f} | | |")
+    if a.task:
+        print_objects(run, a.seed)
+
+
+def print_objects(run: Path, seed: int) -> None:
+    """The one-object kinds of a ``--task`` run (colour of a shape, colour at a position, position of a shape,
+    shape at a position) against the random-object answer (scores_by_kind.py's ``--objects``): a model that finds
+    the object asked for beats it among several objects."""
+    from scores_by_kind import object_stats
+    from vlselect.world.build import WorldConfig, plan_eval
+
+    if not (run / "eval" / "predictions").is_dir():
+        raise SystemExit(f"{run}: no eval/predictions; give the folder of a finished --task run")
+    sets, pics = plan_eval(WorldConfig(seed=seed, eval_size=200, image_size=24))
+    print(f"\n{run.name}: one-object kinds (%)")
+    print("| kind | model | random-object answer | names an object of the picture | one-object pictures | several |")
+    print("|---|---|---|---|---|---|")
+    for k, v in object_stats(run, sets, pics).items():
+        print(f"| {k} | {v['model']:.1f} | {v['random_object']:.1f} | {v['names_an_object']:.1f} | {v['one']:.1f} "
+              f"| {v['several']:.1f} |")
 
 
 if __name__ == "__main__":

@@ -83,6 +83,9 @@ class FoundationRecipe:
     ``lookup_chat_steps``: more warm-up steps on the world's colour-of-a-shape question asked plainly, then as the
     bench asks it (the curriculum on the query's distance that teaches the bench's prompt in text); 0 shipped.
 
+    ``lookup_kinds``: the question kinds of the warm-up's rows (:data:`vlselect.world.make.LOOKUP_KINDS`; the colour
+    of a shape alone by default).
+
     ``align_lookup_share``: the share of stage 3's pictures asked the colour of the one object of a shape (the
     world's question, short-answer format) instead of their caption (:func:`vlselect.world.make.make_pretrain_pool`).
     The projector, trained alone with the language model frozen, then makes the pictures' tokens answerable by the
@@ -128,11 +131,13 @@ class FoundationRecipe:
     lookup_plain_steps: int = 0
     lookup_chat_steps: int = 0
     align_lookup_share: float = 0.0
+    lookup_kinds: tuple[str, ...] = ("color_of_shape",)
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["avoid"] = [list(a) for a in self.avoid]
         d["short_kinds"] = list(self.short_kinds)
+        d["lookup_kinds"] = list(self.lookup_kinds)
         # fields added after the first recipe are written only when they differ from what that recipe did: its
         # JSON (and the work folders named by it) stay as before
         for k, v in ADDED_FIELDS.items():
@@ -146,6 +151,7 @@ class FoundationRecipe:
         d = {**ADDED_FIELDS, **d}
         d["avoid"] = tuple(tuple(a) for a in d.get("avoid", ()))
         d["short_kinds"] = tuple(d["short_kinds"])
+        d["lookup_kinds"] = tuple(d["lookup_kinds"])
         return cls(**d)
 
     def scaled(self, factor: float) -> "FoundationRecipe":
@@ -165,7 +171,7 @@ class FoundationRecipe:
 ADDED_FIELDS: dict[str, Any] = {"vision_epochs": 1, "counted_captions": False, "answer_style": "short",
                                 "format_share": 0.0, "short_kinds": [], "lookup_steps": 0,
                                 "lookup_plain_steps": 0, "lookup_chat_steps": 0,
-                                "align_lookup_share": 0.0}
+                                "align_lookup_share": 0.0, "lookup_kinds": ["color_of_shape"]}
 
 
 def foundation_path() -> Path:

@@ -67,7 +67,8 @@ def build_foundation(out_dir: str | os.PathLike, recipe: FoundationRecipe | None
         log(f"foundation 0/3: the language model looks things up ({rc.lookup_steps} steps of compact lookup rows)")
         lookup = lookup_warmup(init, work / "lookup", steps=rc.lookup_steps, lr=rc.text_lr, seed=rc.seed,
                                batch_size=rc.batch_size, image_size=rc.image_size, avoid=rc.avoid, progress=progress,
-                               plain_steps=rc.lookup_plain_steps, chat_steps=rc.lookup_chat_steps)
+                               plain_steps=rc.lookup_plain_steps, chat_steps=rc.lookup_chat_steps,
+                               kinds=rc.lookup_kinds)
         start = lookup["dir"]
     log("foundation 1/3: the language model on text")
     lang = train_lora(start, text / "pool.json", None, work / "language", adapter="full", lr=rc.text_lr,
@@ -87,7 +88,8 @@ def build_foundation(out_dir: str | os.PathLike, recipe: FoundationRecipe | None
 
 def lookup_warmup(init: str | os.PathLike, out_dir: str | os.PathLike, *, steps: int, lr: float, seed: int,
                   batch_size: int = 32, image_size: int = 24, avoid: tuple[tuple[int, int], ...] = ((0, 200),),
-                  progress: bool = True, plain_steps: int = 0, chat_steps: int = 0) -> dict[str, Any]:
+                  progress: bool = True, plain_steps: int = 0, chat_steps: int = 0,
+                  kinds: tuple[str, ...] = ("color_of_shape",)) -> dict[str, Any]:
     """Teach the language model of the LLaVA model in ``init`` to look a thing up, before stage 1: ``steps`` steps
     of ``batch_size`` raw-text rows of :func:`vlselect.world.make.lookup_rows` (a compact description, then the
     shape asked for, the answer its colour; no chat template, so the query is the last token before the answer),
@@ -102,7 +104,8 @@ def lookup_warmup(init: str | os.PathLike, out_dir: str | os.PathLike, *, steps:
 
     ``plain_steps`` then ``chat_steps`` more steps follow on the world's colour-of-a-shape question asked plainly
     and then as the bench asks it (``lookup_rows(style="plain" | "chat")``): the curriculum on the query's distance
-    that teaches the bench's own prompt in text (benchmarks/recall_lr.py)."""
+    that teaches the bench's own prompt in text (benchmarks/recall_lr.py). ``kinds``: the question kinds the rows
+    ask (``lookup_rows(kinds=...)``; default the colour of a shape alone).
     import torch
     from transformers import AutoTokenizer, LlavaForConditionalGeneration
 
@@ -117,6 +120,8 @@ def lookup_warmup(init: str | os.PathLike, out_dir: str | os.PathLike, *, steps:
               "image_size": int(image_size), "avoid": [list(a) for a in avoid], "init": model_hash(init)}
     if plain_steps or chat_steps:  # only then: the parameters of a lookup-only warm-up stay as they were
         params.update(plain_steps=int(plain_steps), chat_steps=int(chat_steps))
+    if tuple(kinds) != ("color_of_shape",):  # likewise
+        params["kinds"] = list(kinds)
     done = out / "done.json"
     if done.exists():
         info = json.loads(done.read_text())
@@ -140,7 +145,7 @@ def lookup_warmup(init: str | os.PathLike, out_dir: str | os.PathLike, *, steps:
 
     rows = [(as_asked(style, q), a) for style, k in (("lookup", steps), ("plain", plain_steps), ("chat", chat_steps))
             if k for q, a in lookup_rows(k * batch_size, seed=seed + 19, image_size=image_size, avoid=tuple(avoid),
-                                         style=style)]
+                                         style=style, kinds=tuple(kinds))]
     steps = steps + plain_steps + chat_steps
     enc = [(tok(q, add_special_tokens=False)["input_ids"],
             tok(f" {a}", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]) for q, a in rows]

@@ -677,8 +677,13 @@ def make_text_pool(out_dir: str | os.PathLike, *, size: int = 40000, seed: int =
     return WorldInfo(out, cfg, dict(counts), {}, {}, 0, 0)
 
 
+#: Question kinds that :func:`lookup_rows` can teach (the colour of a shape first; the others ask the same lookup in
+#: another form: a pair present or not, how many of a colour, the option letter of the colour of a shape).
+LOOKUP_KINDS: tuple[str, ...] = ("color_of_shape", "exist", "count_color", "mc_color")
+
+
 def lookup_rows(n: int, *, seed: int = 0, image_size: int = 24, avoid: tuple[tuple[int, int], ...] = ((0, 200),),
-                style: str = "lookup") -> list[tuple[str, str]]:
+                style: str = "lookup", kinds: tuple[str, ...] = ("color_of_shape",)) -> list[tuple[str, str]]:
     """``n`` raw-text rows ``(prompt, answer)`` that teach a language model to look a thing up: a compact
     description of a scene (:func:`vlselect.world.tasks.compact_caption`), a new line, a shape of exactly one of
     its objects; the answer is that object's colour ("Red square, blue circle.\\ncircle" -> "blue"). The query is
@@ -692,33 +697,68 @@ def lookup_rows(n: int, *, seed: int = 0, image_size: int = 24, avoid: tuple[tup
     format line (the user turn; :func:`vlselect.train.foundation.lookup_warmup` puts it in the model's chat
     template, "USER: <caption>\\n<question>\\n<format line> ASSISTANT:": the query some fifteen tokens before the
     answer). Lookup rows, then plain, then chat rows teach the bench's own
-    question (benchmarks/recall_lr.py's curriculum on the query's distance)."""
+    question (benchmarks/recall_lr.py's curriculum on the query's distance).
+
+    ``kinds`` (of :data:`LOOKUP_KINDS`): each row asks one of them, drawn uniformly from a stream of its own (the
+    default, the colour of a shape alone, draws nothing: its rows are those of before). Their compact forms, the
+    query last: existence "Red square, blue circle.\\nis blue circle" -> "yes" (the world's negatives: the colour or
+    the shape present, the pair not); count of a colour "...\\ncount red" -> "1"; the option letter of a shape's
+    colour "...\\nA. green B. blue C. red D. yellow\\ncircle" -> "B". Plain and chat rows ask the world's own
+    question of the kind (:mod:`vlselect.world.tasks`)."""
     if style not in ("lookup", "plain", "chat"):
         raise ConfigError(f"lookup_rows: style={style!r}; use lookup, plain or chat")
+    bad = [k for k in kinds if k not in LOOKUP_KINDS]
+    if bad or not kinds:
+        raise ConfigError(f"lookup_rows: kinds={kinds!r}; use one or more of {', '.join(LOOKUP_KINDS)}")
     from vlselect.world.build import _stream
     from vlselect.world.scene import sample_scene
-    from vlselect.world.tasks import ask_color_of_shape, caption_text, compact_caption
+    from vlselect.world.tasks import (ask_color_of_shape, ask_count_color, ask_exist, ask_mc_color, caption_text,
+                                      compact_caption)
 
     avoid_sigs = _eval_signatures(avoid, image_size)
     rng = _stream(seed, "lookup-rows" if style == "lookup" else f"lookup-rows-{style}")
+    krng = _stream(seed, f"lookup-kinds-{style}") if tuple(kinds) != ("color_of_shape",) else None
+    ask = {"color_of_shape": ask_color_of_shape, "exist": ask_exist, "count_color": ask_count_color,
+           "mc_color": ask_mc_color}
     rows: list[tuple[str, str]] = []
+    kind = "color_of_shape"
     while len(rows) < n:
         scene = sample_scene(rng)
+        if krng is not None:
+            kind = kinds[int(krng.integers(0, len(kinds)))]
         if style != "lookup":
-            qa = ask_color_of_shape(scene, rng, canonical=False)
+            qa = ask[kind](scene, rng, canonical=False)
             if qa is None or scene.signature() in avoid_sigs:
                 continue
             if style == "plain":
-                rows.append((f"{caption_text(scene)}\n{qa.prompt.split(chr(10))[0]} Answer:", qa.answer))
+                q = qa.prompt.split(chr(10))[0] if kind == "color_of_shape" else _without_format_prompt(qa.prompt)
+                rows.append((f"{caption_text(scene)}\n{q} Answer:", qa.answer))
             else:  # the user turn; the warm-up renders it with the model's own chat template
                 rows.append((f"{caption_text(scene)}\n{qa.prompt}", qa.answer))
             continue
-        shapes = [o.shape for o in scene.objects]
-        unique = [s for s in sorted(set(shapes)) if shapes.count(s) == 1]
-        if not unique or scene.signature() in avoid_sigs:
+        if scene.signature() in avoid_sigs:
             continue
-        shape = unique[int(rng.integers(0, len(unique)))]
-        rows.append((f"{compact_caption(scene)}\n{shape}", next(o.color for o in scene.objects if o.shape == shape)))
+        if kind == "color_of_shape":
+            shapes = [o.shape for o in scene.objects]
+            unique = [s for s in sorted(set(shapes)) if shapes.count(s) == 1]
+            if not unique:
+                continue
+            shape = unique[int(rng.integers(0, len(unique)))]
+            rows.append((f"{compact_caption(scene)}\n{shape}",
+                         next(o.color for o in scene.objects if o.shape == shape)))
+        elif kind == "exist":
+            qa = ask_exist(scene, rng)
+            color, shape = qa.extra["query"]
+            rows.append((f"{compact_caption(scene)}\nis {color} {shape}", qa.answer))
+        elif kind == "count_color":
+            qa = ask_count_color(scene, rng)
+            rows.append((f"{compact_caption(scene)}\ncount {qa.extra['query']}", qa.answer))
+        else:  # mc_color
+            qa = ask_mc_color(scene, rng)
+            if qa is None:
+                continue
+            opts = " ".join(f"{chr(ord('A') + i)}. {o}" for i, o in enumerate(qa.extra["options"]))
+            rows.append((f"{compact_caption(scene)}\n{opts}\n{qa.extra['shape']}", qa.answer))
     return rows
 
 

@@ -149,7 +149,7 @@ def ask_count_color(scene: Scene, rng, canonical=False, trng=None, **_) -> QA:
     color = _pick(rng, present) if present and rng.random() < 0.8 else _pick(rng, COLOR_NAMES)
     n = len(scene.with_color(color))
     q = _template(trng or rng, "count_color", canonical).format(color=color)
-    return QA(short(q), str(n), str(_other(rng, range(0, 5), n)), "count_color")
+    return QA(short(q), str(n), str(_other(rng, range(0, 5), n)), "count_color", {"query": color})
 
 
 def ask_shape_at_pos(scene: Scene, rng, canonical=False, trng=None, **_) -> QA | None:

@@ -105,7 +105,7 @@ def lookup_warmup(init: str | os.PathLike, out_dir: str | os.PathLike, *, steps:
     ``plain_steps`` then ``chat_steps`` more steps follow on the world's colour-of-a-shape question asked plainly
     and then as the bench asks it (``lookup_rows(style="plain" | "chat")``): the curriculum on the query's distance
     that teaches the bench's own prompt in text (benchmarks/recall_lr.py). ``kinds``: the question kinds the rows
-    ask (``lookup_rows(kinds=...)``; default the colour of a shape alone).
+    ask (``lookup_rows(kinds=...)``; default the colour of a shape alone)."""
     import torch
     from transformers import AutoTokenizer, LlavaForConditionalGeneration
 

@@ -665,6 +665,13 @@ def test_lookup_warmup_trains_the_language_model_only_and_is_reused_only_for_its
     assert len(cur["losses"]) == 6
     params = json.loads((tmp_path / "cur" / "done.json").read_text())["params"]
     assert (params["plain_steps"], params["chat_steps"]) == (3, 1)
+    assert "kinds" not in params  # the colour of a shape alone: the parameters of before
+    more = lookup_warmup(init, tmp_path / "more", steps=2, lr=1e-3, seed=0, batch_size=4, progress=False,
+                         kinds=("color_of_shape", "exist"))
+    assert json.loads((tmp_path / "more" / "done.json").read_text())["params"]["kinds"] == ["color_of_shape", "exist"]
+    assert len(more["losses"]) == 2
+    with pytest.raises(ModelError, match="other parameters"):  # the same steps over other kinds: not reused
+        lookup_warmup(init, tmp_path / "more", steps=2, lr=1e-3, seed=0, batch_size=4, progress=False)
     # the chat rows go through the model's own chat template: the text the bench's training encodes for a turn
     from transformers import AutoTokenizer
 
@@ -730,3 +737,51 @@ def test_lookup_rows_of_the_curriculum_ask_the_worlds_question_plainly_then_as_t
                 assert prompt.endswith(f"\n{SHORT_SUFFIX}") and not prompt.startswith("USER")
     with pytest.raises(ConfigError, match="style"):
         lookup_rows(1, style="fancy")
+
+
+def test_lookup_rows_of_more_kinds_are_answered_by_their_description():
+    """Existence, count of a colour and the option letter, each row checked against its own compact description
+    (parsed here, not by the generator's code); the plain and chat rows ask the world's question of the kind."""
+    import re
+
+    from vlselect.errors import ConfigError
+    from vlselect.world.make import LOOKUP_KINDS, lookup_rows
+    from vlselect.world.vocab import OPTION_SUFFIX, SHORT_SUFFIX
+
+    rows = lookup_rows(400, seed=4, kinds=LOOKUP_KINDS)
+    seen = set()
+    for prompt, answer in rows:
+        desc, *rest = prompt.split("\n")
+        objs = [tuple(p.split(" ")) for p in desc.rstrip(".").lower().split(", ")]
+        colours = [c for c, _ in objs]
+        if rest[0].startswith("is "):
+            c, s = rest[0].split(" ")[1:]
+            assert answer == ("yes" if (c, s) in objs else "no")
+            # the world's negatives are hard: the colour or the shape is in the description
+            assert answer == "yes" or c in colours or s in [x for _, x in objs]
+            seen.add(("exist", answer))
+        elif rest[0].startswith("count "):
+            assert answer == str(colours.count(rest[0].split(" ")[1]))
+            seen.add(("count_color", answer != "0"))
+        elif rest[0].startswith("A. "):
+            options = dict(re.findall(r"([ABCD])\. (\w+)", rest[0]))
+            (colour,) = [c for c, s in objs if s == rest[1]]
+            assert options[answer] == colour and len(set(options.values())) == 4
+            seen.add(("mc_color", answer))
+        else:
+            (colour,) = [c for c, s in objs if s == rest[0]]
+            assert answer == colour
+            seen.add(("color_of_shape",))
+    assert {("exist", "yes"), ("exist", "no"), ("count_color", True), ("count_color", False),
+            ("color_of_shape",)} <= seen and len({t[1] for t in seen if t[0] == "mc_color"}) == 4
+    for style in ("plain", "chat"):
+        got = lookup_rows(200, seed=4, style=style, kinds=("exist", "count_color", "mc_color"))
+        qs = [p.split("\n", 1)[1] for p, _ in got]
+        assert any(q.startswith("How many") for q in qs) and any("A. " in q for q in qs)
+        if style == "chat":
+            assert all(q.endswith(SHORT_SUFFIX) or q.endswith(OPTION_SUFFIX) for q in qs)
+        else:
+            assert all(q.endswith(" Answer:") and SHORT_SUFFIX not in q and OPTION_SUFFIX not in q for q in qs)
+    assert lookup_rows(50, seed=4) == lookup_rows(50, seed=4, kinds=("color_of_shape",))
+    with pytest.raises(ConfigError, match="kinds"):
+        lookup_rows(1, kinds=("grounding",))

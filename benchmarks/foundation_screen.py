@@ -78,6 +78,12 @@ VARIANTS: dict[str, dict] = {
     "half_short_curriculum_align": dict(counted_captions=True, answer_style="sentence", short_kinds=HALF,
                                         lookup_steps=1500, lookup_plain_steps=1500, lookup_chat_steps=1000,
                                         text_lr=1e-4, align_size=60000, align_lookup_share=0.67),
+    # ... with a warm-up of four kinds, twice as long (colour of a shape, existence, count of a colour, option
+    # letter: benchmarks/warmup_probe.py reads them 100 / 86 / 100 / 74% from descriptions after it)
+    "half_short_lookup4_align": dict(counted_captions=True, answer_style="sentence", short_kinds=HALF,
+                                     lookup_steps=4000, lookup_plain_steps=3000, lookup_chat_steps=3000,
+                                     lookup_kinds=("color_of_shape", "exist", "count_color", "mc_color"),
+                                     text_lr=1e-4, align_size=60000, align_lookup_share=0.67),
 }
 
 

@@ -369,6 +369,36 @@ def test_bench_command_passes_the_validation_targets(tmp_path, monkeypatch):
     assert seen[-1].lr == 3e-4 and len(seen) == 3
     res = runner.invoke(app, ["bench", "--out", str(tmp_path / "b"), "--lr", "0"])
     assert res.exit_code != 0 and "positive learning rate" in str(res.exception) and len(seen) == 3
+    assert seen[-1].projector_lr is None  # the projector at --lr, as the bench always trained it
+    res = runner.invoke(app, ["bench", "--out", str(tmp_path / "b"), "--projector-lr", "2e-5", "--worlds", "0"])
+    assert res.exit_code == 0, res.output
+    assert seen[-1].projector_lr == 2e-5 and seen[-1].lr == 1e-3
+    res = runner.invoke(app, ["bench", "--out", str(tmp_path / "b"), "--projector-lr", "-1"])
+    assert res.exit_code != 0 and "positive learning rate" in str(res.exception) and len(seen) == 4
+
+
+def test_bench_run_gives_the_projector_its_own_rate_only_when_asked(tmp_path, monkeypatch):
+    """``projector_lr`` reaches train_lora; unset, the projector trains at ``lr`` and the runs' cache keys are
+    those of before (no projector_lr key in the recipe)."""
+    import vlselect.bench.run as br
+
+    got = []
+
+    class Res:
+        final_dir = str(tmp_path)
+        samples, losses, padding = 0, [], None
+
+    monkeypatch.setattr("vlselect.train.train_lora", lambda *a, **kw: got.append(kw) or Res())
+    monkeypatch.setattr("vlselect.evaluate.evaluate", lambda *a, **kw: {"sets": {}})
+    monkeypatch.setattr(br, "_scores", lambda results: {})
+    job = {"out": str(tmp_path / "o"), "base": "b", "pool": "p", "images": "i", "eval_files": [], "indices": None,
+           "r": 16, "lr": 1e-3, "epochs": 1, "batch_size": 8, "length_group": 4, "seed": 0, "max_new_tokens": 8,
+           "adapter": "lora", "modules_to_save": [], "zero_shot": False}
+    for extra, want in (({}, 1e-3), ({"projector_lr": 2e-5}, 2e-5)):
+        assert br._train_and_eval({**job, **extra})["scores"] == {}
+        assert got[-1]["projector_lr"] == want and got[-1]["lr"] == 1e-3
+    assert br._projector_recipe(BenchConfig()) == {}
+    assert br._projector_recipe(BenchConfig(projector_lr=2e-5)) == {"projector_lr": 2e-5}
     from vlselect.errors import ConfigError
 
     with pytest.raises(ConfigError, match="val_targets='some'"):  # before any work

@@ -80,7 +80,8 @@ class BenchConfig:
     :mod:`vlselect.models.foundation`: a language model pre-trained on the world's text, a vision tower pre-trained
     on its pictures and an aligned projector, shipped with the package); every fine-tuning run keeps the vision
     tower frozen and trains the projector in full and the language model with LoRA (``adapter="lora"``,
-    ``lora_r=16``, alpha ``2 r``) for one epoch (LLaVA-1.5's count) at lr 1e-3, batch 8 (LLaVA-1.5's recipe scaled would be 32;
+    ``lora_r=16``, alpha ``2 r``) for one epoch (LLaVA-1.5's count) at lr 1e-3 (the projector too; ``projector_lr``
+    gives it its own rate, as LLaVA-1.5's LoRA script does with ``mm_projector_lr=2e-5``), batch 8 (LLaVA-1.5's recipe scaled would be 32;
     the foundation leaves some answer formats to the fine-tune, and at batch 32 a small subset does not get the
     optimizer steps to learn them: benchmarks/RESULTS.md, issue 12), its steps grouped by token
     count (``length_group=4``, :func:`vlselect.train.data.global_schedule`: a batch is 14% padding instead of 34%,
@@ -125,6 +126,7 @@ class BenchConfig:
     seed_budgets: tuple[float, ...] = (0.05, 0.1, 0.2)
     epochs: int = 1
     lr: float = 1e-3
+    projector_lr: float | None = None
     learned_margin: float = 10.0
     lora_r: int = 16
     batch_size: int = 8
@@ -150,6 +152,12 @@ class BenchConfig:
     def recipe(self, *fields: str) -> dict[str, Any]:
         d = asdict(self)
         return {f: d[f] for f in fields}
+
+
+def _projector_recipe(cfg: BenchConfig) -> dict[str, Any]:
+    """The projector's own rate in a training stage's recipe, only when set: runs of the default (the projector at
+    ``lr``) keep the keys they always had."""
+    return {} if cfg.projector_lr is None else {"projector_lr": cfg.projector_lr}
 
 
 def _log_default(msg: str) -> None:
@@ -200,7 +208,8 @@ def _train_and_eval(job: dict[str, Any]) -> dict[str, Any]:
                          adapter=job["adapter"], lora_alpha=2 * job["r"], lr=job["lr"], epochs=job["epochs"],
                          batch_size=job["batch_size"], length_group=job["length_group"],
                          seed=job["seed"], gradient_checkpointing=False, progress=False,
-                         modules_to_save=job["modules_to_save"] or None, projector_lr=job["lr"])
+                         modules_to_save=job["modules_to_save"] or None,
+                         projector_lr=job.get("projector_lr") or job["lr"])
         results = evaluate(res.final_dir, job["eval_files"], job["images"], out / "eval", progress=False,
                            max_new_tokens=job["max_new_tokens"], batch_size=job.get("eval_batch_size", 64))
     _drop_weights(out / "train", keep=("train_result.json", "artifact.json"))
@@ -296,7 +305,7 @@ def run_bench(out: str | os.PathLike, config: BenchConfig | None = None, *,
     aum = None  # D2-Pruning's AUM from training dynamics, only when asked for (d2_score="aum")
     if "d2pruning" in cfg.methods and cfg.d2_score == "aum":
         dyn_recipe = {**act_recipe, **cfg.recipe("epochs", "lr", "lora_r", "batch_size", "adapter", "modules_to_save",
-                                                 "seed")}
+                                                 "seed"), **_projector_recipe(cfg)}
         ddir, _ = cache.run("dynamics", dyn_recipe, lambda d: _dynamics(cfg, base, pool_path, images, d),
                             label="training dynamics (AUM) of the pool")
         aum = FeatureStore.open(ddir / "run" / "aum").array("aum")
@@ -372,7 +381,7 @@ def run_bench(out: str | os.PathLike, config: BenchConfig | None = None, *,
     select(first, val_grads, None)
     eval_files = [str(p) for p in _eval_files(world)]
     train_recipe = {**act_recipe, **cfg.recipe("epochs", "lr", "lora_r", "batch_size", "max_new_tokens",
-                                               "modules_to_save", "adapter", "length_group")}
+                                               "modules_to_save", "adapter", "length_group"), **_projector_recipe(cfg)}
     jobs: list[tuple[str, float, int, dict]] = []
     for s in cfg.seeds:
         jobs.append(("full pool", 1.0, s, {"indices": None}))
@@ -524,7 +533,7 @@ def _dynamics(cfg: BenchConfig, base: Path, pool_path: Path, images: Path, d: Pa
     train_with_dynamics(base, pool_path, images, d / "run", r=cfg.lora_r, adapter=cfg.adapter,
                         lora_alpha=2 * cfg.lora_r, lr=cfg.lr, epochs=cfg.epochs, batch_size=cfg.batch_size,
                         seed=cfg.seed, gradient_checkpointing=False, progress=True,
-                        modules_to_save=list(cfg.modules_to_save) or None, projector_lr=cfg.lr)
+                        modules_to_save=list(cfg.modules_to_save) or None, projector_lr=cfg.projector_lr or cfg.lr)
 
 
 def _warmup(cfg: BenchConfig, base: Path, pool_path: Path, images: Path, d: Path) -> dict:
@@ -611,6 +620,7 @@ def _run_jobs(cache: StageCache, cfg: BenchConfig, jobs, base, pool_path, images
         folder = cache.folder("run", recipe)
         job = {"out": str(folder), "base": str(base), "pool": str(pool_path), "images": str(images),
                "eval_files": eval_files, "indices": idx, "r": cfg.lora_r, "lr": cfg.lr, "epochs": cfg.epochs,
+               "projector_lr": cfg.projector_lr or cfg.lr,
                "batch_size": cfg.batch_size, "length_group": cfg.length_group, "seed": seed,
                "max_new_tokens": cfg.max_new_tokens, "adapter": cfg.adapter,
                "modules_to_save": list(cfg.modules_to_save), "zero_shot": bool(extra.get("zero_shot"))}

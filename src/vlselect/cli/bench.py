@@ -39,6 +39,8 @@ def register(app: typer.Typer) -> None:
                                        "steps to learn them; LLaVA-1.5's recipe scaled would be 32)."),
         lr: float = typer.Option(1e-3, "--lr", help="Fine-tuning learning rate (LoRA and projector; the warm-up "
                                  "model of TIVE, ICONS and LESS too)."),
+        projector_lr: Optional[float] = typer.Option(None, "--projector-lr", help="The projector's own fine-tuning "
+                                                     "rate (default: --lr; LLaVA-1.5's LoRA script uses 2e-5)."),
         length_group: int = typer.Option(4, "--length-group", help="Training steps grouped by token count over "
                                          "this many steps (less padding); 0: LLaVA's plain shuffle."),
         val_targets: str = typer.Option("counted", "--val-targets", help="The validation sets ICONS, LESS and the "
@@ -71,6 +73,8 @@ def register(app: typer.Typer) -> None:
             raise ConfigError(f"--val-targets {val_targets!r}: choose counted or all")
         if not lr > 0:
             raise ConfigError(f"--lr {lr}: give a positive learning rate, e.g. --lr 1e-3")
+        if projector_lr is not None and not projector_lr > 0:
+            raise ConfigError(f"--projector-lr {projector_lr}: give a positive learning rate, e.g. --projector-lr 2e-5")
         if length_group < 0:
             raise ConfigError(f"--length-group {length_group}: 0 (off) or a number of steps")
         if seed is not None and worlds:
@@ -84,7 +88,8 @@ def register(app: typer.Typer) -> None:
         if not world_seeds or len(set(world_seeds)) != len(world_seeds):
             raise ConfigError(f"--worlds {worlds!r}: give one or more different world seeds, e.g. --worlds 0,1")
         over: dict = {"jobs": jobs, "seed": world_seeds[0], "d2_score": d2_score, "base": base, "adapter": adapter,
-                      "length_group": length_group, "batch_size": batch_size, "val_targets": val_targets, "lr": lr}
+                      "length_group": length_group, "batch_size": batch_size, "val_targets": val_targets, "lr": lr,
+                      "projector_lr": projector_lr}
         if base == "captions":  # the earlier recipe: the random vision tower is trained in every run
             over["modules_to_save"] = ("vision_tower",)
         if methods.strip() == "all":

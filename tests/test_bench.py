@@ -373,8 +373,11 @@ def test_bench_command_passes_the_validation_targets(tmp_path, monkeypatch):
     res = runner.invoke(app, ["bench", "--out", str(tmp_path / "b"), "--projector-lr", "2e-5", "--worlds", "0"])
     assert res.exit_code == 0, res.output
     assert seen[-1].projector_lr == 2e-5 and seen[-1].lr == 1e-3
+    assert seen[-1].lora_r == 16 == BenchConfig().lora_r
+    res = runner.invoke(app, ["bench", "--out", str(tmp_path / "b"), "--lora-r", "4", "--worlds", "0"])
+    assert res.exit_code == 0 and seen[-1].lora_r == 4, res.output
     res = runner.invoke(app, ["bench", "--out", str(tmp_path / "b"), "--projector-lr", "-1"])
-    assert res.exit_code != 0 and "positive learning rate" in str(res.exception) and len(seen) == 4
+    assert res.exit_code != 0 and "positive learning rate" in str(res.exception) and len(seen) == 5
 
 
 def test_bench_run_gives_the_projector_its_own_rate_only_when_asked(tmp_path, monkeypatch):

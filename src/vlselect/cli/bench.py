@@ -39,6 +39,7 @@ def register(app: typer.Typer) -> None:
                                        "steps to learn them; LLaVA-1.5's recipe scaled would be 32)."),
         lr: float = typer.Option(1e-3, "--lr", help="Fine-tuning learning rate (LoRA and projector; the warm-up "
                                  "model of TIVE, ICONS and LESS too)."),
+        lora_r: int = typer.Option(16, "--lora-r", min=1, help="LoRA rank of the fine-tune (alpha 2 r)."),
         projector_lr: Optional[float] = typer.Option(None, "--projector-lr", help="The projector's own fine-tuning "
                                                      "rate (default: --lr; LLaVA-1.5's LoRA script uses 2e-5)."),
         length_group: int = typer.Option(4, "--length-group", help="Training steps grouped by token count over "
@@ -89,7 +90,7 @@ def register(app: typer.Typer) -> None:
             raise ConfigError(f"--worlds {worlds!r}: give one or more different world seeds, e.g. --worlds 0,1")
         over: dict = {"jobs": jobs, "seed": world_seeds[0], "d2_score": d2_score, "base": base, "adapter": adapter,
                       "length_group": length_group, "batch_size": batch_size, "val_targets": val_targets, "lr": lr,
-                      "projector_lr": projector_lr}
+                      "projector_lr": projector_lr, "lora_r": lora_r}
         if base == "captions":  # the earlier recipe: the random vision tower is trained in every run
             over["modules_to_save"] = ("vision_tower",)
         if methods.strip() == "all":

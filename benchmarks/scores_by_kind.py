@@ -47,14 +47,37 @@ def caches(paths: list[str]) -> list[Path]:
     return out
 
 
+#: a run's recipe keys that tell one training run of a recipe from another (the rest is the recipe itself)
+PER_RUN = ("method", "budget", "seed", "indices")
+#: the bench config's fields that a run's training recipe copies
+TRAIN_FIELDS = ("epochs", "lr", "lora_r", "batch_size", "max_new_tokens", "modules_to_save", "adapter", "length_group",
+                "projector_lr")
+
+
 def runs(cache: Path, method: str, budget: float) -> list[Path]:
+    """The runs of ``method`` at ``budget`` with saved predictions, of one fine-tuning recipe: a cache may hold runs
+    of several (a bench re-run with another ``--lr``, or a copied cache); those of the bench's ``results.json``
+    beside the cache are kept, and runs of differing recipes without one are refused, never averaged."""
     found = []
     for rec in sorted(cache.glob("run-*/recipe.json")):
         r = json.loads(rec.read_text())
         if r.get("method") == method and abs(float(r.get("budget", -1)) - budget) < 1e-9 and \
                 (rec.parent / "eval" / "predictions").is_dir():
-            found.append(rec.parent)
-    return found
+            found.append((rec.parent, r))
+    res = cache.parent / "results.json"
+    if res.exists():
+        cfg = json.loads(res.read_text()).get("config", {})
+        # a recipe without projector_lr trained the projector at lr (the bench writes it only when set)
+        want = {k: cfg.get(k) for k in TRAIN_FIELDS if k in cfg or k == "projector_lr"}
+        found = [(d, r) for d, r in found if all(r.get(k) == v for k, v in want.items() if k in r or v is not None)]
+    recipes = {json.dumps({k: v for k, v in r.items() if k not in PER_RUN}, sort_keys=True) for _, r in found}
+    if len(recipes) > 1:
+        rs = [json.loads(x) for x in recipes]
+        keys = sorted({k for a in rs for k in set(a) | set(rs[0]) if a.get(k) != rs[0].get(k)})
+        raise SystemExit(f"{cache}: the {method!r} runs at {budget:g} are of {len(recipes)} fine-tuning recipes "
+                         f"(they differ in {', '.join(keys)}) and there is no results.json beside the cache to choose "
+                         "one; give the folder of a single bench run")
+    return [d for d, _ in found]
 
 
 def kind_scores(run: Path) -> dict[str, tuple[float, int]]:

@@ -97,6 +97,25 @@ def test_scores_by_kind_splits_a_set_by_its_alternating_kinds(tmp_path, capsys):
         sys.argv = argv
 
 
+def test_scores_by_kind_keeps_the_runs_of_the_benchs_own_recipe(tmp_path):
+    """A cache holding full-pool runs of two learning rates (a bench re-run with --lr, or a copied cache): without a
+    results.json the runs are refused, not averaged; with one, only its recipe's runs are read."""
+    sk = load_script("scores_by_kind")
+    cache = tmp_path / "b" / "cache"
+    for name, lr in (("run-a", 1e-3), ("run-b", 3e-4)):
+        _run(cache, name, "full pool", 1.0, {})
+        rec = json.loads((cache / name / "recipe.json").read_text())
+        (cache / name / "recipe.json").write_text(json.dumps({**rec, "lr": lr, "seed": 0, "lora_r": 16}))
+    with pytest.raises(SystemExit, match="2 fine-tuning recipes .*differ in lr"):
+        sk.runs(cache, "full pool", 1.0)
+    (tmp_path / "b" / "results.json").write_text(json.dumps({"config": {"lr": 3e-4, "lora_r": 16,
+                                                                        "projector_lr": None}}))
+    assert [r.name for r in sk.runs(cache, "full pool", 1.0)] == ["run-b"]
+    (tmp_path / "b" / "results.json").write_text(json.dumps({"config": {"lr": 1e-3, "lora_r": 16,
+                                                                        "projector_lr": 2e-5}}))
+    assert sk.runs(cache, "full pool", 1.0) == []  # neither trained the projector at 2e-5
+
+
 def test_object_stats_against_the_random_object_answer(tmp_path):
     from vlselect.world.build import WorldConfig, plan_eval
 

@@ -67,4 +67,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from vlselect.errors import VlselectError
+
+    try:
+        main()
+    except VlselectError as exc:  # a warm-up of other parameters in --out, a bad kind: the message, no traceback
+        raise SystemExit(f"warmup_probe: {exc}") from None

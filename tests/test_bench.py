@@ -395,11 +395,13 @@ def test_bench_run_gives_the_projector_its_own_rate_only_when_asked(tmp_path, mo
     monkeypatch.setattr("vlselect.evaluate.evaluate", lambda *a, **kw: {"sets": {}})
     monkeypatch.setattr(br, "_scores", lambda results: {})
     job = {"out": str(tmp_path / "o"), "base": "b", "pool": "p", "images": "i", "eval_files": [], "indices": None,
-           "r": 16, "lr": 1e-3, "epochs": 1, "batch_size": 8, "length_group": 4, "seed": 0, "max_new_tokens": 8,
-           "adapter": "lora", "modules_to_save": [], "zero_shot": False}
+           "r": 16, "lr": 1e-3, "projector_lr": 1e-3, "epochs": 1, "batch_size": 8, "length_group": 4, "seed": 0,
+           "max_new_tokens": 8, "adapter": "lora", "modules_to_save": [], "zero_shot": False}
     for extra, want in (({}, 1e-3), ({"projector_lr": 2e-5}, 2e-5)):
         assert br._train_and_eval({**job, **extra})["scores"] == {}
         assert got[-1]["projector_lr"] == want and got[-1]["lr"] == 1e-3
+    assert BenchConfig().projector_rate() == 1e-3 and BenchConfig(lr=3e-4).projector_rate() == 3e-4
+    assert BenchConfig(projector_lr=2e-5).projector_rate() == 2e-5
     assert br._projector_recipe(BenchConfig()) == {}
     assert br._projector_recipe(BenchConfig(projector_lr=2e-5)) == {"projector_lr": 2e-5}
     from vlselect.errors import ConfigError

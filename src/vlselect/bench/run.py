@@ -149,6 +149,10 @@ class BenchConfig:
         base.update(overrides)
         return cls(**base)
 
+    def projector_rate(self) -> float:
+        """The projector's fine-tuning rate: ``projector_lr``, or ``lr`` when it is not set."""
+        return self.lr if self.projector_lr is None else self.projector_lr
+
     def recipe(self, *fields: str) -> dict[str, Any]:
         d = asdict(self)
         return {f: d[f] for f in fields}
@@ -209,7 +213,7 @@ def _train_and_eval(job: dict[str, Any]) -> dict[str, Any]:
                          batch_size=job["batch_size"], length_group=job["length_group"],
                          seed=job["seed"], gradient_checkpointing=False, progress=False,
                          modules_to_save=job["modules_to_save"] or None,
-                         projector_lr=job.get("projector_lr") or job["lr"])
+                         projector_lr=job["projector_lr"])
         results = evaluate(res.final_dir, job["eval_files"], job["images"], out / "eval", progress=False,
                            max_new_tokens=job["max_new_tokens"], batch_size=job.get("eval_batch_size", 64))
     _drop_weights(out / "train", keep=("train_result.json", "artifact.json"))
@@ -533,7 +537,7 @@ def _dynamics(cfg: BenchConfig, base: Path, pool_path: Path, images: Path, d: Pa
     train_with_dynamics(base, pool_path, images, d / "run", r=cfg.lora_r, adapter=cfg.adapter,
                         lora_alpha=2 * cfg.lora_r, lr=cfg.lr, epochs=cfg.epochs, batch_size=cfg.batch_size,
                         seed=cfg.seed, gradient_checkpointing=False, progress=True,
-                        modules_to_save=list(cfg.modules_to_save) or None, projector_lr=cfg.projector_lr or cfg.lr)
+                        modules_to_save=list(cfg.modules_to_save) or None, projector_lr=cfg.projector_rate())
 
 
 def _warmup(cfg: BenchConfig, base: Path, pool_path: Path, images: Path, d: Path) -> dict:
@@ -620,7 +624,7 @@ def _run_jobs(cache: StageCache, cfg: BenchConfig, jobs, base, pool_path, images
         folder = cache.folder("run", recipe)
         job = {"out": str(folder), "base": str(base), "pool": str(pool_path), "images": str(images),
                "eval_files": eval_files, "indices": idx, "r": cfg.lora_r, "lr": cfg.lr, "epochs": cfg.epochs,
-               "projector_lr": cfg.projector_lr or cfg.lr,
+               "projector_lr": cfg.projector_rate(),
                "batch_size": cfg.batch_size, "length_group": cfg.length_group, "seed": seed,
                "max_new_tokens": cfg.max_new_tokens, "adapter": cfg.adapter,
                "modules_to_save": list(cfg.modules_to_save), "zero_shot": bool(extra.get("zero_shot"))}

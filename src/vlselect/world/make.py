@@ -716,14 +716,11 @@ def lookup_rows(n: int, *, seed: int = 0, image_size: int = 24, avoid: tuple[tup
         raise ConfigError(f"lookup_rows: kinds={kinds!r}; use one or more of {', '.join(LOOKUP_KINDS)}")
     from vlselect.world.build import _stream
     from vlselect.world.scene import sample_scene
-    from vlselect.world.tasks import (ask_color_of_shape, ask_count_color, ask_exist, ask_mc_color, caption_text,
-                                      compact_caption)
+    from vlselect.world.tasks import ASK, caption_text, compact_caption
 
     avoid_sigs = _eval_signatures(avoid, image_size)
     rng = _stream(seed, "lookup-rows" if style == "lookup" else f"lookup-rows-{style}")
     krng = _stream(seed, f"lookup-kinds-{style}") if tuple(kinds) != ("color_of_shape",) else None
-    ask = {"color_of_shape": ask_color_of_shape, "exist": ask_exist, "count_color": ask_count_color,
-           "mc_color": ask_mc_color}
     rows: list[tuple[str, str]] = []
     kind = "color_of_shape"
     while len(rows) < n:
@@ -731,7 +728,7 @@ def lookup_rows(n: int, *, seed: int = 0, image_size: int = 24, avoid: tuple[tup
         if krng is not None:
             kind = kinds[int(krng.integers(0, len(kinds)))]
         if style != "lookup":
-            qa = ask[kind](scene, rng, canonical=False)
+            qa = ASK[kind](scene, rng, canonical=False)
             if qa is None or scene.signature() in avoid_sigs:
                 continue
             if style == "plain":
@@ -750,17 +747,16 @@ def lookup_rows(n: int, *, seed: int = 0, image_size: int = 24, avoid: tuple[tup
             shape = unique[int(rng.integers(0, len(unique)))]
             rows.append((f"{compact_caption(scene)}\n{shape}",
                          next(o.color for o in scene.objects if o.shape == shape)))
-        elif kind == "exist":
-            qa = ask_exist(scene, rng)
+            continue
+        qa = ASK[kind](scene, rng)
+        if qa is None:  # no shape of exactly one object to ask the option letter of
+            continue
+        if kind == "exist":
             color, shape = qa.extra["query"]
             rows.append((f"{compact_caption(scene)}\nis {color} {shape}", qa.answer))
         elif kind == "count_color":
-            qa = ask_count_color(scene, rng)
             rows.append((f"{compact_caption(scene)}\ncount {qa.extra['query']}", qa.answer))
         else:  # mc_color
-            qa = ask_mc_color(scene, rng)
-            if qa is None:
-                continue
             opts = " ".join(f"{chr(ord('A') + i)}. {o}" for i, o in enumerate(qa.extra["options"]))
             rows.append((f"{compact_caption(scene)}\n{opts}\n{qa.extra['shape']}", qa.answer))
     return rows

@@ -50,11 +50,12 @@ def main() -> None:
                         kinds=kinds, progress=True)
     seconds = time.perf_counter() - t0
     ls = res["losses"]
+    k = min(50, len(ls))
     files = probe_sets(a.out / "probe")
     r = evaluate(str(res["dir"]), [str(f) for f in files], str(a.out / "probe"), a.out / "probe" / "eval",
                  progress=False, max_new_tokens=32, batch_size=64, overwrite=True)
     print(f"\nwarm-up of {', '.join(kinds)}: {a.lookup} lookup + {a.plain} plain + {a.chat} chat steps at lr {a.lr}, "
-          f"{seconds:.0f} s; loss {sum(ls[:50]) / 50:.3f} first 50 steps, {sum(ls[-50:]) / 50:.3f} last 50")
+          f"{seconds:.0f} s; loss {sum(ls[:k]) / k:.3f} first {k} steps, {sum(ls[-k:]) / k:.3f} last {k}")
     print("| kind | right % |")
     print("|---|---|")
     scores = {n.removeprefix("probe_"): v["score"] for n, v in r["sets"].items()}

@@ -51,7 +51,7 @@ def caches(paths: list[str]) -> list[Path]:
 PER_RUN = ("method", "budget", "seed", "indices")
 #: the bench config's fields that a run's training recipe copies
 TRAIN_FIELDS = ("epochs", "lr", "lora_r", "batch_size", "max_new_tokens", "modules_to_save", "adapter", "length_group",
-                "projector_lr")
+                "projector_lr", "lora_targets")
 
 
 def runs(cache: Path, method: str, budget: float) -> list[Path]:
@@ -67,8 +67,9 @@ def runs(cache: Path, method: str, budget: float) -> list[Path]:
     res = cache.parent / "results.json"
     if res.exists():
         cfg = json.loads(res.read_text()).get("config", {})
-        # a recipe without projector_lr trained the projector at lr (the bench writes it only when set)
-        want = {k: cfg.get(k) for k in TRAIN_FIELDS if k in cfg or k == "projector_lr"}
+        # a recipe without projector_lr (lora_targets) trained the projector at lr (LoRA on every linear layer): the
+        # bench writes them only when set
+        want = {k: cfg.get(k) for k in TRAIN_FIELDS if k in cfg or k in ("projector_lr", "lora_targets")}
         found = [(d, r) for d, r in found if all(r.get(k) == v for k, v in want.items() if k in r or v is not None)]
     recipes = {json.dumps({k: v for k, v in r.items() if k not in PER_RUN}, sort_keys=True) for _, r in found}
     if len(recipes) > 1:

@@ -378,6 +378,12 @@ def test_bench_command_passes_the_validation_targets(tmp_path, monkeypatch):
     assert res.exit_code == 0 and seen[-1].lora_r == 4, res.output
     res = runner.invoke(app, ["bench", "--out", str(tmp_path / "b"), "--projector-lr", "-1"])
     assert res.exit_code != 0 and "positive learning rate" in str(res.exception) and len(seen) == 5
+    assert seen[-1].lora_targets is None  # LoRA on every linear layer, as the bench always trained it
+    res = runner.invoke(app, ["bench", "--out", str(tmp_path / "b"), "--lora-targets", "gate_proj, up_proj,down_proj",
+                              "--worlds", "0"])
+    assert res.exit_code == 0 and seen[-1].lora_targets == ("gate_proj", "up_proj", "down_proj"), res.output
+    res = runner.invoke(app, ["bench", "--out", str(tmp_path / "b"), "--lora-targets", "mlp"])
+    assert res.exit_code != 0 and "'mlp'" in str(res.exception) and len(seen) == 6
 
 
 def test_bench_run_gives_the_projector_its_own_rate_only_when_asked(tmp_path, monkeypatch):
@@ -400,6 +406,11 @@ def test_bench_run_gives_the_projector_its_own_rate_only_when_asked(tmp_path, mo
     for extra, want in (({}, 1e-3), ({"projector_lr": 2e-5}, 2e-5)):
         assert br._train_and_eval({**job, **extra})["scores"] == {}
         assert got[-1]["projector_lr"] == want and got[-1]["lr"] == 1e-3
+        assert got[-1]["target_modules"] is None  # train_lora's default: every linear layer of the language model
+    br._train_and_eval({**job, "target_modules": br._target_modules(BenchConfig(lora_targets=("up_proj",)))})
+    assert got[-1]["target_modules"].endswith(r"\.(up_proj)$")
+    assert br._target_modules(BenchConfig()) is None
+    assert br._projector_recipe(BenchConfig(lora_targets=("up_proj",))) == {"lora_targets": ["up_proj"]}
     assert BenchConfig().projector_rate() == 1e-3 and BenchConfig(lr=3e-4).projector_rate() == 3e-4
     assert BenchConfig(projector_lr=2e-5).projector_rate() == 2e-5
     assert br._projector_recipe(BenchConfig()) == {}

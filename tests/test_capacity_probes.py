@@ -114,6 +114,17 @@ def test_scores_by_kind_keeps_the_runs_of_the_benchs_own_recipe(tmp_path):
     (tmp_path / "b" / "results.json").write_text(json.dumps({"config": {"lr": 1e-3, "lora_r": 16,
                                                                         "projector_lr": 2e-5}}))
     assert sk.runs(cache, "full pool", 1.0) == []  # neither trained the projector at 2e-5
+    # a third run of LoRA on the MLP only (--lora-targets): its key is in its recipe, absent from the others'
+    _run(cache, "run-c", "full pool", 1.0, {})
+    rec = json.loads((cache / "run-c" / "recipe.json").read_text())
+    (cache / "run-c" / "recipe.json").write_text(json.dumps({**rec, "lr": 3e-4, "seed": 0, "lora_r": 16,
+                                                            "lora_targets": ["gate_proj", "up_proj", "down_proj"]}))
+    for targets, want in ((None, ["run-b"]), (["gate_proj", "up_proj", "down_proj"], ["run-c"]), (["up_proj"], [])):
+        (tmp_path / "b" / "results.json").write_text(json.dumps({"config": {
+            "lr": 3e-4, "lora_r": 16, "projector_lr": None, "lora_targets": targets}}))
+        assert [r.name for r in sk.runs(cache, "full pool", 1.0)] == want
+    (tmp_path / "b" / "results.json").write_text(json.dumps({"config": {"lr": 3e-4, "lora_r": 16}}))  # older bench
+    assert [r.name for r in sk.runs(cache, "full pool", 1.0)] == ["run-b"]
 
 
 def test_object_stats_against_the_random_object_answer(tmp_path):

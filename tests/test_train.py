@@ -13,6 +13,8 @@ import torch
 from vlselect.cli import main
 from vlselect.errors import ConfigError
 
+from fixtures_models import tiny_llava  # noqa: F401
+
 COLOURS = {"red": (230, 20, 20), "green": (20, 200, 20), "blue": (20, 20, 230)}
 QUESTION = "What color is the image?"
 
@@ -293,3 +295,28 @@ def test_length_group_removes_padding_and_reports_it(world, tmp_path):
     # each mixed step pads its short sample by (long - short); the steps hold 2 x their longest sample
     positions = sum(2 * max(lens[i] for i in st) for st in (order[:2], order[2:]))
     assert plain.padding == pytest.approx(mixed * (long_ - short) / positions)
+
+
+def test_language_model_targets_pick_those_layers_of_the_language_model_only(tiny_llava):
+    """PEFT's own matching, on the tiny LLaVA: the regex adapts exactly the named layers of the language model (4
+    layers x 3), none of the vision tower's; a bare name list would have taken CLIP's q_proj too (why the regex)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForImageTextToText
+
+    from vlselect.train.lora import LORA_TARGETS, language_model_targets
+
+    def adapted(targets):
+        model = AutoModelForImageTextToText.from_pretrained(tiny_llava)
+        pm = get_peft_model(model, LoraConfig(r=2, lora_alpha=4, target_modules=targets))
+        return sorted({n.rsplit(".lora_A", 1)[0] for n, _ in pm.named_parameters() if ".lora_A" in n})
+
+    mlp = adapted(language_model_targets(["gate_proj", "up_proj", "down_proj"]))
+    assert len(mlp) == 12 and {n.rsplit(".", 1)[1] for n in mlp} == {"gate_proj", "up_proj", "down_proj"}
+    assert not any("vision" in n or "projector" in n for n in mlp)
+    every = adapted(language_model_targets(LORA_TARGETS))
+    assert len(every) == 28 and not any("vision" in n for n in every)
+    assert any("vision" in n for n in adapted(["q_proj"]))
+    with pytest.raises(ConfigError, match="'mlp'.*gate_proj"):
+        language_model_targets(["mlp"])
+    with pytest.raises(ConfigError, match="none"):
+        language_model_targets([])

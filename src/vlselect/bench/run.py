@@ -80,7 +80,8 @@ class BenchConfig:
     :mod:`vlselect.models.foundation`: a language model pre-trained on the world's text, a vision tower pre-trained
     on its pictures and an aligned projector, shipped with the package); every fine-tuning run keeps the vision
     tower frozen and trains the projector in full and the language model with LoRA (``adapter="lora"``,
-    ``lora_r=16``, alpha ``2 r``) for one epoch (LLaVA-1.5's count) at lr 1e-3 (the projector too; ``projector_lr``
+    ``lora_r=16``, alpha ``2 r``; on every linear layer of the language model, or the layers ``lora_targets`` names,
+    e.g. ``("gate_proj", "up_proj", "down_proj")``) for one epoch (LLaVA-1.5's count) at lr 1e-3 (the projector too; ``projector_lr``
     gives it its own rate, as LLaVA-1.5's LoRA script does with ``mm_projector_lr=2e-5``), batch 8 (LLaVA-1.5's recipe scaled would be 32;
     the foundation leaves some answer formats to the fine-tune, and at batch 32 a small subset does not get the
     optimizer steps to learn them: benchmarks/RESULTS.md, issue 12), its steps grouped by token
@@ -129,6 +130,7 @@ class BenchConfig:
     projector_lr: float | None = None
     learned_margin: float = 10.0
     lora_r: int = 16
+    lora_targets: tuple[str, ...] | None = None
     batch_size: int = 8
     length_group: int = 4
     grad_dim: int = 1024
@@ -159,9 +161,19 @@ class BenchConfig:
 
 
 def _projector_recipe(cfg: BenchConfig) -> dict[str, Any]:
-    """The projector's own rate in a training stage's recipe, only when set: runs of the default (the projector at
-    ``lr``) keep the keys they always had."""
-    return {} if cfg.projector_lr is None else {"projector_lr": cfg.projector_lr}
+    """The projector's own rate and LoRA's target layers in a fine-tuning stage's recipe, only when set: runs of the
+    defaults (the projector at ``lr``, LoRA on every linear layer of the language model) keep the keys they always
+    had."""
+    return ({} if cfg.projector_lr is None else {"projector_lr": cfg.projector_lr}) | \
+        ({} if cfg.lora_targets is None else {"lora_targets": list(cfg.lora_targets)})
+
+
+def _target_modules(cfg: BenchConfig) -> str | None:
+    """LoRA's target layers for ``train_lora``: None (every linear layer of the language model) unless
+    ``lora_targets`` names some."""
+    from vlselect.train.lora import language_model_targets
+
+    return None if cfg.lora_targets is None else language_model_targets(cfg.lora_targets)
 
 
 def _log_default(msg: str) -> None:
@@ -213,7 +225,7 @@ def _train_and_eval(job: dict[str, Any]) -> dict[str, Any]:
                          batch_size=job["batch_size"], length_group=job["length_group"],
                          seed=job["seed"], gradient_checkpointing=False, progress=False,
                          modules_to_save=job["modules_to_save"] or None,
-                         projector_lr=job["projector_lr"])
+                         projector_lr=job["projector_lr"], target_modules=job.get("target_modules"))
         results = evaluate(res.final_dir, job["eval_files"], job["images"], out / "eval", progress=False,
                            max_new_tokens=job["max_new_tokens"], batch_size=job.get("eval_batch_size", 64))
     _drop_weights(out / "train", keep=("train_result.json", "artifact.json"))
@@ -537,7 +549,8 @@ def _dynamics(cfg: BenchConfig, base: Path, pool_path: Path, images: Path, d: Pa
     train_with_dynamics(base, pool_path, images, d / "run", r=cfg.lora_r, adapter=cfg.adapter,
                         lora_alpha=2 * cfg.lora_r, lr=cfg.lr, epochs=cfg.epochs, batch_size=cfg.batch_size,
                         seed=cfg.seed, gradient_checkpointing=False, progress=True,
-                        modules_to_save=list(cfg.modules_to_save) or None, projector_lr=cfg.projector_rate())
+                        modules_to_save=list(cfg.modules_to_save) or None, projector_lr=cfg.projector_rate(),
+                        target_modules=_target_modules(cfg))
 
 
 def _warmup(cfg: BenchConfig, base: Path, pool_path: Path, images: Path, d: Path) -> dict:
@@ -625,6 +638,7 @@ def _run_jobs(cache: StageCache, cfg: BenchConfig, jobs, base, pool_path, images
         job = {"out": str(folder), "base": str(base), "pool": str(pool_path), "images": str(images),
                "eval_files": eval_files, "indices": idx, "r": cfg.lora_r, "lr": cfg.lr, "epochs": cfg.epochs,
                "projector_lr": cfg.projector_rate(),
+               "target_modules": _target_modules(cfg),
                "batch_size": cfg.batch_size, "length_group": cfg.length_group, "seed": seed,
                "max_new_tokens": cfg.max_new_tokens, "adapter": cfg.adapter,
                "modules_to_save": list(cfg.modules_to_save), "zero_shot": bool(extra.get("zero_shot"))}

@@ -40,6 +40,10 @@ def register(app: typer.Typer) -> None:
         lr: float = typer.Option(1e-3, "--lr", help="Fine-tuning learning rate (LoRA and projector; the warm-up "
                                  "model of TIVE, ICONS and LESS too)."),
         lora_r: int = typer.Option(16, "--lora-r", min=1, help="LoRA rank of the fine-tune (alpha 2 r)."),
+        lora_targets: Optional[str] = typer.Option(None, "--lora-targets", help="The language model's layers LoRA "
+                                                   "adapts in the fine-tune, comma-separated (default: every linear "
+                                                   "layer, LLaVA's find_all_linear_names), e.g. "
+                                                   "gate_proj,up_proj,down_proj."),
         projector_lr: Optional[float] = typer.Option(None, "--projector-lr", help="The projector's own fine-tuning "
                                                      "rate (default: --lr; LLaVA-1.5's LoRA script uses 2e-5)."),
         length_group: int = typer.Option(4, "--length-group", help="Training steps grouped by token count over "
@@ -91,6 +95,11 @@ def register(app: typer.Typer) -> None:
         over: dict = {"jobs": jobs, "seed": world_seeds[0], "d2_score": d2_score, "base": base, "adapter": adapter,
                       "length_group": length_group, "batch_size": batch_size, "val_targets": val_targets, "lr": lr,
                       "projector_lr": projector_lr, "lora_r": lora_r}
+        if lora_targets is not None:
+            from vlselect.train.lora import language_model_targets
+
+            over["lora_targets"] = tuple(t.strip() for t in lora_targets.split(",") if t.strip())
+            language_model_targets(over["lora_targets"])  # a wrong name is refused here, before any work
         if base == "captions":  # the earlier recipe: the random vision tower is trained in every run
             over["modules_to_save"] = ("vision_tower",)
         if methods.strip() == "all":

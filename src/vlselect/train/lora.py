@@ -113,11 +113,29 @@ def _peak_memory(device) -> int:
         return 0
 
 
+def language_model_targets(names: Sequence[str]) -> str:
+    """A PEFT ``target_modules`` regex for the linear layers ``names`` (among :data:`LORA_TARGETS`) of the language
+    model only: a bare name list would also match the vision tower's layers of the same name (CLIP's ``q_proj``).
+
+    >>> import re
+    >>> rx = language_model_targets(["gate_proj", "up_proj", "down_proj"])
+    >>> bool(re.match(rx, "model.language_model.layers.0.mlp.up_proj")), bool(re.match(rx, "model.language_model.layers.0.self_attn.q_proj"))
+    (True, False)
+    >>> bool(re.match(language_model_targets(["q_proj"]), "model.vision_tower.vision_model.encoder.layers.0.self_attn.q_proj"))
+    False
+    """
+    bad = [n for n in names if n not in LORA_TARGETS]
+    if bad or not names:
+        raise ConfigError(f"LoRA targets {', '.join(map(repr, bad)) or '(none)'}: give one or more of "
+                          f"{', '.join(LORA_TARGETS)}")
+    return r"^(?!.*(vision_tower|visual|multi_modal_projector)).*\.(" + "|".join(names) + r")$"
+
+
 def _lora_target_regex(target_modules) -> str | list[str]:
     if target_modules:
         return list(target_modules) if not isinstance(target_modules, str) else target_modules
     # every linear of the language model, none in the vision tower / projector / lm_head (LLaVA find_all_linear_names)
-    return r"^(?!.*(vision_tower|visual|multi_modal_projector)).*\.(" + "|".join(LORA_TARGETS) + r")$"
+    return language_model_targets(LORA_TARGETS)
 
 
 def _checkpoints(out: Path) -> list[Path]:

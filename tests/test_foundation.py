@@ -706,14 +706,19 @@ def test_align_lookup_share_reaches_stage_3_and_leaves_the_shipped_json_alone(tm
     from vlselect.train.foundation import build_foundation
 
     assert "align_lookup_share" not in FoundationRecipe().to_json()
+    assert "align_lookup_kinds" not in FoundationRecipe().to_json()
     torch.set_num_threads(1)
-    rc = replace(FoundationRecipe().scaled(0.0006), align_size=40, align_lookup_share=0.5)
+    rc = replace(FoundationRecipe().scaled(0.0006), align_size=40, align_lookup_share=0.5,
+                 align_lookup_kinds=("color_of_shape", "exist"))
     info = verify_foundation(build_foundation(tmp_path / "f", rc, work_dir=tmp_path / "w", progress=False,
                                               log=lambda m: None))
     assert info["recipe"]["align_lookup_share"] == 0.5 and FoundationRecipe.from_json(info["recipe"]) == rc
+    assert info["recipe"]["align_lookup_kinds"] == ["color_of_shape", "exist"]
     (pool,) = (tmp_path / "w").glob("*/align-pool/pool.json")
     tasks = [r["task"] for r in json.loads(pool.read_text())]
-    assert len(tasks) == 40 and 10 <= tasks.count("vqa_color") <= 30 and tasks.count("caption") == 40 - tasks.count("vqa_color")
+    asked = tasks.count("vqa_color") + tasks.count("exist")
+    assert len(tasks) == 40 and 10 <= asked <= 30 and tasks.count("caption") == 40 - asked
+    assert tasks.count("vqa_color") >= 2 and tasks.count("exist") >= 2
 
 
 def test_lookup_rows_of_the_curriculum_ask_the_worlds_question_plainly_then_as_the_bench_does():

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -465,6 +466,51 @@ def test_pretrain_pool_lookup_share_asks_the_colour_of_a_shape_on_the_same_pictu
     assert "lookup_share" not in json.loads((tmp_path / "caps" / "world.json").read_text())
     with pytest.raises(ConfigError, match="lookup_share"):
         make_pretrain_pool(tmp_path / "bad", size=4, seed=3, eval_size=EVAL, lookup_share=1.5)
+
+
+def test_pretrain_pool_lookup_kinds_ask_each_kind_answered_from_the_scene(tmp_path):
+    """``lookup_kinds``: the asked pictures get one of the kinds each, with the world's own question; every answer is
+    worked out here from the scene metadata (existence: the pair named is an object; count: objects of the colour;
+    option letter: the option that is the colour of the one object of the shape)."""
+    import re
+
+    from vlselect.errors import ConfigError
+    from vlselect.world import make_pretrain_pool
+    from vlselect.world.vocab import COLOR_NAMES
+
+    kinds = ("color_of_shape", "exist", "count_color", "mc_color")
+    info = make_pretrain_pool(tmp_path / "mix", size=200, seed=4, eval_size=EVAL, image_size=24, lookup_share=0.8,
+                              lookup_kinds=kinds)
+    mix = json.loads((tmp_path / "mix" / "pool.json").read_text())
+    caps = make_pretrain_pool(tmp_path / "caps", size=200, seed=4, eval_size=EVAL, image_size=24)
+    capr = json.loads((tmp_path / "caps" / "pool.json").read_text())
+    assert [m["meta"]["scene"] for m in mix] == [c["meta"]["scene"] for c in capr] and caps.task_counts == {"caption": 200}
+    colours, shapes = "|".join(COLOR_NAMES), "circle|square|triangle|cross|star|heart"
+    seen = Counter()
+    for m in mix:
+        if m["task"] == "caption":
+            continue
+        kind, objs = m["meta"]["kind"], m["meta"]["scene"]["objects"]
+        seen[kind] += 1
+        q, answer = m["conversations"][0]["value"], m["conversations"][1]["value"]
+        if kind == "exist":
+            c, s = re.search(rf"({colours}) ({shapes})", q).groups()
+            assert m["task"] == "exist" and answer == ("yes" if any(o["color"] == c and o["shape"] == s for o in objs)
+                                                       else "no")
+        elif kind == "count_color":
+            c = re.search(rf"\b({colours})\b", q).group(1)
+            assert m["task"] == "vqa_count" and answer == str(sum(o["color"] == c for o in objs))
+        elif kind == "mc_color":
+            s = re.search(rf"({shapes})", q.split("\n")[1]).group(1)
+            colour = next(o["color"] for o in objs if o["shape"] == s)
+            assert m["task"] == "mc" and [o["shape"] for o in objs].count(s) == 1
+            assert m["meta"]["options"]["ABCD".index(answer)] == colour
+        else:
+            assert m["task"] == "vqa_color" and kind == "color_of_shape"
+    assert set(seen) == set(kinds) and min(seen.values()) >= 20 and sum(seen.values()) == 200 - info.task_counts["caption"]
+    assert json.loads((tmp_path / "mix" / "world.json").read_text())["lookup_kinds"] == list(kinds)
+    with pytest.raises(ConfigError, match="lookup_kinds.*color_of_shape, exist"):
+        make_pretrain_pool(tmp_path / "bad", size=4, seed=3, eval_size=EVAL, lookup_share=0.5, lookup_kinds=("ocr",))
 
 
 def test_world_help_has_examples():

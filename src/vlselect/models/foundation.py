@@ -91,6 +91,8 @@ class FoundationRecipe:
     The projector, trained alone with the language model frozen, then makes the pictures' tokens answerable by the
     lookup the warm-up taught in text: after the curriculum warm-up, 40,000 such questions took the colour of a
     shape over pictures from the random-object answer to 90% (benchmarks/RESULTS.md, issue 12). 0 shipped.
+    ``align_lookup_kinds``: the question kinds those pictures are asked (of
+    :data:`vlselect.world.make.LOOKUP_KINDS`, one drawn per picture; the colour of a shape alone by default).
 
     ``format_share``: the share of stage 1's one-word chat facts (arithmetic, colour mixing, sides of a shape) asked
     with the short-answer format prompt and answered in one word (:func:`vlselect.world.make.make_text_pool`): the
@@ -132,12 +134,14 @@ class FoundationRecipe:
     lookup_chat_steps: int = 0
     align_lookup_share: float = 0.0
     lookup_kinds: tuple[str, ...] = ("color_of_shape",)
+    align_lookup_kinds: tuple[str, ...] = ("color_of_shape",)
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["avoid"] = [list(a) for a in self.avoid]
         d["short_kinds"] = list(self.short_kinds)
         d["lookup_kinds"] = list(self.lookup_kinds)
+        d["align_lookup_kinds"] = list(self.align_lookup_kinds)
         # fields added after the first recipe are written only when they differ from what that recipe did: its
         # JSON (and the work folders named by it) stay as before
         for k, v in ADDED_FIELDS.items():
@@ -152,6 +156,7 @@ class FoundationRecipe:
         d["avoid"] = tuple(tuple(a) for a in d.get("avoid", ()))
         d["short_kinds"] = tuple(d["short_kinds"])
         d["lookup_kinds"] = tuple(d["lookup_kinds"])
+        d["align_lookup_kinds"] = tuple(d["align_lookup_kinds"])
         return cls(**d)
 
     def scaled(self, factor: float) -> "FoundationRecipe":
@@ -171,7 +176,8 @@ class FoundationRecipe:
 ADDED_FIELDS: dict[str, Any] = {"vision_epochs": 1, "counted_captions": False, "answer_style": "short",
                                 "format_share": 0.0, "short_kinds": [], "lookup_steps": 0,
                                 "lookup_plain_steps": 0, "lookup_chat_steps": 0,
-                                "align_lookup_share": 0.0, "lookup_kinds": ["color_of_shape"]}
+                                "align_lookup_share": 0.0, "lookup_kinds": ["color_of_shape"],
+                                "align_lookup_kinds": ["color_of_shape"]}
 
 
 def foundation_path() -> Path:

@@ -55,7 +55,8 @@ def build_foundation(out_dir: str | os.PathLike, recipe: FoundationRecipe | None
     caps_a = world("align-pool", lambda d: make_pretrain_pool(d, size=rc.align_size, seed=rc.seed + 17,
                                                               image_size=rc.image_size, avoid=rc.avoid,
                                                               counted=rc.counted_captions,
-                                                              lookup_share=rc.align_lookup_share))
+                                                              lookup_share=rc.align_lookup_share,
+                                                              lookup_kinds=rc.align_lookup_kinds))
     init = work / "init"
     if not (init / "vlselect_tiny.json").exists():
         build_tiny(init, rc.family, seed=rc.seed, size=rc.size, image_size=rc.image_size)
@@ -79,7 +80,8 @@ def build_foundation(out_dir: str | os.PathLike, recipe: FoundationRecipe | None
                      lr=rc.vision_lr, projector_lr=rc.vision_lr, modules_to_save=["vision_tower"],
                      **{**common, "epochs": rc.vision_epochs})
     log("foundation 3/3: the projector aligned on captions (vision tower and language model frozen)"
-        + (f", {rc.align_lookup_share:.0%} of its pictures asked the colour of a shape" if rc.align_lookup_share else ""))
+        + (f", {rc.align_lookup_share:.0%} of its pictures asked {' / '.join(rc.align_lookup_kinds)}"
+           if rc.align_lookup_share else ""))
     align = train_lora(vis.final_dir, caps_a / "pool.json", caps_a / "images", work / "align", adapter="projector",
                        lr=rc.align_lr, projector_lr=rc.align_lr, **common)
 

@@ -451,7 +451,7 @@ def make_world(out_dir: str | os.PathLike, *, size: int = 20000, seed: int = 0, 
 def make_pretrain_pool(out_dir: str | os.PathLike, *, size: int = 50000, seed: int = 0, image_size: int = 64,
                        eval_size: int = 200, word_share: float = 0.15, overwrite: bool = True,
                        avoid: tuple[tuple[int, int], ...] | None = None, counted: bool = False,
-                       lookup_share: float = 0.0) -> WorldInfo:
+                       lookup_share: float = 0.0, lookup_kinds: tuple[str, ...] = ("color_of_shape",)) -> WorldInfo:
     """A separate caption pool for pre-training the tiny base model (the analogue of LLaVA's stage-1 data).
 
     Every record is a clean caption of its own scene (no redundancy, noise or easy share): the caption names
@@ -484,6 +484,11 @@ def make_pretrain_pool(out_dir: str | os.PathLike, *, size: int = 50000, seed: i
         pictures, the choice drawn from a stream of its own. A projector aligned on such questions with the
         language model frozen lets a language model that looks things up in text find the object asked for in a
         picture (benchmarks/RESULTS.md, issue 12). A scene with no shape of exactly one object keeps its caption.
+    lookup_kinds : tuple of str
+        The question kinds those pictures are asked (of :data:`LOOKUP_KINDS`: the colour of a shape, existence, the
+        count of a colour, the option letter of a shape's colour), each picture one kind drawn uniformly from the
+        question stream; the world's own question of the kind, as its pool asks it. The default, the colour of a
+        shape alone, draws no kind: its pool is that of before.
 
     Returns
     -------
@@ -496,13 +501,19 @@ def make_pretrain_pool(out_dir: str | os.PathLike, *, size: int = 50000, seed: i
     """
     from vlselect.world.build import _stream, _variant
     from vlselect.world.scene import sample_scene
-    from vlselect.world.tasks import ask_caption, ask_color_of_shape, caption_text
+    from vlselect.world.tasks import ASK, ask_caption, caption_text
 
     cfg = WorldConfig(size=size, seed=seed, image_size=image_size, eval_size=eval_size, word_share=word_share,
                       composition={"caption": 1.0})
     cfg.validate()
     if not 0.0 <= lookup_share <= 1.0:
         raise ConfigError(f"make_pretrain_pool: lookup_share={lookup_share}; give a share between 0 and 1")
+    lookup_kinds = tuple(lookup_kinds)
+    bad = [k for k in lookup_kinds if k not in LOOKUP_KINDS]
+    if bad or not lookup_kinds:
+        raise ConfigError(f"make_pretrain_pool: lookup_kinds={lookup_kinds!r}; use one or more of "
+                          f"{', '.join(LOOKUP_KINDS)}")
+    several = lookup_kinds != ("color_of_shape",)
     out = _check_out_dir(out_dir, overwrite)
     avoid_sigs = _eval_signatures(((seed, eval_size),) if avoid is None else tuple(avoid), image_size)
     rng = _stream(seed, "pretrain")
@@ -516,10 +527,14 @@ def make_pretrain_pool(out_dir: str | os.PathLike, *, size: int = 50000, seed: i
         pictures.append(Picture(scene, _variant(rng), "clean"))
         qa = ask_caption(scene, rng)  # called either way: it draws from rng, so both pools get the same scenes
         answer = caption_text(scene, counted=True) if counted else qa.answer
-        ask = ask_color_of_shape(scene, qrng) if lookup_share > 0 and qrng.random() < lookup_share else None
+        ask = None
+        if lookup_share > 0 and qrng.random() < lookup_share:
+            kind = lookup_kinds[int(qrng.integers(0, len(lookup_kinds)))] if several else "color_of_shape"
+            ask = ASK[kind](scene, qrng)
         if ask is not None:
-            plan.append(PlannedRecord("vqa_color", f"pretrain-{len(plan):06d}", "clean", False, "color_of_shape",
-                                      [(ask.prompt, ask.answer)], True, None, len(pictures) - 1))
+            extra = {"options": ask.extra["options"]} if "options" in ask.extra else {}
+            plan.append(PlannedRecord(LOOKUP_TASK[ask.kind], f"pretrain-{len(plan):06d}", "clean", False, ask.kind,
+                                      [(ask.prompt, ask.answer)], True, None, len(pictures) - 1, extra))
             continue
         plan.append(PlannedRecord("caption", f"pretrain-{len(plan):06d}", "clean", False, "caption",
                                   [(qa.prompt, answer)], True, None, len(pictures) - 1))
@@ -538,6 +553,8 @@ def make_pretrain_pool(out_dir: str | os.PathLike, *, size: int = 50000, seed: i
         counts = dict(Counter(r["task"] for r in records))
         if lookup_share > 0:
             meta["lookup_share"] = lookup_share
+            if several:  # written only when set: the colour-only pool's world.json as before
+                meta["lookup_kinds"] = list(lookup_kinds)
         _write_text(tmp / "world.json", json.dumps({**meta, "task_counts": counts,
                                                      "task_stats": stats, "eval_sets": {},
                                                      "n_images": len(used), "n_eval_images": 0}, indent=1) + "\n")
@@ -548,7 +565,11 @@ def make_pretrain_pool(out_dir: str | os.PathLike, *, size: int = 50000, seed: i
             "One clean caption per picture, each picture its own scene (the pictures of the world, see its card)"
             + ("; each caption starts with the number of objects" if counted else "")
             + (f"; {counts.get('vqa_color', 0)} pictures are asked the colour of the one object of a shape "
-               "instead (the world's colour-of-a-shape question, short-answer format)" if lookup_share > 0 else "")
+               "instead (the world's colour-of-a-shape question, short-answer format)"
+               if lookup_share > 0 and not several else "")
+            + (f"; {size - counts.get('caption', 0)} pictures are asked a question instead (the world's own, "
+               f"one of {', '.join(lookup_kinds)}: {', '.join(f'{t} {n}' for t, n in sorted(counts.items()))})"
+               if lookup_share > 0 and several else "")
             + "; "
             "no near-duplicates, no noise, no easy share. Scenes of the world's evaluation sets (same seed, "
             f"eval size {eval_size}) never occur. Prompts: the six caption instructions of the world's pool. "
@@ -684,6 +705,9 @@ def make_text_pool(out_dir: str | os.PathLike, *, size: int = 40000, seed: int =
 #: Question kinds that :func:`lookup_rows` can teach (the colour of a shape first; the others ask the same lookup in
 #: another form: a pair present or not, how many of a colour, the option letter of the colour of a shape).
 LOOKUP_KINDS: tuple[str, ...] = ("color_of_shape", "exist", "count_color", "mc_color")
+#: The pool task each lookup kind belongs to (:func:`vlselect.world.build.task_kinds`).
+LOOKUP_TASK: dict[str, str] = {"color_of_shape": "vqa_color", "exist": "exist", "count_color": "vqa_count",
+                               "mc_color": "mc"}
 
 
 def lookup_rows(n: int, *, seed: int = 0, image_size: int = 24, avoid: tuple[tuple[int, int], ...] = ((0, 200),),

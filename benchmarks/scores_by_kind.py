@@ -18,6 +18,11 @@ picture drawn at random (its expected accuracy, from the evaluation scenes, re-p
 with the share of the run's answers that name an attribute of some object in the picture, and its accuracy on
 one-object pictures and on the others. A model that names what is there without finding the object asked for
 scores the random-object answer.
+
+``--answers`` prints, per kind, what the runs answer (the most common answers and their shares, over the runs)
+beside the evaluation set's own answers (balanced by the world's planner) and the answers of the bench pool's
+records of that kind (``cache/world-*/w/pool.json``, the training data): a fine-tune that learned a kind's answer
+prior instead of the skill answers with the pool's majority.
 """
 
 from __future__ import annotations
@@ -91,9 +96,8 @@ def kind_scores(run: Path) -> dict[str, tuple[float, int]]:
     return {k: (100 * sum(v) / len(v), len(v)) for k, v in acc.items()}
 
 
-def majority(run: Path) -> dict[str, float]:
-    """kind → share (0-100) of its most common canonical answer: the best constant answer's accuracy (not for
-    grounding, scored by IoU: its chance is 0, as the bench has it)."""
+def gold_answers(run: Path) -> dict[str, Counter]:
+    """kind → Counter of the evaluation set's canonical answers (grounding left out)."""
     from vlselect.world.build import EVAL_SETS
 
     ans: dict[str, Counter] = defaultdict(Counter)
@@ -103,7 +107,47 @@ def majority(run: Path) -> dict[str, float]:
         for line in f.read_text().splitlines():
             p = json.loads(line)
             ans[kind_of(f.stem, p["id"])][str(p["answers"][0] if p.get("answers") else "")] += 1
-    return {k: 100 * c.most_common(1)[0][1] / sum(c.values()) for k, c in ans.items()}
+    return ans
+
+
+def majority(run: Path) -> dict[str, float]:
+    """kind → share (0-100) of its most common canonical answer: the best constant answer's accuracy (not for
+    grounding, scored by IoU: its chance is 0, as the bench has it)."""
+    return {k: 100 * c.most_common(1)[0][1] / sum(c.values()) for k, c in gold_answers(run).items()}
+
+
+def predicted_answers(run: Path) -> dict[str, Counter]:
+    """kind → Counter of the run's answers (as generated, stripped; grounding left out)."""
+    from vlselect.world.build import EVAL_SETS
+
+    out: dict[str, Counter] = defaultdict(Counter)
+    for f in sorted((run / "eval" / "predictions").glob("*.jsonl")):
+        if EVAL_SETS[f.stem][0] == "iou":
+            continue
+        for line in f.read_text().splitlines():
+            p = json.loads(line)
+            out[kind_of(f.stem, p["id"])][str(p["prediction"]).strip()] += 1
+    return out
+
+
+def pool_answers(cache: Path) -> dict[str, Counter]:
+    """kind → Counter of the answers of the bench pool's records of that kind (the first answer of each record; the
+    world folder the bench made in its cache). Refuses a cache of several worlds: their pools differ."""
+    pools = sorted(cache.glob("world-*/w/pool.json"))
+    if len(pools) != 1:
+        raise SystemExit(f"{cache}: {len(pools)} bench pools (world-*/w/pool.json); --answers needs the cache of one "
+                         "bench world")
+    out: dict[str, Counter] = defaultdict(Counter)
+    for r in json.loads(pools[0].read_text()):
+        gpt = [t["value"] for t in r["conversations"] if t["from"] == "gpt"]
+        if gpt:
+            out[r.get("meta", {}).get("kind", r["task"])][gpt[0].strip()] += 1
+    return out
+
+
+def _shares(c: Counter, top: int = 4) -> str:
+    n = sum(c.values())
+    return ", ".join(f"{a} {100 * k / n:.0f}%" for a, k in c.most_common(top)) if n else "-"
 
 
 #: kinds that ask for one object's attribute: kind → the attribute (of :class:`vlselect.world.scene.Obj`)
@@ -155,9 +199,14 @@ def main() -> None:
     ap.add_argument("--method", default="full pool", help='a method as the bench names it ("full pool", random, ...)')
     ap.add_argument("--budget", type=float, default=1.0)
     ap.add_argument("--objects", action="store_true", help="the one-object kinds against the random-object answer")
+    ap.add_argument("--answers", action="store_true", help="what the runs answer per kind, beside the evaluation "
+                    "set's answers and the bench pool's")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     per_run, chance, objs = [], {}, []
+    said: dict[str, Counter] = defaultdict(Counter)
+    gold: dict[str, Counter] = defaultdict(Counter)
+    pooled: dict[str, Counter] = defaultdict(Counter)
     for c in caches(args.paths):
         rs = runs(c, args.method, args.budget)
         if not rs:
@@ -168,6 +217,14 @@ def main() -> None:
             chance = chance or majority(r)
             if plan is not None:
                 objs.append(object_stats(r, *plan))
+            if args.answers:
+                for k, cnt in predicted_answers(r).items():
+                    said[k] += cnt
+                for k, cnt in gold_answers(r).items():
+                    gold[k] += cnt
+        if args.answers:
+            for k, cnt in pool_answers(c).items():
+                pooled[k] += cnt
     from vlselect.world.build import EVAL_SETS
 
     print(f"{args.method} at {args.budget:g}: {len(per_run)} runs ({', '.join(n for n, _ in per_run)})")
@@ -194,6 +251,13 @@ def main() -> None:
             m = mean_objs[k]
             print(f"{k:15s} model {m['model']:5.1f}  random object {m['random_object']:5.1f}  names an object there "
                   f"{m['names_an_object']:5.1f}  one object {m['one']:5.1f} / several {m['several']:5.1f}")
+    if args.answers:
+        print("\nanswers per kind (most common, share): the runs', the evaluation set's, the bench pool's")
+        for name, (_, kinds, _) in EVAL_SETS.items():
+            for k in kinds:
+                if k in said:
+                    print(f"{k:15s} runs: {_shares(said[k]):44s} evaluation: {_shares(gold[k]):44s} "
+                          f"pool: {_shares(pooled[k])}")
     if args.json:
         Path(args.json).write_text(json.dumps({"method": args.method, "budget": args.budget,
                                                "runs": [n for n, _ in per_run], "kinds": out,

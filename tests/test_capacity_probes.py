@@ -236,3 +236,32 @@ def test_recall_compact_description_and_token_variants_by_hand():
     seq, ans = rl.recall_row(np.random.default_rng(5), between=2, filler=3)
     q = seq.index(rl.QUERY)
     assert seq[q + 2:] == [rl.FILL] * 3 and len(seq[:q]) % 4 == 0 and rl.recall_answer(seq) == ans
+
+
+def test_scores_by_kind_answers_set_the_runs_answers_beside_the_pools(tmp_path, capsys, monkeypatch):
+    """--answers on a hand-made cache: a run answering "1" to three of four counting-by-colour questions, an
+    evaluation set of 0-3, a pool whose counting-by-colour answers are two "1" and one "0"."""
+    import sys
+
+    sk = load_script("scores_by_kind")
+    cache = tmp_path / "b" / "cache"
+    _run(cache, "run-a", "full pool", 1.0, {"count_color": [
+        {"id": f"count_color_{i:04d}", "prediction": p, "answers": [g], "score": float(p == g)}
+        for i, (p, g) in enumerate([("1", "0"), ("1", "1"), ("1 ", "2"), ("3", "3")])]})
+    (cache / "world-x" / "w").mkdir(parents=True)
+    pool = [{"id": f"r{i}", "task": "vqa_count", "meta": {"kind": k},
+             "conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": a}]}
+            for i, (k, a) in enumerate([("count_color", "1"), ("count_color", "1"), ("count_color", "0"),
+                                        ("count_all", "4")])]
+    (cache / "world-x" / "w" / "pool.json").write_text(json.dumps(pool))
+    assert sk.predicted_answers(cache / "run-a")["count_color"] == {"1": 3, "3": 1}
+    assert sk.gold_answers(cache / "run-a")["count_color"] == {"0": 1, "1": 1, "2": 1, "3": 1}
+    assert sk.pool_answers(cache) == {"count_color": {"1": 2, "0": 1}, "count_all": {"4": 1}}
+    monkeypatch.setattr(sys, "argv", ["scores_by_kind", str(tmp_path / "b"), "--answers"])
+    sk.main()
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("count_color ") and "runs:" in x)
+    assert "runs: 1 75%, 3 25%" in line and "pool: 1 67%, 0 33%" in line and "evaluation: 0 25%" in line
+    (cache / "world-y" / "w").mkdir(parents=True)
+    (cache / "world-y" / "w" / "pool.json").write_text("[]")
+    with pytest.raises(SystemExit, match="2 bench pools"):
+        sk.pool_answers(cache)

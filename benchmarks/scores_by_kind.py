@@ -132,11 +132,15 @@ def predicted_answers(run: Path) -> dict[str, Counter]:
 
 def pool_answers(cache: Path) -> dict[str, Counter]:
     """kind → Counter of the answers of the bench pool's records of that kind (the first answer of each record; the
-    world folder the bench made in its cache). Refuses a cache of several worlds: their pools differ."""
+    world folder the bench made in its cache). A cache that holds several world folders (made by other code
+    versions) is read when their pools are byte-identical and refused when they differ."""
+    import hashlib
+
     pools = sorted(cache.glob("world-*/w/pool.json"))
-    if len(pools) != 1:
-        raise SystemExit(f"{cache}: {len(pools)} bench pools (world-*/w/pool.json); --answers needs the cache of one "
-                         "bench world")
+    texts = {hashlib.sha256(p.read_bytes()).hexdigest(): p for p in pools}
+    if len(texts) != 1:
+        raise SystemExit(f"{cache}: {len(texts)} different bench pools ({', '.join(str(p) for p in texts.values())}); "
+                         "--answers needs the cache of one bench world")
     out: dict[str, Counter] = defaultdict(Counter)
     for r in json.loads(pools[0].read_text()):
         gpt = [t["value"] for t in r["conversations"] if t["from"] == "gpt"]

@@ -262,6 +262,8 @@ def test_scores_by_kind_answers_set_the_runs_answers_beside_the_pools(tmp_path, 
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("count_color ") and "runs:" in x)
     assert "runs: 1 75%, 3 25%" in line and "pool: 1 67%, 0 33%" in line and "evaluation: 0 25%" in line
     (cache / "world-y" / "w").mkdir(parents=True)
+    (cache / "world-y" / "w" / "pool.json").write_text(json.dumps(pool))  # the same world made by other code
+    assert sk.pool_answers(cache) == {"count_color": {"1": 2, "0": 1}, "count_all": {"4": 1}}
     (cache / "world-y" / "w" / "pool.json").write_text("[]")
-    with pytest.raises(SystemExit, match="2 bench pools"):
+    with pytest.raises(SystemExit, match="2 different bench pools"):
         sk.pool_answers(cache)

@@ -101,6 +101,15 @@ VARIANTS: dict[str, dict] = {
                                               align_lookup_share=0.67,
                                               align_lookup_kinds=("color_of_shape", "exist", "count_color",
                                                                   "mc_color")),
+    # ... a fifth kind, the place of an object (after the four-kind warm-up the language model answers "top" to 64%
+    # of "where is the [colour] [shape]?" about descriptions, and the bench's full pool answers the pool's "center"),
+    # warm-up steps in proportion (5,000 + 3,750 + 3,750), stage 3 asking all five, two vision epochs (OCR)
+    "half_short_lookup5_align5_v2": dict(counted_captions=True, answer_style="sentence", short_kinds=HALF,
+                                         lookup_steps=5000, lookup_plain_steps=3750, lookup_chat_steps=3750,
+                                         lookup_kinds=("color_of_shape", "exist", "count_color", "mc_color", "pos_of"),
+                                         text_lr=1e-4, vision_epochs=2, align_size=60000, align_lookup_share=0.67,
+                                         align_lookup_kinds=("color_of_shape", "exist", "count_color", "mc_color",
+                                                             "pos_of")),
 }
 
 

@@ -745,8 +745,9 @@ def test_lookup_rows_of_the_curriculum_ask_the_worlds_question_plainly_then_as_t
 
 
 def test_lookup_rows_of_more_kinds_are_answered_by_their_description():
-    """Existence, count of a colour and the option letter, each row checked against its own compact description
-    (parsed here, not by the generator's code); the plain and chat rows ask the world's question of the kind."""
+    """Existence, count of a colour, the option letter and the place of an object, each row checked against its own
+    compact description (parsed here, not by the generator's code); the plain and chat rows ask the world's
+    question of the kind."""
     import re
 
     from vlselect.errors import ConfigError
@@ -757,9 +758,15 @@ def test_lookup_rows_of_more_kinds_are_answered_by_their_description():
     seen = set()
     for prompt, answer in rows:
         desc, *rest = prompt.split("\n")
-        objs = [tuple(p.split(" ")) for p in desc.rstrip(".").lower().split(", ")]
+        parts = [p.split(" ") for p in desc.rstrip(".").lower().split(", ")]
+        objs = [tuple(w[:2]) for w in parts]
         colours = [c for c, _ in objs]
-        if rest[0].startswith("is "):
+        if rest[0].startswith("where "):  # "red cross at top left, ..." -> the place of the one red cross
+            c, s = rest[0].split(" ")[1:]
+            (place,) = [" ".join(w[3:]) for w in parts if tuple(w[:2]) == (c, s)]
+            assert all(w[2] == "at" for w in parts) and answer == place
+            seen.add(("pos_of", answer))
+        elif rest[0].startswith("is "):
             c, s = rest[0].split(" ")[1:]
             assert answer == ("yes" if (c, s) in objs else "no")
             # the world's negatives are hard: the colour or the shape is in the description
@@ -779,10 +786,12 @@ def test_lookup_rows_of_more_kinds_are_answered_by_their_description():
             seen.add(("color_of_shape",))
     assert {("exist", "yes"), ("exist", "no"), ("count_color", True), ("count_color", False),
             ("color_of_shape",)} <= seen and len({t[1] for t in seen if t[0] == "mc_color"}) == 4
+    assert len({t[1] for t in seen if t[0] == "pos_of"}) == 9  # every place of the 3x3 grid
     for style in ("plain", "chat"):
-        got = lookup_rows(200, seed=4, style=style, kinds=("exist", "count_color", "mc_color"))
+        got = lookup_rows(200, seed=4, style=style, kinds=("exist", "count_color", "mc_color", "pos_of"))
         qs = [p.split("\n", 1)[1] for p, _ in got]
         assert any(q.startswith("How many") for q in qs) and any("A. " in q for q in qs)
+        assert any(a in ("top left", "center", "bottom right") for _, a in got)
         if style == "chat":
             assert all(q.endswith(SHORT_SUFFIX) or q.endswith(OPTION_SUFFIX) for q in qs)
         else:

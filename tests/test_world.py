@@ -478,13 +478,13 @@ def test_pretrain_pool_lookup_kinds_ask_each_kind_answered_from_the_scene(tmp_pa
     from vlselect.world import make_pretrain_pool
     from vlselect.world.vocab import COLOR_NAMES
 
-    kinds = ("color_of_shape", "exist", "count_color", "mc_color")
-    info = make_pretrain_pool(tmp_path / "mix", size=200, seed=4, eval_size=EVAL, image_size=24, lookup_share=0.8,
+    kinds = ("color_of_shape", "exist", "count_color", "mc_color", "pos_of")
+    info = make_pretrain_pool(tmp_path / "mix", size=250, seed=4, eval_size=EVAL, image_size=24, lookup_share=0.8,
                               lookup_kinds=kinds)
     mix = json.loads((tmp_path / "mix" / "pool.json").read_text())
-    caps = make_pretrain_pool(tmp_path / "caps", size=200, seed=4, eval_size=EVAL, image_size=24)
+    caps = make_pretrain_pool(tmp_path / "caps", size=250, seed=4, eval_size=EVAL, image_size=24)
     capr = json.loads((tmp_path / "caps" / "pool.json").read_text())
-    assert [m["meta"]["scene"] for m in mix] == [c["meta"]["scene"] for c in capr] and caps.task_counts == {"caption": 200}
+    assert [m["meta"]["scene"] for m in mix] == [c["meta"]["scene"] for c in capr] and caps.task_counts == {"caption": 250}
     colours, shapes = "|".join(COLOR_NAMES), "circle|square|triangle|cross|star|heart"
     seen = Counter()
     for m in mix:
@@ -500,6 +500,9 @@ def test_pretrain_pool_lookup_kinds_ask_each_kind_answered_from_the_scene(tmp_pa
         elif kind == "count_color":
             c = re.search(rf"\b({colours})\b", q).group(1)
             assert m["task"] == "vqa_count" and answer == str(sum(o["color"] == c for o in objs))
+        elif kind == "pos_of":
+            c, s = re.search(rf"({colours}) ({shapes})", q).groups()
+            assert m["task"] == "vqa_position" and answer in [o["pos"] for o in objs if (o["color"], o["shape"]) == (c, s)]
         elif kind == "mc_color":
             s = re.search(rf"({shapes})", q.split("\n")[1]).group(1)
             colour = next(o["color"] for o in objs if o["shape"] == s)
@@ -507,7 +510,7 @@ def test_pretrain_pool_lookup_kinds_ask_each_kind_answered_from_the_scene(tmp_pa
             assert m["meta"]["options"]["ABCD".index(answer)] == colour
         else:
             assert m["task"] == "vqa_color" and kind == "color_of_shape"
-    assert set(seen) == set(kinds) and min(seen.values()) >= 20 and sum(seen.values()) == 200 - info.task_counts["caption"]
+    assert set(seen) == set(kinds) and min(seen.values()) >= 20 and sum(seen.values()) == 250 - info.task_counts["caption"]
     assert json.loads((tmp_path / "mix" / "world.json").read_text())["lookup_kinds"] == list(kinds)
     with pytest.raises(ConfigError, match="lookup_kinds.*color_of_shape, exist"):
         make_pretrain_pool(tmp_path / "bad", size=4, seed=3, eval_size=EVAL, lookup_share=0.5, lookup_kinds=("ocr",))

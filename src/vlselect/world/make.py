@@ -703,11 +703,12 @@ def make_text_pool(out_dir: str | os.PathLike, *, size: int = 40000, seed: int =
 
 
 #: Question kinds that :func:`lookup_rows` can teach (the colour of a shape first; the others ask the same lookup in
-#: another form: a pair present or not, how many of a colour, the option letter of the colour of a shape).
-LOOKUP_KINDS: tuple[str, ...] = ("color_of_shape", "exist", "count_color", "mc_color")
+#: another form: a pair present or not, how many of a colour, the option letter of the colour of a shape, the
+#: place of a colour and shape).
+LOOKUP_KINDS: tuple[str, ...] = ("color_of_shape", "exist", "count_color", "mc_color", "pos_of")
 #: The pool task each lookup kind belongs to (:func:`vlselect.world.build.task_kinds`).
 LOOKUP_TASK: dict[str, str] = {"color_of_shape": "vqa_color", "exist": "exist", "count_color": "vqa_count",
-                               "mc_color": "mc"}
+                               "mc_color": "mc", "pos_of": "vqa_position"}
 
 
 def lookup_rows(n: int, *, seed: int = 0, image_size: int = 24, avoid: tuple[tuple[int, int], ...] = ((0, 200),),
@@ -731,8 +732,10 @@ def lookup_rows(n: int, *, seed: int = 0, image_size: int = 24, avoid: tuple[tup
     default, the colour of a shape alone, draws nothing: its rows are those of before). Their compact forms, the
     query last: existence "Red square, blue circle.\\nis blue circle" -> "yes" (the world's negatives: the colour or
     the shape present, the pair not); count of a colour "...\\ncount red" -> "1"; the option letter of a shape's
-    colour "...\\nA. green B. blue C. red D. yellow\\ncircle" -> "B". Plain and chat rows ask the world's own
-    question of the kind (:mod:`vlselect.world.tasks`)."""
+    colour "...\\nA. green B. blue C. red D. yellow\\ncircle" -> "B"; the place of an object, from a description
+    with places, "Red square at top left, blue circle at center.\\nwhere blue circle" -> "center" (a pair that two
+    objects share is never asked). Plain and chat rows ask the world's own question of the kind
+    (:mod:`vlselect.world.tasks`)."""
     if style not in ("lookup", "plain", "chat"):
         raise ConfigError(f"lookup_rows: style={style!r}; use lookup, plain or chat")
     bad = [k for k in kinds if k not in LOOKUP_KINDS]
@@ -780,6 +783,11 @@ def lookup_rows(n: int, *, seed: int = 0, image_size: int = 24, avoid: tuple[tup
             rows.append((f"{compact_caption(scene)}\nis {color} {shape}", qa.answer))
         elif kind == "count_color":
             rows.append((f"{compact_caption(scene)}\ncount {qa.extra['query']}", qa.answer))
+        elif kind == "pos_of":
+            o = scene.at(qa.extra["target"])
+            if sum(x.color == o.color and x.shape == o.shape for x in scene.objects) > 1:
+                continue
+            rows.append((f"{compact_caption(scene, positions=True)}\nwhere {o.color} {o.shape}", qa.answer))
         else:  # mc_color
             opts = " ".join(f"{chr(ord('A') + i)}. {o}" for i, o in enumerate(qa.extra["options"]))
             rows.append((f"{compact_caption(scene)}\n{opts}\n{qa.extra['shape']}", qa.answer))

@@ -60,10 +60,11 @@ def short(question: str) -> str:
     return f"{question}\n{SHORT_SUFFIX}"
 
 
-def compact_caption(scene: Scene) -> str:
+def compact_caption(scene: Scene, positions: bool = False) -> str:
     """Each object's colour and shape and nothing else: "Red square, blue circle." (the foundation's lookup
-    warm-up, :func:`vlselect.world.make.lookup_rows`)."""
-    body = ", ".join(f"{o.color} {o.shape}" for o in scene.objects) or "nothing"
+    warm-up, :func:`vlselect.world.make.lookup_rows`); with ``positions`` each object's place too: "Red square at
+    top left, blue circle at center."."""
+    body = ", ".join(f"{o.color} {o.shape}" + (f" at {o.pos}" if positions else "") for o in scene.objects) or "nothing"
     return body[0].upper() + body[1:] + "."
 
 

@@ -617,6 +617,47 @@ def test_build_command_flags_name_the_recipe(tmp_path, monkeypatch):
     assert two.short_kinds == ("count_all", "ocr")
 
 
+def test_build_command_builds_the_recipe_of_a_file(tmp_path, monkeypatch):
+    """``--recipe FILE`` builds a screened foundation's recipe (its marker, or the bare recipe object) field for
+    field; recipe flags beside it, an unknown field, a missing file or bad JSON are refused with the file named."""
+    from dataclasses import replace
+
+    from typer.testing import CliRunner
+
+    import vlselect.train.foundation as tf
+    from vlselect.cli import app
+    from vlselect.models.foundation import FoundationRecipe
+
+    seen = []
+
+    def capture(out_dir, recipe, **_):
+        seen.append(recipe)
+        raise KeyboardInterrupt  # stop before any work
+
+    monkeypatch.setattr(tf, "build_foundation", capture)
+    runner = CliRunner()
+    screened = replace(FoundationRecipe(), lookup_steps=5000, lookup_kinds=("color_of_shape", "pos_of"),
+                       vision_epochs=2, align_lookup_share=0.67, align_lookup_kinds=("exist", "pos_of"))
+    (tmp_path / "marker.json").write_text(json.dumps({"format": "vlselect-foundation/1",
+                                                      "recipe": screened.to_json(), "fingerprint": "x"}))
+    (tmp_path / "bare.json").write_text(json.dumps(screened.to_json()))
+    for f in ("marker.json", "bare.json"):
+        runner.invoke(app, ["models", "foundation", str(tmp_path / "f"), "--recipe", str(tmp_path / f)])
+    assert seen == [screened, screened]
+    runner.invoke(app, ["models", "foundation", str(tmp_path / "f"), "--recipe", str(tmp_path / "bare.json"),
+                        "--scale", "0.01"])
+    assert seen[-1] == screened.scaled(0.01) and seen[-1].align_lookup_kinds == ("exist", "pos_of")
+    (tmp_path / "odd.json").write_text(json.dumps({**screened.to_json(), "lookup_speed": 3}))
+    (tmp_path / "bad.json").write_text("{")
+    for args, said in ((["--recipe", str(tmp_path / "bare.json"), "--vision-epochs", "2"], "leave --vision-epochs"),
+                       (["--recipe", str(tmp_path / "odd.json")], "unknown recipe field(s) lookup_speed"),
+                       (["--recipe", str(tmp_path / "none.json")], "no such file"),
+                       (["--recipe", str(tmp_path / "bad.json")], "not JSON")):
+        res = runner.invoke(app, ["models", "foundation", str(tmp_path / "f"), *args])
+        assert res.exit_code != 0 and said in str(res.exception), (args, res.output, res.exception)
+    assert len(seen) == 3
+
+
 # ------------------------------------------------------------------------- the lookup warm-up (lookup_steps)
 
 

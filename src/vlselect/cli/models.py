@@ -30,6 +30,37 @@ def tiny(
     typer.echo(f"wrote a tiny {family} model to {path}")
 
 
+def _recipe_from_file(path: Path, other_options: bool):
+    """The :class:`FoundationRecipe` in ``path`` (a foundation marker or a bare recipe object); a clear error for a
+    missing file, bad JSON, an unknown field or recipe options given beside it."""
+    import json
+
+    from vlselect.errors import ConfigError
+    from vlselect.models.foundation import FoundationRecipe
+
+    if other_options:
+        raise ConfigError(f"--recipe {path}: the recipe comes from the file; leave --vision-epochs, --answer-style, "
+                          "--plain-captions, --format-share and --short-kinds unset (or edit the file)")
+    try:
+        d = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"--recipe {path}: no such file; give a foundation's vlselect_foundation.json") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--recipe {path}: not JSON ({exc}); give a foundation's vlselect_foundation.json") from None
+    d = d.get("recipe", d) if isinstance(d, dict) else d
+    if not isinstance(d, dict):
+        raise ConfigError(f"--recipe {path}: holds no recipe object; give a foundation's vlselect_foundation.json")
+    known = set(FoundationRecipe.__dataclass_fields__)
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ConfigError(f"--recipe {path}: unknown recipe field(s) {', '.join(unknown)} (known: "
+                          f"{', '.join(sorted(known))}); was it written by a newer vlselect?")
+    try:
+        return FoundationRecipe.from_json(d)
+    except (TypeError, ValueError) as exc:  # a field of the wrong type (e.g. avoid not a list of pairs)
+        raise ConfigError(f"--recipe {path}: a recipe field has the wrong type ({exc})") from None
+
+
 @models_app.command("foundation")
 def foundation(
     out_dir: Optional[Path] = typer.Argument(None, help="Directory to build the foundation into (omit with --check)."),
@@ -43,6 +74,7 @@ def foundation(
     counted_captions: bool = typer.Option(True, "--counted-captions/--plain-captions", help="Captions of stages 2 and 3 start with the number of objects (\"3 objects: ...\"; the shipped recipe), which makes counting cheap to fine-tune; --plain-captions is the first foundation's recipe (benchmarks/RESULTS.md)."),
     format_share: float = typer.Option(0.0, "--format-share", min=0.0, max=1.0, help="Share of stage 1's one-word chat facts (arithmetic, colour mixing, sides) asked with the short-answer format prompt and answered in one word, so the language model knows the instruction from questions the bench does not ask (the shipped recipe: 0)."),
     short_kinds: Optional[str] = typer.Option(None, "--short-kinds", help="With --answer-style sentence: comma-separated reading kinds of stage 1 that keep the short format and its prompt, so the foundation answers those in the bench's format zero-shot and leaves the others' format to the fine-tune; 'none' for none (default: the shipped recipe's color_of_shape,count_all,pos_of,exist,mc_color)."),
+    recipe_file: Optional[Path] = typer.Option(None, "--recipe", help="Build the recipe in this JSON file instead: a foundation's vlselect_foundation.json (e.g. one screened by benchmarks/foundation_screen.py, with its lookup warm-up and alignment questions) or the 'recipe' object of one. The recipe options above are then left unset; --scale still applies."),
 ) -> None:
     """Build the world's foundation (pretrained language model, vision tower, aligned projector) from its recipe,
     or check one. The shipped foundation is what 'vlselect bench' and 'vlselect demo' fine-tune.
@@ -69,6 +101,14 @@ def foundation(
         import torch
 
         torch.set_num_threads(threads)
+    if recipe_file is not None:
+        recipe = _recipe_from_file(recipe_file, vision_epochs != 1 or answer_style != "sentence" or sentence_answers
+                                   or not counted_captions or format_share != 0.0 or short_kinds is not None)
+        recipe = recipe if scale == 1.0 else recipe.scaled(scale)
+        path = build_foundation(out_dir, recipe, log=lambda m: typer.echo(m, err=True))
+        info = verify_foundation(path)
+        typer.echo(f"wrote the foundation of {recipe_file} to {path}: {info['fingerprint']}")
+        return
     if sentence_answers:
         answer_style = "sentence"
     kinds = {} if short_kinds is None else {

@@ -384,6 +384,8 @@ def test_bench_command_passes_the_validation_targets(tmp_path, monkeypatch):
     assert res.exit_code == 0 and seen[-1].lora_targets == ("gate_proj", "up_proj", "down_proj"), res.output
     res = runner.invoke(app, ["bench", "--out", str(tmp_path / "b"), "--lora-targets", "mlp"])
     assert res.exit_code != 0 and "'mlp'" in str(res.exception) and len(seen) == 6
+    res = runner.invoke(app, ["bench", "--out", str(tmp_path / "b"), "--lora-targets", "up_proj", "--adapter", "full"])
+    assert res.exit_code != 0 and "--adapter lora only" in str(res.exception) and len(seen) == 6
 
 
 def test_bench_run_gives_the_projector_its_own_rate_only_when_asked(tmp_path, monkeypatch):

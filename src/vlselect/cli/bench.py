@@ -98,6 +98,10 @@ def register(app: typer.Typer) -> None:
         if lora_targets is not None:
             from vlselect.train.lora import language_model_targets
 
+            if adapter != "lora":
+                raise ConfigError(f"--lora-targets {lora_targets} with --adapter {adapter}: LoRA's layers apply to "
+                                  "--adapter lora only (full fine-tunes every layer)")
+
             over["lora_targets"] = tuple(t.strip() for t in lora_targets.split(",") if t.strip())
             language_model_targets(over["lora_targets"])  # a wrong name is refused here, before any work
         if base == "captions":  # the earlier recipe: the random vision tower is trained in every run

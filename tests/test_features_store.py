@@ -97,3 +97,36 @@ def test_corrupt_or_incomplete_store_names_the_directory(tmp_path):
     (tmp_path / "e").mkdir()
     with pytest.raises(FeatureError, match="not a feature store"):
         FeatureStore.open(tmp_path / "e")
+
+
+def test_a_duplicate_shard_write_cut_by_another_finaliser_is_not_an_error(tmp_path, monkeypatch):
+    """Two processes on one store: while one writes a duplicate shard, the other finalises it and removes the shards
+    folder, temporary files included (a race seen in test_faults). The late writer's FileNotFoundError means the
+    store is finished: write_shard returns, and the store reads as the finaliser wrote it. Without a manifest the
+    same error is not swallowed."""
+    import vlselect.features.store as fst
+
+    st = _create(tmp_path / "a")
+    _fill(st, st.pending())
+    late = FeatureStore.create(tmp_path / "a", arrays=ARRAYS, n_rows=10, shard_size=4,
+                               meta={"pool_fingerprint": "fp"}, sample_ids=[f"id{i}" for i in range(10)])
+    real = fst._atomic_save_npy
+
+    def cut(path, array):  # the other process finalises between this write's check and its rename
+        monkeypatch.setattr(fst, "_atomic_save_npy", real)
+        assert st.finalise()
+        raise FileNotFoundError(2, "No such file or directory", str(path))
+
+    monkeypatch.setattr(fst, "_atomic_save_npy", cut)
+    sh = late.shard(1)
+    rows = np.arange(sh.start, sh.stop)
+    late.write_shard(1, {"activations": (rows[:, None] * 10 + np.arange(6)).astype(np.float16),
+                         "loss": rows.astype(np.float32) / 3})
+    fs = FeatureStore.open(tmp_path / "a")
+    assert fs.array("activations")[7, 2] == 72 and not (tmp_path / "a" / "shards").exists()
+
+    st2 = _create(tmp_path / "b")
+    monkeypatch.setattr(fst, "_atomic_save_npy", lambda path, array: (_ for _ in ()).throw(
+        FileNotFoundError(2, "No such file or directory", str(path))))
+    with pytest.raises(FileNotFoundError):
+        _fill(st2, st2.pending()[:1])

@@ -281,6 +281,7 @@ class FeatureStore:
         if set(arrays) != set(specs):
             raise FeatureError(f"feature store '{self.path}': shard {k} got arrays {sorted(arrays)}, expected "
                                f"{sorted(specs)}")
+        checked = {}
         for name, a in arrays.items():
             width, dtype = specs[name]
             shape = (len(shard),) if width is None else (len(shard), width)
@@ -288,11 +289,20 @@ class FeatureStore:
             if a.shape != shape:
                 raise FeatureError(f"feature store '{self.path}': array '{name}' of shard {k} has shape {a.shape}, "
                                    f"expected {shape}")
-            _atomic_save_npy(self._shard_file(k, name), a.astype(np.dtype(dtype), copy=False))
+            checked[name] = a.astype(np.dtype(dtype), copy=False)
         miss = sorted(int(r) for r in missing)
         if any(not shard.start <= r < shard.stop for r in miss):
             raise FeatureError(f"feature store '{self.path}': missing rows {miss} are outside shard {k}")
-        _atomic_write_json(self._done_file(k), {"rows": [shard.start, shard.stop], "missing": miss})
+        try:
+            for name, a in checked.items():
+                _atomic_save_npy(self._shard_file(k, name), a)
+            _atomic_write_json(self._done_file(k), {"rows": [shard.start, shard.stop], "missing": miss})
+        except FileNotFoundError:
+            # another process (same inputs, same key) finalised the store while this one wrote a duplicate shard:
+            # the finaliser removed the shards folder and this write's temporary file with it. Nothing is lost.
+            if (self.path / _MANIFEST).exists():
+                return
+            raise
 
     def finalise(self, extra: dict | None = None) -> bool:
         """Join the shards into whole arrays and write the manifest, if every shard is done.

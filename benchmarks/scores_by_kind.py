@@ -96,8 +96,9 @@ def kind_scores(run: Path) -> dict[str, tuple[float, int]]:
     return {k: (100 * sum(v) / len(v), len(v)) for k, v in acc.items()}
 
 
-def gold_answers(run: Path) -> dict[str, Counter]:
-    """kind → Counter of the evaluation set's canonical answers (grounding left out)."""
+def _answers(run: Path, pick) -> dict[str, Counter]:
+    """kind → Counter of ``pick(prediction row)`` over a run's saved predictions (grounding, scored by IoU, left
+    out)."""
     from vlselect.world.build import EVAL_SETS
 
     ans: dict[str, Counter] = defaultdict(Counter)
@@ -106,8 +107,13 @@ def gold_answers(run: Path) -> dict[str, Counter]:
             continue
         for line in f.read_text().splitlines():
             p = json.loads(line)
-            ans[kind_of(f.stem, p["id"])][str(p["answers"][0] if p.get("answers") else "")] += 1
+            ans[kind_of(f.stem, p["id"])][pick(p)] += 1
     return ans
+
+
+def gold_answers(run: Path) -> dict[str, Counter]:
+    """kind → Counter of the evaluation set's canonical answers (grounding left out)."""
+    return _answers(run, lambda p: str(p["answers"][0] if p.get("answers") else ""))
 
 
 def majority(run: Path) -> dict[str, float]:
@@ -118,16 +124,7 @@ def majority(run: Path) -> dict[str, float]:
 
 def predicted_answers(run: Path) -> dict[str, Counter]:
     """kind → Counter of the run's answers (as generated, stripped; grounding left out)."""
-    from vlselect.world.build import EVAL_SETS
-
-    out: dict[str, Counter] = defaultdict(Counter)
-    for f in sorted((run / "eval" / "predictions").glob("*.jsonl")):
-        if EVAL_SETS[f.stem][0] == "iou":
-            continue
-        for line in f.read_text().splitlines():
-            p = json.loads(line)
-            out[kind_of(f.stem, p["id"])][str(p["prediction"]).strip()] += 1
-    return out
+    return _answers(run, lambda p: str(p["prediction"]).strip())
 
 
 def pool_answers(cache: Path) -> dict[str, Counter]:

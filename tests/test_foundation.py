@@ -588,15 +588,11 @@ def test_build_command_says_whether_it_matches_the_shipped_foundation(tmp_path, 
         assert said in res.output
 
 
-def test_build_command_flags_name_the_recipe(tmp_path, monkeypatch):
-    """No flags build the shipped recipe; ``--plain-captions --answer-style short`` the first foundation's (its JSON
-    has none of the fields added since, as before); ``--sentence-answers --short-kinds none`` the sentence-answer
-    foundation of benchmarks/RESULTS.md; ``--short-kinds`` takes a comma-separated list."""
+def _captured_builds(monkeypatch):
+    """The recipes ``vlselect models foundation`` asks to build, captured before any work, and a CLI runner."""
     from typer.testing import CliRunner
 
     import vlselect.train.foundation as tf
-    from vlselect.cli import app
-    from vlselect.models.foundation import ADDED_FIELDS, FoundationRecipe
 
     seen = []
 
@@ -605,7 +601,17 @@ def test_build_command_flags_name_the_recipe(tmp_path, monkeypatch):
         raise KeyboardInterrupt  # stop before any work
 
     monkeypatch.setattr(tf, "build_foundation", capture)
-    runner = CliRunner()
+    return seen, CliRunner()
+
+
+def test_build_command_flags_name_the_recipe(tmp_path, monkeypatch):
+    """No flags build the shipped recipe; ``--plain-captions --answer-style short`` the first foundation's (its JSON
+    has none of the fields added since, as before); ``--sentence-answers --short-kinds none`` the sentence-answer
+    foundation of benchmarks/RESULTS.md; ``--short-kinds`` takes a comma-separated list."""
+    from vlselect.cli import app
+    from vlselect.models.foundation import ADDED_FIELDS, FoundationRecipe
+
+    seen, runner = _captured_builds(monkeypatch)
     for args in ([], ["--plain-captions", "--answer-style", "short"], ["--sentence-answers", "--short-kinds", "none"],
                  ["--short-kinds", "count_all, ocr"]):
         runner.invoke(app, ["models", "foundation", str(tmp_path / "f"), *args])
@@ -622,20 +628,10 @@ def test_build_command_builds_the_recipe_of_a_file(tmp_path, monkeypatch):
     field; recipe flags beside it, an unknown field, a missing file or bad JSON are refused with the file named."""
     from dataclasses import replace
 
-    from typer.testing import CliRunner
-
-    import vlselect.train.foundation as tf
     from vlselect.cli import app
     from vlselect.models.foundation import FoundationRecipe
 
-    seen = []
-
-    def capture(out_dir, recipe, **_):
-        seen.append(recipe)
-        raise KeyboardInterrupt  # stop before any work
-
-    monkeypatch.setattr(tf, "build_foundation", capture)
-    runner = CliRunner()
+    seen, runner = _captured_builds(monkeypatch)
     screened = replace(FoundationRecipe(), lookup_steps=5000, lookup_kinds=("color_of_shape", "pos_of"),
                        vision_epochs=2, align_lookup_share=0.67, align_lookup_kinds=("exist", "pos_of"))
     (tmp_path / "marker.json").write_text(json.dumps({"format": "vlselect-foundation/1",

@@ -37,22 +37,31 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(a.threads)
+    from vlselect.artifact import digest
     from vlselect.models.foundation import MARKER, FoundationRecipe
     from vlselect.train import train_lora
     from vlselect.world import make_pretrain_pool
 
     rc = FoundationRecipe.from_json(json.loads((a.foundation / MARKER).read_text())["recipe"])
+    # build_foundation names a recipe's work folder by the recipe's digest: a work folder of another foundation
+    # would give a model whose stages 0-2 are not those of the recipe read here
+    want = digest(rc.to_json()).split(":", 1)[1][:16]
+    if a.work.name != want:
+        raise SystemExit(f"{a.work}: not the work folder of {a.foundation}'s recipe (that one is named {want})")
     vision = a.work / "vision" / "final"
     if not (vision / "config.json").exists():
         raise SystemExit(f"{vision}: no vision stage here; give the work folder of that foundation (--work)")
     kinds = tuple(k.strip() for k in a.kinds.split(",") if k.strip())
     size = a.size or rc.align_size
-    tag = f"align-{size}-{a.share:g}-{'-'.join(kinds)}"
+    pool_params = dict(size=size, seed=rc.seed + 17, image_size=rc.image_size, avoid=rc.avoid,
+                       counted=rc.counted_captions, lookup_share=a.share, lookup_kinds=kinds)
+    # the folder is named by every parameter of the pool (a pool of another recipe's seed is never reused) and the
+    # vision stage's work folder
+    tag = f"align-{size}-{a.share:g}-{'-'.join(kinds)}-{digest([pool_params, want]).split(':', 1)[1][:8]}"
     pool = a.out / tag
     t0 = time.perf_counter()
     if not (pool / "world.json").exists():
-        make_pretrain_pool(pool, size=size, seed=rc.seed + 17, image_size=rc.image_size, avoid=rc.avoid,
-                           counted=rc.counted_captions, lookup_share=a.share, lookup_kinds=kinds)
+        make_pretrain_pool(pool, **pool_params)
     print(json.loads((pool / "world.json").read_text())["task_counts"])
     res = train_lora(vision, pool / "pool.json", pool / "images", a.out / f"train-{tag}", adapter="projector",
                      lr=rc.align_lr, projector_lr=rc.align_lr, epochs=1, batch_size=rc.batch_size, seed=rc.seed,

@@ -267,3 +267,25 @@ def test_scores_by_kind_answers_set_the_runs_answers_beside_the_pools(tmp_path, 
     (cache / "world-y" / "w" / "pool.json").write_text("[]")
     with pytest.raises(SystemExit, match="2 different bench pools"):
         sk.pool_answers(cache)
+
+
+def test_realign_refuses_a_work_folder_of_another_recipe(tmp_path, monkeypatch):
+    """benchmarks/realign.py trains stage 3 from --work's vision stage under the recipe of --foundation: a work
+    folder not named by that recipe's digest (another foundation's) is refused before any pool or training."""
+    import sys
+
+    from vlselect.artifact import digest
+    from vlselect.models.foundation import MARKER, FoundationRecipe
+
+    ra = load_script("realign")
+    rc = FoundationRecipe(align_lookup_share=0.5)
+    (tmp_path / "f").mkdir()
+    (tmp_path / "f" / MARKER).write_text(json.dumps({"recipe": rc.to_json()}))
+    other = tmp_path / digest(FoundationRecipe().to_json()).split(":", 1)[1][:16]
+    (other / "vision" / "final").mkdir(parents=True)
+    monkeypatch.setattr(sys, "argv", ["realign", "--foundation", str(tmp_path / "f"), "--work", str(other),
+                                      "--share", "0.5", "--out", str(tmp_path / "out")])
+    want = digest(rc.to_json()).split(":", 1)[1][:16]
+    with pytest.raises(SystemExit, match=f"not the work folder .*named {want}"):
+        ra.main()
+    assert not (tmp_path / "out").exists()

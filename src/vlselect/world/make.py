@@ -490,7 +490,8 @@ def make_pretrain_pool(out_dir: str | os.PathLike, *, size: int = 50000, seed: i
         picture (benchmarks/RESULTS.md, issue 12). A scene with no shape of exactly one object keeps its caption.
     lookup_kinds : tuple of str
         The question kinds those pictures are asked (of :data:`LOOKUP_KINDS`: the colour of a shape, existence, the
-        count of a colour, the option letter of a shape's colour), each picture one kind drawn uniformly from the
+        count of a colour, the option letter of a shape's colour, the place of an object), each picture one kind
+        drawn uniformly from the
         question stream; the world's own question of the kind, as its pool asks it. The default, the colour of a
         shape alone, draws no kind: its pool is that of before.
 
@@ -780,7 +781,7 @@ def lookup_rows(n: int, *, seed: int = 0, image_size: int = 24, avoid: tuple[tup
                          next(o.color for o in scene.objects if o.shape == shape)))
             continue
         qa = ASK[kind](scene, rng)
-        if qa is None:  # no shape of exactly one object to ask the option letter of
+        if qa is None:  # nothing to ask (no shape of exactly one object for the option letter; no object)
             continue
         if kind == "exist":
             color, shape = qa.extra["query"]

@@ -11,7 +11,7 @@ the language model and the vision tower frozen (the recipe's ``align_lr``, batch
 trained by the code of their day).
 
     python benchmarks/realign.py --foundation F --work W --share 0.67 \
-        --kinds color_of_shape,exist,count_color,mc_color --out DIR [--threads 1]
+        --kinds color_of_shape,exist,count_color,mc_color[,ocr] [--word-share 0.4] --out DIR [--threads 1]
 """
 
 from __future__ import annotations
@@ -28,7 +28,10 @@ def main() -> None:
                     "(vlselect_foundation.json)")
     ap.add_argument("--work", type=Path, required=True, help="its work folder (holds vision/final)")
     ap.add_argument("--share", type=float, required=True, help="share of the pictures asked a question")
-    ap.add_argument("--kinds", default="color_of_shape", help="question kinds, comma-separated (LOOKUP_KINDS)")
+    ap.add_argument("--kinds", default="color_of_shape", help="question kinds, comma-separated "
+                    "(vlselect.world.make.ALIGN_KINDS)")
+    ap.add_argument("--word-share", type=float, default=None, help="share of the pictures with a sign (default: "
+                    "make_pretrain_pool's, 0.15); only a picture with a sign can be asked its word (ocr)")
     ap.add_argument("--size", type=int, default=None, help="pictures (default: the recipe's align_size)")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--threads", type=int, default=1)
@@ -55,6 +58,8 @@ def main() -> None:
     size = a.size or rc.align_size
     pool_params = dict(size=size, seed=rc.seed + 17, image_size=rc.image_size, avoid=rc.avoid,
                        counted=rc.counted_captions, lookup_share=a.share, lookup_kinds=kinds)
+    if a.word_share is not None:  # set only when given: the pools (and folder names) of before are unchanged
+        pool_params["word_share"] = a.word_share
     # the folder is named by every parameter of the pool (a pool of another recipe's seed is never reused) and the
     # vision stage's work folder
     tag = f"align-{size}-{a.share:g}-{'-'.join(kinds)}-{digest([pool_params, want]).split(':', 1)[1][:8]}"

@@ -92,7 +92,7 @@ class FoundationRecipe:
     lookup the warm-up taught in text: after the curriculum warm-up, 40,000 such questions took the colour of a
     shape over pictures from the random-object answer to 90% (benchmarks/RESULTS.md, issue 12). 0 shipped.
     ``align_lookup_kinds``: the question kinds those pictures are asked (of
-    :data:`vlselect.world.make.LOOKUP_KINDS`, one drawn per picture; the colour of a shape alone by default).
+    :data:`vlselect.world.make.ALIGN_KINDS`, one drawn per picture; the colour of a shape alone by default).
 
     ``format_share``: the share of stage 1's one-word chat facts (arithmetic, colour mixing, sides of a shape) asked
     with the short-answer format prompt and answered in one word (:func:`vlselect.world.make.make_text_pool`): the

@@ -489,11 +489,12 @@ def make_pretrain_pool(out_dir: str | os.PathLike, *, size: int = 50000, seed: i
         language model frozen lets a language model that looks things up in text find the object asked for in a
         picture (benchmarks/RESULTS.md, issue 12). A scene with no shape of exactly one object keeps its caption.
     lookup_kinds : tuple of str
-        The question kinds those pictures are asked (of :data:`LOOKUP_KINDS`: the colour of a shape, existence, the
-        count of a colour, the option letter of a shape's colour, the place of an object), each picture one kind
-        drawn uniformly from the
-        question stream; the world's own question of the kind, as its pool asks it. The default, the colour of a
-        shape alone, draws no kind: its pool is that of before.
+        The question kinds those pictures are asked (of :data:`ALIGN_KINDS`: the colour of a shape, existence, the
+        count of a colour, the option letter of a shape's colour, the place of an object, the word on the sign),
+        each picture one kind drawn uniformly from the question stream; the world's own question of the kind, as
+        its pool asks it. A picture drawn a kind it cannot answer (the word of a picture with no sign, a colour of
+        no single object) keeps its caption. The default, the colour of a shape alone, draws no kind: its pool is
+        that of before.
 
     Returns
     -------
@@ -514,10 +515,10 @@ def make_pretrain_pool(out_dir: str | os.PathLike, *, size: int = 50000, seed: i
     if not 0.0 <= lookup_share <= 1.0:
         raise ConfigError(f"make_pretrain_pool: lookup_share={lookup_share}; give a share between 0 and 1")
     lookup_kinds = tuple(lookup_kinds)
-    bad = [k for k in lookup_kinds if k not in LOOKUP_KINDS]
+    bad = [k for k in lookup_kinds if k not in ALIGN_KINDS]
     if bad or not lookup_kinds:
         raise ConfigError(f"make_pretrain_pool: lookup_kinds={lookup_kinds!r}; use one or more of "
-                          f"{', '.join(LOOKUP_KINDS)}")
+                          f"{', '.join(ALIGN_KINDS)}")
     several = lookup_kinds != ("color_of_shape",)
     out = _check_out_dir(out_dir, overwrite)
     avoid_sigs = _eval_signatures(((seed, eval_size),) if avoid is None else tuple(avoid), image_size)
@@ -711,9 +712,13 @@ def make_text_pool(out_dir: str | os.PathLike, *, size: int = 40000, seed: int =
 #: another form: a pair present or not, how many of a colour, the option letter of the colour of a shape, the
 #: place of a colour and shape).
 LOOKUP_KINDS: tuple[str, ...] = ("color_of_shape", "exist", "count_color", "mc_color", "pos_of")
-#: The pool task each lookup kind belongs to (:func:`vlselect.world.build.task_kinds`).
+#: Question kinds an alignment pool (:func:`make_pretrain_pool`) can ask of its pictures: the lookup kinds and the
+#: word on the sign (a reading the vision tower learns from captions that name the sign's word, not a lookup the
+#: language model needs a warm-up for).
+ALIGN_KINDS: tuple[str, ...] = LOOKUP_KINDS + ("ocr",)
+#: The pool task each alignment kind belongs to (:func:`vlselect.world.build.task_kinds`).
 LOOKUP_TASK: dict[str, str] = {"color_of_shape": "vqa_color", "exist": "exist", "count_color": "vqa_count",
-                               "mc_color": "mc", "pos_of": "vqa_position"}
+                               "mc_color": "mc", "pos_of": "vqa_position", "ocr": "ocr"}
 
 
 def lookup_rows(n: int, *, seed: int = 0, image_size: int = 24, avoid: tuple[tuple[int, int], ...] = ((0, 200),),

@@ -519,6 +519,46 @@ def test_pretrain_pool_lookup_kinds_ask_each_kind_answered_from_the_scene(tmp_pa
         make_pretrain_pool(tmp_path / "bad", size=4, seed=3, eval_size=EVAL, lookup_share=0.5, lookup_kinds=("grounding",))
 
 
+def test_pretrain_pool_sentence_answers_keep_the_records_and_wrap_all_but_the_short_kinds(tmp_path):
+    """``answer_style="sentence"``: the same pictures, kinds and answers as the short pool of the same seed, but every
+    asked record of a kind not in ``short_kinds`` loses its format line and answers "The answer is X."; the short
+    kinds' records are those of the short pool, byte for byte."""
+    from vlselect.errors import ConfigError
+    from vlselect.world import make_pretrain_pool
+    from vlselect.world.make import ALIGN_KINDS
+    from vlselect.world.vocab import SHORT_SUFFIX
+
+    kw = dict(size=120, seed=5, eval_size=EVAL, image_size=24, lookup_share=0.9, lookup_kinds=ALIGN_KINDS,
+              word_share=0.5)
+    make_pretrain_pool(tmp_path / "s", **kw)
+    short = json.loads((tmp_path / "s" / "pool.json").read_text())
+    keep = ("color_of_shape", "count_all")
+    make_pretrain_pool(tmp_path / "t", answer_style="sentence", short_kinds=keep, **kw)
+    sent = json.loads((tmp_path / "t" / "pool.json").read_text())
+    assert len(short) == len(sent) == 120
+    wrapped = kept = 0
+    for a, b in zip(short, sent):
+        assert a["meta"] == b["meta"] and a["task"] == b["task"] and a.get("image") == b.get("image")
+        qa, qb = a["conversations"][0]["value"], b["conversations"][0]["value"]
+        aa, ab = a["conversations"][1]["value"], b["conversations"][1]["value"]
+        if a["task"] == "caption" or a["meta"]["kind"] in keep:
+            assert (qa, aa) == (qb, ab)
+            kept += a["task"] != "caption"
+        else:
+            # the question is the short one less its last line (the format line: the short-answer one, or
+            # multiple choice's "Answer with the option's letter ...")
+            assert qb == qa.rsplit("\n", 1)[0] and (SHORT_SUFFIX in qa or "letter" in qa.rsplit("\n", 1)[1])
+            assert ab == f"The answer is {aa}."
+            wrapped += 1
+    assert wrapped >= 60 and kept >= 8
+    assert json.loads((tmp_path / "t" / "world.json").read_text())["short_kinds"] == list(keep)
+    assert "answer_style" not in json.loads((tmp_path / "s" / "world.json").read_text())
+    with pytest.raises(ConfigError, match="needs answer_style='sentence'"):
+        make_pretrain_pool(tmp_path / "bad", short_kinds=keep, **kw)
+    with pytest.raises(ConfigError, match="answer_style='long'"):
+        make_pretrain_pool(tmp_path / "bad", answer_style="long", **kw)
+
+
 def test_world_help_has_examples():
     from typer.testing import CliRunner
 

@@ -455,7 +455,8 @@ def make_world(out_dir: str | os.PathLike, *, size: int = 20000, seed: int = 0, 
 def make_pretrain_pool(out_dir: str | os.PathLike, *, size: int = 50000, seed: int = 0, image_size: int = 64,
                        eval_size: int = 200, word_share: float = 0.15, overwrite: bool = True,
                        avoid: tuple[tuple[int, int], ...] | None = None, counted: bool = False,
-                       lookup_share: float = 0.0, lookup_kinds: tuple[str, ...] = ("color_of_shape",)) -> WorldInfo:
+                       lookup_share: float = 0.0, lookup_kinds: tuple[str, ...] = ("color_of_shape",),
+                       answer_style: str = "short", short_kinds: tuple[str, ...] = ()) -> WorldInfo:
     """A separate caption pool for pre-training the tiny base model (the analogue of LLaVA's stage-1 data).
 
     Every record is a clean caption of its own scene (no redundancy, noise or easy share): the caption names
@@ -495,6 +496,12 @@ def make_pretrain_pool(out_dir: str | os.PathLike, *, size: int = 50000, seed: i
         its pool asks it. A picture drawn a kind it cannot answer (the word of a picture with no sign, a colour of
         no single object) keeps its caption. The default, the colour of a shape alone, draws no kind: its pool is
         that of before.
+    answer_style, short_kinds :
+        How the asked pictures answer, as the text pool's reading records (:func:`make_text_pool`): ``"short"``
+        (the default) with the format prompt and the evaluation sets' answer; ``"sentence"`` with no format prompt
+        and a sentence ("The answer is red."), but for the kinds named in ``short_kinds``, which keep the short
+        format. A foundation trained on such a pool over pictures knows the world's questions without answering
+        every kind in the bench's format (benchmarks/RESULTS.md, issue 12).
 
     Returns
     -------
@@ -519,6 +526,14 @@ def make_pretrain_pool(out_dir: str | os.PathLike, *, size: int = 50000, seed: i
     if bad or not lookup_kinds:
         raise ConfigError(f"make_pretrain_pool: lookup_kinds={lookup_kinds!r}; use one or more of "
                           f"{', '.join(ALIGN_KINDS)}")
+    if answer_style not in ANSWER_STYLES:
+        raise ConfigError(f"make_pretrain_pool: answer_style={answer_style!r}; use one of {', '.join(ANSWER_STYLES)}")
+    short_kinds = tuple(short_kinds)
+    if short_kinds and answer_style != "sentence":
+        raise ConfigError("make_pretrain_pool: short_kinds names the kinds that keep the short format when the others "
+                          f"answer in sentences; it needs answer_style='sentence' (got {answer_style!r})")
+    if [k for k in short_kinds if k not in ALIGN_KINDS]:
+        raise ConfigError(f"make_pretrain_pool: short_kinds={short_kinds!r}; use some of {', '.join(ALIGN_KINDS)}")
     several = lookup_kinds != ("color_of_shape",)
     out = _check_out_dir(out_dir, overwrite)
     avoid_sigs = _eval_signatures(((seed, eval_size),) if avoid is None else tuple(avoid), image_size)
@@ -539,8 +554,11 @@ def make_pretrain_pool(out_dir: str | os.PathLike, *, size: int = 50000, seed: i
             ask = ASK[kind](scene, qrng)
         if ask is not None:
             extra = {"options": ask.extra["options"]} if "options" in ask.extra else {}
+            turn = (ask.prompt, ask.answer)
+            if answer_style == "sentence" and ask.kind not in short_kinds:
+                turn = (_without_format_prompt(ask.prompt), f"The answer is {ask.answer}.")
             plan.append(PlannedRecord(LOOKUP_TASK[ask.kind], f"pretrain-{len(plan):06d}", "clean", False, ask.kind,
-                                      [(ask.prompt, ask.answer)], True, None, len(pictures) - 1, extra))
+                                      [turn], True, None, len(pictures) - 1, extra))
             continue
         plan.append(PlannedRecord("caption", f"pretrain-{len(plan):06d}", "clean", False, "caption",
                                   [(qa.prompt, answer)], True, None, len(pictures) - 1))
@@ -561,6 +579,9 @@ def make_pretrain_pool(out_dir: str | os.PathLike, *, size: int = 50000, seed: i
             meta["lookup_share"] = lookup_share
             if several:  # written only when set: the colour-only pool's world.json as before
                 meta["lookup_kinds"] = list(lookup_kinds)
+            if answer_style != "short":
+                meta["answer_style"] = answer_style
+                meta["short_kinds"] = list(short_kinds)
         _write_text(tmp / "world.json", json.dumps({**meta, "task_counts": counts,
                                                      "task_stats": stats, "eval_sets": {},
                                                      "n_images": len(used), "n_eval_images": 0}, indent=1) + "\n")
@@ -712,13 +733,14 @@ def make_text_pool(out_dir: str | os.PathLike, *, size: int = 40000, seed: int =
 #: another form: a pair present or not, how many of a colour, the option letter of the colour of a shape, the
 #: place of a colour and shape).
 LOOKUP_KINDS: tuple[str, ...] = ("color_of_shape", "exist", "count_color", "mc_color", "pos_of")
-#: Question kinds an alignment pool (:func:`make_pretrain_pool`) can ask of its pictures: the lookup kinds and the
-#: word on the sign (a reading the vision tower learns from captions that name the sign's word, not a lookup the
-#: language model needs a warm-up for).
-ALIGN_KINDS: tuple[str, ...] = LOOKUP_KINDS + ("ocr",)
-#: The pool task each alignment kind belongs to (:func:`vlselect.world.build.task_kinds`).
+#: Question kinds a pre-training pool over pictures (:func:`make_pretrain_pool`) can ask: every kind the world
+#: asks of a picture but grounding (the text pool's reading kinds), the lookup kinds among them.
+ALIGN_KINDS: tuple[str, ...] = LOOKUP_KINDS + tuple(k for k in TEXT_QA_KINDS if k not in LOOKUP_KINDS)
+#: The pool task each of those kinds belongs to (:func:`vlselect.world.build.task_kinds`).
 LOOKUP_TASK: dict[str, str] = {"color_of_shape": "vqa_color", "exist": "exist", "count_color": "vqa_count",
-                               "mc_color": "mc", "pos_of": "vqa_position", "ocr": "ocr"}
+                               "mc_color": "mc", "pos_of": "vqa_position", "ocr": "ocr", "color_at_pos": "vqa_color",
+                               "count_all": "vqa_count", "count_shape": "vqa_count", "shape_at_pos": "vqa_position",
+                               "mc_shape": "mc"}
 
 
 def lookup_rows(n: int, *, seed: int = 0, image_size: int = 24, avoid: tuple[tuple[int, int], ...] = ((0, 200),),

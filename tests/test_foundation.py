@@ -836,3 +836,38 @@ def test_lookup_rows_of_more_kinds_are_answered_by_their_description():
     assert lookup_rows(50, seed=4) == lookup_rows(50, seed=4, kinds=("color_of_shape",))
     with pytest.raises(ConfigError, match="kinds"):
         lookup_rows(1, kinds=("grounding",))
+
+
+def test_instruct_stage_trains_language_model_and_projector_on_sentence_questions_and_is_recorded(tmp_path):
+    """``instruct_size`` adds stage 4: its own pool (questions of every kind over pictures, sentences but for the
+    short kinds), the language model and projector trained on it with the vision tower frozen, the marker's stage
+    losses and recipe; the shipped recipe's JSON has none of its fields (its work folder and fingerprint stay)."""
+    from dataclasses import replace
+
+    import torch
+    from safetensors.torch import load_file
+
+    from vlselect.models.foundation import FoundationRecipe, verify_foundation
+    from vlselect.train.foundation import build_foundation
+
+    shipped = FoundationRecipe().to_json()
+    assert not [k for k in shipped if k.startswith("instruct") or k == "align_word_share"]
+    assert FoundationRecipe.from_json(shipped) == FoundationRecipe()
+    torch.set_num_threads(1)
+    rc = replace(FoundationRecipe().scaled(0.0006), instruct_size=48, instruct_share=0.9, instruct_lr=1e-3,
+                 instruct_short_kinds=("count_all",))
+    info = verify_foundation(build_foundation(tmp_path / "f", rc, work_dir=tmp_path / "w", progress=False,
+                                              log=lambda m: None))
+    assert FoundationRecipe.from_json(info["recipe"]) == rc and info["recipe"]["instruct_size"] == 48
+    assert info["stages"]["instruct"]["steps"] == 2  # 48 pictures, batch 32
+    (work,) = (tmp_path / "w").iterdir()
+    recs = json.loads((work / "instruct-pool" / "pool.json").read_text())
+    asked = [r for r in recs if r["task"] != "caption"]
+    assert len(recs) == 48 and len(asked) >= 36
+    for r in asked:
+        a = r["conversations"][1]["value"]
+        assert (a.startswith("The answer is ") and a.endswith(".")) == (r["meta"]["kind"] != "count_all")
+    before = load_file(str(work / "align" / "final" / "model.safetensors"))
+    after = load_file(str(tmp_path / "f" / "model.safetensors"))
+    changed = {k.split(".")[0] for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {"language_model", "multi_modal_projector"}, changed

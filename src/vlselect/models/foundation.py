@@ -94,6 +94,18 @@ class FoundationRecipe:
     ``align_lookup_kinds``: the question kinds those pictures are asked (of
     :data:`vlselect.world.make.ALIGN_KINDS`, one drawn per picture; the colour of a shape alone by default).
 
+    ``align_word_share``: the share of stage 3's pictures with a sign (0.15, the world's); only those can be asked
+    their word (``"ocr"`` in ``align_lookup_kinds``).
+
+    ``instruct_size``: pictures of a fourth stage (0 shipped: none) after the alignment, in which the language model
+    and the projector (every weight, the vision tower frozen) learn the world's questions over pictures, as real
+    VLMs' multi-task pre-training does before visual instruction tuning: a pool of its own
+    (:func:`vlselect.world.make.make_pretrain_pool`, seed ``seed + 29``) in which a share ``instruct_share`` of the
+    pictures is asked one of every question kind of the world but grounding and the others captioned, answered in
+    sentences ("The answer is red.") but for ``instruct_short_kinds`` (the short format); one epoch at
+    ``instruct_lr``. The fine-tune then teaches mostly the format of the other kinds (benchmarks/RESULTS.md, issue
+    12: seven sets learned by the full pool, random keeping 86-90%).
+
     ``format_share``: the share of stage 1's one-word chat facts (arithmetic, colour mixing, sides of a shape) asked
     with the short-answer format prompt and answered in one word (:func:`vlselect.world.make.make_text_pool`): the
     language model knows the instruction from questions the benchmark does not ask, as an instruction-tuned LLM
@@ -135,6 +147,11 @@ class FoundationRecipe:
     align_lookup_share: float = 0.0
     lookup_kinds: tuple[str, ...] = ("color_of_shape",)
     align_lookup_kinds: tuple[str, ...] = ("color_of_shape",)
+    align_word_share: float = 0.15
+    instruct_size: int = 0
+    instruct_share: float = 0.75
+    instruct_lr: float = 1e-4
+    instruct_short_kinds: tuple[str, ...] = ("color_of_shape", "count_all", "pos_of", "exist", "mc_color")
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -142,6 +159,10 @@ class FoundationRecipe:
         d["short_kinds"] = list(self.short_kinds)
         d["lookup_kinds"] = list(self.lookup_kinds)
         d["align_lookup_kinds"] = list(self.align_lookup_kinds)
+        d["instruct_short_kinds"] = list(self.instruct_short_kinds)
+        if not self.instruct_size:  # no stage 4: its settings say nothing (and name no work folder of their own)
+            for k in ("instruct_share", "instruct_lr", "instruct_short_kinds"):
+                d[k] = ADDED_FIELDS[k]
         # fields added after the first recipe are written only when they differ from what that recipe did: its
         # JSON (and the work folders named by it) stay as before
         for k, v in ADDED_FIELDS.items():
@@ -157,6 +178,7 @@ class FoundationRecipe:
         d["short_kinds"] = tuple(d["short_kinds"])
         d["lookup_kinds"] = tuple(d["lookup_kinds"])
         d["align_lookup_kinds"] = tuple(d["align_lookup_kinds"])
+        d["instruct_short_kinds"] = tuple(d["instruct_short_kinds"])
         return cls(**d)
 
     def scaled(self, factor: float) -> "FoundationRecipe":
@@ -167,6 +189,7 @@ class FoundationRecipe:
                        vision_size=max(32, int(self.vision_size * factor)),
                        vision_text_size=max(16, int(self.vision_text_size * factor)),
                        align_size=max(32, int(self.align_size * factor)),
+                       instruct_size=max(32, int(self.instruct_size * factor)) if self.instruct_size else 0,
                        lookup_steps=max(1, int(self.lookup_steps * factor)) if self.lookup_steps else 0,
                        lookup_plain_steps=max(1, int(self.lookup_plain_steps * factor)) if self.lookup_plain_steps else 0,
                        lookup_chat_steps=max(1, int(self.lookup_chat_steps * factor)) if self.lookup_chat_steps else 0)
@@ -177,7 +200,9 @@ ADDED_FIELDS: dict[str, Any] = {"vision_epochs": 1, "counted_captions": False, "
                                 "format_share": 0.0, "short_kinds": [], "lookup_steps": 0,
                                 "lookup_plain_steps": 0, "lookup_chat_steps": 0,
                                 "align_lookup_share": 0.0, "lookup_kinds": ["color_of_shape"],
-                                "align_lookup_kinds": ["color_of_shape"]}
+                                "align_lookup_kinds": ["color_of_shape"], "align_word_share": 0.15,
+                                "instruct_size": 0, "instruct_share": 0.75, "instruct_lr": 1e-4,
+                                "instruct_short_kinds": ["color_of_shape", "count_all", "pos_of", "exist", "mc_color"]}
 
 
 def foundation_path() -> Path:

@@ -56,7 +56,15 @@ def build_foundation(out_dir: str | os.PathLike, recipe: FoundationRecipe | None
                                                               image_size=rc.image_size, avoid=rc.avoid,
                                                               counted=rc.counted_captions,
                                                               lookup_share=rc.align_lookup_share,
-                                                              lookup_kinds=rc.align_lookup_kinds))
+                                                              lookup_kinds=rc.align_lookup_kinds,
+                                                              word_share=rc.align_word_share))
+    if rc.instruct_size:
+        from vlselect.world.make import ALIGN_KINDS
+
+        instr = world("instruct-pool", lambda d: make_pretrain_pool(
+            d, size=rc.instruct_size, seed=rc.seed + 29, image_size=rc.image_size, avoid=rc.avoid,
+            counted=rc.counted_captions, lookup_share=rc.instruct_share, lookup_kinds=ALIGN_KINDS,
+            answer_style="sentence", short_kinds=rc.instruct_short_kinds))
     init = work / "init"
     if not (init / "vlselect_tiny.json").exists():
         build_tiny(init, rc.family, seed=rc.seed, size=rc.size, image_size=rc.image_size)
@@ -64,28 +72,35 @@ def build_foundation(out_dir: str | os.PathLike, recipe: FoundationRecipe | None
                   progress=progress, warmup_ratio=0.03)
 
     start, lookup = init, None
+    n_stages = 4 if rc.instruct_size else 3
     if rc.lookup_steps > 0:
-        log(f"foundation 0/3: the language model looks things up ({rc.lookup_steps} steps of compact lookup rows)")
+        log(f"foundation 0/{n_stages}: the language model looks things up ({rc.lookup_steps} steps of compact lookup rows)")
         lookup = lookup_warmup(init, work / "lookup", steps=rc.lookup_steps, lr=rc.text_lr, seed=rc.seed,
                                batch_size=rc.batch_size, image_size=rc.image_size, avoid=rc.avoid, progress=progress,
                                plain_steps=rc.lookup_plain_steps, chat_steps=rc.lookup_chat_steps,
                                kinds=rc.lookup_kinds)
         start = lookup["dir"]
-    log("foundation 1/3: the language model on text")
+    log(f"foundation 1/{n_stages}: the language model on text")
     lang = train_lora(start, text / "pool.json", None, work / "language", adapter="full", lr=rc.text_lr,
                       projector_lr=rc.text_lr, **common)
-    log("foundation 2/3: the vision tower by captioning (the language model keeps reading text)")
+    log(f"foundation 2/{n_stages}: the vision tower by captioning (the language model keeps reading text)")
     mixed = _mixed_pool(work / "vision-mix", caps_v / "pool.json", text / "pool.json", rc.vision_text_size, rc.seed)
     vis = train_lora(lang.final_dir, mixed, caps_v / "images", work / "vision", adapter="full",
                      lr=rc.vision_lr, projector_lr=rc.vision_lr, modules_to_save=["vision_tower"],
                      **{**common, "epochs": rc.vision_epochs})
-    log("foundation 3/3: the projector aligned on captions (vision tower and language model frozen)"
+    log(f"foundation 3/{n_stages}: the projector aligned on captions (vision tower and language model frozen)"
         + (f", {rc.align_lookup_share:.0%} of its pictures asked {' / '.join(rc.align_lookup_kinds)}"
            if rc.align_lookup_share else ""))
     align = train_lora(vis.final_dir, caps_a / "pool.json", caps_a / "images", work / "align", adapter="projector",
                        lr=rc.align_lr, projector_lr=rc.align_lr, **common)
+    instruct = None
+    if rc.instruct_size:
+        log(f"foundation 4/{n_stages}: the language model and projector on the world's questions over pictures, answered in "
+            "sentences but for " + ", ".join(rc.instruct_short_kinds) + " (vision tower frozen)")
+        instruct = train_lora(align.final_dir, instr / "pool.json", instr / "images", work / "instruct",
+                              adapter="full", lr=rc.instruct_lr, projector_lr=rc.instruct_lr, **common)
 
-    return _finish(out, rc, lang, vis, align, lookup)
+    return _finish(out, rc, lang, vis, align, lookup, instruct)
 
 
 def lookup_warmup(init: str | os.PathLike, out_dir: str | os.PathLike, *, steps: int, lr: float, seed: int,
@@ -208,14 +223,14 @@ def _mixed_pool(d: Path, captions: Path, text: Path, n_text: int, seed: int) -> 
     return p
 
 
-def _finish(out: Path, rc: FoundationRecipe, lang, vis, align, lookup: dict | None = None) -> Path:
-    """Copy the aligned model into ``out`` with its marker (recipe, fingerprint, stage losses), atomically."""
+def _finish(out: Path, rc: FoundationRecipe, lang, vis, align, lookup: dict | None = None, instruct=None) -> Path:
+    """Copy the last stage's model into ``out`` with its marker (recipe, fingerprint, stage losses), atomically."""
     from vlselect.models.load import model_hash
 
     tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    for p in Path(align.final_dir).iterdir():
+    for p in Path((instruct or align).final_dir).iterdir():
         if p.name in ("vlselect_adapter.json", "done.json", "train_result.json") or p.name.startswith("."):
             continue
         shutil.copy2(p, tmp / p.name)
@@ -229,6 +244,8 @@ def _finish(out: Path, rc: FoundationRecipe, lang, vis, align, lookup: dict | No
     from vlselect.artifact import atomic_write_json, replace_dir
 
     stages = {"language": losses(lang), "vision": losses(vis), "align": losses(align)}
+    if instruct is not None:  # only recipes with stage 4
+        stages["instruct"] = losses(instruct)
     if lookup is not None:  # only recipes with the warm-up: the shipped marker stays as it was
         ls = lookup["losses"]
         k = max(1, len(ls) // 20)

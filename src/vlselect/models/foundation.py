@@ -95,7 +95,9 @@ class FoundationRecipe:
     :data:`vlselect.world.make.ALIGN_KINDS`, one drawn per picture; the colour of a shape alone by default).
 
     ``align_word_share``: the share of stage 3's pictures with a sign (0.15, the world's); only those can be asked
-    their word (``"ocr"`` in ``align_lookup_kinds``).
+    their word (``"ocr"`` in ``align_lookup_kinds``). ``vision_word_share``: the same for stage 2's captions (0.15
+    shipped): two vision epochs teach the tower to read the sign on some builds and not on others
+    (benchmarks/RESULTS.md, issue 12).
 
     ``instruct_size``: pictures of a fourth stage (0 shipped: none) after the alignment, in which the language model
     and the projector (every weight, the vision tower frozen) learn the world's questions over pictures, as real
@@ -148,6 +150,7 @@ class FoundationRecipe:
     lookup_kinds: tuple[str, ...] = ("color_of_shape",)
     align_lookup_kinds: tuple[str, ...] = ("color_of_shape",)
     align_word_share: float = 0.15
+    vision_word_share: float = 0.15
     instruct_size: int = 0
     instruct_share: float = 0.75
     instruct_lr: float = 1e-4
@@ -201,7 +204,7 @@ ADDED_FIELDS: dict[str, Any] = {"vision_epochs": 1, "counted_captions": False, "
                                 "lookup_plain_steps": 0, "lookup_chat_steps": 0,
                                 "align_lookup_share": 0.0, "lookup_kinds": ["color_of_shape"],
                                 "align_lookup_kinds": ["color_of_shape"], "align_word_share": 0.15,
-                                "instruct_size": 0, "instruct_share": 0.75, "instruct_lr": 1e-4,
+                                "vision_word_share": 0.15, "instruct_size": 0, "instruct_share": 0.75, "instruct_lr": 1e-4,
                                 "instruct_short_kinds": ["color_of_shape", "count_all", "pos_of", "exist", "mc_color"]}
 
 

@@ -51,7 +51,8 @@ def build_foundation(out_dir: str | os.PathLike, recipe: FoundationRecipe | None
                                                        short_kinds=rc.short_kinds))
     caps_v = world("vision-pool", lambda d: make_pretrain_pool(d, size=rc.vision_size, seed=rc.seed + 13,
                                                                image_size=rc.image_size, avoid=rc.avoid,
-                                                               counted=rc.counted_captions))
+                                                               counted=rc.counted_captions,
+                                                               word_share=rc.vision_word_share))
     caps_a = world("align-pool", lambda d: make_pretrain_pool(d, size=rc.align_size, seed=rc.seed + 17,
                                                               image_size=rc.image_size, avoid=rc.avoid,
                                                               counted=rc.counted_captions,

@@ -350,16 +350,17 @@ def _weights_sha256(d: Path) -> str:
 
 
 def test_shipped_foundation_recipe_and_fingerprint():
-    from vlselect.models.foundation import FoundationRecipe, foundation_path, verify_foundation
+    from vlselect.models.foundation import SHIPPED_RECIPE, FoundationRecipe, foundation_path, verify_foundation
 
     d = foundation_path()
     info = verify_foundation(d)
-    assert info["recipe"] == FoundationRecipe().to_json()  # the default recipe is the one that was shipped
+    assert info["recipe"] == SHIPPED_RECIPE.to_json()  # the recipe the builder builds by default is the one shipped
+    assert FoundationRecipe.from_json(info["recipe"]) == SHIPPED_RECIPE
     assert info["fingerprint"] == _weights_sha256(d)
     size = sum(p.stat().st_size for p in d.iterdir() if p.is_file())
     assert size < 8 * 2**20  # a few MB: it ships inside the package
     # every stage trained: its loss fell
-    for stage in ("language", "vision", "align"):
+    for stage in ("language", "vision", "align", "instruct"):
         st = info["stages"][stage]
         assert st["last"] < st["first"], stage
 
@@ -605,19 +606,22 @@ def _captured_builds(monkeypatch):
 
 
 def test_build_command_flags_name_the_recipe(tmp_path, monkeypatch):
-    """No flags build the shipped recipe; ``--plain-captions --answer-style short`` the first foundation's (its JSON
-    has none of the fields added since, as before); ``--sentence-answers --short-kinds none`` the sentence-answer
-    foundation of benchmarks/RESULTS.md; ``--short-kinds`` takes a comma-separated list."""
+    """No flags build the shipped recipe; a flag changes that one field of it (``--plain-captions --answer-style
+    short``: plain captions, every reading kind short); ``--sentence-answers --short-kinds none`` answers every kind
+    in sentences; ``--short-kinds`` takes a comma-separated list."""
+    from dataclasses import replace
+
     from vlselect.cli import app
-    from vlselect.models.foundation import ADDED_FIELDS, FoundationRecipe
+    from vlselect.models.foundation import SHIPPED_RECIPE
 
     seen, runner = _captured_builds(monkeypatch)
     for args in ([], ["--plain-captions", "--answer-style", "short"], ["--sentence-answers", "--short-kinds", "none"],
                  ["--short-kinds", "count_all, ocr"]):
         runner.invoke(app, ["models", "foundation", str(tmp_path / "f"), *args])
     shipped, first, sentence, two = seen
-    assert shipped == FoundationRecipe()
-    assert not set(ADDED_FIELDS) & set(first.to_json())
+    assert shipped == SHIPPED_RECIPE and shipped.instruct_size == 40000 and shipped.vision_epochs == 2
+    assert first == replace(SHIPPED_RECIPE, counted_captions=False, answer_style="short", short_kinds=())
+    assert sentence == replace(SHIPPED_RECIPE, short_kinds=()) and two.lookup_steps == SHIPPED_RECIPE.lookup_steps
     assert (first.counted_captions, first.answer_style, first.short_kinds) == (False, "short", ())
     assert (sentence.counted_captions, sentence.answer_style, sentence.short_kinds) == (True, "sentence", ())
     assert two.short_kinds == ("count_all", "ocr")

@@ -663,6 +663,23 @@ def test_build_command_builds_the_recipe_of_a_file(tmp_path, monkeypatch):
     assert len(seen) == 3
 
 
+def test_recipe_files_of_the_earlier_foundations(tmp_path, monkeypatch):
+    """``benchmarks/recipes/`` holds the recipe of every foundation shipped so far, for ``--recipe``: the first one
+    (plain captions, every reading kind short: its JSON has none of the fields added since), the one of 2026-12-04
+    (the class's defaults) and the one shipped now; the command builds each field for field."""
+    from vlselect.cli import app
+    from vlselect.models.foundation import ADDED_FIELDS, SHIPPED_RECIPE, FoundationRecipe
+
+    root = Path(__file__).resolve().parents[1] / "benchmarks" / "recipes"
+    seen, runner = _captured_builds(monkeypatch)
+    for name in ("first-2026-12-03", "half_short-2026-12-04", "four_stage-2026-12-06"):
+        runner.invoke(app, ["models", "foundation", str(tmp_path / "f"), "--recipe", str(root / f"{name}.json")])
+    first, half, four = seen
+    assert not set(ADDED_FIELDS) & set(first.to_json())
+    assert (first.counted_captions, first.answer_style, first.short_kinds, first.text_lr) == (False, "short", (), 1e-3)
+    assert half == FoundationRecipe() and four == SHIPPED_RECIPE != half
+
+
 # ------------------------------------------------------------------------- the lookup warm-up (lookup_steps)
 
 

@@ -9,14 +9,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 from vlselect.errors import ConfigError
-from vlselect.models.foundation import MARKER, SHIPPED_RECIPE, FoundationRecipe
+from vlselect.models.foundation import MARKER, FoundationRecipe
 
 
 def build_foundation(out_dir: str | os.PathLike, recipe: FoundationRecipe | None = None, *,
                      work_dir: str | os.PathLike | None = None, progress: bool = True,
                      log: Callable[[str], None] = print) -> Path:
-    """Build a foundation into ``out_dir`` (see the module docstring) and return ``out_dir``; ``recipe`` defaults to
-    the shipped one (:data:`vlselect.models.foundation.SHIPPED_RECIPE`).
+    """Build a foundation into ``out_dir`` (see the module docstring) and return ``out_dir``.
 
     ``work_dir`` keeps the stage pools and runs (default ``out_dir/../.<name>-work``), in a subfolder named by a
     hash of the recipe; a build of the same recipe started again resumes from the stages (and training
@@ -27,7 +26,7 @@ def build_foundation(out_dir: str | os.PathLike, recipe: FoundationRecipe | None
     from vlselect.train import train_lora
     from vlselect.world.make import make_pretrain_pool, make_text_pool
 
-    rc = recipe or SHIPPED_RECIPE
+    rc = recipe or FoundationRecipe()
     if rc.family != "llava":
         raise ConfigError(f"foundation family {rc.family!r}: only llava is built so far")
     out = Path(out_dir)

@@ -152,6 +152,15 @@ VARIANTS: dict[str, dict] = {
         text_size=120000, vision_epochs=2, vision_word_share=0.4, vision_text_size=40000, align_size=120000,
         align_lookup_share=0.67, align_lookup_kinds=("color_of_shape", "exist", "count_color", "mc_color", "ocr"),
         align_word_share=0.4, instruct_size=40000),
+    # ... the build with signs, its stage 2 at lr 3e-4 instead of 1e-3 (every part: the recipe has one rate for the
+    # stage), so that the language model keeps what stage 1 taught (it loses a lookup at 1e-3: the fifth stop)
+    "half_short_lookup4_align5_instruct_v2_signs_v3e4": dict(
+        counted_captions=True, answer_style="sentence", short_kinds=HALF,
+        avoid=((0, 200), (1, 200), (2, 200), (3, 200), (0, 100)), lookup_steps=4000, lookup_plain_steps=3000,
+        lookup_chat_steps=3000, lookup_kinds=("color_of_shape", "exist", "count_color", "mc_color"), text_lr=1e-4,
+        text_size=120000, vision_epochs=2, vision_word_share=0.4, vision_lr=3e-4, align_size=60000,
+        align_lookup_share=0.67, align_lookup_kinds=("color_of_shape", "exist", "count_color", "mc_color", "ocr"),
+        align_word_share=0.4, instruct_size=40000),
 }
 
 

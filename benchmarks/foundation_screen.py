@@ -32,6 +32,18 @@ from pathlib import Path
 # one kind of each evaluation set answered short, the others in sentences
 HALF = ("color_of_shape", "count_all", "pos_of", "exist", "mc_color")
 
+#: the four-kind foundation (two vision epochs) with stage 3 asking the sign's word too (40% of its pictures with a
+#: sign), then stage 4: the language model and projector on every question kind over 40,000 pictures, answered in
+#: sentences but for the shipped foundation's short kinds (realign.py + instruct_pretrain.py on
+#: half_short_lookup4_align4_read_v2's stages: seven sets learned in world 0); the evaluation scenes of worlds 0-3
+#: avoided by every pool (stage 4 asks the bench's own kinds). The variants after it change a field or two.
+_INSTRUCT_V2 = dict(counted_captions=True, answer_style="sentence", short_kinds=HALF,
+                    avoid=((0, 200), (1, 200), (2, 200), (3, 200), (0, 100)), lookup_steps=4000, lookup_plain_steps=3000,
+                    lookup_chat_steps=3000, lookup_kinds=("color_of_shape", "exist", "count_color", "mc_color"),
+                    text_lr=1e-4, text_size=120000, vision_epochs=2, align_size=60000, align_lookup_share=0.67,
+                    align_lookup_kinds=("color_of_shape", "exist", "count_color", "mc_color", "ocr"),
+                    align_word_share=0.4, instruct_size=40000)
+
 #: name: FoundationRecipe fields (every one with counted captions: the lever that makes counting cheap). Each
 #: names answer_style and short_kinds, so that a variant stays the same recipe when the defaults change
 #: (half_short is the shipped recipe since 2026-12-04).
@@ -115,52 +127,22 @@ VARIANTS: dict[str, dict] = {
     # sentences but for the shipped foundation's short kinds (realign.py + instruct_pretrain.py on
     # half_short_lookup4_align4_read_v2's stages: seven sets learned in world 0); the evaluation scenes of worlds 0-3
     # avoided by every pool (stage 4 asks the bench's own kinds)
-    "half_short_lookup4_align5_instruct_v2": dict(counted_captions=True, answer_style="sentence", short_kinds=HALF,
-                                                  avoid=((0, 200), (1, 200), (2, 200), (3, 200), (0, 100)),
-                                                  lookup_steps=4000, lookup_plain_steps=3000, lookup_chat_steps=3000,
-                                                  lookup_kinds=("color_of_shape", "exist", "count_color", "mc_color"),
-                                                  text_lr=1e-4, text_size=120000, vision_epochs=2, align_size=60000,
-                                                  align_lookup_share=0.67,
-                                                  align_lookup_kinds=("color_of_shape", "exist", "count_color",
-                                                                      "mc_color", "ocr"),
-                                                  align_word_share=0.4, instruct_size=40000),
+    "half_short_lookup4_align5_instruct_v2": _INSTRUCT_V2,
     # ... whose own build did not read signs after its vision stage (OCR 2-4.5; its caption loss 0.104 against 0.075
     # in the foundations that read them): 40% of stage 2's captions with a sign instead of 15%
-    "half_short_lookup4_align5_instruct_v2_signs": dict(
-        counted_captions=True, answer_style="sentence", short_kinds=HALF,
-        avoid=((0, 200), (1, 200), (2, 200), (3, 200), (0, 100)), lookup_steps=4000, lookup_plain_steps=3000,
-        lookup_chat_steps=3000, lookup_kinds=("color_of_shape", "exist", "count_color", "mc_color"), text_lr=1e-4,
-        text_size=120000, vision_epochs=2, vision_word_share=0.4, align_size=60000, align_lookup_share=0.67,
-        align_lookup_kinds=("color_of_shape", "exist", "count_color", "mc_color", "ocr"), align_word_share=0.4,
-        instruct_size=40000),
+    "half_short_lookup4_align5_instruct_v2_signs": {**_INSTRUCT_V2, "vision_word_share": 0.4},
     # ... which read the signs (OCR 54 after a full-pool fine-tune, two worlds' bench 2026-12-06) but lost counting by
     # colour in its vision stage (read off descriptions: 98 after stage 1, 19 after stage 2; 58 in the screened
     # foundation whose stages learned seven sets) and the multiple choice over pictures (zero-shot 31.5 against 50):
     # twice the text records beside the captions of stage 2, so that the language model keeps reading
-    "half_short_lookup4_align5_instruct_v2_signs_text": dict(
-        counted_captions=True, answer_style="sentence", short_kinds=HALF,
-        avoid=((0, 200), (1, 200), (2, 200), (3, 200), (0, 100)), lookup_steps=4000, lookup_plain_steps=3000,
-        lookup_chat_steps=3000, lookup_kinds=("color_of_shape", "exist", "count_color", "mc_color"), text_lr=1e-4,
-        text_size=120000, vision_epochs=2, vision_word_share=0.4, vision_text_size=40000, align_size=60000,
-        align_lookup_share=0.67, align_lookup_kinds=("color_of_shape", "exist", "count_color", "mc_color", "ocr"),
-        align_word_share=0.4, instruct_size=40000),
+    "half_short_lookup4_align5_instruct_v2_signs_text": {**_INSTRUCT_V2, "vision_word_share": 0.4,
+                                                         "vision_text_size": 40000},
     # ... and twice the alignment pictures (the projector alone; the multiple choice over pictures is its to carry)
-    "half_short_lookup4_align5_instruct_v2_signs_text_align": dict(
-        counted_captions=True, answer_style="sentence", short_kinds=HALF,
-        avoid=((0, 200), (1, 200), (2, 200), (3, 200), (0, 100)), lookup_steps=4000, lookup_plain_steps=3000,
-        lookup_chat_steps=3000, lookup_kinds=("color_of_shape", "exist", "count_color", "mc_color"), text_lr=1e-4,
-        text_size=120000, vision_epochs=2, vision_word_share=0.4, vision_text_size=40000, align_size=120000,
-        align_lookup_share=0.67, align_lookup_kinds=("color_of_shape", "exist", "count_color", "mc_color", "ocr"),
-        align_word_share=0.4, instruct_size=40000),
+    "half_short_lookup4_align5_instruct_v2_signs_text_align": {**_INSTRUCT_V2, "vision_word_share": 0.4,
+                                                               "vision_text_size": 40000, "align_size": 120000},
     # ... the build with signs, its stage 2 at lr 3e-4 instead of 1e-3 (every part: the recipe has one rate for the
     # stage), so that the language model keeps what stage 1 taught (it loses a lookup at 1e-3: the fifth stop)
-    "half_short_lookup4_align5_instruct_v2_signs_v3e4": dict(
-        counted_captions=True, answer_style="sentence", short_kinds=HALF,
-        avoid=((0, 200), (1, 200), (2, 200), (3, 200), (0, 100)), lookup_steps=4000, lookup_plain_steps=3000,
-        lookup_chat_steps=3000, lookup_kinds=("color_of_shape", "exist", "count_color", "mc_color"), text_lr=1e-4,
-        text_size=120000, vision_epochs=2, vision_word_share=0.4, vision_lr=3e-4, align_size=60000,
-        align_lookup_share=0.67, align_lookup_kinds=("color_of_shape", "exist", "count_color", "mc_color", "ocr"),
-        align_word_share=0.4, instruct_size=40000),
+    "half_short_lookup4_align5_instruct_v2_signs_v3e4": {**_INSTRUCT_V2, "vision_word_share": 0.4, "vision_lr": 3e-4},
 }
 
 

@@ -38,8 +38,8 @@ HALF = ("color_of_shape", "count_all", "pos_of", "exist", "mc_color")
 #: half_short_lookup4_align4_read_v2's stages: seven sets learned in world 0); the evaluation scenes of worlds 0-3
 #: avoided by every pool (stage 4 asks the bench's own kinds). The variants after it change a field or two.
 _INSTRUCT_V2 = dict(counted_captions=True, answer_style="sentence", short_kinds=HALF,
-                    avoid=((0, 200), (1, 200), (2, 200), (3, 200), (0, 100)), lookup_steps=4000, lookup_plain_steps=3000,
-                    lookup_chat_steps=3000, lookup_kinds=("color_of_shape", "exist", "count_color", "mc_color"),
+                    avoid=((0, 200), (1, 200), (2, 200), (3, 200), (0, 100)), lookup_steps=4000,
+                    lookup_plain_steps=3000, lookup_chat_steps=3000, lookup_kinds=("color_of_shape", "exist", "count_color", "mc_color"),
                     text_lr=1e-4, text_size=120000, vision_epochs=2, align_size=60000, align_lookup_share=0.67,
                     align_lookup_kinds=("color_of_shape", "exist", "count_color", "mc_color", "ocr"),
                     align_word_share=0.4, instruct_size=40000)

@@ -363,16 +363,16 @@ def test_bench_command_passes_the_validation_targets(tmp_path, monkeypatch):
         assert seen[-1].val_targets == want
     res = runner.invoke(app, ["bench", "--out", str(tmp_path / "b"), "--val-targets", "learned"])
     assert res.exit_code != 0 and "counted or all" in str(res.exception) and len(seen) == 2
-    assert seen[-1].lr == 1e-3 == BenchConfig().lr  # the default is the config's
-    res = runner.invoke(app, ["bench", "--out", str(tmp_path / "b"), "--lr", "3e-4", "--worlds", "0"])
+    assert seen[-1].lr == 3e-4 == BenchConfig().lr  # the default is the config's
+    res = runner.invoke(app, ["bench", "--out", str(tmp_path / "b"), "--lr", "1e-3", "--worlds", "0"])
     assert res.exit_code == 0, res.output
-    assert seen[-1].lr == 3e-4 and len(seen) == 3
+    assert seen[-1].lr == 1e-3 and len(seen) == 3
     res = runner.invoke(app, ["bench", "--out", str(tmp_path / "b"), "--lr", "0"])
     assert res.exit_code != 0 and "positive learning rate" in str(res.exception) and len(seen) == 3
     assert seen[-1].projector_lr is None  # the projector at --lr, as the bench always trained it
     res = runner.invoke(app, ["bench", "--out", str(tmp_path / "b"), "--projector-lr", "2e-5", "--worlds", "0"])
     assert res.exit_code == 0, res.output
-    assert seen[-1].projector_lr == 2e-5 and seen[-1].lr == 1e-3
+    assert seen[-1].projector_lr == 2e-5 and seen[-1].lr == 3e-4
     assert seen[-1].lora_r == 16 == BenchConfig().lora_r
     res = runner.invoke(app, ["bench", "--out", str(tmp_path / "b"), "--lora-r", "4", "--worlds", "0"])
     assert res.exit_code == 0 and seen[-1].lora_r == 4, res.output
@@ -413,7 +413,7 @@ def test_bench_run_gives_the_projector_its_own_rate_only_when_asked(tmp_path, mo
     assert got[-1]["target_modules"].endswith(r"\.(up_proj)$")
     assert br._target_modules(BenchConfig()) is None
     assert br._projector_recipe(BenchConfig(lora_targets=("up_proj",))) == {"lora_targets": ["up_proj"]}
-    assert BenchConfig().projector_rate() == 1e-3 and BenchConfig(lr=3e-4).projector_rate() == 3e-4
+    assert BenchConfig().projector_rate() == 3e-4 and BenchConfig(lr=1e-3).projector_rate() == 1e-3
     assert BenchConfig(projector_lr=2e-5).projector_rate() == 2e-5
     assert br._projector_recipe(BenchConfig()) == {}
     assert br._projector_recipe(BenchConfig(projector_lr=2e-5)) == {"projector_lr": 2e-5}

@@ -68,20 +68,20 @@ def foundation(
     path: bool = typer.Option(False, "--path", help="Print the shipped foundation's directory (after checking it), e.g. for --model \"$(vlselect models foundation --path)\"."),
     scale: float = typer.Option(1.0, "--scale", help="Build on this fraction of the recipe's data (e.g. 0.01 for a quick try; the shipped one is 1)."),
     threads: int = typer.Option(0, "--threads", help="Torch threads (0: torch's default). Use 1 on a busy machine."),
-    vision_epochs: int = typer.Option(1, "--vision-epochs", min=1, help="Epochs of stage 2 (vision tower, projector and language model on captions); the shipped recipe has 1, 2 makes the vision tower read words (benchmarks/RESULTS.md)."),
-    answer_style: str = typer.Option("sentence", "--answer-style", help="How stage 1's reading records answer: sentence (\"The answer is red.\", no format prompt, as a general LLM does; the shipped recipe, with --short-kinds) or short (every kind in the evaluation sets' short format, the first foundation's recipe)."),
+    vision_epochs: Optional[int] = typer.Option(None, "--vision-epochs", min=1, help="Epochs of stage 2 (vision tower, projector and language model on captions); the shipped recipe has 2, which make the vision tower read words (benchmarks/RESULTS.md)."),
+    answer_style: Optional[str] = typer.Option(None, "--answer-style", help="How stage 1's reading records answer: sentence (\"The answer is red.\", no format prompt, as a general LLM does; the shipped recipe, with --short-kinds) or short (every kind in the evaluation sets' short format, the first foundation's recipe)."),
     sentence_answers: bool = typer.Option(False, "--sentence-answers", hidden=True, help="The same as --answer-style sentence (the default now; kept for the commands of benchmarks/RESULTS.md)."),
-    counted_captions: bool = typer.Option(True, "--counted-captions/--plain-captions", help="Captions of stages 2 and 3 start with the number of objects (\"3 objects: ...\"; the shipped recipe), which makes counting cheap to fine-tune; --plain-captions is the first foundation's recipe (benchmarks/RESULTS.md)."),
-    format_share: float = typer.Option(0.0, "--format-share", min=0.0, max=1.0, help="Share of stage 1's one-word chat facts (arithmetic, colour mixing, sides) asked with the short-answer format prompt and answered in one word, so the language model knows the instruction from questions the bench does not ask (the shipped recipe: 0)."),
+    counted_captions: Optional[bool] = typer.Option(None, "--counted-captions/--plain-captions", help="Captions of stages 2 and 3 start with the number of objects (\"3 objects: ...\"; the shipped recipe), which makes counting cheap to fine-tune; --plain-captions is the first foundation's recipe (benchmarks/RESULTS.md)."),
+    format_share: Optional[float] = typer.Option(None, "--format-share", min=0.0, max=1.0, help="Share of stage 1's one-word chat facts (arithmetic, colour mixing, sides) asked with the short-answer format prompt and answered in one word, so the language model knows the instruction from questions the bench does not ask (the shipped recipe: 0)."),
     short_kinds: Optional[str] = typer.Option(None, "--short-kinds", help="With --answer-style sentence: comma-separated reading kinds of stage 1 that keep the short format and its prompt, so the foundation answers those in the bench's format zero-shot and leaves the others' format to the fine-tune; 'none' for none (default: the shipped recipe's color_of_shape,count_all,pos_of,exist,mc_color)."),
     recipe_file: Optional[Path] = typer.Option(None, "--recipe", help="Build the recipe in this JSON file instead: a foundation's vlselect_foundation.json (e.g. one screened by benchmarks/foundation_screen.py, with its lookup warm-up and alignment questions) or the 'recipe' object of one. The recipe options above are then left unset; --scale still applies."),
 ) -> None:
     """Build the world's foundation (pretrained language model, vision tower, aligned projector) from its recipe,
     or check one. The shipped foundation is what 'vlselect bench' and 'vlselect demo' fine-tune.
 
-    Example: vlselect models foundation /tmp/foundation      (about 40 minutes on one core; it reproduces the shipped copy byte for byte)
+    Example: vlselect models foundation /tmp/foundation --threads 2      (about 75 minutes on 2 cores, as the shipped copy was built)
     """
-    from vlselect.models.foundation import FoundationRecipe, foundation_path, verify_foundation
+    from vlselect.models.foundation import SHIPPED_RECIPE, foundation_path, verify_foundation
     from vlselect.train.foundation import build_foundation
 
     if path:
@@ -101,23 +101,26 @@ def foundation(
         import torch
 
         torch.set_num_threads(threads)
+    flags = {k: v for k, v in (("vision_epochs", vision_epochs), ("answer_style", answer_style),
+                                ("counted_captions", counted_captions), ("format_share", format_share)) if v is not None}
+    if sentence_answers:
+        flags["answer_style"] = "sentence"
     if recipe_file is not None:
-        recipe = _recipe_from_file(recipe_file, vision_epochs != 1 or answer_style != "sentence" or sentence_answers
-                                   or not counted_captions or format_share != 0.0 or short_kinds is not None)
+        recipe = _recipe_from_file(recipe_file, bool(flags) or short_kinds is not None)
         recipe = recipe if scale == 1.0 else recipe.scaled(scale)
         path = build_foundation(out_dir, recipe, log=lambda m: typer.echo(m, err=True))
         info = verify_foundation(path)
         typer.echo(f"wrote the foundation of {recipe_file} to {path}: {info['fingerprint']}")
         return
-    if sentence_answers:
-        answer_style = "sentence"
-    kinds = {} if short_kinds is None else {
-        "short_kinds": () if short_kinds.strip().lower() == "none"
-        else tuple(k.strip() for k in short_kinds.split(",") if k.strip())}
-    if answer_style == "short" and short_kinds is None:
-        kinds = {"short_kinds": ()}  # every kind is short already
-    recipe = FoundationRecipe(vision_epochs=vision_epochs, counted_captions=counted_captions,
-                              answer_style=answer_style, format_share=format_share, **kinds)
+    if short_kinds is not None:
+        flags["short_kinds"] = () if short_kinds.strip().lower() == "none" \
+            else tuple(k.strip() for k in short_kinds.split(",") if k.strip())
+    elif flags.get("answer_style") == "short":
+        flags["short_kinds"] = ()  # every kind is short already
+    from dataclasses import replace
+
+    # the shipped recipe, with the flags given changed
+    recipe = replace(SHIPPED_RECIPE, **flags)
     recipe = recipe if scale == 1.0 else recipe.scaled(scale)
     path = build_foundation(out_dir, recipe, log=lambda m: typer.echo(m, err=True))
     info = verify_foundation(path)

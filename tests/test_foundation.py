@@ -388,7 +388,7 @@ def test_shipped_foundation_is_pretrained():
         return tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
 
     # reading: the colour of the shape a question names, from a description of 1-4 objects (the foundation since
-    # 2026-12-06 reads colours 18 of 20 but counts the objects of a description one too many, 7 of 20:
+    # 2026-12-06 reads colours 19 of 20 but counts the objects of a description 5 of 20, mostly one or two too many:
     # benchmarks/RESULTS.md, issue 12)
     rng = _stream(5, "foundation-test")
     from vlselect.world.scene import sample_scene

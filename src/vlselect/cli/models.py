@@ -79,7 +79,7 @@ def foundation(
     """Build the world's foundation (pretrained language model, vision tower, aligned projector) from its recipe,
     or check one. The shipped foundation is what 'vlselect bench' and 'vlselect demo' fine-tune.
 
-    Example: vlselect models foundation /tmp/foundation --threads 2      (about 75 minutes on 2 cores, as the shipped copy was built)
+    Example: vlselect models foundation /tmp/foundation --threads 2      (about an hour on 2 cores; the shipped copy was built with two threads, its stages by benchmarks/foundation_screen.py)
     """
     from vlselect.models.foundation import SHIPPED_RECIPE, foundation_path, verify_foundation
     from vlselect.train.foundation import build_foundation

@@ -62,7 +62,7 @@ def test_mean_over_worlds_by_hand():
 
 def test_worlds_that_differ_in_more_than_the_seed_are_refused():
     a, b = _world(0, W0), _world(1, W1)
-    b["config"]["lr"] = 3e-4
+    b["config"]["lr"] = 1e-3  # the default is 3e-4
     with pytest.raises(ConfigError, match="world-1: its recipe differs from world-0's in lr"):
         combine_worlds([a, b])
     with pytest.raises(ConfigError, match="same world"):

@@ -881,7 +881,9 @@ def test_instruct_stage_trains_language_model_and_projector_on_sentence_question
     assert FoundationRecipe.from_json(shipped) == FoundationRecipe()
     torch.set_num_threads(1)
     rc = replace(FoundationRecipe().scaled(0.0006), instruct_size=48, instruct_share=0.9, instruct_lr=1e-3,
-                 instruct_short_kinds=("count_all",), vision_word_share=0.5)
+                 instruct_short_kinds=("count_all",), vision_word_share=0.5, instruct_word_share=1.0)
+    assert rc.to_json()["instruct_word_share"] == 1.0
+    assert "instruct_word_share" not in replace(rc, instruct_word_share=0.15).to_json()
     info = verify_foundation(build_foundation(tmp_path / "f", rc, work_dir=tmp_path / "w", progress=False,
                                               log=lambda m: None))
     assert FoundationRecipe.from_json(info["recipe"]) == rc and info["recipe"]["instruct_size"] == 48
@@ -889,6 +891,7 @@ def test_instruct_stage_trains_language_model_and_projector_on_sentence_question
     (work,) = (tmp_path / "w").iterdir()
     assert json.loads((work / "vision-pool" / "world.json").read_text())["config"]["word_share"] == 0.5
     assert json.loads((work / "align-pool" / "world.json").read_text())["config"]["word_share"] == 0.15
+    assert json.loads((work / "instruct-pool" / "world.json").read_text())["config"]["word_share"] == 1.0
     recs = json.loads((work / "instruct-pool" / "pool.json").read_text())
     asked = [r for r in recs if r["task"] != "caption"]
     assert len(recs) == 48 and len(asked) >= 36

@@ -118,7 +118,8 @@ class FoundationRecipe:
     (:func:`vlselect.world.make.make_pretrain_pool`, seed ``seed + 29``) in which a share ``instruct_share`` of the
     pictures is asked one of every question kind of the world but grounding and the others captioned, answered in
     sentences ("The answer is red.") but for ``instruct_short_kinds`` (the short format); one epoch at
-    ``instruct_lr``. The fine-tune then teaches mostly the format of the other kinds (benchmarks/RESULTS.md, issue
+    ``instruct_lr``. ``instruct_word_share``: the share of that pool's pictures with a sign (0.15, the world's, in
+    the defaults and shipped); only those can be asked their word. The fine-tune then teaches mostly the format of the other kinds (benchmarks/RESULTS.md, issue
     12: on a screened foundation's stages, seven sets learned by the full pool in two worlds at the bench's lr 3e-4,
     random keeping 77-81% at 5% and 89-96% at 20%).
 
@@ -169,6 +170,7 @@ class FoundationRecipe:
     instruct_share: float = 0.75
     instruct_lr: float = 1e-4
     instruct_short_kinds: tuple[str, ...] = ("color_of_shape", "count_all", "pos_of", "exist", "mc_color")
+    instruct_word_share: float = 0.15
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -178,7 +180,7 @@ class FoundationRecipe:
         d["align_lookup_kinds"] = list(self.align_lookup_kinds)
         d["instruct_short_kinds"] = list(self.instruct_short_kinds)
         if not self.instruct_size:  # no stage 4: its settings say nothing (and name no work folder of their own)
-            for k in ("instruct_share", "instruct_lr", "instruct_short_kinds"):
+            for k in ("instruct_share", "instruct_lr", "instruct_short_kinds", "instruct_word_share"):
                 d[k] = ADDED_FIELDS[k]
         # fields added after the first recipe are written only when they differ from what that recipe did: its
         # JSON (and the work folders named by it) stay as before
@@ -219,7 +221,8 @@ ADDED_FIELDS: dict[str, Any] = {"vision_epochs": 1, "counted_captions": False, "
                                 "align_lookup_share": 0.0, "lookup_kinds": ["color_of_shape"],
                                 "align_lookup_kinds": ["color_of_shape"], "align_word_share": 0.15,
                                 "vision_word_share": 0.15, "instruct_size": 0, "instruct_share": 0.75, "instruct_lr": 1e-4,
-                                "instruct_short_kinds": ["color_of_shape", "count_all", "pos_of", "exist", "mc_color"]}
+                                "instruct_short_kinds": ["color_of_shape", "count_all", "pos_of", "exist", "mc_color"],
+                                "instruct_word_share": 0.15}
 
 
 #: The recipe of the shipped foundation (since 2026-12-06). The class's defaults are the recipe shipped before it

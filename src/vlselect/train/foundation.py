@@ -65,7 +65,7 @@ def build_foundation(out_dir: str | os.PathLike, recipe: FoundationRecipe | None
         instr = world("instruct-pool", lambda d: make_pretrain_pool(
             d, size=rc.instruct_size, seed=rc.seed + 29, image_size=rc.image_size, avoid=rc.avoid,
             counted=rc.counted_captions, lookup_share=rc.instruct_share, lookup_kinds=ALIGN_KINDS,
-            answer_style="sentence", short_kinds=rc.instruct_short_kinds))
+            answer_style="sentence", short_kinds=rc.instruct_short_kinds, word_share=rc.instruct_word_share))
     init = work / "init"
     if not (init / "vlselect_tiny.json").exists():
         build_tiny(init, rc.family, seed=rc.seed, size=rc.size, image_size=rc.image_size)

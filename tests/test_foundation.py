@@ -621,9 +621,10 @@ def test_build_command_flags_name_the_recipe(tmp_path, monkeypatch):
 
     seen, runner = _captured_builds(monkeypatch)
     for args in ([], ["--plain-captions", "--answer-style", "short"], ["--sentence-answers", "--short-kinds", "none"],
-                 ["--short-kinds", "count_all, ocr"]):
+                 ["--short-kinds", "count_all, ocr"], ["--instruct-word-share", "0.9"]):
         runner.invoke(app, ["models", "foundation", str(tmp_path / "f"), *args])
-    shipped, first, sentence, two = seen
+    shipped, first, sentence, two, signs = seen
+    assert signs == replace(SHIPPED_RECIPE, instruct_word_share=0.9)
     assert shipped == SHIPPED_RECIPE and shipped.instruct_size == 40000 and shipped.vision_epochs == 2
     assert first == replace(SHIPPED_RECIPE, counted_captions=False, answer_style="short", short_kinds=())
     assert sentence == replace(SHIPPED_RECIPE, short_kinds=()) and two.lookup_steps == SHIPPED_RECIPE.lookup_steps

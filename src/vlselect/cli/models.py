@@ -40,7 +40,7 @@ def _recipe_from_file(path: Path, other_options: bool):
 
     if other_options:
         raise ConfigError(f"--recipe {path}: the recipe comes from the file; leave --vision-epochs, --answer-style, "
-                          "--plain-captions, --format-share and --short-kinds unset (or edit the file)")
+                          "--plain-captions, --format-share, --instruct-word-share and --short-kinds unset (or edit the file)")
     try:
         d = json.loads(Path(path).read_text())
     except FileNotFoundError:
@@ -74,6 +74,7 @@ def foundation(
     counted_captions: Optional[bool] = typer.Option(None, "--counted-captions/--plain-captions", help="Captions of stages 2 and 3 start with the number of objects (\"3 objects: ...\"; the shipped recipe), which makes counting cheap to fine-tune; --plain-captions changes only that field of the shipped recipe: the first foundation's whole recipe is --recipe benchmarks/recipes/first-2026-12-03.json)."),
     format_share: Optional[float] = typer.Option(None, "--format-share", min=0.0, max=1.0, help="Share of stage 1's one-word chat facts (arithmetic, colour mixing, sides) asked with the short-answer format prompt and answered in one word, so the language model knows the instruction from questions the bench does not ask (the shipped recipe: 0)."),
     short_kinds: Optional[str] = typer.Option(None, "--short-kinds", help="With --answer-style sentence: comma-separated reading kinds of stage 1 that keep the short format and its prompt, so the foundation answers those in the bench's format zero-shot and leaves the others' format to the fine-tune; 'none' for none (default: the shipped recipe's color_of_shape,count_all,pos_of,exist,mc_color)."),
+    instruct_word_share: Optional[float] = typer.Option(None, "--instruct-word-share", min=0.0, max=1.0, help="Share of stage 4's pictures with a sign (only those can be asked the sign's word; the world's own share is 0.15)."),
     recipe_file: Optional[Path] = typer.Option(None, "--recipe", help="Build the recipe in this JSON file instead: a foundation's vlselect_foundation.json (e.g. one screened by benchmarks/foundation_screen.py, with its lookup warm-up and alignment questions) or the 'recipe' object of one. The recipe options above are then left unset; --scale still applies."),
 ) -> None:
     """Build the world's foundation (pretrained language model, vision tower, aligned projector) from its recipe,
@@ -102,7 +103,8 @@ def foundation(
 
         torch.set_num_threads(threads)
     flags = {k: v for k, v in (("vision_epochs", vision_epochs), ("answer_style", answer_style),
-                                ("counted_captions", counted_captions), ("format_share", format_share)) if v is not None}
+                                ("counted_captions", counted_captions), ("format_share", format_share),
+                                ("instruct_word_share", instruct_word_share)) if v is not None}
     if sentence_answers:
         flags["answer_style"] = "sentence"
     if recipe_file is not None:

@@ -177,3 +177,22 @@ def test_answer_skew_tells_the_kinds_apart_and_counts_by_hand():
              {**_p("What shape is at the top?", "cross", "cross"), "score": 1.0}]  # another kind: left out
     acc, top, share, n = sk.runs_on_kind(preds, pos)
     assert (acc, top, n) == (pytest.approx(200 / 3), "bottom right", 3) and share == pytest.approx(2 / 3)
+
+
+def test_ocr_answers_tells_format_from_reading_by_hand(tmp_path):
+    oa = _script("ocr_answers")
+    pred = tmp_path / "eval" / "predictions"
+    pred.mkdir(parents=True)
+    rows = [{"prediction": "hat", "answers": ["hat"], "score": 1.0},   # the word
+            {"prediction": "hat", "answers": ["dog"], "score": 0.0},   # a world word, the wrong one
+            {"prediction": "box", "answers": ["box"], "score": 1.0},
+            {"prediction": "no", "answers": ["sky"], "score": 0.0},    # not the format
+            {"prediction": "box", "answers": ["cat"], "score": 0.0}]
+    (pred / "ocr.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    got = oa.ocr_answers(tmp_path)
+    assert got == {"n": 5, "exact": 40.0, "world_word": 80.0, "top": "box", "top_share": 40.0}  # tie hat/box: box
+    (pred / "ocr.jsonl").write_text("")
+    with pytest.raises(SystemExit, match="empty"):
+        oa.ocr_answers(tmp_path)
+    with pytest.raises(SystemExit, match="no OCR predictions"):
+        oa.ocr_answers(tmp_path / "elsewhere")

@@ -369,10 +369,10 @@ def test_bench_command_passes_the_validation_targets(tmp_path, monkeypatch):
     assert seen[-1].lr == 1e-3 and len(seen) == 3
     res = runner.invoke(app, ["bench", "--out", str(tmp_path / "b"), "--lr", "0"])
     assert res.exit_code != 0 and "positive learning rate" in str(res.exception) and len(seen) == 3
-    assert seen[-1].projector_lr is None  # the projector at --lr, as the bench always trained it
-    res = runner.invoke(app, ["bench", "--out", str(tmp_path / "b"), "--projector-lr", "2e-5", "--worlds", "0"])
+    assert seen[-1].projector_lr == 2e-5 == BenchConfig().projector_lr  # LLaVA-1.5's mm_projector_lr
+    res = runner.invoke(app, ["bench", "--out", str(tmp_path / "b"), "--projector-lr", "3e-4", "--worlds", "0"])
     assert res.exit_code == 0, res.output
-    assert seen[-1].projector_lr == 2e-5 and seen[-1].lr == 3e-4
+    assert seen[-1].projector_lr == 3e-4 and seen[-1].lr == 3e-4
     assert seen[-1].lora_r == 16 == BenchConfig().lora_r
     res = runner.invoke(app, ["bench", "--out", str(tmp_path / "b"), "--lora-r", "4", "--worlds", "0"])
     assert res.exit_code == 0 and seen[-1].lora_r == 4, res.output
@@ -388,9 +388,9 @@ def test_bench_command_passes_the_validation_targets(tmp_path, monkeypatch):
     assert res.exit_code != 0 and "--adapter lora only" in str(res.exception) and len(seen) == 6
 
 
-def test_bench_run_gives_the_projector_its_own_rate_only_when_asked(tmp_path, monkeypatch):
-    """``projector_lr`` reaches train_lora; unset, the projector trains at ``lr`` and the runs' cache keys are
-    those of before (no projector_lr key in the recipe)."""
+def test_bench_run_gives_the_projector_its_own_rate(tmp_path, monkeypatch):
+    """``projector_lr`` (2e-5 by default) reaches train_lora; ``None`` trains the projector at ``lr`` and those
+    runs' cache keys are those of before the option (no projector_lr key in the recipe)."""
     import vlselect.bench.run as br
 
     got = []
@@ -412,11 +412,12 @@ def test_bench_run_gives_the_projector_its_own_rate_only_when_asked(tmp_path, mo
     br._train_and_eval({**job, "target_modules": br._target_modules(BenchConfig(lora_targets=("up_proj",)))})
     assert got[-1]["target_modules"].endswith(r"\.(up_proj)$")
     assert br._target_modules(BenchConfig()) is None
-    assert br._projector_recipe(BenchConfig(lora_targets=("up_proj",))) == {"lora_targets": ["up_proj"]}
-    assert BenchConfig().projector_rate() == 3e-4 and BenchConfig(lr=1e-3).projector_rate() == 1e-3
-    assert BenchConfig(projector_lr=2e-5).projector_rate() == 2e-5
-    assert br._projector_recipe(BenchConfig()) == {}
-    assert br._projector_recipe(BenchConfig(projector_lr=2e-5)) == {"projector_lr": 2e-5}
+    assert br._projector_recipe(BenchConfig(projector_lr=None, lora_targets=("up_proj",))) == {"lora_targets": ["up_proj"]}
+    assert BenchConfig().projector_rate() == 2e-5 == BenchConfig(lr=1e-3).projector_rate()  # the default's own rate
+    assert BenchConfig(projector_lr=None).projector_rate() == 3e-4  # None: at lr, the bench before 2026-12-06
+    assert BenchConfig(projector_lr=None, lr=1e-3).projector_rate() == 1e-3
+    assert br._projector_recipe(BenchConfig(projector_lr=None)) == {}  # those runs keep their keys
+    assert br._projector_recipe(BenchConfig()) == {"projector_lr": 2e-5}
     from vlselect.errors import ConfigError
 
     with pytest.raises(ConfigError, match="val_targets='some'"):  # before any work

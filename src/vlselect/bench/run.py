@@ -81,9 +81,10 @@ class BenchConfig:
     on its pictures and an aligned projector, shipped with the package); every fine-tuning run keeps the vision
     tower frozen and trains the projector in full and the language model with LoRA (``adapter="lora"``,
     ``lora_r=16``, alpha ``2 r``; on every linear layer of the language model, or the layers ``lora_targets`` names,
-    e.g. ``("gate_proj", "up_proj", "down_proj")``) for one epoch (LLaVA-1.5's count) at lr 3e-4 (the projector too; the foundation answers most kinds already, and
-    at 1e-3 the fine-tune unlearned counting by colour, benchmarks/RESULTS.md, issue 12; ``projector_lr``
-    gives it its own rate, as LLaVA-1.5's LoRA script does with ``mm_projector_lr=2e-5``), batch 8 (LLaVA-1.5's recipe scaled would be 32;
+    e.g. ``("gate_proj", "up_proj", "down_proj")``) for one epoch (LLaVA-1.5's count) at lr 3e-4 (the foundation answers most kinds already, and at 1e-3 the
+    fine-tune unlearned counting by colour, benchmarks/RESULTS.md, issue 12), the projector at its own rate
+    ``projector_lr=2e-5`` (LLaVA-1.5's LoRA script's ``mm_projector_lr``; ``None`` trains it at ``lr``, the bench
+    before 2026-12-06: small subsets then lost more of what the foundation answered), batch 8 (LLaVA-1.5's recipe scaled would be 32;
     the foundation leaves some answer formats to the fine-tune, and at batch 32 a small subset does not get the
     optimizer steps to learn them: benchmarks/RESULTS.md, issue 12), its steps grouped by token
     count (``length_group=4``, :func:`vlselect.train.data.global_schedule`: a batch is 14% padding instead of 34%,
@@ -128,7 +129,7 @@ class BenchConfig:
     seed_budgets: tuple[float, ...] = (0.05, 0.1, 0.2)
     epochs: int = 1
     lr: float = 3e-4
-    projector_lr: float | None = None
+    projector_lr: float | None = 2e-5
     learned_margin: float = 10.0
     lora_r: int = 16
     lora_targets: tuple[str, ...] | None = None
@@ -162,9 +163,9 @@ class BenchConfig:
 
 
 def _projector_recipe(cfg: BenchConfig) -> dict[str, Any]:
-    """The projector's own rate and LoRA's target layers in a fine-tuning stage's recipe, only when set: runs of the
-    defaults (the projector at ``lr``, LoRA on every linear layer of the language model) keep the keys they always
-    had."""
+    """The projector's own rate and LoRA's target layers in a fine-tuning stage's recipe, only when set: runs with
+    the projector at ``lr`` (``projector_lr=None``) and LoRA on every linear layer of the language model keep the
+    keys they had before these options existed."""
     return ({} if cfg.projector_lr is None else {"projector_lr": cfg.projector_lr}) | \
         ({} if cfg.lora_targets is None else {"lora_targets": list(cfg.lora_targets)})
 

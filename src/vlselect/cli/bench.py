@@ -45,8 +45,9 @@ def register(app: typer.Typer) -> None:
                                                    "adapts in the fine-tune, comma-separated (default: every linear "
                                                    "layer, LLaVA's find_all_linear_names), e.g. "
                                                    "gate_proj,up_proj,down_proj."),
-        projector_lr: Optional[float] = typer.Option(None, "--projector-lr", help="The projector's own fine-tuning "
-                                                     "rate (default: --lr; LLaVA-1.5's LoRA script uses 2e-5)."),
+        projector_lr: float = typer.Option(2e-5, "--projector-lr", help="The projector's own fine-tuning rate "
+                                           "(LLaVA-1.5's LoRA script's mm_projector_lr; give the --lr value to train "
+                                           "it at LoRA's rate, as the bench did before 2026-12-06)."),
         length_group: int = typer.Option(4, "--length-group", help="Training steps grouped by token count over "
                                          "this many steps (less padding); 0: LLaVA's plain shuffle."),
         val_targets: str = typer.Option("counted", "--val-targets", help="The validation sets ICONS, LESS and the "
@@ -79,7 +80,7 @@ def register(app: typer.Typer) -> None:
             raise ConfigError(f"--val-targets {val_targets!r}: choose counted or all")
         if not lr > 0:
             raise ConfigError(f"--lr {lr}: give a positive learning rate, e.g. --lr 1e-3")
-        if projector_lr is not None and not projector_lr > 0:
+        if not projector_lr > 0:
             raise ConfigError(f"--projector-lr {projector_lr}: give a positive learning rate, e.g. --projector-lr 2e-5")
         if length_group < 0:
             raise ConfigError(f"--length-group {length_group}: 0 (off) or a number of steps")

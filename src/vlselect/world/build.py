@@ -23,13 +23,10 @@ from vlselect.world.vocab import COLOR_NAMES, NUMBER_WORDS, POSITIONS, SHAPES
 TASKS: tuple[str, ...] = (
     "caption", "vqa_color", "vqa_count", "vqa_position", "exist", "ocr", "mc", "grounding", "text",
 )
-#: Default task shares of the pool: unequal on purpose (captions dominate, as in real pools). OCR and text-only
-#: chat follow LLaVA-1.5's 665K mix (OCR-VQA 80K = 12%, ShareGPT 40K = 6% of 665K, the LLaVA-1.5 paper's data table); until
-#: 2026-12-06 they were 5% and 14%, and a random 20% of the pool then held about 100 OCR records, too few to learn
-#: the set's short answer (benchmarks/RESULTS.md, issue 12).
+#: Default task shares of the pool: unequal on purpose (captions dominate, as in real pools).
 DEFAULT_COMPOSITION: dict[str, float] = {
     "caption": 0.24, "vqa_color": 0.12, "vqa_count": 0.10, "vqa_position": 0.08, "exist": 0.10,
-    "ocr": 0.12, "mc": 0.09, "grounding": 0.08, "text": 0.07,
+    "ocr": 0.05, "mc": 0.09, "grounding": 0.08, "text": 0.14,
 }
 #: Mean near-duplicate group size per task (1 = every record has its own scene).
 DEFAULT_REDUNDANCY: dict[str, float] = {"caption": 6, "vqa_color": 3, "ocr": 4, "mc": 3}

@@ -184,9 +184,7 @@ def _card(cfg: WorldConfig, stats: dict[str, dict[str, int]], eval_sizes: dict[s
     L += ["", f"Pictures in the pool: {n_images} (multiple-choice duplicates share one picture).", ""]
     L += ["## The structure that makes selection matter", "",
           f"- **Unequal tasks**: shares from {min(s['records'] for s in stats.values()) / N:.0%} to "
-          f"{max(s['records'] for s in stats.values()) / N:.0%}; captions dominate as in LLaVA-665K, and the "
-          "default OCR and text-only shares (12% and 7%) are near its OCR-VQA and ShareGPT shares (12% and 6%; the "
-          "defaults were 5% and 14% before 2026-12-06, benchmarks/RESULTS.md).",
+          f"{max(s['records'] for s in stats.values()) / N:.0%}; captions dominate as in LLaVA-665K.",
           f"- **Redundancy**: {tot['redundant']} records ({tot['redundant'] / N:.1%}) repeat a scene already in the "
           f"pool: near-duplicate pictures (pixel jitter, background, shade) with rephrased questions; mean group "
           f"size {', '.join(f'{t} {v:g}' for t, v in cfg.redundancy.items())}. For `mc` the duplicates are the same "

@@ -873,7 +873,7 @@ def _notes(cfg: BenchConfig, base_info: dict, results: dict | None = None) -> li
            if learned else "all sets (the full pool learned none above chance: the table cannot rank methods)."),
         _base_note(cfg, base_info),
         f"Fine-tuning: {cfg.adapter}" + (f" (r={cfg.lora_r})" if cfg.adapter == "lora" else "")
-        + f", lr {cfg.lr}, {cfg.epochs} epochs, batch {cfg.batch_size}; "
+        + f", lr {cfg.lr} (the projector {cfg.projector_rate():g}), {cfg.epochs} epochs, batch {cfg.batch_size}; "
         + (f"seeds {', '.join(map(str, cfg.seeds))} at budgets {', '.join(f'{b:g}' for b in cfg.seed_budgets)}, one "
          "seed elsewhere." if cfg.seed_budgets and len(cfg.seeds) > 1
          else f"one training seed ({cfg.seeds[0]}) at every budget: no interval over seeds."),

@@ -5,8 +5,8 @@ For every finished run of one or more ``vlselect bench`` folders, the OCR set's 
 - exact: the sign's word (the set's score);
 - a world word: any of the world's OCR words (``vlselect.world.vocab.WORDS``), so the short answer format is
   learned, right or wrong;
-- the most common answer (a tie: the alphabetically first) and its share (a run that answers one word to every sign has learned the format, not the
-  reading).
+- the most common answer (a tie: the alphabetically first; ``answer_skew.top_share``) and its share (a run that
+  answers one word to every sign has learned the format, not the reading).
 
     python benchmarks/ocr_answers.py BENCH_OUT [BENCH_OUT ...] [--methods random] [--json out.json]
 
@@ -19,10 +19,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections import Counter
 from pathlib import Path
 
-from _bench_cache import bench_runs, world_folders  # a sibling module: the scripts run from benchmarks/
+from _bench_cache import bench_runs, world_folders  # sibling modules: the scripts run from benchmarks/
+from answer_skew import top_share
+
+
+REFERENCES = ("full pool", "clean pool", "base model (zero-shot)")  # the bench's reference runs, never filtered out
 
 
 def ocr_answers(run: Path) -> dict:
@@ -36,18 +39,17 @@ def ocr_answers(run: Path) -> dict:
     if not rows:
         sys.exit(f"{pred}: empty; the run's evaluation did not finish — rerun the bench on that folder")
     n = len(rows)
-    counts = Counter(r["prediction"] for r in rows)
-    top_n = max(counts.values())
-    top = min(a for a, c in counts.items() if c == top_n)  # a tie: the alphabetically first
+    top, share = top_share([r["prediction"] for r in rows])
     return {"n": n, "exact": 100 * sum(r["score"] for r in rows) / n,
             "world_word": 100 * sum(r["prediction"] in WORDS for r in rows) / n,
-            "top": top, "top_share": 100 * top_n / n}
+            "top": top, "top_share": 100 * share}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("benches", nargs="+", type=Path)
-    ap.add_argument("--methods", default=None, help="comma list (default: every method of the runs)")
+    ap.add_argument("--methods", default=None, help="comma list (default: every method of the runs; the full-pool, "
+                    "clean-pool and zero-shot references are always shown)")
     ap.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = ap.parse_args()
     keep = None if args.methods is None else set(args.methods.split(","))
@@ -55,7 +57,7 @@ def main() -> None:
     rows = []
     for folder in world_folders(args.benches):
         for (method, budget, seed), run in sorted(bench_runs(folder / "cache").items()):
-            if keep is not None and method not in keep and method not in ("full pool", "base model (zero-shot)"):
+            if keep is not None and method not in keep and method not in REFERENCES:
                 continue
             rows.append({"bench": str(folder), "method": method, "budget": budget, "seed": seed, **ocr_answers(run)})
     if not rows:

@@ -6,10 +6,10 @@ of issue 12 (OCR at 12% of the pool, OCR in groups of 8) in one reproducible com
 
 Everything after ``--`` is passed to ``vlselect bench`` unchanged. The overrides are set in
 ``vlselect.world.build.DEFAULT_COMPOSITION`` / ``DEFAULT_REDUNDANCY`` before the bench builds its worlds (the
-bench's training workers are spawned and never build a world). The bench's world cache is keyed by size, seed,
-evaluation size and picture size, not by these defaults, so the overrides are written to ``D/world_overrides.json``
-and the script refuses a ``--out`` that holds a bench made with other overrides (or with none): a world built
-with other shares must never be reused. The evaluation sets do not depend on the shares or group sizes (they are
+bench's training workers are spawned and never build a world). The bench's world cache key carries the changed
+tables (``vlselect.world.build.changed_defaults``), so a world built with other shares is never reused; the
+overrides are also written to ``D/world_overrides.json``, and the script refuses a ``--out`` that holds a bench
+made with other overrides (or with none), so that one folder holds one world's screen. The evaluation sets do not depend on the shares or group sizes (they are
 drawn from the world's seed alone), so scores stay comparable with the shipped world's.
 """
 

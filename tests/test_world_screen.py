@@ -74,3 +74,31 @@ def test_bad_arguments_say_what_to_fix(screen, args, message, tmp_path, monkeypa
     with pytest.raises(SystemExit, match=message):
         ws.main(args)
     assert calls == [] and not (tmp_path / "x").exists()
+
+
+def test_a_world_with_changed_defaults_has_its_own_cache_key(monkeypatch, tmp_path):
+    """The bench's world stage is keyed by size and seed; a screen's changed shares or group sizes join the key, so
+    a plain ``vlselect bench`` on a screen's folder (or the reverse) builds its own world instead of reusing one."""
+    import vlselect.world.build as build
+    from vlselect.bench.run import BenchConfig, make_worlds
+
+    keys = []
+
+    class Cache:  # records the recipes the bench asks its cache for, builds nothing
+        def run(self, name, recipe, fn, **kw):
+            keys.append((name, recipe))
+            return tmp_path, None
+
+    cfg = BenchConfig(size=100)
+    make_worlds(Cache(), cfg)
+    shipped = dict(keys)["world"]
+    assert build.changed_defaults() == {} and set(shipped) == {"size", "seed", "eval_size", "image_size"}
+    monkeypatch.setitem(build.DEFAULT_REDUNDANCY, "ocr", 8)
+    keys.clear()
+    make_worlds(Cache(), cfg)
+    screened = dict(keys)["world"]
+    assert screened != shipped and screened["redundancy"]["ocr"] == 8 and "composition" not in screened
+    monkeypatch.setitem(build.DEFAULT_REDUNDANCY, "ocr", 4)  # back to the shipped value: the shipped key again
+    keys.clear()
+    make_worlds(Cache(), cfg)
+    assert dict(keys)["world"] == shipped

@@ -505,8 +505,10 @@ def make_worlds(cache: StageCache, cfg: BenchConfig) -> dict[str, Any]:
     """The three worlds of a run (cached): ``world`` (pool + test sets), ``valworld`` (validation sets of another
     seed, for ICONS and LESS) and ``captions`` (the pre-training pool); ``recipes`` are their cache recipes."""
     from vlselect.world import make_pretrain_pool, make_world
+    from vlselect.world.build import changed_defaults
 
-    world_recipe = cfg.recipe("size", "seed", "eval_size", "image_size")
+    # a world built with changed default shares or group sizes (a screen) is another world: its key says so
+    world_recipe = cfg.recipe("size", "seed", "eval_size", "image_size") | changed_defaults()
     world, _ = cache.run("world", world_recipe, lambda d: make_world(d / "w", size=cfg.size, seed=cfg.seed,
                                                                      eval_size=cfg.eval_size,
                                                                      image_size=cfg.image_size) and None)

@@ -35,6 +35,19 @@ EASY_KIND: dict[str, str] = {
     "caption": "caption", "vqa_color": "color_of_shape", "vqa_count": "count_all",
     "vqa_position": "pos_of", "exist": "exist", "grounding": "rec",
 }
+#: The two default tables as the package ships them (a script may change the module's tables for a screen, e.g.
+#: ``benchmarks/world_screen.py``; :func:`changed_defaults` tells a cache which world it is).
+_SHIPPED_DEFAULTS = {"composition": dict(DEFAULT_COMPOSITION), "redundancy": dict(DEFAULT_REDUNDANCY)}
+
+
+def changed_defaults() -> dict[str, dict[str, float]]:
+    """The default tables (:data:`DEFAULT_COMPOSITION`, :data:`DEFAULT_REDUNDANCY`) that differ from the shipped
+    ones, whole; empty for the shipped world. A cache keyed by a world's size and seed adds this to its key, so a
+    world built with changed defaults is never reused for the shipped one, nor the other way round."""
+    now = {"composition": DEFAULT_COMPOSITION, "redundancy": DEFAULT_REDUNDANCY}
+    return {k: dict(v) for k, v in now.items() if v != _SHIPPED_DEFAULTS[k]}
+
+
 OFF_TARGET: tuple[str, ...] = ("text",)
 #: Support tasks: no evaluation set asks about them, but every caption names each object's colour, shape and
 #: position, so they teach what the skill sets build on (the card's "support" role; ``less_support``'s default in

@@ -17,7 +17,7 @@ def _world(seed: int, rel: dict, learned=("color", "count"), zero=40.0) -> dict:
     """A finished single-world results dict as run_bench writes it (the fields combine_worlds reads)."""
     from dataclasses import asdict
 
-    cfg = asdict(BenchConfig(seed=seed))
+    cfg = asdict(BenchConfig(seed=seed, methods=("random", "icons", "less", "coincide_icons")))
     return {"config": cfg, "sets": ["color", "count", "exist"], "chance": {"color": 20.0, "count": 25.0, "exist": 66.7},
             "learned_sets": list(learned), "relative_sets": list(learned),
             "reference": {"label": "full pool", "scores": {"color": 60.0 + seed, "count": 50.0, "exist": 50.0},
@@ -151,9 +151,16 @@ def test_bench_command_runs_two_worlds_by_default_and_one_when_asked(tmp_path, m
     assert calls[0][2].methods == vb.DEFAULT_METHODS and "length" not in vb.DEFAULT_METHODS
     res = runner.invoke(app, ["bench", "--out", str(tmp_path / "b"), "--methods", "all", "--seed", "0"])
     assert res.exit_code == 0 and calls[-1][2].methods == vb.ALL_METHODS
+    # every seed at 10% and 20% (where the targets are judged), the first seed alone at 5%, on 20,000 records
+    assert (calls[0][2].size, calls[0][2].seed_budgets, calls[0][2].seeds) == (20000, (0.1, 0.2), (0, 1, 2))
+    res = runner.invoke(app, ["bench", "--out", str(tmp_path / "b"), "--seed-budgets", "0.05,0.1,0.2", "--seed", "0"])
+    assert res.exit_code == 0 and calls[-1][2].seed_budgets == (0.05, 0.1, 0.2)
     n = len(calls)
     for bad, msg in ((["--seed", "1", "--worlds", "0,1"], "give one"), (["--worlds", "0,x"], "integers"),
-                     (["--worlds", "1,1"], "different world seeds")):
+                     (["--worlds", "1,1"], "different world seeds"),
+                     (["--seed-budgets", "0.3"], "0.3 is not among the budgets run (0.05, 0.1, 0.2)"),
+                     (["--budgets", "0.1", "--seed-budgets", "0.2"], "0.2 is not among"),
+                     (["--seed-budgets", "ten"], "give fractions")):
         res = runner.invoke(app, ["bench", "--out", str(tmp_path / "b"), *bad])
         assert res.exit_code != 0 and msg in str(res.exception), bad
     assert len(calls) == n  # refused before any work

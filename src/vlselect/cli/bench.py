@@ -14,11 +14,15 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(Path("bench-out"), "--out", help="Output folder (cache/, results.json/.csv, report.html)."),
         quick: bool = typer.Option(False, "--quick", help="The quick form (a 4,000-record world, 100 samples per evaluation set, budgets 10% and 20%, 1 seed, one world; about 4 minutes on 2 cores, the same as `vlselect demo`)."),
         methods: str = typer.Option("", "--methods", help="Comma list of methods, or all (default: random, "
-                                    "coincide, icons, tive, less and five composites; all adds random_stratified, length, "
-                                    "el2n, perplexity, semdedup, d2pruning and less_tive_support)."),
+                                    "coincide, icons, tive, less, less_coincide and less_tive; all adds "
+                                    "random_stratified, length, el2n, perplexity, semdedup, d2pruning, the composites "
+                                    "coincide_icons, icons_coincide, less_support and less_tive_support)."),
         budgets: str = typer.Option("", "--budgets", help="Comma list of fractions (default 0.05,0.1,0.2; quick 0.1,0.2)."),
         seeds: str = typer.Option("", "--seeds", help="Comma list of training seeds (default 0,1,2; quick 0)."),
-        size: Optional[int] = typer.Option(None, "--size", help="World size (default 10000; quick 4000)."),
+        seed_budgets: str = typer.Option("", "--seed-budgets", help="Comma list of the budgets trained with every "
+                                         "seed (default 0.1,0.2, where the targets are judged on the mean over "
+                                         "seeds; the first seed alone elsewhere), e.g. 0.05,0.1,0.2."),
+        size: Optional[int] = typer.Option(None, "--size", help="World size (default 20000; quick 4000)."),
         jobs: int = typer.Option(2, "--jobs", help="Training/evaluation workers side by side (one thread each)."),
         worlds: str = typer.Option("", "--worlds", help="Comma list of world seeds (default 0,1; quick 0). Each "
                                    "world is a whole bench in OUT/world-<seed>/ (its own pool, evaluation and "
@@ -116,6 +120,18 @@ def register(app: typer.Typer) -> None:
             over["budgets"] = tuple(float(b) for b in budgets.split(",") if b.strip())
         if seeds:
             over["seeds"] = tuple(int(s) for s in seeds.split(",") if s.strip())
+        if seed_budgets:
+            try:
+                over["seed_budgets"] = tuple(float(b) for b in seed_budgets.split(",") if b.strip())
+            except ValueError:
+                raise ConfigError(f"--seed-budgets {seed_budgets!r}: give fractions, e.g. "
+                                  "--seed-budgets 0.1,0.2") from None
+            run_budgets = over.get("budgets") or (BenchConfig.quick() if quick else BenchConfig()).budgets
+            stray = [b for b in over["seed_budgets"] if b not in run_budgets]
+            if stray:
+                raise ConfigError(f"--seed-budgets {seed_budgets}: {', '.join(f'{b:g}' for b in stray)} is not among "
+                                  f"the budgets run ({', '.join(f'{b:g}' for b in run_budgets)}); give budgets from "
+                                  "--budgets")
         if size:
             over["size"] = size
         cfg = BenchConfig.quick(**over) if quick else BenchConfig(**over)

@@ -438,3 +438,22 @@ def test_without_a_counted_set_the_targeted_methods_fail_with_a_reason(tmp_path,
     error = res["failures"][0]["error"]
     assert "no evaluation set is counted" in error and "--val-targets all" in error
     assert [r["method"] for r in res["rows"]] == ["random"]
+
+
+def test_one_pair_of_workers_serves_both_rounds_of_runs():
+    """The bench's two rounds of runs (before and after the full-pool runs) go to the same worker processes, whose
+    encode caches then stay warm; closing them ends those processes and a later round starts new ones."""
+    import os
+
+    from vlselect.bench import run as br
+
+    w = br._Workers(2)
+    try:
+        first = {w.executor().submit(os.getpid).result() for _ in range(6)}
+        second = {w.executor().submit(os.getpid).result() for _ in range(6)}
+        assert second <= first and os.getpid() not in first
+        w.close()
+        third = {w.executor().submit(os.getpid).result() for _ in range(6)}
+        assert not third & first
+    finally:
+        w.close()

@@ -153,6 +153,9 @@ def test_bench_command_runs_two_worlds_by_default_and_one_when_asked(tmp_path, m
     assert res.exit_code == 0 and calls[-1][2].methods == vb.ALL_METHODS
     # every seed at 10% and 20% (where the targets are judged), the first seed alone at 5%, on 20,000 records
     assert (calls[0][2].size, calls[0][2].seed_budgets, calls[0][2].seeds) == (20000, (0.1, 0.2), (0, 1, 2))
+    assert calls[0][2].clean_reference is False  # the oracle on the pool without wrong answers is asked for
+    res = runner.invoke(app, ["bench", "--out", str(tmp_path / "b"), "--clean-reference", "--seed", "0"])
+    assert res.exit_code == 0 and calls[-1][2].clean_reference is True
     res = runner.invoke(app, ["bench", "--out", str(tmp_path / "b"), "--seed-budgets", "0.05,0.1,0.2", "--seed", "0"])
     assert res.exit_code == 0 and calls[-1][2].seed_budgets == (0.05, 0.1, 0.2)
     n = len(calls)

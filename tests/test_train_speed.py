@@ -107,3 +107,31 @@ def test_length_grouped_steps_cover_every_position_and_cut_padding():
     again = global_schedule(n, epochs=2, batch_size=bs, grad_accum=1, world_size=1, seed=7, lengths=lengths,
                             length_group=4)
     assert again == plan
+
+
+def test_a_pool_read_again_is_the_same_until_its_file_changes(tmp_path):
+    """open_training_pool keeps the last pool read from a path (the bench's workers train ~70 subsets of one pool):
+    the same path gives the same Pool while the file is unchanged, and a rewritten file is read again."""
+    import json
+    import os
+
+    from vlselect.train.data import open_training_pool
+
+    def write(answers):
+        recs = [{"id": f"r{i}", "conversations": [{"from": "human", "value": "Say it."}, {"from": "gpt", "value": a}]}
+                for i, a in enumerate(answers)]
+        path.write_text(json.dumps(recs))
+
+    path = tmp_path / "pool.json"
+    write(["one", "two"])
+    first = open_training_pool(path)
+    assert open_training_pool(str(path)) is first and len(first) == 2
+    write(["uno", "dos", "tres"])
+    again = open_training_pool(path)
+    assert again is not first and len(again) == 3 and again[2].conversations[1]["value"] == "tres"
+    # same size, a new modification time: read again, not served from the old byte offsets
+    write(["ein", "zwo", "drei"])
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    third = open_training_pool(path)
+    assert third is not again and third[0].conversations[1]["value"] == "ein"

@@ -32,6 +32,7 @@ import shlex
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -90,7 +91,8 @@ class BenchConfig:
     ``model_size`` pre-trained on ``pretrain_size`` captions with every part trained, then fine-tuned with the
     vision tower named in ``modules_to_save``); ``base`` may also be a model directory. ``clean_reference`` adds
     one run on the pool without its wrong answers (the world's metadata: an oracle that measures the effect of the
-    noise, not a method). ``learned_margin``: an evaluation set counts in the relative performance only when the
+    noise, not a method; off by default since 2026-12-06, when the bench's pool doubled: one full-pool-sized run a
+    world, 3 minutes of the bench, and no target reads it). ``learned_margin``: an evaluation set counts in the relative performance only when the
     full-pool reference beats its chance level (the share of its most common answer) by at least this many
     points; a set that even the full pool does not learn cannot tell subsets apart. ``d2_score``: D2-Pruning's
     importance score, ``"margin"`` (the one-checkpoint probability margin of COINCIDE's ``score_aum.py``, free from
@@ -141,7 +143,7 @@ class BenchConfig:
     max_new_tokens: int = 32
     d2_score: str = "margin"
     base: str = "foundation"
-    clean_reference: bool = True
+    clean_reference: bool = False
     zero_shot_reference: bool = True
     val_targets: str = "counted"
 
@@ -407,23 +409,27 @@ def run_bench(out: str | os.PathLike, config: BenchConfig | None = None, *,
     if cfg.clean_reference:  # the effect of the world's noise: the pool without its wrong answers (an oracle)
         cdir, clean_n = cache.run("clean", world_recipe, lambda d: _clean_rows(pool, d), label="clean-pool rows")
         jobs.append((CLEAN, round(clean_n / n, 4), cfg.seeds[0], {"indices": str(cdir / "indices.npy")}))
-    runs = _run_jobs(cache, cfg, jobs + subset_jobs(first), base, pool_path, images, eval_files, train_recipe, log,
-                     failures)
-    second = [m for m in targeted if m not in first]
-    if second:
-        targets = counted_sets([r for r in runs if r["method"] == "full pool"], eval_files, cfg.learned_margin)
-        if not targets:  # no full-pool run finished, or it scored 0 everywhere: nothing to target, said per method
-            for m in second:
-                msg = ("no evaluation set is counted (no full-pool run finished, or it scored 0 on every set), so "
-                       "there is no validation target; fix: see the full-pool failures above, or run with "
-                       "--val-targets all")
-                log(f"[red]✗ select {m} failed:[/] {msg}")
-                failures.append({"stage": "select", "method": m, "error": f"ConfigError: {msg}"})
-        else:
-            log(f"validation targets of {', '.join(second)}: the counted sets {', '.join(targets)}")
-            select(second, {k: v for k, v in val_grads.items() if k in targets}, targets)
-            runs += _run_jobs(cache, cfg, subset_jobs(second), base, pool_path, images, eval_files, train_recipe,
-                              log, failures)
+    workers = _Workers(cfg.jobs)  # one pair of worker processes for both rounds: their encode caches stay warm
+    try:
+        runs = _run_jobs(cache, cfg, jobs + subset_jobs(first), base, pool_path, images, eval_files, train_recipe, log,
+                         failures, workers)
+        second = [m for m in targeted if m not in first]
+        if second:
+            targets = counted_sets([r for r in runs if r["method"] == "full pool"], eval_files, cfg.learned_margin)
+            if not targets:  # no full-pool run finished, or it scored 0 everywhere: nothing to target, said per method
+                for m in second:
+                    msg = ("no evaluation set is counted (no full-pool run finished, or it scored 0 on every set), so "
+                           "there is no validation target; fix: see the full-pool failures above, or run with "
+                           "--val-targets all")
+                    log(f"[red]✗ select {m} failed:[/] {msg}")
+                    failures.append({"stage": "select", "method": m, "error": f"ConfigError: {msg}"})
+            else:
+                log(f"validation targets of {', '.join(second)}: the counted sets {', '.join(targets)}")
+                select(second, {k: v for k, v in val_grads.items() if k in targets}, targets)
+                runs += _run_jobs(cache, cfg, subset_jobs(second), base, pool_path, images, eval_files, train_recipe,
+                                  log, failures, workers)
+    finally:
+        workers.close()
     subsets = {k: subsets[k] for k in sorted(subsets, key=lambda k: (cfg.methods.index(k[0]), k[1]))}
 
     # 7. results -----------------------------------------------------------------------------------------------
@@ -629,9 +635,32 @@ def _method_inputs(acts, grads, val_grads, pool, layout, tive_grads=None, aum=No
     return inputs_for
 
 
+class _Workers:
+    """The bench's worker processes (``jobs`` of them, started on first use, spawned): one pool serves both
+    rounds of runs of a world (before and after the full-pool runs decide the validation targets), so each
+    worker keeps the samples it encoded (:mod:`vlselect.models.encode_cache`) and the pool it read."""
+
+    def __init__(self, jobs: int) -> None:
+        self.jobs = jobs
+        self._ex: ProcessPoolExecutor | None = None
+
+    def executor(self) -> ProcessPoolExecutor:
+        if self._ex is None:
+            import multiprocessing as mp
+
+            self._ex = ProcessPoolExecutor(max_workers=self.jobs, mp_context=mp.get_context("spawn"))
+        return self._ex
+
+    def close(self) -> None:
+        if self._ex is not None:
+            self._ex.shutdown(wait=True, cancel_futures=True)
+            self._ex = None
+
+
 def _run_jobs(cache: StageCache, cfg: BenchConfig, jobs, base, pool_path, images, eval_files, train_recipe,
-              log, failures: list[dict] | None = None) -> list[dict]:
-    """Training + evaluation runs, two single-thread workers side by side; each run is its own cached stage."""
+              log, failures: list[dict] | None = None, workers: _Workers | None = None) -> list[dict]:
+    """Training + evaluation runs, two single-thread workers side by side (``workers``, or a pool of its own);
+    each run is its own cached stage."""
     pending, runs = [], []
     for method, budget, seed, extra in jobs:
         idx = extra["indices"]
@@ -671,14 +700,16 @@ def _run_jobs(cache: StageCache, cfg: BenchConfig, jobs, base, pool_path, images
         for method, budget, seed, recipe, job in todo:
             finish(method, budget, seed, recipe, _train_and_eval(job))
         return runs
-    import multiprocessing as mp
-
-    with ProcessPoolExecutor(max_workers=cfg.jobs, mp_context=mp.get_context("spawn")) as ex:
+    own, broken = workers is None, False
+    workers = _Workers(cfg.jobs) if own else workers
+    try:
+        ex = workers.executor()
         futs = [(item, ex.submit(_train_and_eval, item[4])) for item in todo]
         for (method, budget, seed, recipe, job), fut in futs:
             try:
                 res = fut.result()
             except Exception as exc:  # a worker's failure, whatever its type: logged and recorded in results.json
+                broken = broken or isinstance(exc, BrokenProcessPool)
                 log(f"[red]✗ train+eval {method} @ {budget:g} seed {seed} failed:[/] {exc}")
                 if failures is not None:
                     failures.append({"stage": "train+eval", "method": method, "budget": budget, "seed": seed,
@@ -687,6 +718,9 @@ def _run_jobs(cache: StageCache, cfg: BenchConfig, jobs, base, pool_path, images
             finish(method, budget, seed, recipe, res)
             log(f"[green]✓[/] {method} @ {budget:g} seed {seed}: "
                 + ", ".join(f"{k} {v:.2f}" for k, v in res["scores"].items()))
+    finally:
+        if own or broken:  # a worker that died (e.g. out of memory) breaks the pool: the next round starts anew
+            workers.close()
     return runs
 
 

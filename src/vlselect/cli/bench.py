@@ -57,6 +57,9 @@ def register(app: typer.Typer) -> None:
         val_targets: str = typer.Option("counted", "--val-targets", help="The validation sets ICONS, LESS and the "
                                         "composites target: counted (the sets the table counts, known once the "
                                         "full pool is trained) or all (every evaluation set, learned or not)."),
+        clean_reference: bool = typer.Option(False, "--clean-reference", help="Add one run on the pool without "
+                                             "its wrong answers (the world's metadata: an oracle that measures the "
+                                             "effect of the noise, beside the full pool; one full-pool run a world)."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Recompute every stage instead of reusing the "
                                        "cache (a stage is reused only when its recipe and the code version match)."),
     ) -> None:
@@ -100,7 +103,8 @@ def register(app: typer.Typer) -> None:
             raise ConfigError(f"--worlds {worlds!r}: give one or more different world seeds, e.g. --worlds 0,1")
         over: dict = {"jobs": jobs, "seed": world_seeds[0], "d2_score": d2_score, "base": base, "adapter": adapter,
                       "length_group": length_group, "batch_size": batch_size, "val_targets": val_targets, "lr": lr,
-                      "projector_lr": projector_lr, "lora_r": lora_r}
+                      "projector_lr": projector_lr, "lora_r": lora_r,
+                      "clean_reference": clean_reference}
         if lora_targets is not None:
             from vlselect.train.lora import language_model_targets
 
